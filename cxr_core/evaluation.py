@@ -1,0 +1,195 @@
+"""Putting the metrics together: one evaluation report from predictions.
+
+:func:`evaluate_predictions` takes the model's raw probabilities on the
+validation and test splits, fits the calibration and the operating thresholds
+on VALIDATION only, and measures everything on TEST with them unchanged. The
+result is JSON-safe and is what ``metrics.json`` in a model bundle holds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from cxr_core.calibration import Calibration, brier_score, expected_calibration_error, fit_calibration, reliability_curve
+from cxr_core.findings import FINDINGS
+from cxr_core.localization import localization_accuracy
+from cxr_core.metrics import (
+    age_band,
+    auprc,
+    binary_report,
+    bootstrap_ci,
+    macro_mean,
+    pr_curve_points,
+    roc_curve_points,
+    subgroup_auroc,
+)
+from cxr_core.thresholds import apply_thresholds, fit_thresholds
+
+#: Published anchors, for display beside ours (different data sizes and splits).
+PUBLISHED_AUROC = {
+    # ChestX-ray8 paper, 14-finding table (ResNet-50), NIH's official split; mean 0.745.
+    "Wang et al. 2017 (ResNet-50, official NIH split)": (
+        0.7003, 0.8100, 0.7585, 0.6614, 0.6933, 0.6687, 0.6580, 0.7993, 0.7032, 0.8052, 0.8330, 0.7859, 0.6835, 0.8717,
+    ),
+    # CheXNet paper, Table 1; its own random patient-wise split of 112k images; mean 0.841.
+    "CheXNet (Rajpurkar et al. 2017, DenseNet-121, own split)": (
+        0.8094, 0.9248, 0.8638, 0.7345, 0.8676, 0.7802, 0.7680, 0.8887, 0.7901, 0.8878, 0.9371, 0.8047, 0.8062, 0.9164,
+    ),
+}
+
+
+def _json(value):
+    """Floats to plain JSON numbers, NaN to None."""
+    if isinstance(value, dict):
+        return {k: _json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _json(value.tolist())
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return None if not math.isfinite(float(value)) else float(value)
+    if value is pd.NA or value is None:
+        return None
+    return value
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    return _json(frame.reset_index().to_dict(orient="records"))
+
+
+def evaluate_predictions(
+    *,
+    y_val: np.ndarray,
+    p_val: np.ndarray,
+    y_test: np.ndarray,
+    p_test: np.ndarray,
+    test_meta: pd.DataFrame,
+    threshold_method: str = "youden",
+    target_sensitivity: float = 0.9,
+    calibration_method: str = "temperature",
+    n_boot: int = 1000,
+    seed: int = 0,
+    findings: Sequence[str] = FINDINGS,
+) -> tuple[dict, Calibration, np.ndarray]:
+    """Calibrate and threshold on validation, measure on test.
+
+    Args:
+        y_val, p_val: validation labels and raw model probabilities, (n_val, k).
+        y_test, p_test: test labels and raw model probabilities, (n_test, k).
+        test_meta: test rows with ``patient_id`` (bootstrap groups) and, when
+            present, ``sex``, ``age`` and ``view`` (subgroups), row-aligned.
+        threshold_method: ``"youden"``, ``"max_f1"`` or ``"target_sensitivity"``.
+        target_sensitivity: used by ``"target_sensitivity"``.
+        calibration_method: ``"temperature"`` or ``"platt"``.
+        n_boot: bootstrap resamples for the confidence intervals.
+        seed: bootstrap seed.
+        findings: column names.
+
+    Returns:
+        ``(report, calibration, thresholds)``: the JSON-safe report, the
+        calibration fitted on validation, and the per-finding thresholds on
+        calibrated probabilities, shape (k,).
+    """
+    findings = tuple(findings)
+    calibration = fit_calibration(y_val, p_val, method=calibration_method, findings=findings)
+    c_val, c_test = calibration.apply(p_val), calibration.apply(p_test)
+    thresholds = fit_thresholds(y_val, c_val, method=threshold_method, target_sensitivity=target_sensitivity)
+
+    groups = test_meta["patient_id"].to_numpy()
+    auc = bootstrap_ci(y_test, c_test, groups=groups, metric="auroc", n_boot=n_boot, seed=seed)
+    prc = bootstrap_ci(y_test, c_test, groups=groups, metric="auprc", n_boot=n_boot, seed=seed)
+    operating = binary_report(y_test, apply_thresholds(c_test, thresholds), findings=findings)
+    val_operating = binary_report(y_val, apply_thresholds(c_val, thresholds), findings=findings)
+
+    per_finding = []
+    for i, name in enumerate(findings):
+        row = operating.loc[name]
+        per_finding.append(
+            {
+                "finding": name,
+                "n_test_pos": int(y_test[:, i].sum()),
+                "n_val_pos": int(y_val[:, i].sum()),
+                "auroc": auc.point[i], "auroc_low": auc.low[i], "auroc_high": auc.high[i],
+                "auprc": prc.point[i], "auprc_low": prc.low[i], "auprc_high": prc.high[i],
+                "prevalence": float(y_test[:, i].mean()) if len(y_test) else float("nan"),
+                "threshold": thresholds[i],
+                "tp": int(row.tp), "fp": int(row.fp), "tn": int(row.tn), "fn": int(row.fn),
+                "precision": row.precision, "recall": row.recall, "specificity": row.specificity, "f1": row.f1,
+                "val_sensitivity": val_operating.loc[name].sensitivity,
+                "val_specificity": val_operating.loc[name].specificity,
+            }
+        )
+
+    subgroups = []
+    meta = test_meta.reset_index(drop=True)
+    for column, values in (
+        ("sex", meta.get("sex")),
+        ("age_band", age_band(meta["age"]) if "age" in meta else None),
+        ("view", meta.get("view")),
+    ):
+        if values is None:
+            continue
+        table = subgroup_auroc(y_test, c_test, pd.Series(values).reset_index(drop=True), findings=findings)
+        table.insert(0, "attribute", column)
+        subgroups.extend(_records(table.set_index("attribute")))
+
+    report = {
+        "findings": list(findings),
+        "counts": {
+            "val_images": int(len(y_val)),
+            "test_images": int(len(y_test)),
+            "test_patients": int(len(np.unique(groups))),
+        },
+        "macro": {
+            "auroc": macro_mean(auc.point),
+            "auroc_low": macro_mean(auc.low),
+            "auroc_high": macro_mean(auc.high),
+            "auprc": macro_mean(prc.point),
+            "f1": macro_mean(operating["f1"].to_numpy()),
+        },
+        "per_finding": per_finding,
+        "thresholds": {"method": threshold_method, "fitted_on": "validation", "values": thresholds},
+        "calibration": {
+            "method": calibration_method,
+            "fitted_on": "validation",
+            "parameters": calibration.to_dict(),
+            "ece_before": expected_calibration_error(y_test, p_test),
+            "ece_after": expected_calibration_error(y_test, c_test),
+            "brier_before": brier_score(y_test, p_test),
+            "brier_after": brier_score(y_test, c_test),
+            "reliability_before": _records(reliability_curve(y_test, p_test, findings=findings).set_index("finding")),
+            "reliability_after": _records(reliability_curve(y_test, c_test, findings=findings).set_index("finding")),
+        },
+        "roc": roc_curve_points(y_test, c_test, findings=findings),
+        "pr": pr_curve_points(y_test, c_test, findings=findings),
+        "subgroups": subgroups,
+        "bootstrap": {"n_boot": n_boot, "level": "patient", "alpha": 0.05, "seed": seed},
+        "published_auroc": {name: list(values) for name, values in PUBLISHED_AUROC.items()},
+    }
+    return _json(report), calibration, np.asarray(thresholds, dtype=float)
+
+
+def localization_report(records: pd.DataFrame) -> dict:
+    """T(IoBB) accuracy and mean IoU/IoBB per finding from per-box records.
+
+    Args:
+        records: one row per ground-truth box with ``finding``, ``iobb`` and ``iou``.
+    """
+    if len(records) == 0:
+        return {"n_boxes": 0, "accuracy": [], "per_box": []}
+    accuracy = localization_accuracy(records)
+    means = records.groupby("finding")[["iou", "iobb"]].mean()
+    accuracy = accuracy.join(means.rename(columns={"iou": "mean_iou", "iobb": "mean_iobb"}))
+    return _json(
+        {
+            "n_boxes": int(len(records)),
+            "accuracy": _records(accuracy.rename_axis("finding")),
+            "per_box": records.to_dict(orient="records"),
+        }
+    )
