@@ -6,20 +6,25 @@ through :func:`decode_image`. Its output is a ``float32`` array of shape
 bright, as radiologists view a chest film).
 
 Anything that cannot be used raises :class:`cxr_core.errors.ImageReadError`
-with a message written for the person who supplied the file.
+with a message written for the person who supplied the file. The technical
+cause (Pillow's or pydicom's exception), when there is one, stays attached as
+``__cause__`` for logs; it is not put in the message.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import stat
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from cxr_core.errors import ImageReadError
 
@@ -38,6 +43,35 @@ _RADIOGRAPH_MODALITIES = {"DX", "CR", "RG", "DR", "OT", "SC", "PX", "XR"}
 _REFUSED_MODALITIES = {"CT", "MR", "PT", "NM", "US", "MG", "XA", "RF", "IO", "ES", "OP", "SM"}
 _CHEST_BODY_PARTS = {"CHEST", "THORAX", "LUNG", "LUNGS", ""}
 _FRONTAL_VIEWS = {"PA", "AP"}
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOI = b"\xff\xd8"
+_SUPPORTED = "cxr-assist reads PNG, JPEG and DICOM files"
+
+# Other image formats people upload, recognised by their first bytes so the
+# message can name the format (and so Pillow's many other parsers never run).
+_OTHER_IMAGE_SIGNATURES = (
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "TIFF"),
+    (b"MM\x00+", "TIFF"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"8BPS", "Photoshop"),
+)
+# Files that are not images at all, with the words a user recognises.
+_DOCUMENT_SIGNATURES = (
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive (or an Office document)"),
+    (b"PK\x05\x06", "an empty ZIP archive"),
+    (b"\x1f\x8b", "a compressed (gzip) archive"),
+    (b"Rar!", "a RAR archive"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an old-style Office document"),
+)
 
 
 @dataclass(frozen=True)
@@ -62,41 +96,122 @@ class DecodedImage:
     metadata: dict = field(default_factory=dict)
 
 
-def _read_bytes(source: ImageSource) -> tuple[bytes, str]:
-    """Return the raw bytes and a display name for ``source``."""
+def _error(message: str, reason: str) -> ImageReadError:
+    """An :class:`ImageReadError` whose message starts as a sentence.
+
+    Messages put the file's label first ("the uploaded file is ..."); the
+    capital letter is added here so every message reads as a sentence.
+    """
+    return ImageReadError(message[:1].upper() + message[1:], reason=reason)
+
+
+def _label(name: Optional[str]) -> str:
+    """How a file is called in messages: by its name, or as the upload."""
+    return f"the file {name!r}" if name else "the uploaded file"
+
+
+def _read_bytes(source: ImageSource) -> tuple[bytes, Optional[str]]:
+    """Return the raw bytes of ``source`` and its file name (None for bytes).
+
+    Args:
+        source: a path, or the file's bytes.
+
+    Raises:
+        ImageReadError: missing path, a folder or other non-regular file, a
+            file above :data:`MAX_FILE_BYTES`, or one the system cannot read.
+    """
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source), "uploaded file"
+        return bytes(source), None
     path = Path(source)
-    name = path.name
-    if not path.exists():
-        raise ImageReadError(f"The file {name!r} does not exist.", reason="missing")
-    if path.is_dir():
-        raise ImageReadError(f"{name!r} is a folder, not an image file.", reason="not_a_file")
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise ImageReadError(
-            f"The file {name!r} is {size / 2**20:.0f} MB; the limit is "
+    name = path.name or str(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError as exc:
+        raise _error(f"the file {name!r} does not exist.", "missing") from exc
+    except (OSError, ValueError) as exc:  # permission denied, a NUL byte in the path ...
+        raise _error(
+            f"the file {name!r} could not be opened. Check the path and its permissions.", "unreadable"
+        ) from exc
+    if stat.S_ISDIR(info.st_mode):
+        raise _error(f"the path {name!r} is a folder, not an image file.", "not_a_file")
+    if not stat.S_ISREG(info.st_mode):
+        # A pipe or device would block read_bytes() forever (or never end).
+        raise _error(f"the path {name!r} is not a regular file (it is a pipe, socket or device).", "not_a_file")
+    if info.st_size > MAX_FILE_BYTES:
+        raise _error(
+            f"the file {name!r} is {info.st_size / 2**20:.0f} MB; the limit is "
             f"{MAX_FILE_BYTES / 2**20:.0f} MB. Export a smaller image.",
-            reason="too_large",
+            "too_large",
         )
     try:
         return path.read_bytes(), name
     except OSError as exc:
-        raise ImageReadError(f"The file {name!r} could not be read ({exc.strerror}).", reason="unreadable") from exc
+        reason = exc.strerror or "a system error"
+        raise _error(f"the file {name!r} could not be read ({reason.lower()}).", "unreadable") from exc
 
 
 def _is_dicom(data: bytes) -> bool:
     return len(data) >= 132 and data[128:132] == b"DICM"
 
 
+def _looks_like_text(sample: bytes) -> bool:
+    """True for UTF-8/ASCII text without control characters (a note, CSV, JSON ...)."""
+    if not sample or b"\x00" in sample:
+        return False
+    try:
+        sample.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A multi-byte character cut by the end of the sample is fine; anything else is binary.
+        if exc.reason != "unexpected end of data":
+            return False
+    return not any(byte < 32 and byte not in (9, 10, 12, 13) for byte in sample)
+
+
+def _identify(data: bytes) -> tuple[str, str]:
+    """Tell what kind of file ``data`` is from its first bytes.
+
+    Returns:
+        (kind, description): kind is ``"PNG"``, ``"JPEG"``, ``"image"`` (a
+        format cxr-assist does not read; description is its name),
+        ``"document"`` (description says what it is) or ``"unknown"``.
+    """
+    if data.startswith(_PNG_SIGNATURE):
+        return "PNG", "PNG"
+    if data.startswith(_JPEG_SOI):
+        return "JPEG", "JPEG"
+    for signature, fmt in _OTHER_IMAGE_SIGNATURES:
+        if data.startswith(signature):
+            return "image", fmt
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return "image", "WEBP"
+    if data[4:8] == b"ftyp" and data[8:12] in {b"heic", b"heix", b"mif1", b"avif"}:
+        return "image", "HEIC/AVIF"
+    # BMP has a two-letter signature only: also check the DIB header size.
+    if data.startswith(b"BM") and len(data) >= 18:
+        if struct.unpack_from("<I", data, 14)[0] in {12, 40, 52, 56, 64, 108, 124}:
+            return "image", "BMP"
+    for signature, description in _DOCUMENT_SIGNATURES:
+        if data.startswith(signature):
+            return "document", description
+    head = data[:1024]
+    if _looks_like_text(head):
+        lowered = head.lstrip().lower()
+        if lowered.startswith((b"<!doctype html", b"<html")) or b"<html" in lowered:
+            return "document", "a web page (HTML), not the image itself"
+        if lowered.startswith(b"<svg") or (lowered.startswith(b"<?xml") and b"<svg" in lowered):
+            return "image", "SVG"
+        return "document", "a text file"
+    return "unknown", ""
+
+
 def _check_pixel_count(height: int, width: int, name: str) -> None:
     if height <= 0 or width <= 0:
-        raise ImageReadError(f"The image in {name} has no pixels ({width} x {height}).", reason="corrupt")
+        raise _error(f"the image in {name} has no pixels ({width} x {height}); the file is damaged.", "corrupt")
     if height * width > MAX_PIXELS:
-        raise ImageReadError(
-            f"The image in {name} is {width} x {height} pixels ({height * width / 1e6:.0f} megapixels); "
+        raise _error(
+            f"the image in {name} is {width} x {height} pixels ({height * width / 1e6:.0f} megapixels); "
             f"the limit is {MAX_PIXELS / 1e6:.0f} megapixels. Export a smaller copy of the image.",
-            reason="too_large",
+            "too_large",
         )
 
 
@@ -107,89 +222,240 @@ def _to_unit_range(array: np.ndarray, *, maximum: float | None = None) -> np.nda
         return np.clip(array / np.float32(maximum), 0.0, 1.0)
     low, high = float(array.min()), float(array.max())
     if not np.isfinite(low) or not np.isfinite(high):
-        raise ImageReadError("The image contains invalid (non-finite) pixel values.", reason="corrupt")
+        raise _error("the image contains invalid (non-finite) pixel values; the file is damaged.", "corrupt")
     if high <= low:
         return np.zeros_like(array, dtype=np.float32)
     return (array - np.float32(low)) / np.float32(high - low)
 
 
-def _decode_raster(data: bytes, name: str) -> DecodedImage:
-    """Decode PNG or JPEG bytes with Pillow."""
-    notes: list[str] = []
-    try:
-        with warnings.catch_warnings():
-            # Pillow's own bomb check warns at 89 MP and raises at 179 MP; ours is stricter.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        if isinstance(exc, Image.DecompressionBombError):
-            raise ImageReadError(f"The image in {name} is far too large to open safely.", reason="too_large") from exc
-        raise ImageReadError(
-            f"{name} is not a readable image. Upload a PNG, JPEG or DICOM chest X-ray.", reason="not_an_image"
-        ) from exc
-    except Exception as exc:  # Pillow raises many types on mangled headers
-        raise ImageReadError(f"{name} is damaged and could not be opened ({exc}).", reason="corrupt") from exc
+def _truncated(name: str) -> ImageReadError:
+    return _error(
+        f"{name} is incomplete: the file ends before the image does. Export or download it again.", "truncated"
+    )
 
-    fmt = (image.format or "").upper()
-    if fmt not in {"PNG", "JPEG", "MPO"}:
-        raise ImageReadError(
-            f"{name} is a {fmt or 'unknown'} image; cxr-assist reads PNG, JPEG and DICOM files.",
-            reason="unsupported_format",
-        )
-    fmt = "JPEG" if fmt == "MPO" else fmt
-    width, height = image.size
-    _check_pixel_count(height, width, name)
-    if getattr(image, "n_frames", 1) > 1 and fmt == "PNG":
-        raise ImageReadError(f"{name} is an animated image; upload a single X-ray image.", reason="multi_frame")
+
+def _damaged(name: str, what: str = "image") -> ImageReadError:
+    return _error(f"{name} is a damaged {what} file and could not be decoded. Export the image again.", "corrupt")
+
+
+def _check_png_structure(data: bytes, name: str) -> None:
+    """Walk the PNG chunks: the file must be complete (IEND) with intact CRCs.
+
+    Pillow verifies the CRCs of some chunks only and decodes a file cut off
+    after its image data without complaint; a film damaged in transit must
+    not be read as if it were whole. The size in IHDR is checked as soon as it
+    is read, so a decompression bomb is refused before any pixel is allocated.
+
+    Args:
+        data: the whole file, starting with the PNG signature.
+        name: the file's label for messages.
+    """
+    view = memoryview(data)
+    pos = len(_PNG_SIGNATURE)
+    first = True
+    while True:
+        if pos + 12 > len(data):
+            raise _truncated(name)
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        if length > 2**31 - 1:  # the PNG limit: a larger length is garbage, not a cut
+            raise _damaged(name, "PNG")
+        end = pos + 12 + length
+        if end > len(data):
+            raise _truncated(name)
+        (crc,) = struct.unpack_from(">I", data, end - 4)
+        if zlib.crc32(view[pos + 4 : end - 4]) != crc:
+            raise _damaged(name, "PNG")
+        if first:
+            if kind != b"IHDR" or length != 13:
+                raise _damaged(name, "PNG")
+            width, height = struct.unpack_from(">II", data, pos + 8)
+            _check_pixel_count(height, width, name)
+            first = False
+        if kind == b"IEND":
+            return
+        pos = end
+
+
+def _skip_jpeg_scan(data: bytes, pos: int) -> int:
+    """Return the offset of the marker that ends the entropy-coded data at ``pos``."""
+    while True:
+        pos = data.find(b"\xff", pos)
+        if pos < 0 or pos + 1 >= len(data):
+            return len(data)
+        following = data[pos + 1]
+        # FF00 is a stuffed data byte and FFD0-FFD7 restart markers: both belong to the scan.
+        if following == 0x00 or 0xD0 <= following <= 0xD7:
+            pos += 2
+            continue
+        return pos
+
+
+def _check_jpeg_structure(data: bytes, name: str) -> None:
+    """Walk the JPEG marker segments up to EOI; check the frame size.
+
+    libjpeg (inside Pillow) only *warns* about bytes where a marker should be
+    and fills what it cannot decode with gray, so a JPEG with a damaged body
+    would otherwise decode "successfully". Walking the segment lengths finds
+    such damage and a file that stops before its end marker. (Damage inside
+    the compressed data that keeps the structure intact cannot be detected:
+    JPEG has no checksum.) The frame size is checked from the SOF header,
+    before Pillow allocates anything.
+
+    Args:
+        data: the whole file, starting with the SOI marker.
+        name: the file's label for messages.
+    """
+    n = len(data)
+    pos = len(_JPEG_SOI)
+    while True:
+        if pos >= n:
+            raise _truncated(name)
+        if data[pos] != 0xFF:
+            raise _damaged(name, "JPEG")
+        while pos < n and data[pos] == 0xFF:  # fill bytes may precede any marker
+            pos += 1
+        if pos >= n:
+            raise _truncated(name)
+        marker = data[pos]
+        pos += 1
+        if marker == 0xD9:  # EOI; anything after it (MPO pictures, padding) is not ours to judge
+            return
+        if marker in (0x00, 0xD8):
+            raise _damaged(name, "JPEG")
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # stand-alone markers, no length
+            continue
+        if pos + 2 > n:
+            raise _truncated(name)
+        (length,) = struct.unpack_from(">H", data, pos)
+        if length < 2:
+            raise _damaged(name, "JPEG")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn: the frame header
+            if pos + 7 > n:
+                raise _truncated(name)
+            height, width = struct.unpack_from(">HH", data, pos + 3)
+            if height * width > MAX_PIXELS:
+                _check_pixel_count(height, width, name)
+        pos += length
+        if pos > n:
+            raise _truncated(name)
+        if marker == 0xDA:  # SOS: compressed data follows up to the next marker
+            pos = _skip_jpeg_scan(data, pos)
+
+
+def _open_with_pillow(data: bytes, kind: str, name: str) -> Image.Image:
+    """Open (parse the header of) PNG or JPEG bytes; nothing is decoded yet.
+
+    Args:
+        data: the whole file.
+        kind: ``"PNG"`` or ``"JPEG"``, from the file's signature.
+        name: the file's label for messages.
+    """
     try:
-        image.load()
+        # Only the parser the signature named: Pillow's other parsers never see upload bytes.
+        return Image.open(io.BytesIO(data), formats=[kind])
+    except Image.DecompressionBombError as exc:  # Pillow's own limit (179 MP); ours, checked before, is lower
+        raise _error(
+            f"the image in {name} is far too large to open safely (the limit is {MAX_PIXELS / 1e6:.0f} megapixels).",
+            "too_large",
+        ) from exc
+    except Exception as exc:  # UnidentifiedImageError, SyntaxError, struct.error ... on mangled headers
+        raise _damaged(name, kind) from exc
+
+
+def _decode_raster(data: bytes, name: str) -> DecodedImage:
+    """Decode PNG or JPEG bytes with Pillow.
+
+    Args:
+        data: the whole file.
+        name: the file's label for messages.
+    """
+    kind, description = _identify(data)
+    if kind == "image":
+        raise _error(
+            f"{name} is a {description} image; {_SUPPORTED}. Export the image as PNG or DICOM.",
+            "unsupported_format",
+        )
+    if kind == "document":
+        raise _error(f"{name} is {description}. Upload a PNG, JPEG or DICOM chest X-ray.", "not_an_image")
+    if kind == "unknown":
+        raise _error(
+            f"{name} is not a PNG, JPEG or DICOM image. Upload a chest X-ray in one of those formats.", "not_an_image"
+        )
+    if kind == "PNG":
+        _check_png_structure(data, name)
+    else:
+        _check_jpeg_structure(data, name)
+
+    notes: list[str] = []
+    # Pillow reports a damaged EXIF block (while opening and while rotating)
+    # as a warning only. Record its warnings rather than let them reach the
+    # caller, whose filters might turn them into exceptions of another type.
+    with warnings.catch_warnings(record=True) as pillow_warnings:
+        warnings.simplefilter("always")
+        image = _open_with_pillow(data, kind, name)
+        fmt = "JPEG" if image.format == "MPO" else (image.format or kind)  # MPO: phone multi-picture JPEG
+        width, height = image.size
+        _check_pixel_count(height, width, name)
+        if fmt == "PNG" and getattr(image, "n_frames", 1) > 1:
+            raise _error(f"{name} is an animated image; upload a single X-ray image.", "multi_frame")
+        try:
+            image.load()
+        except Exception as exc:  # the structure was whole, so the compressed data itself is bad
+            raise _damaged(name, fmt) from exc
+        exif_damaged = False
         if fmt == "JPEG":
             # Phone photos of films carry their rotation in EXIF.
-            image = ImageOps.exif_transpose(image)
-    except Exception as exc:  # truncated data, bad CRC, broken huffman tables ...
-        raise ImageReadError(
-            f"{name} is incomplete or damaged and could not be decoded ({exc}). Export the image again.",
-            reason="truncated",
-        ) from exc
+            try:
+                image = ImageOps.exif_transpose(image)
+            except Exception:  # the pixels are fine; only the rotation is unknown
+                exif_damaged = True
+    if exif_damaged or any("exif" in str(w.message).lower() for w in pillow_warnings):
+        notes.append("The orientation information in the image is damaged; check that the film is shown upright.")
 
     mode = image.mode
     if mode == "P":
-        has_alpha = "transparency" in image.info
-        image = image.convert("RGBA" if has_alpha else "RGB")
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
         mode = image.mode
-    if mode in {"RGBA", "LA", "PA"}:
-        alpha = np.asarray(image.getchannel("A"))
-        if alpha.min() < 255:
+    elif mode == "PA":
+        image = image.convert("RGBA")
+        mode = image.mode
+    alpha = None
+    pixels = None
+    if mode in {"RGBA", "LA"}:
+        # Transparent pixels count as black (alpha premultiplied). Done with
+        # NumPy because Pillow cannot convert "La" to "L".
+        alpha = np.asarray(image.getchannel("A"), dtype=np.float32) / np.float32(255.0)
+        if float(alpha.min()) < 1.0:
             notes.append("The image had transparent areas; they were treated as black.")
-        image = image.convert("RGBa" if mode == "RGBA" else "La").convert("L" if mode == "LA" else "RGB")
+        image = image.convert("RGB" if mode == "RGBA" else "L")
         mode = image.mode
     if mode in {"RGB", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"}:
         rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
         spread = float(np.abs(rgb - rgb.mean(axis=2, keepdims=True)).mean())
         if spread > 8.0:
             notes.append("The image is in colour; X-rays are grayscale, so it was converted. Check it is an X-ray.")
-        pixels = _to_unit_range(np.asarray(image.convert("L")), maximum=255.0)
+        gray = np.asarray(image.convert("L"), dtype=np.float32)
         bit_depth = 8
     elif mode == "L":
-        pixels = _to_unit_range(np.asarray(image), maximum=255.0)
+        gray = np.asarray(image, dtype=np.float32)
         bit_depth = 8
     elif mode == "1":
-        pixels = np.asarray(image, dtype=np.float32)
+        gray = np.asarray(image, dtype=np.float32) * np.float32(255.0)
         bit_depth = 1
         notes.append("The image is black-and-white only (1 bit); results will be unreliable.")
     elif mode.startswith("I") or mode == "F":
-        raw = np.asarray(image)
-        if raw.dtype.byteorder == ">" or mode.endswith("B"):
-            raw = raw.astype(raw.dtype.newbyteorder("=")) if raw.dtype.byteorder == ">" else raw
-        raw = raw.astype(np.float32)
-        # 16-bit exports from PACS use any sub-range (often 12 bits): stretch
-        # the image's own range rather than dividing by 65535, which would
-        # give a nearly black image.
-        pixels = _to_unit_range(raw)
+        # astype reads any byte order correctly. 16-bit exports from PACS use
+        # any sub-range (often 12 bits): stretch the image's own range rather
+        # than dividing by 65535, which would give a nearly black image.
+        pixels = _to_unit_range(np.asarray(image).astype(np.float32))
         bit_depth = 16
     else:
-        raise ImageReadError(f"{name} uses an unsupported pixel format ({mode}).", reason="unsupported_format")
+        raise _error(
+            f"{name} uses an unsupported pixel format ({mode}). Export it as an 8-bit PNG.", "unsupported_format"
+        )
 
+    if pixels is None:  # 8-bit and 1-bit images: a fixed scale, so contrast is kept as stored
+        pixels = _to_unit_range(gray if alpha is None else gray * alpha, maximum=255.0)
     return DecodedImage(
         pixels=np.ascontiguousarray(pixels, dtype=np.float32),
         source_format=fmt,
@@ -204,23 +470,89 @@ def _dicom_text(ds, keyword: str) -> str:
     return str(value).strip().upper() if value is not None else ""
 
 
+def _dicom_int(ds, keyword: str, default: int, name: str) -> int:
+    """An integer element; a multi-valued or non-numeric one means a damaged header."""
+    try:
+        value = ds.get(keyword, default)  # pydicom converts the text on first use: may raise
+        return default if value is None or value == "" else int(value)
+    except (TypeError, ValueError) as exc:
+        raise _error(f"{name} is a damaged DICOM file: its {keyword} value is not a number.", "corrupt") from exc
+
+
+def _an(word: str) -> str:
+    """The article for an abbreviation read letter by letter ("an MR", "a CT")."""
+    return "an" if word[:1] in set("AEFHILMNORSX") else "a"
+
+
+def _apply_window(values: np.ndarray, ds, apply_voi_lut) -> Optional[np.ndarray]:
+    """Apply the DICOM window (WindowCenter/Width) and scale its output to [0, 1].
+
+    The window is what the modality chose for display: its output range, not
+    the image's own range, maps to black and white, so tissue that lies
+    inside a wide window stays mid-gray instead of being stretched.
+
+    Returns:
+        the windowed image in [0, 1], or None when the window is unusable.
+    """
+    try:
+        windowed = apply_voi_lut(values, ds, index=0, prefer_lut=False)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            # The window's output for inputs far below and far above it.
+            black, white = (float(v) for v in apply_voi_lut(np.array([-np.inf, np.inf]), ds, index=0, prefer_lut=False))
+    except (ValueError, TypeError, IndexError, ZeroDivisionError, AttributeError):
+        return None  # width < 1, non-numeric or mismatched values
+    if not (np.isfinite(black) and np.isfinite(white)) or black == white:
+        return None
+    scaled = (np.asarray(windowed, dtype=np.float32) - np.float32(black)) / np.float32(white - black)
+    return np.clip(scaled, 0.0, 1.0)
+
+
 def _decode_dicom(data: bytes, name: str) -> DecodedImage:
-    """Decode a DICOM file with pydicom: modality LUT, VOI LUT/window, MONOCHROME1."""
+    """Decode a DICOM file with pydicom: modality LUT, VOI LUT/window, MONOCHROME1.
+
+    pydicom warns about every oddity of real files, while reading and again
+    when it converts a value on first use. The warnings are recorded, not
+    shown: the caller's filters could otherwise turn them into exceptions of
+    another type, and one of them is how a cut-off file shows itself.
+
+    Args:
+        data: the whole file, with the 128-byte preamble and ``DICM``.
+        name: the file's label for messages.
+    """
+    with warnings.catch_warnings(record=True) as pydicom_warnings:
+        warnings.simplefilter("always")
+        return _dicom_to_image(data, name, pydicom_warnings)
+
+
+def _dicom_to_image(data: bytes, name: str, read_warnings: list) -> DecodedImage:
+    """The body of :func:`_decode_dicom`, run with warnings recorded in ``read_warnings``."""
     import pydicom
-    from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
-    except (InvalidDicomError, Exception) as exc:
-        raise ImageReadError(f"{name} is a damaged DICOM file ({exc}).", reason="corrupt") from exc
+    except Exception as exc:  # InvalidDicomError, EOFError, struct.error ... on mangled headers
+        raise _error(
+            f"{name} starts like a DICOM file but its header is damaged and could not be read.", "corrupt"
+        ) from exc
+
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    has_pixels = "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
+    if not has_pixels and any("end of file" in str(w.message).lower() for w in read_warnings):
+        # Compressed pixel data cut short: pydicom drops the element and only warns.
+        raise _truncated(name)
+    if syntax is None and not has_pixels:
+        # pydicom reads garbage after "DICM" as unknown private elements; a
+        # real file always states its transfer syntax.
+        raise _error(f"{name} starts like a DICOM file but its header is damaged and could not be read.", "corrupt")
 
     notes: list[str] = []
     modality = _dicom_text(ds, "Modality")
     if modality in _REFUSED_MODALITIES:
-        raise ImageReadError(
-            f"{name} is a {modality} image, not a chest radiograph. cxr-assist reads frontal chest X-rays only.",
-            reason="wrong_modality",
+        raise _error(
+            f"{name} is {_an(modality)} {modality} image, not a chest radiograph. "
+            "cxr-assist reads frontal chest X-rays only.",
+            "wrong_modality",
         )
     if modality and modality not in _RADIOGRAPH_MODALITIES:
         notes.append(f"The DICOM modality is {modality!r}, not a radiograph (DX/CR); check this is a chest X-ray.")
@@ -232,44 +564,60 @@ def _decode_dicom(data: bytes, name: str) -> DecodedImage:
         shown = view or "missing"
         notes.append(f"The view position is {shown!r}, not PA or AP; the model was trained on frontal films only.")
 
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise ImageReadError(f"{name} is a DICOM file without an image in it (no pixel data).", reason="no_pixel_data")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if not has_pixels:
+        raise _error(f"{name} is a DICOM file without an image in it (no pixel data).", "no_pixel_data")
+    frames = _dicom_int(ds, "NumberOfFrames", 1, name)
     if frames > 1:
-        raise ImageReadError(
-            f"{name} holds {frames} frames (a series or cine loop); upload a single chest X-ray image.",
-            reason="multi_frame",
+        raise _error(
+            f"{name} holds {frames} frames (a series or cine loop); upload a single chest X-ray image.", "multi_frame"
         )
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    rows, cols = _dicom_int(ds, "Rows", 0, name), _dicom_int(ds, "Columns", 0, name)
     _check_pixel_count(rows, cols, name)
+    try:
+        native = syntax is not None and not syntax.is_compressed
+    except ValueError:  # a UID that is not a known transfer syntax: pixel_array will say
+        native = False
+    if native and "PixelData" in ds:
+        # Uncompressed pixels have a known size: fewer bytes means the file was cut.
+        samples = _dicom_int(ds, "SamplesPerPixel", 1, name)
+        bits = _dicom_int(ds, "BitsAllocated", 8, name)
+        expected = (rows * cols * max(frames, 1) * max(samples, 1) * bits + 7) // 8
+        if len(ds.PixelData) < expected:
+            raise _truncated(name)
     try:
         raw = ds.pixel_array
     except Exception as exc:
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        syntax_name = getattr(syntax, "name", str(syntax))
-        raise ImageReadError(
-            f"The image data in {name} could not be decoded ({syntax_name}): {exc}. "
-            "Export it uncompressed or as PNG.",
-            reason="corrupt",
+        syntax_name = getattr(syntax, "name", None) or "an unknown encoding"
+        raise _error(
+            f"the image data in {name} could not be decoded (it is stored as {syntax_name}); it is damaged or "
+            "compressed in a way cxr-assist cannot read. Export it uncompressed or as PNG.",
+            "corrupt",
         ) from exc
+    photometric = _dicom_text(ds, "PhotometricInterpretation")
     if raw.ndim == 3 and raw.shape[-1] in (3, 4):  # colour DICOM (secondary capture)
         raw = raw[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
         notes.append("The DICOM image is in colour; it was converted to grayscale.")
+        pixels = _to_unit_range(raw)
     elif raw.ndim != 2:
-        raise ImageReadError(f"{name} has an unexpected image shape {raw.shape}.", reason="corrupt")
-
-    photometric = _dicom_text(ds, "PhotometricInterpretation")
-    values = apply_modality_lut(raw, ds)
-    has_voi = "VOILUTSequence" in ds or "WindowCenter" in ds
-    if has_voi:
-        # apply_voi_lut returns values in the output range of the LUT/window;
-        # prefer_lut follows the standard when both are present.
-        values = apply_voi_lut(values, ds, index=0, prefer_lut=True)
-    values = np.asarray(values, dtype=np.float32)
-    pixels = _to_unit_range(values)
+        raise _error(f"{name} has an unexpected image shape {tuple(raw.shape)}; upload a single 2-D image.", "corrupt")
+    else:
+        values = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
+        pixels = None
+        if photometric in {"MONOCHROME1", "MONOCHROME2"}:  # pydicom's VOI functions accept only these
+            if "VOILUTSequence" in ds:
+                try:
+                    values = np.asarray(apply_voi_lut(values, ds, index=0, prefer_lut=True), dtype=np.float64)
+                except Exception:
+                    notes.append("The DICOM display lookup table is invalid; the image's own range was used instead.")
+            elif "WindowCenter" in ds and "WindowWidth" in ds:
+                pixels = _apply_window(values, ds, apply_voi_lut)
+                if pixels is None:
+                    notes.append("The DICOM display window is invalid; the image's own range was used instead.")
+        if pixels is None:
+            pixels = _to_unit_range(values)
     if photometric == "MONOCHROME1":  # 0 means white in MONOCHROME1: invert to display convention
         pixels = 1.0 - pixels
-    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)) or 8)
+    bits = _dicom_int(ds, "BitsStored", _dicom_int(ds, "BitsAllocated", 8, name), name)
     metadata = {
         "modality": modality,
         "body_part": body_part,
@@ -291,6 +639,8 @@ def _decode_dicom(data: bytes, name: str) -> DecodedImage:
 def decode_image(source: ImageSource, *, name: str | None = None) -> DecodedImage:
     """Decode a PNG, JPEG or DICOM image into a :class:`DecodedImage`.
 
+    The format is told from the file's content, never from its name.
+
     Args:
         source: a file path, or the file's bytes (e.g. an upload).
         name: how to call the file in error messages (defaults to its file name).
@@ -299,16 +649,25 @@ def decode_image(source: ImageSource, *, name: str | None = None) -> DecodedImag
         ImageReadError: empty, truncated, corrupt or non-image data; an
             unsupported format; an image above :data:`MAX_PIXELS`; a DICOM
             without pixel data, with several frames, or of a non-radiograph
-            modality.
+            modality. No other exception type escapes for bad file content.
     """
-    data, default_name = _read_bytes(source)
-    label = name or default_name
+    data, file_name = _read_bytes(source)
+    label = _label(name or file_name)
     if len(data) == 0:
-        raise ImageReadError(f"{label} is empty (0 bytes). Upload the image again.", reason="empty")
+        raise _error(f"{label} is empty (0 bytes). Upload the image again.", "empty")
     if len(data) > MAX_FILE_BYTES:
-        raise ImageReadError(
-            f"{label} is {len(data) / 2**20:.0f} MB; the limit is {MAX_FILE_BYTES / 2**20:.0f} MB.", reason="too_large"
+        raise _error(
+            f"{label} is {len(data) / 2**20:.0f} MB; the limit is {MAX_FILE_BYTES / 2**20:.0f} MB.", "too_large"
         )
-    if _is_dicom(data):
-        return _decode_dicom(data, label)
-    return _decode_raster(data, label)
+    try:
+        if _is_dicom(data):
+            return _decode_dicom(data, label)
+        return _decode_raster(data, label)
+    except ImageReadError:
+        raise
+    except MemoryError as exc:
+        raise _error(f"{label} is too large to decode with the memory available.", "too_large") from exc
+    except Exception as exc:
+        # Last line of defence: the decoders raise many types on hostile input,
+        # and callers rely on one. The cause stays attached for the logs.
+        raise _damaged(label) from exc
