@@ -51,7 +51,7 @@ def split_model(model: keras.Model, *, features_layer: str = FEATURES_LAYER) -> 
     """
     index = _layer_index(model, features_layer)
     features = model.layers[index].output
-    backbone = keras.Model(model.inputs, [features, model.outputs[0]], name="backbone_and_probabilities")
+    backbone = keras.Model(model.inputs[0], [features, model.outputs[0]], name="backbone_and_probabilities")
     head_input = keras.Input(shape=tuple(features.shape[1:]), name="cached_features")
     x = keras.layers.Identity(name=features_layer)(head_input)
     for layer in model.layers[index + 1 :]:

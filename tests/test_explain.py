@@ -36,16 +36,16 @@ def model_and_image():
 def test_split_model_reproduces_the_classifier(model_and_image):
     model, image = model_and_image
     backbone, head = split_model(model)
-    features, probabilities = backbone([image[None]])
+    features, probabilities = backbone(image[None])
     assert features.shape == (1, 12, 12, 16)
-    np.testing.assert_allclose(head([features]).numpy(), model([image[None]]).numpy(), atol=1e-6)
-    np.testing.assert_allclose(probabilities.numpy(), model([image[None]]).numpy(), atol=1e-6)
+    np.testing.assert_allclose(head(features).numpy(), model(image[None]).numpy(), atol=1e-6)
+    np.testing.assert_allclose(probabilities.numpy(), model(image[None]).numpy(), atol=1e-6)
 
 
 def test_fast_path_equals_tf_keras_vis_per_finding(model_and_image):
     model, image = model_and_image
     backbone, head = split_model(model)
-    features, _ = backbone([image[None]])
+    features, _ = backbone(image[None])
     maps = HeadGradcamPlusPlus(head)(features.numpy(), range(14))
     assert maps.shape == (14, 12, 12) and maps.dtype == np.float32
     assert maps.min() >= 0 and maps.max() <= 1 + 1e-6
@@ -60,7 +60,7 @@ def test_fast_path_equals_tf_keras_vis_per_finding(model_and_image):
 def test_subset_of_findings_and_bad_input(model_and_image):
     model, image = model_and_image
     backbone, head = split_model(model)
-    features, _ = backbone([image[None]])
+    features, _ = backbone(image[None])
     explainer = HeadGradcamPlusPlus(head)
     full = explainer(features.numpy(), range(14))
     subset = explainer(features.numpy()[0], [13, 2])
