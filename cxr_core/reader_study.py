@@ -670,28 +670,45 @@ class ReaderStudyStore:
             yield con
             con.execute("COMMIT")
 
+    def _recorded_version(self, con: sqlite3.Connection) -> int | None:
+        """The file's schema version; None for an empty file.
+
+        Raises:
+            SchemaVersionError: another program's SQLite file, or a newer schema.
+        """
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            return None
+        if "schema_version" not in tables:
+            raise SchemaVersionError(f"{self.path} is an SQLite file but not a cxr-assist reader-study database")
+        version = con.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{self.path} was written by a newer cxr-assist (reader-study schema version {version}; "
+                f"this version reads up to {SCHEMA_VERSION}). Upgrade cxr-assist, or choose another file."
+            )
+        return int(version)
+
     def _open_schema(self) -> None:
+        """Check the file, switch it to WAL, then create or migrate the schema."""
         try:
+            # Look before changing anything: another program's file, or one
+            # from a newer cxr-assist, is refused untouched.
+            with self._read() as con:
+                self._recorded_version(con)
             with self._connection() as con:
                 mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise ReaderStudyError(f"{self.path} cannot use WAL journaling (got {mode!r}); put it on a local disk")
+            if str(mode).lower() != "wal":
+                raise ReaderStudyError(f"{self.path} cannot use WAL journaling (got {mode!r}); put it on a local disk")
+            # Again inside the write lock: two processes opening a new file at
+            # once must not both create the schema.
             with self._write() as con:
-                tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-                if not tables:
+                version = self._recorded_version(con)
+                if version is None:
                     for statement in _split_sql(_SCHEMA_V1):
                         con.execute(statement)
                     con.execute("INSERT INTO schema_version VALUES (?, ?)", (1, _now()))
                     version = 1
-                elif "schema_version" not in tables:
-                    raise SchemaVersionError(f"{self.path} is an SQLite file but not a cxr-assist reader-study database")
-                else:
-                    version = con.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
-                if version > SCHEMA_VERSION:
-                    raise SchemaVersionError(
-                        f"{self.path} was written by a newer cxr-assist (reader-study schema version {version}; "
-                        f"this version reads up to {SCHEMA_VERSION}). Upgrade cxr-assist, or choose another file."
-                    )
                 while version < SCHEMA_VERSION:
                     if version not in MIGRATIONS:
                         raise SchemaVersionError(f"{self.path} has schema version {version} and no migration from it exists")

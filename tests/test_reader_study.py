@@ -548,3 +548,15 @@ def test_default_location(tmp_path, monkeypatch):
     store = ReaderStudyStore()
     assert store.path == tmp_path / "elsewhere" / "rs.sqlite3" and store.path.is_file()
     store.close()
+
+
+def test_refused_files_are_left_untouched(tmp_path):
+    other = tmp_path / "other.sqlite3"
+    with sqlite3.connect(other) as con:
+        con.execute("CREATE TABLE notes (x)")
+    before = other.read_bytes()
+    with pytest.raises(SchemaVersionError):
+        ReaderStudyStore(other)
+    assert other.read_bytes() == before  # not even switched to WAL
+    with sqlite3.connect(other) as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
