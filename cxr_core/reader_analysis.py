@@ -303,7 +303,7 @@ def phase_metrics(frame: pd.DataFrame, *, thresholds=None) -> pd.DataFrame:
                 for metric in METRICS:
                     value = float(rates[metric][0, j])
                     row[metric] = value
-                    if np.isnan(value) and phase != _AI_PHASE:
+                    if np.isnan(value):
                         undefined[metric].append(f"{finding} ({reader}, {phase})")
                 rows.append(row)
             macro = {"reader": reader, "phase": phase, "finding": MACRO, **sizes}
