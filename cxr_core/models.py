@@ -1,0 +1,246 @@
+"""Model builders: a grayscale chest film in, 14 finding probabilities out.
+
+Every builder returns a Functional Keras model with the same contract:
+
+* input ``"image"``: float32 ``(size, size, 1)``, the output of
+  :func:`cxr_core.preprocessing.normalize` (``(x / 255 - mean) / std``);
+* ``"features"``: the last convolutional activation (what Grad-CAM++ and the
+  other explanations in cxr-assist look up by name);
+* ``"pool"`` (global average), ``"dropout"``, ``"logits"`` (Dense(14), no
+  activation) and ``"probabilities"`` (sigmoid, float32 even under mixed
+  precision), columns in :data:`cxr_core.findings.FINDINGS` order.
+
+Backbones come from ``keras.applications`` and are built *flat* into the
+model (``input_tensor=``), so each of their layers is reachable with
+``model.get_layer(name)``. A small custom CNN is offered for tests and CPUs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import keras
+from keras import layers
+
+from cxr_core.findings import FINDINGS
+from cxr_core.preprocessing import PreprocessConfig
+
+#: Layer names the rest of cxr-assist relies on.
+INPUT_NAME = "image"
+FEATURES_NAME = "features"
+POOL_NAME = "pool"
+LOGITS_NAME = "logits"
+PROBABILITIES_NAME = "probabilities"
+
+# ImageNet statistics used by the "torch" preprocessing mode of keras.applications
+# (DenseNet), in RGB order, and the BGR means of the "caffe" mode (ResNet).
+_TORCH_MEAN = (0.485, 0.456, 0.406)
+_TORCH_STD = (0.229, 0.224, 0.225)
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one backbone and feed it ImageNet-style input.
+
+    Attributes:
+        constructor: the ``keras.applications`` function (``None`` for custom CNNs).
+        imagenet_mode: what the ImageNet weights expect: ``"torch"``
+            (``(x/255 - mean) / std``), ``"tf"`` (``x/127.5 - 1``), ``"caffe"``
+            (BGR minus mean) or ``"raw"`` (0-255; the model rescales inside).
+        feature_layer: name of the backbone's last conv activation.
+        min_size: smallest input side the backbone accepts.
+        images_per_second_cpu: measured training throughput at 224 px on the
+            2-core development machine (a planning hint, not a promise).
+    """
+
+    constructor: Callable | None
+    imagenet_mode: str
+    feature_layer: str
+    min_size: int = 32
+    images_per_second_cpu: float | None = None
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "densenet121": BackboneSpec(keras.applications.DenseNet121, "torch", "relu", 32, 6.0),
+    "densenet169": BackboneSpec(keras.applications.DenseNet169, "torch", "relu", 32),
+    "efficientnetb0": BackboneSpec(keras.applications.EfficientNetB0, "raw", "top_activation", 32, 11.0),
+    "mobilenetv2": BackboneSpec(keras.applications.MobileNetV2, "tf", "out_relu", 32, 19.0),
+    "resnet50": BackboneSpec(keras.applications.ResNet50, "caffe", "conv5_block3_out", 32),
+    "small_cnn": BackboneSpec(None, "none", "block4_relu", 32),
+}
+
+
+def _gray_to_imagenet(x, mode: str, preprocess: PreprocessConfig):
+    """Map our normalised gray input to what ImageNet weights expect.
+
+    The model input is ``n = (p/255 - m) / s`` for pixel ``p``. Each mode is an
+    affine function of ``p`` per channel, hence of ``n``; one weightless
+    Rescaling layer does it (a layer with weights here would break the
+    layer-count check of legacy ``.h5`` ImageNet weight files).
+    """
+    m, s = float(preprocess.mean), float(preprocess.std)
+    if mode == "torch":
+        scale = [s / sd for sd in _TORCH_STD]
+        offset = [(m - mu) / sd for mu, sd in zip(_TORCH_MEAN, _TORCH_STD)]
+    elif mode == "tf":
+        scale, offset = [2.0 * s] * 3, [2.0 * m - 1.0] * 3
+    elif mode == "caffe":
+        # Gray replicated into 3 channels: swapping RGB to BGR changes nothing,
+        # only the per-channel means differ.
+        scale = [255.0 * s] * 3
+        offset = [255.0 * m - mu for mu in _CAFFE_MEAN_BGR]
+    elif mode == "raw":
+        scale, offset = [255.0 * s] * 3, [255.0 * m] * 3
+    else:  # pragma: no cover - guarded by BACKBONES
+        raise ValueError(f"unknown ImageNet preprocessing mode {mode!r}")
+    x = layers.Concatenate(axis=-1, name="to_rgb")([x, x, x])
+    return layers.Rescaling(scale=scale, offset=offset, name="imagenet_preprocess")(x)
+
+
+def _small_cnn(x, *, width: int):
+    """Four strided Conv-BN-ReLU blocks: fast on a CPU, enough to learn on tests."""
+    for block, multiplier in enumerate((1, 2, 4, 8), start=1):
+        x = layers.Conv2D(width * multiplier, 3, strides=2, padding="same", use_bias=False, name=f"block{block}_conv")(x)
+        x = layers.BatchNormalization(name=f"block{block}_bn")(x)
+        x = layers.ReLU(name=f"block{block}_relu")(x)
+    return x
+
+
+def iter_layers(model: keras.Model):
+    """Yield every layer of ``model``, descending into nested models."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from iter_layers(layer)
+
+
+def set_bn_momentum(model: keras.Model, momentum: float) -> int:
+    """Set ``momentum`` on every BatchNormalization layer of ``model``.
+
+    keras.applications use 0.999, which needs thousands of steps before the
+    moving statistics approach the batch statistics; after a few hundred
+    steps from scratch, inference then gives one constant output for every
+    image (AUROC exactly 0.50). 0.9 tracks the data within ~50 steps.
+
+    Args:
+        model: any Keras model; nested models are visited.
+        momentum: value in (0, 1).
+
+    Returns:
+        the number of BatchNormalization layers changed.
+    """
+    if not 0.0 < momentum < 1.0:
+        raise ValueError(f"bn_momentum must lie in (0, 1), got {momentum!r}")
+    count = 0
+    for layer in iter_layers(model):
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = float(momentum)
+            count += 1
+    return count
+
+
+def build_model(
+    backbone: str = "densenet121",
+    input_size: int = 224,
+    *,
+    weights: str | os.PathLike | None = None,
+    rgb_stem: bool | None = None,
+    dropout: float = 0.2,
+    bn_momentum: float = 0.9,
+    preprocess: PreprocessConfig | None = None,
+    small_cnn_width: int = 16,
+    num_findings: int = len(FINDINGS),
+) -> keras.Model:
+    """Build a 14-finding classifier for grayscale chest films.
+
+    Args:
+        backbone: one of :data:`BACKBONES` (``"densenet121"``, ``"efficientnetb0"``,
+            ``"mobilenetv2"``, ``"resnet50"``, ``"densenet169"``, ``"small_cnn"``).
+        input_size: side of the square input in pixels.
+        weights: ``None`` (random init), ``"imagenet"`` (downloaded by Keras;
+            needs internet once) or the path of a ``keras.applications``
+            backbone weight file (for offline ImageNet weights).
+        rgb_stem: replicate gray into 3 channels and apply the backbone's
+            ImageNet preprocessing inside the model. Defaults to ``True`` when
+            ``weights`` is given, ``False`` otherwise (a 1-channel first conv is
+            cheaper when training from scratch). Pass it explicitly to rebuild
+            an ImageNet-initialised architecture without downloading.
+        dropout: dropout rate before the logits, in [0, 1).
+        bn_momentum: momentum of every BatchNormalization layer (see
+            :func:`set_bn_momentum`).
+        preprocess: the normalisation the input went through (mean and std
+            are needed to undo it for ImageNet weights); default
+            ``PreprocessConfig(input_size)``.
+        small_cnn_width: filters of the first ``small_cnn`` block.
+        num_findings: output columns; 14 except in special experiments.
+
+    Returns:
+        an uncompiled Functional model named ``cxr_<backbone>`` with layers
+        ``image``, ``features``, ``pool``, ``dropout``, ``logits``, ``probabilities``.
+
+    Raises:
+        ValueError: unknown backbone, bad size, dropout or momentum, or ImageNet
+            weights asked of ``small_cnn``.
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(sorted(BACKBONES))}")
+    spec = BACKBONES[backbone]
+    if not isinstance(input_size, int) or isinstance(input_size, bool) or input_size < spec.min_size:
+        raise ValueError(f"input_size must be an integer >= {spec.min_size} for {backbone}, got {input_size!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
+    if weights is not None and weights != "imagenet" and not os.path.isfile(os.fspath(weights)):
+        raise ValueError(f"weights must be None, 'imagenet' or an existing weights file; {weights!r} is none of these")
+    if spec.constructor is None and weights is not None:
+        raise ValueError(f"{backbone} has no pretrained weights; use weights=None")
+    if rgb_stem is None:
+        rgb_stem = weights is not None
+    if rgb_stem and spec.constructor is None:
+        raise ValueError(f"{backbone} takes the gray image directly; rgb_stem must be False")
+    preprocess = preprocess or PreprocessConfig(size=input_size)
+
+    inputs = keras.Input(shape=(input_size, input_size, 1), name=INPUT_NAME, dtype="float32")
+    if spec.constructor is None:
+        x = _small_cnn(inputs, width=int(small_cnn_width))
+    else:
+        if rgb_stem:
+            x = _gray_to_imagenet(inputs, spec.imagenet_mode, preprocess)
+        elif spec.imagenet_mode == "raw":
+            # EfficientNet rescales 0-255 input inside itself; give it pixels.
+            m, s = float(preprocess.mean), float(preprocess.std)
+            x = layers.Rescaling(scale=255.0 * s, offset=255.0 * m, name="to_pixels")(inputs)
+        else:
+            x = inputs
+        channels = 3 if rgb_stem else 1
+        base = spec.constructor(
+            include_top=False,
+            weights=weights if weights in (None, "imagenet") else os.fspath(weights),
+            input_tensor=x,
+            input_shape=(input_size, input_size, channels),
+        )
+        x = base.output
+    features = layers.Identity(name=FEATURES_NAME)(x)
+    x = layers.GlobalAveragePooling2D(name=POOL_NAME)(features)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    logits = layers.Dense(num_findings, name=LOGITS_NAME)(x)
+    # float32 so that mixed-precision training still outputs float32 probabilities.
+    probabilities = layers.Activation("sigmoid", dtype="float32", name=PROBABILITIES_NAME)(logits)
+    model = keras.Model(inputs, probabilities, name=f"cxr_{backbone}")
+    set_bn_momentum(model, bn_momentum)
+    return model
+
+
+def model_input_size(model: keras.Model) -> int:
+    """Side of the square input of a cxr-assist model."""
+    shape = model.inputs[0].shape
+    if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 1:
+        raise ValueError(f"expected a (size, size, 1) gray input, got {tuple(shape)}")
+    return int(shape[1])
+
+
+def model_num_outputs(model: keras.Model) -> int:
+    """Number of output columns (14 for every cxr-assist model)."""
+    return int(model.outputs[0].shape[-1])
