@@ -1,0 +1,730 @@
+"""Training: data -> patient-wise split -> tf.data -> model -> checkpoints -> bundle.
+
+``train(TrainConfig(...))`` runs one training and returns the bundle folder.
+The same steps are exposed for the tuner: :func:`load_training_data`,
+:func:`make_datasets`, :func:`compile_model`, :class:`ValidationAUROC`.
+
+Run folder (``config.out``)::
+
+    config.json                 the resolved configuration
+    log.csv                     one row per epoch (loss, val_mean_auroc, lr, seconds ...)
+    tensorboard/                TensorBoard event files
+    checkpoints/last.keras      model + optimizer state after the last epoch (resume)
+    checkpoints/best.weights.h5 weights of the best validation mean AUROC
+    checkpoints/state.json      epoch reached, best score, early-stopping counter
+    bundle/                     the model bundle (:mod:`cxr_core.bundle`)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import logging
+import math
+import os
+import time
+import tomllib
+import typing
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from cxr_core.findings import FINDINGS
+
+log = logging.getLogger(__name__)
+
+LR_SCHEDULES = ("cosine", "constant")
+MIXED_PRECISION = ("auto", "on", "off")
+MONITOR = "val_mean_auroc"
+
+
+# --------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; loadable from TOML (flat keys).
+
+    Data:
+        data: NIH dataset folder (files are decoded on the fly), or
+        cache: a cache made by ``python -m training.prepare`` (faster).
+        out: run folder (checkpoints, logs, bundle).
+        split_strategy, split_seed, split_fractions: as
+            :func:`cxr_core.splits.make_split`; a cache must have been made
+            with the same values.
+        limit_per_split: use only the first N images of each split (quick runs, tests).
+        decode_size: side files are decoded to before augmentation
+            (default: ``input_size``; a cache decides it itself).
+    Model:
+        backbone, weights, input_size, dropout, bn_momentum: as
+            :func:`cxr_core.models.build_model`.
+        preprocess_mean, preprocess_std: the normalisation stored in the bundle.
+    Optimisation:
+        batch_size: global batch (split across replicas).
+        epochs, steps_per_epoch: epochs to run; steps default to one pass over train.
+        learning_rate, lr_schedule (``cosine``|``constant``), warmup_epochs,
+        min_lr_fraction (cosine floor as a fraction of the peak), weight_decay (AdamW).
+        loss: ``weighted_bce`` | ``focal`` | ``bce``; max_pos_weight, focal_gamma,
+            focal_alpha, label_smoothing.
+        augment_strength, horizontal_flip: see :class:`cxr_core.pipeline.AugmentConfig`.
+    Run:
+        seed, early_stopping_patience (0: never stop early), resume,
+        mixed_precision (``auto``: on when a GPU is present; ``on``; ``off``),
+        verbose (Keras: 0 silent, 1 progress bar, 2 one line per epoch),
+        float16_bundle, tensorboard (needs the ``tensorboard`` package), shuffle_buffer.
+    """
+
+    data: str | None = None
+    cache: str | None = None
+    out: str = "runs/train"
+    split_strategy: str = "auto"
+    split_seed: int = 0
+    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    limit_per_split: int | None = None
+    decode_size: int | None = None
+
+    backbone: str = "mobilenetv2"
+    weights: str | None = None
+    input_size: int = 224
+    dropout: float = 0.2
+    bn_momentum: float = 0.9
+    preprocess_mean: float = 0.5
+    preprocess_std: float = 0.25
+
+    batch_size: int = 16
+    epochs: int = 10
+    steps_per_epoch: int | None = None
+    learning_rate: float = 1e-3
+    lr_schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    min_lr_fraction: float = 0.01
+    weight_decay: float = 1e-4
+    loss: str = "weighted_bce"
+    max_pos_weight: float = 100.0
+    focal_gamma: float = 2.0
+    focal_alpha: float | None = 0.25
+    label_smoothing: float = 0.0
+    augment_strength: float = 1.0
+    horizontal_flip: bool = False
+
+    seed: int = 0
+    early_stopping_patience: int = 5
+    resume: bool = False
+    mixed_precision: str = "auto"
+    verbose: int = 1
+    float16_bundle: bool = False
+    tensorboard: bool = True
+    shuffle_buffer: int = 2048
+
+    def __post_init__(self) -> None:
+        from cxr_core.losses import LOSS_NAMES
+        from cxr_core.models import BACKBONES
+
+        self.split_fractions = tuple(float(f) for f in self.split_fractions)
+        checks = [
+            (self.backbone in BACKBONES, f"backbone must be one of {sorted(BACKBONES)}"),
+            (self.loss in LOSS_NAMES, f"loss must be one of {LOSS_NAMES}"),
+            (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}"),
+            (self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {MIXED_PRECISION}"),
+            (self.split_strategy in ("auto", "official", "patient"), "split_strategy must be auto, official or patient"),
+            (len(self.split_fractions) == 3 and math.isclose(sum(self.split_fractions), 1.0), "split_fractions must be 3 numbers summing to 1"),
+            (self.batch_size >= 1 and self.epochs >= 1, "batch_size and epochs must be >= 1"),
+            (self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch must be >= 1"),
+            (self.limit_per_split is None or self.limit_per_split >= 1, "limit_per_split must be >= 1"),
+            (self.learning_rate > 0 and self.weight_decay >= 0, "learning_rate must be > 0, weight_decay >= 0"),
+            (0 <= self.min_lr_fraction <= 1 and self.warmup_epochs >= 0, "min_lr_fraction in [0, 1], warmup_epochs >= 0"),
+            (self.early_stopping_patience >= 0, "early_stopping_patience must be >= 0"),
+            (self.verbose in (0, 1, 2), "verbose must be 0, 1 or 2"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"invalid training configuration: {message}")
+
+    # -- loading -------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """Build from a flat dict, converting values to each field's type.
+
+        Raises:
+            ValueError: unknown keys (listed with the valid ones) or bad values.
+        """
+        hints = typing.get_type_hints(cls)
+        unknown = sorted(set(values) - set(hints))
+        if unknown:
+            raise ValueError(f"unknown configuration keys {unknown}; valid keys: {', '.join(hints)}")
+        return cls(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike | None, overrides: dict | None = None) -> "TrainConfig":
+        """Read a TOML file of flat keys (tables such as ``[tune]`` are ignored), then apply ``overrides``."""
+        values: dict = {}
+        if path is not None:
+            with open(path, "rb") as handle:
+                values = {k: v for k, v in tomllib.load(handle).items() if not isinstance(v, dict)}
+        values.update(overrides or {})
+        return cls.from_dict(values)
+
+    def with_overrides(self, **values) -> "TrainConfig":
+        return TrainConfig.from_dict({**self.to_dict(), **values})
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["split_fractions"] = list(self.split_fractions)
+        return data
+
+    def augment(self):
+        from cxr_core.pipeline import AugmentConfig
+
+        return AugmentConfig(strength=self.augment_strength, horizontal_flip=self.horizontal_flip)
+
+    def preprocess(self):
+        from cxr_core.preprocessing import PreprocessConfig
+
+        return PreprocessConfig(size=self.input_size, mean=self.preprocess_mean, std=self.preprocess_std)
+
+    def model_args(self) -> dict:
+        """Arguments of build_model that rebuild this run's architecture without downloading weights."""
+        return {"backbone": self.backbone, "input_size": self.input_size, "rgb_stem": self.weights is not None,
+                "dropout": self.dropout, "bn_momentum": self.bn_momentum}
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``"key=value"`` -> (key, value), the value read as a TOML value when it is one.
+
+    ``lr=3e-4`` gives a float, ``split_fractions=[0.8,0.1,0.1]`` a list,
+    ``weights=imagenet`` the string, ``focal_alpha=none`` None.
+    """
+    if "=" not in text:
+        raise ValueError(f"override {text!r} must look like key=value")
+    key, raw = (part.strip() for part in text.split("=", 1))
+    if raw.lower() in ("none", "null"):
+        return key, None
+    try:
+        return key, tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key, raw
+
+
+def _coerce(key: str, value, hint):
+    """Convert ``value`` to the annotated type (TOML and CLI give ints for floats, lists for tuples)."""
+    args = typing.get_args(hint)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ValueError(f"{key} cannot be empty")
+    if type(None) in args:  # Optional[X]
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    try:
+        if origin is tuple:
+            return tuple(_coerce(key, v, args[0]) for v in value)
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if hint is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if hint is float:
+            return float(value)
+        if hint is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}={value!r} is not a valid {getattr(hint, '__name__', hint)}") from None
+    return value
+
+
+# --------------------------------------------------------------------------
+# Schedules, metrics, callbacks
+# --------------------------------------------------------------------------
+
+@keras.saving.register_keras_serializable(package="cxr_core")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to ``peak``, then cosine decay to ``peak * floor`` at ``total_steps``.
+
+    Args:
+        peak: learning rate after warm-up.
+        total_steps: steps of the whole run.
+        warmup_steps: steps of the linear ramp from ``peak / warmup_steps``.
+        floor: final learning rate as a fraction of ``peak``.
+    """
+
+    def __init__(self, peak: float, total_steps: int, warmup_steps: int = 0, floor: float = 0.01) -> None:
+        self.peak = float(peak)
+        self.total_steps = max(int(total_steps), 1)
+        self.warmup_steps = max(int(warmup_steps), 0)
+        self.floor = float(floor)
+
+    def __call__(self, step):
+        from keras import ops
+
+        step = ops.cast(step, "float32")
+        warm = float(max(self.warmup_steps, 1))
+        warmup = self.peak * ops.minimum(step + 1.0, warm) / warm
+        decay_steps = float(max(self.total_steps - self.warmup_steps, 1))
+        progress = ops.clip((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
+        cosine = self.peak * (self.floor + (1.0 - self.floor) * 0.5 * (1.0 + ops.cos(math.pi * progress)))
+        return ops.where(step < self.warmup_steps, warmup, cosine)
+
+    def get_config(self) -> dict:
+        return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps, "floor": self.floor}
+
+
+def mean_auroc(y_true, y_score) -> tuple[float, np.ndarray]:
+    """Macro AUROC over the findings that have both positives and negatives.
+
+    Args:
+        y_true: binary (n, k).
+        y_score: scores (n, k).
+
+    Returns:
+        ``(mean, per_finding)``; a finding without both classes is NaN and
+        left out of the mean; the mean is NaN when no finding qualifies.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    y_true = np.asarray(y_true)
+    y_score = np.asarray(y_score, dtype=np.float64)
+    per = np.full(y_true.shape[1], np.nan)
+    for k in range(y_true.shape[1]):
+        column = y_true[:, k] > 0.5
+        if 0 < column.sum() < len(column):
+            per[k] = roc_auc_score(column, y_score[:, k])
+    scored = per[np.isfinite(per)]
+    return (float(scored.mean()) if scored.size else float("nan")), per
+
+
+class ValidationAUROC(keras.callbacks.Callback):
+    """At each epoch end, predict the validation set and log its mean AUROC.
+
+    Adds to the epoch logs (seen by later callbacks: checkpoint, early
+    stopping, CSV, TensorBoard, keras-tuner): ``val_mean_auroc``,
+    ``val_loss`` (when a loss is given) and ``val_pred_std`` (spread of the
+    predictions across images; near 0 means the model outputs a constant,
+    the symptom of BatchNormalization statistics that never settled).
+    Must come first in the callback list.
+
+    Args:
+        dataset: the validation dataset, in the order of ``labels``.
+        labels: multi-hot validation labels (n, 14).
+        loss: a Keras loss to report ``val_loss`` with.
+    """
+
+    def __init__(self, dataset, labels, *, loss=None) -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.labels = np.asarray(labels, dtype=np.float32)
+        self.loss = loss
+        self.per_finding: dict[str, float] = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        scores = np.asarray(self.model.predict(self.dataset, verbose=0))
+        if scores.shape != self.labels.shape:
+            raise RuntimeError(f"validation predictions {scores.shape} do not line up with labels {self.labels.shape}")
+        mean, per = mean_auroc(self.labels, scores)
+        logs[MONITOR] = mean
+        logs["val_pred_std"] = float(scores.std(axis=0).mean())
+        if self.loss is not None:
+            logs["val_loss"] = float(self.loss(self.labels, scores))
+        self.per_finding = {f: float(v) for f, v in zip(FINDINGS, per)}
+        if logs["val_pred_std"] < 1e-4:
+            log.warning("validation predictions are (nearly) constant across images: check BatchNormalization momentum")
+
+
+class EpochStats(keras.callbacks.Callback):
+    """Log the learning rate and the wall time of each epoch."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs["seconds"] = round(time.perf_counter() - self._start, 2)
+        lr = self.model.optimizer.learning_rate
+        logs["lr"] = float(np.asarray(lr.numpy() if hasattr(lr, "numpy") else lr))
+
+
+class ResumableCheckpoint(keras.callbacks.Callback):
+    """Best-weights checkpoint, early stopping, and a resumable last checkpoint, in one state.
+
+    Keras' ModelCheckpoint and EarlyStopping forget their best score and
+    patience counter when training restarts; this callback writes them to
+    ``state.json`` beside ``last.keras`` (model + optimizer), so a resumed run
+    continues exactly where it stopped.
+
+    Args:
+        directory: checkpoint folder.
+        patience: epochs without improvement before stopping; 0 never stops.
+        state: the saved state to continue from (resume), or None.
+        write: False on non-chief workers of a multi-worker run.
+    """
+
+    def __init__(self, directory: Path, *, patience: int, state: dict | None = None, write: bool = True) -> None:
+        super().__init__()
+        self.directory = Path(directory)
+        self.patience = int(patience)
+        state = state or {}
+        self.best = float(state.get("best", -math.inf) if state.get("best") is not None else -math.inf)
+        self.best_epoch = int(state.get("best_epoch", 0))
+        self.wait = int(state.get("wait", 0))
+        self.stopped = bool(state.get("stopped", False))
+        self.write = write
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(MONITOR, float("nan"))
+        improved = value is not None and np.isfinite(value) and value > self.best
+        if improved:
+            self.best, self.best_epoch, self.wait = float(value), epoch + 1, 0
+            if self.write:
+                self.model.save_weights(self.directory / "best.weights.h5")
+        else:
+            self.wait += 1
+        if self.patience and self.wait >= self.patience:
+            self.model.stop_training = True
+            self.stopped = True
+        if self.write:
+            # Save under a temporary name and rename: an interrupted save never
+            # leaves a last.keras newer or older than state.json says.
+            temporary = self.directory / "last.tmp.keras"
+            self.model.save(temporary)
+            os.replace(temporary, self.directory / "last.keras")
+            state = {"epoch": epoch + 1, "best": self.best if np.isfinite(self.best) else None,
+                     "best_epoch": self.best_epoch, "wait": self.wait, "stopped": self.stopped, "monitor": MONITOR}
+            (self.directory / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+
+
+# --------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingData:
+    """The images of a run with their split, from files or from a cache.
+
+    Attributes:
+        table: one row per image: ``image``, ``patient_id``, ``split`` (and
+            ``path`` for files), row-aligned with ``labels``.
+        labels: multi-hot (n, 14).
+        source: ``"files"`` or ``"cache"``.
+        cache: the opened cache, when reading one.
+        split_info: strategy, seed and fractions of the split.
+        limit: images used per split (None: all).
+        location: dataset or cache folder.
+    """
+
+    table: pd.DataFrame
+    labels: np.ndarray
+    source: str
+    split_info: dict
+    location: str
+    cache: object | None = None
+    limit: int | None = None
+
+    def rows(self, split: str) -> np.ndarray:
+        """Row positions of ``split`` actually used (the first ``limit`` of it)."""
+        rows = np.flatnonzero(self.table["split"].to_numpy() == split)
+        return rows if self.limit is None else rows[: self.limit]
+
+    def split_labels(self, split: str) -> np.ndarray:
+        return self.labels[self.rows(split)]
+
+    def splits_table(self) -> pd.DataFrame:
+        """``image, patient_id, split, used`` for the bundle's splits.csv."""
+        used = np.zeros(len(self.table), dtype=bool)
+        for split in ("train", "val", "test"):
+            used[self.rows(split)] = True
+        return pd.DataFrame({"image": self.table["image"].to_numpy(), "patient_id": self.table["patient_id"].to_numpy(),
+                             "split": self.table["split"].to_numpy(), "used": used})
+
+    def summary(self) -> dict:
+        """Counts of images, patients and positives per split (images actually used)."""
+        out: dict = {"source": self.source, "location": self.location, "limit_per_split": self.limit,
+                     "counts": {}, "patients": {}, "positives": {}}
+        for split in ("train", "val", "test"):
+            rows = self.rows(split)
+            out["counts"][split] = int(len(rows))
+            out["patients"][split] = int(pd.unique(self.table["patient_id"].to_numpy()[rows]).size)
+            out["positives"][split] = {f: int(v) for f, v in zip(FINDINGS, self.labels[rows].sum(axis=0))}
+        return out
+
+
+def load_training_data(config: TrainConfig) -> TrainingData:
+    """Read the dataset or cache named by ``config`` and its patient-wise split.
+
+    The split is always checked with :func:`cxr_core.splits.assert_patient_disjoint`.
+
+    Raises:
+        ValueError: neither or both of ``data``/``cache`` given, a cache made
+            with other split settings, or an empty train or val split.
+    """
+    from cxr_core.splits import assert_patient_disjoint, make_split
+
+    if (config.data is None) == (config.cache is None):
+        raise ValueError("give exactly one of data (an NIH folder) or cache (a folder made by training.prepare)")
+    wanted = {"strategy": config.split_strategy, "seed": config.split_seed, "fractions": list(config.split_fractions)}
+    if config.cache is not None:
+        from cxr_core.cache import open_cache
+
+        cache = open_cache(config.cache)
+        info = cache.split_info
+        made = {"strategy": info.get("strategy"), "seed": info.get("seed"), "fractions": info.get("fractions")}
+        if made["strategy"] != wanted["strategy"] or made["seed"] != wanted["seed"] or not np.allclose(made["fractions"], wanted["fractions"]):
+            raise ValueError(
+                f"the cache {config.cache} was split with {made}, but this run asks for {wanted}; "
+                "re-run training.prepare with the same --split-* options or change the configuration"
+            )
+        table = cache.index[["image", "patient_id", "split"]].copy()
+        labels = cache.index[list(FINDINGS)].to_numpy(dtype=np.float32)
+        data = TrainingData(table, labels, "cache", {**wanted, "resolved_strategy": info.get("resolved_strategy")},
+                            str(Path(config.cache).resolve()), cache=cache, limit=config.limit_per_split)
+    else:
+        from cxr_core.dataset import NIHDataset
+
+        dataset = NIHDataset(config.data)
+        splits = make_split(dataset, strategy=config.split_strategy, fractions=config.split_fractions, seed=config.split_seed)
+        resolved = config.split_strategy if config.split_strategy != "auto" else ("official" if dataset.is_full_release else "patient")
+        table = dataset.csv[["image", "patient_id", "path"]].copy()
+        table["split"] = splits
+        data = TrainingData(table, dataset.labels.astype(np.float32), "files", {**wanted, "resolved_strategy": resolved},
+                            str(Path(config.data).resolve()), limit=config.limit_per_split)
+    # Always, whatever produced the split: a leaked patient inflates every metric.
+    assert_patient_disjoint(data.table["patient_id"].to_numpy(), data.table["split"].to_numpy())
+    for split in ("train", "val"):
+        if len(data.rows(split)) == 0:
+            raise ValueError(f"the {split} split is empty; use more images or other split fractions")
+    return data
+
+
+def make_datasets(data: TrainingData, config: TrainConfig, *, input_size: int | None = None, augment=None,
+                  seed: int | None = None):
+    """Training (repeated, shuffled, augmented) and validation (ordered) datasets.
+
+    Args:
+        data: from :func:`load_training_data`.
+        config: batch size, seed, augmentation, sizes.
+        input_size: overrides ``config.input_size`` (the tuner).
+        augment: overrides ``config.augment()``.
+        seed: overrides ``config.seed`` for shuffling and augmentation.
+
+    Returns:
+        ``(train_ds, val_ds, steps_per_epoch)``.
+    """
+    from cxr_core.pipeline import dataset_from_cache, dataset_from_files
+
+    preprocess = config.preprocess() if input_size is None else dataclasses.replace(config.preprocess(), size=int(input_size))
+    augment = augment or config.augment()
+    n_train = len(data.rows("train"))
+    steps = config.steps_per_epoch or max(1, math.ceil(n_train / config.batch_size))
+    common = {"preprocess": preprocess, "batch_size": config.batch_size, "seed": config.seed if seed is None else seed}
+    if data.cache is not None:
+        train_ds = dataset_from_cache(data.cache, "train", training=True, augment=augment, repeat=True,
+                                      limit=config.limit_per_split, shuffle_buffer=config.shuffle_buffer, **common)
+        val_ds = dataset_from_cache(data.cache, "val", training=False, limit=config.limit_per_split, **common)
+    else:
+        paths = data.table["path"].to_numpy()
+        train_rows, val_rows = data.rows("train"), data.rows("val")
+        decode = config.decode_size or preprocess.size
+        train_ds = dataset_from_files(paths[train_rows], data.labels[train_rows], training=True, augment=augment,
+                                      repeat=True, decode_size=decode, **common)
+        # Validation decodes at the model size: exactly what the app will do.
+        val_ds = dataset_from_files(paths[val_rows], data.labels[val_rows], training=False, **common)
+    return train_ds, val_ds, steps
+
+
+# --------------------------------------------------------------------------
+# Model, strategy, training loop
+# --------------------------------------------------------------------------
+
+
+def choose_strategy():
+    """MultiWorkerMirrored when TF_CONFIG is set, Mirrored with several GPUs, else the default.
+
+    MultiWorkerMirroredStrategy must be created before any other TensorFlow
+    op runs in the process; call this first.
+    """
+    import tensorflow as tf
+
+    if os.environ.get("TF_CONFIG"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if len(tf.config.list_physical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _is_chief(strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return True
+    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0)
+
+
+def use_mixed_precision(setting: str) -> bool:
+    """Mixed precision only on GPUs: on CPUs float16 maths is emulated and slower."""
+    import tensorflow as tf
+
+    has_gpu = bool(tf.config.list_physical_devices("GPU"))
+    if setting == "on" and not has_gpu:
+        warnings.warn("mixed_precision='on' ignored: no GPU (float16 is slower on CPUs)", stacklevel=2)
+    return has_gpu and setting in ("auto", "on")
+
+
+def compile_model(config: TrainConfig, train_labels, steps_per_epoch: int, *, input_size: int | None = None):
+    """Build and compile the model of ``config`` (call inside the strategy scope).
+
+    Args:
+        config: the run configuration.
+        train_labels: multi-hot TRAINING labels, for the positive weights.
+        steps_per_epoch: steps of one epoch, for the schedule.
+        input_size: overrides ``config.input_size`` (the tuner).
+    """
+    from cxr_core.losses import make_loss
+    from cxr_core.models import build_model
+
+    size = int(input_size or config.input_size)
+    model = build_model(
+        config.backbone, size, weights=config.weights, dropout=config.dropout, bn_momentum=config.bn_momentum,
+        preprocess=dataclasses.replace(config.preprocess(), size=size),
+    )
+    if config.lr_schedule == "cosine":
+        learning_rate = WarmupCosine(config.learning_rate, config.epochs * steps_per_epoch,
+                                     int(round(config.warmup_epochs * steps_per_epoch)), config.min_lr_fraction)
+    else:
+        learning_rate = config.learning_rate
+    loss = make_loss(config.loss, train_labels=train_labels, label_smoothing=config.label_smoothing,
+                     focal_gamma=config.focal_gamma, focal_alpha=config.focal_alpha, max_pos_weight=config.max_pos_weight)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay),
+        loss=loss,
+        metrics=[keras.metrics.AUC(multi_label=True, num_labels=len(FINDINGS), name="auc")],
+    )
+    return model
+
+
+def _history_summary(log_file: Path, checkpoint: ResumableCheckpoint) -> dict:
+    epochs: list[dict] = []
+    if log_file.is_file():
+        frame = pd.read_csv(log_file)
+        epochs = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
+                  for row in frame.to_dict(orient="records")]
+    return {
+        "epochs_run": len(epochs),
+        "best_epoch": checkpoint.best_epoch or None,
+        "best_val_mean_auroc": checkpoint.best if np.isfinite(checkpoint.best) else None,
+        "stopped_early": checkpoint.stopped,
+        "seconds": round(float(sum(e.get("seconds") or 0 for e in epochs)), 1),
+        "epochs": epochs,
+    }
+
+
+def train(config: TrainConfig) -> Path:
+    """Train a model as ``config`` says and write its bundle.
+
+    Steps: seed everything; choose the distribution strategy; read the data
+    and its patient-wise split (checked disjoint); build tf.data pipelines;
+    build and compile the model (or reload ``checkpoints/last.keras`` with its
+    optimizer state when ``resume`` is set and a checkpoint exists); fit with
+    validation mean AUROC checkpoints, early stopping, CSV and TensorBoard
+    logs; reload the best weights into a float32 inference model and save the
+    bundle.
+
+    Returns:
+        the bundle folder (``<out>/bundle``).
+    """
+    from cxr_core.bundle import Bundle, code_version
+    from cxr_core.models import build_model
+
+    strategy = choose_strategy()
+    keras.utils.set_random_seed(config.seed)
+    out = Path(config.out)
+    chief = _is_chief(strategy)
+    checkpoints = out / "checkpoints" if chief else out / f"worker-{strategy.cluster_resolver.task_id}-tmp"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+
+    state_file = checkpoints / "state.json"
+    state = json.loads(state_file.read_text()) if config.resume and state_file.is_file() else None
+    if config.resume and state is None:
+        log.warning("resume requested but %s has no checkpoint: starting from scratch", checkpoints)
+    if state is not None:
+        saved = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
+        for key in ("backbone", "input_size", "loss", "data", "cache"):
+            if key in saved and saved[key] != getattr(config, key):
+                raise ValueError(f"cannot resume: the checkpoint was trained with {key}={saved[key]!r}, this run has {getattr(config, key)!r}")
+    if chief:
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    data = load_training_data(config)
+    # A resumed run shuffles and augments with a new seed, not epoch 1's order again.
+    train_ds, val_ds, steps = make_datasets(data, config, seed=config.seed + (int(state["epoch"]) if state else 0))
+    train_labels = data.split_labels("train")
+    log.info("training %s at %d px on %d images (%d steps/epoch), validating on %d", config.backbone, config.input_size,
+             len(data.rows("train")), steps, len(data.rows("val")))
+
+    mixed = use_mixed_precision(config.mixed_precision)
+    previous_policy = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    try:
+        with strategy.scope():
+            if state is not None:
+                model = keras.models.load_model(checkpoints / "last.keras")
+                initial_epoch = int(state["epoch"])
+                log.info("resuming from epoch %d (optimizer step %d)", initial_epoch, int(model.optimizer.iterations.numpy()))
+            else:
+                model = compile_model(config, train_labels, steps)
+                initial_epoch = 0
+        checkpoint = ResumableCheckpoint(checkpoints, patience=config.early_stopping_patience, state=state, write=chief)
+        callbacks = [ValidationAUROC(val_ds, data.split_labels("val"), loss=model.loss), EpochStats(), checkpoint,
+                     keras.callbacks.CSVLogger(str(out / "log.csv"), append=state is not None)]
+        if config.tensorboard and chief:
+            if importlib.util.find_spec("tensorboard") is None:
+                # tensorflow-cpu 2.21 does not pull the tensorboard package in;
+                # tf.summary then fails at the first epoch end, so skip cleanly.
+                log.warning("TensorBoard logs skipped: the tensorboard package is not installed (pip install tensorboard)")
+            else:
+                callbacks.append(keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False, update_freq="epoch"))
+        if state is not None and (state.get("stopped") or initial_epoch >= config.epochs):
+            log.info("the checkpoint has already finished (epoch %d, stopped early: %s)", initial_epoch, state.get("stopped"))
+        else:
+            model.fit(train_ds, epochs=config.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                      callbacks=callbacks, verbose=config.verbose, shuffle=False)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+    # Inference model: float32 whatever the training policy, no optimizer,
+    # holding the best validation weights (the last ones if no epoch scored).
+    inference = build_model(**config.model_args(), preprocess=config.preprocess())
+    best = checkpoints / "best.weights.h5"
+    if best.is_file():
+        model.load_weights(best)
+    inference.set_weights(model.get_weights())
+    bundle = Bundle(
+        model=inference,
+        input_size=config.input_size,
+        preprocessing=config.preprocess(),
+        backbone=config.backbone,
+        model_config={**config.model_args(), "weights_init": config.weights},
+        data=data.summary(),
+        split=data.split_info,
+        splits=data.splits_table(),
+        code=code_version(),
+        training={"config": config.to_dict(), "history": _history_summary(out / "log.csv", checkpoint),
+                  "mixed_precision": mixed, "replicas": int(strategy.num_replicas_in_sync),
+                  "positive_weights": getattr(model.loss, "pos_weight", None)},
+    )
+    if not chief:
+        return checkpoints
+    return bundle.save(out / "bundle", float16=config.float16_bundle, overwrite=True)
