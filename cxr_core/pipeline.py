@@ -344,8 +344,13 @@ def dataset_from_cache(
     """
     do_shuffle = training if shuffle is None else shuffle
     dataset = cache.records(split, shuffle_files=do_shuffle and limit is None, seed=seed)
+    count = len(cache.split_index(split))
     if limit is not None:
         dataset = dataset.take(int(limit))
+        count = min(count, int(limit))
+    # TFRecord files have unknown length; stating it lets Keras size progress
+    # bars and end predict() without an "input ran out of data" warning.
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(count))
     if do_shuffle:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:

@@ -1,0 +1,101 @@
+"""Model builders: named layers, output shape, BN momentum, the gray-to-ImageNet stem."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from cxr_core.findings import FINDINGS
+from cxr_core.models import BACKBONES, build_model, iter_layers, model_input_size
+from cxr_core.preprocessing import PreprocessConfig
+
+NAMED = ("image", "features", "pool", "dropout", "logits", "probabilities")
+
+
+def bn_momenta(model) -> list[float]:
+    return [layer.momentum for layer in iter_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def test_small_cnn_has_the_named_layers_and_14_probabilities():
+    model = build_model("small_cnn", 64)
+    for name in NAMED:
+        model.get_layer(name)
+    assert model.input_shape == (None, 64, 64, 1)
+    assert model.output_shape == (None, len(FINDINGS))
+    assert model.get_layer("logits").get_config()["activation"] == "linear"
+    assert model.get_layer("probabilities").dtype_policy.compute_dtype == "float32"
+    assert model.get_layer("features").output.shape[1:] == (4, 4, 128)
+    probs = model.predict(np.random.default_rng(0).normal(size=(3, 64, 64, 1)).astype("float32"), verbose=0)
+    assert probs.shape == (3, 14) and np.all((probs >= 0) & (probs <= 1))
+    assert model_input_size(model) == 64
+    assert bn_momenta(model) == [0.9] * 4
+
+
+def test_densenet121_features_are_its_last_relu_and_every_bn_gets_the_momentum():
+    model = build_model("densenet121", 32, bn_momentum=0.95)
+    probe = keras.Model(model.input, [model.get_layer("relu").output, model.get_layer("features").output])
+    relu, features = probe.predict(np.random.default_rng(0).normal(size=(2, 32, 32, 1)).astype("float32"), verbose=0)
+    assert features.shape == (2, 1, 1, 1024)
+    np.testing.assert_array_equal(features, relu)
+    momenta = bn_momenta(model)
+    assert len(momenta) > 100  # DenseNet-121 has 121 BN layers, keras.applications default 0.999
+    assert set(momenta) == {0.95}
+    assert model.output_shape == (None, 14)
+    # The momentum is part of the saved configuration, not only of this Python object.
+    assert model.get_layer("conv1_bn").get_config()["momentum"] == 0.95
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"backbone": "vgg"}, "unknown backbone"),
+        ({"backbone": "small_cnn", "input_size": 16}, "input_size"),
+        ({"backbone": "small_cnn", "weights": "imagenet"}, "no pretrained weights"),
+        ({"backbone": "small_cnn", "dropout": 1.0}, "dropout"),
+        ({"backbone": "small_cnn", "bn_momentum": 1.0}, "bn_momentum"),
+        ({"backbone": "mobilenetv2", "weights": "/nonexistent/weights.h5"}, "weights must be"),
+    ],
+)
+def test_builder_validates_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(**{"input_size": 64, **kwargs})
+
+
+def test_imagenet_style_weights_file_loads_through_the_gray_stem(tmp_path):
+    """Offline stand-in for weights='imagenet': a keras.applications weights file."""
+    reference = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(64, 64, 3))
+    reference.get_layer("Conv1").kernel.assign(np.random.default_rng(1).normal(size=(3, 3, 3, 32)).astype("float32"))
+    weights = tmp_path / "mobilenetv2_notop.weights.h5"
+    reference.save_weights(weights)
+
+    model = build_model("mobilenetv2", 64, weights=weights)
+    np.testing.assert_array_equal(model.get_layer("Conv1").kernel.numpy(), reference.get_layer("Conv1").kernel.numpy())
+    # The stem turns our normalised gray into MobileNetV2's x/127.5 - 1 on 3 channels.
+    config = PreprocessConfig(64)
+    pixels = np.array([0, 64, 128, 255], dtype=np.float32).reshape(1, 2, 2, 1)
+    stem = keras.Model(model.input, model.get_layer("imagenet_preprocess").output)
+    out = stem.predict(np.tile((pixels / 255 - config.mean) / config.std, (1, 32, 32, 1)), verbose=0)
+    expected = np.repeat(np.tile(pixels / 127.5 - 1, (1, 32, 32, 1)), 3, axis=-1)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_densenet_stem_applies_torch_imagenet_normalisation_per_channel():
+    model = build_model("densenet121", 32, rgb_stem=True)
+    stem = keras.Model(model.input, model.get_layer("imagenet_preprocess").output)
+    pixel = 200.0
+    x = np.full((1, 32, 32, 1), (pixel / 255 - 0.5) / 0.25, dtype=np.float32)
+    out = stem.predict(x, verbose=0)[0, 0, 0]
+    expected = [(pixel / 255 - m) / s for m, s in zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["mobilenetv2", "efficientnetb0"])
+def test_features_is_the_backbones_last_conv_activation(backbone):
+    model = build_model(backbone, 32)
+    spec = BACKBONES[backbone]
+    probe = keras.Model(model.input, [model.get_layer(spec.feature_layer).output, model.get_layer("features").output])
+    last, features = probe.predict(np.random.default_rng(0).normal(size=(1, 32, 32, 1)).astype("float32"), verbose=0)
+    assert features.shape[-1] == 1280
+    np.testing.assert_array_equal(features, last)
+    assert set(bn_momenta(model)) == {0.9}
