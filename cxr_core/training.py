@@ -216,6 +216,8 @@ def parse_override(text: str) -> tuple[str, object]:
 def _coerce(key: str, value, hint):
     """Convert ``value`` to the annotated type (TOML and CLI give ints for floats, lists for tuples)."""
     args = typing.get_args(hint)
+    if type(None) in args and isinstance(value, str) and value.strip().lower() in ("none", "null", ""):
+        value = None  # TOML has no null; optional keys take the string "none"
     if value is None:
         if type(None) in args:
             return None
