@@ -8,7 +8,8 @@ Layout::
                    history; later steps add keys (thresholds, calibration,
                    metrics) with :meth:`Bundle.update_metadata`
     splits.csv     image, patient_id, split of every image of the training
-                   run, so the app can say whether an image was seen in training
+                   run (plus ``used``: False for images a quick run left
+                   out), so the app can say whether an image was seen in training
 
 Loading refuses a bundle whose findings order or input size differ from what
 the caller expects, or whose model does not match its own ``bundle.json``:
@@ -113,20 +114,27 @@ def _store_float16(model_file: Path) -> int:
 
     converted = 0
     with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(tmp) / "model.weights.h5"
+        source, weights = Path(tmp) / "float32.h5", Path(tmp) / "model.weights.h5"
         with zipfile.ZipFile(model_file) as archive:
-            weights.write_bytes(archive.read("model.weights.h5"))
+            source.write_bytes(archive.read("model.weights.h5"))
             others = {info.filename: archive.read(info.filename) for info in archive.infolist() if info.filename != "model.weights.h5"}
-        with h5py.File(weights, "r+") as h5:
-            names: list[str] = []
-            h5.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) and o.dtype == np.float32 else None)
-            for name in names:
-                data = h5[name][()]
-                if data.size and (not np.all(np.isfinite(data)) or np.abs(data).max() > _FLOAT16_MAX):
-                    continue
-                del h5[name]
-                h5.create_dataset(name, data=data.astype(np.float16))
-                converted += 1
+        # Copy into a fresh file: HDF5 does not give back the space of deleted datasets.
+        with h5py.File(source, "r") as src, h5py.File(weights, "w") as dst:
+            dst.attrs.update(src.attrs)
+
+            def copy(name, obj):
+                nonlocal converted
+                if isinstance(obj, h5py.Group):
+                    dst.require_group(name).attrs.update(obj.attrs)
+                    return
+                data = obj[()]
+                if (isinstance(data, np.ndarray) and data.dtype == np.float32 and data.size
+                        and np.all(np.isfinite(data)) and np.abs(data).max() <= _FLOAT16_MAX):
+                    data = data.astype(np.float16)
+                    converted += 1
+                dst.create_dataset(name, data=data).attrs.update(obj.attrs)
+
+            src.visititems(copy)
         rebuilt = Path(tmp) / "model.keras"
         with zipfile.ZipFile(rebuilt, "w", compression=zipfile.ZIP_STORED) as archive:
             for name, data in others.items():
@@ -257,7 +265,12 @@ class Bundle:
             _store_float16(directory / MODEL_FILE)
             self.extra["weights_dtype"] = "float16"
         if self.splits is not None:
-            self.splits.loc[:, ["image", "patient_id", "split"]].to_csv(directory / SPLITS_FILE, index=False)
+            missing = {"image", "patient_id", "split"} - set(self.splits.columns)
+            if missing:
+                raise BundleError(f"the splits table needs the columns image, patient_id, split (missing {sorted(missing)})")
+            # image, patient_id, split first; further columns (e.g. ``used``) kept after them.
+            first = ["image", "patient_id", "split"]
+            self.splits[first + [c for c in self.splits.columns if c not in first]].to_csv(directory / SPLITS_FILE, index=False)
         self.code = self.code or code_version()
         self.created = self.created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
         _write_json_atomic(directory / METADATA_FILE, self.metadata())
