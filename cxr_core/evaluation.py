@@ -65,8 +65,8 @@ def _records(frame: pd.DataFrame) -> list[dict]:
 
 def evaluate_predictions(
     *,
-    y_val: np.ndarray,
-    p_val: np.ndarray,
+    y_val: np.ndarray | None,
+    p_val: np.ndarray | None,
     y_test: np.ndarray,
     p_test: np.ndarray,
     test_meta: pd.DataFrame,
@@ -76,6 +76,8 @@ def evaluate_predictions(
     n_boot: int = 1000,
     seed: int = 0,
     findings: Sequence[str] = FINDINGS,
+    calibration: Calibration | None = None,
+    thresholds: Sequence[float] | None = None,
 ) -> tuple[dict, Calibration, np.ndarray]:
     """Calibrate and threshold on validation, measure on test.
 
@@ -90,6 +92,8 @@ def evaluate_predictions(
         n_boot: bootstrap resamples for the confidence intervals.
         seed: bootstrap seed.
         findings: column names.
+        calibration, thresholds: already fitted ones to apply unchanged (both
+            or neither); then ``y_val``/``p_val`` may be ``None``.
 
     Returns:
         ``(report, calibration, thresholds)``: the JSON-safe report, the
@@ -97,15 +101,24 @@ def evaluate_predictions(
         calibrated probabilities, shape (k,).
     """
     findings = tuple(findings)
-    calibration = fit_calibration(y_val, p_val, method=calibration_method, findings=findings)
-    c_val, c_test = calibration.apply(p_val), calibration.apply(p_test)
-    thresholds = fit_thresholds(y_val, c_val, method=threshold_method, target_sensitivity=target_sensitivity)
+    if (calibration is None) != (thresholds is None):
+        raise ValueError("pass both a fitted calibration and thresholds, or neither")
+    fitted_here = calibration is None
+    if fitted_here:
+        calibration = fit_calibration(y_val, p_val, method=calibration_method, findings=findings)
+        thresholds = fit_thresholds(
+            y_val, calibration.apply(p_val), method=threshold_method, target_sensitivity=target_sensitivity
+        )
+    thresholds = np.asarray(thresholds, dtype=float)
+    c_test = calibration.apply(p_test)
+    has_val = y_val is not None and p_val is not None and len(y_val) > 0
+    c_val = calibration.apply(p_val) if has_val else None
 
     groups = test_meta["patient_id"].to_numpy()
     auc = bootstrap_ci(y_test, c_test, groups=groups, metric="auroc", n_boot=n_boot, seed=seed)
     prc = bootstrap_ci(y_test, c_test, groups=groups, metric="auprc", n_boot=n_boot, seed=seed)
     operating = binary_report(y_test, apply_thresholds(c_test, thresholds), findings=findings)
-    val_operating = binary_report(y_val, apply_thresholds(c_val, thresholds), findings=findings)
+    val_operating = binary_report(y_val, apply_thresholds(c_val, thresholds), findings=findings) if has_val else None
 
     per_finding = []
     for i, name in enumerate(findings):
@@ -114,15 +127,15 @@ def evaluate_predictions(
             {
                 "finding": name,
                 "n_test_pos": int(y_test[:, i].sum()),
-                "n_val_pos": int(y_val[:, i].sum()),
+                "n_val_pos": int(y_val[:, i].sum()) if has_val else None,
                 "auroc": auc.point[i], "auroc_low": auc.low[i], "auroc_high": auc.high[i],
                 "auprc": prc.point[i], "auprc_low": prc.low[i], "auprc_high": prc.high[i],
                 "prevalence": float(y_test[:, i].mean()) if len(y_test) else float("nan"),
                 "threshold": thresholds[i],
                 "tp": int(row.tp), "fp": int(row.fp), "tn": int(row.tn), "fn": int(row.fn),
                 "precision": row.precision, "recall": row.recall, "specificity": row.specificity, "f1": row.f1,
-                "val_sensitivity": val_operating.loc[name].sensitivity,
-                "val_specificity": val_operating.loc[name].specificity,
+                "val_sensitivity": val_operating.loc[name].sensitivity if has_val else None,
+                "val_specificity": val_operating.loc[name].specificity if has_val else None,
             }
         )
 
@@ -142,7 +155,7 @@ def evaluate_predictions(
     report = {
         "findings": list(findings),
         "counts": {
-            "val_images": int(len(y_val)),
+            "val_images": int(len(y_val)) if has_val else 0,
             "test_images": int(len(y_test)),
             "test_patients": int(len(np.unique(groups))),
         },
@@ -154,10 +167,14 @@ def evaluate_predictions(
             "f1": macro_mean(operating["f1"].to_numpy()),
         },
         "per_finding": per_finding,
-        "thresholds": {"method": threshold_method, "fitted_on": "validation", "values": thresholds},
+        "thresholds": {
+            "method": threshold_method if fitted_here else "fitted earlier",
+            "fitted_on": "validation" if fitted_here else "the bundle's validation split",
+            "values": thresholds,
+        },
         "calibration": {
-            "method": calibration_method,
-            "fitted_on": "validation",
+            "method": calibration.method,
+            "fitted_on": "validation" if fitted_here else "the bundle's validation split",
             "parameters": calibration.to_dict(),
             "ece_before": expected_calibration_error(y_test, p_test),
             "ece_after": expected_calibration_error(y_test, c_test),

@@ -86,3 +86,18 @@ def test_localization_report():
     assert rows["Cardiomegaly"]["T(IoBB)=0.1"] == 0.0
     assert rows["Mass"]["mean_iou"] == pytest.approx(0.3)
     assert localization_report(records.iloc[:0])["n_boxes"] == 0
+
+
+def test_fitted_calibration_and_thresholds_are_applied_unchanged():
+    y_val, p_val, _ = _synthetic_split(500, 5)
+    y_test, p_test, meta = _synthetic_split(300, 6)
+    _, calibration, thresholds = evaluate_predictions(y_val=y_val, p_val=p_val, y_test=y_test, p_test=p_test, test_meta=meta, n_boot=20)
+    report, calibration2, thresholds2 = evaluate_predictions(
+        y_val=None, p_val=None, y_test=y_test, p_test=p_test, test_meta=meta, n_boot=20,
+        calibration=calibration, thresholds=thresholds,
+    )
+    np.testing.assert_array_equal(thresholds2, thresholds)
+    assert calibration2 is calibration
+    assert report["counts"]["val_images"] == 0 and report["per_finding"][0]["val_sensitivity"] is None
+    with pytest.raises(ValueError, match="both"):
+        evaluate_predictions(y_val=None, p_val=None, y_test=y_test, p_test=p_test, test_meta=meta, calibration=calibration)

@@ -1,0 +1,142 @@
+"""Predictor, batch prediction and bundle evaluation on a tiny bundle over the real demo images.
+
+The bundle's network is an untrained small CNN (random weights): these tests
+check the plumbing (shapes, files, fitted values stored, errors), not accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxr_core.bundle import Bundle
+from cxr_core.dataset import NIHDataset
+from cxr_core.errors import ImageReadError
+from cxr_core.findings import FINDINGS
+from cxr_core.inference import Predictor
+from cxr_core.models import build_model
+from cxr_core.preprocessing import PreprocessConfig
+from cxr_core.splits import make_split
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory, demo_root):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    dataset = NIHDataset(demo_root)
+    splits = make_split(dataset, strategy="patient", fractions=(0.4, 0.3, 0.3), seed=0)
+    model = build_model("small_cnn", 64, small_cnn_width=8)
+    bundle = Bundle(
+        model=model, input_size=64, preprocessing=PreprocessConfig(size=64), backbone="small_cnn",
+        splits=pd.DataFrame({"image": dataset.image_names, "patient_id": dataset.patient_ids, "split": splits}),
+    )
+    return bundle.save(tmp_path_factory.mktemp("bundle") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_bundle):
+    return Predictor.from_bundle(tiny_bundle)
+
+
+def _demo_image(demo_root, with_box=False):
+    ds = NIHDataset(demo_root)
+    name = ds.boxes["image"].iloc[0] if with_box else ds.image_names[0]
+    return ds.csv.loc[ds.csv.image == name, "path"].item()
+
+
+def test_predict_and_explain(predictor, demo_root):
+    path = _demo_image(demo_root, with_box=True)
+    probabilities = predictor.predict(path)
+    assert list(probabilities) == list(FINDINGS)
+    assert all(0.0 <= p <= 1.0 for p in probabilities.values())
+    maps = predictor.explain(path, ["Mass", "Infiltrate"])
+    assert list(maps) == ["Mass", "Infiltration"]
+    assert all(m.shape == (512, 512) and m.dtype == np.float32 and 0 <= m.min() and m.max() <= 1 for m in maps.values())
+    analysis = predictor.analyze(path)
+    assert len(analysis.heatmaps) == 14 and analysis.ranked[0] == max(probabilities, key=probabilities.get)
+    np.testing.assert_allclose(list(analysis.probabilities.values()), list(probabilities.values()), atol=1e-6)
+
+
+def test_predictor_is_safe_to_share_between_threads(predictor, demo_root):
+    path = _demo_image(demo_root)
+    expected = predictor.predict(path)
+    results, errors = [], []
+
+    def work():
+        try:
+            results.append(predictor.analyze(path, explain=["Effusion"]).probabilities)
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 4
+    for r in results:
+        np.testing.assert_allclose(list(r.values()), list(expected.values()), atol=1e-6)
+
+
+def test_predictor_refuses_bad_images(predictor, tmp_path):
+    bad = tmp_path / "x.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(ImageReadError):
+        predictor.predict(bad)
+
+
+def test_predict_command_lists_unreadable_files(tiny_bundle, demo_root, tmp_path):
+    from training.predict import main
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    names = sorted(p.name for p in (demo_root / "images").glob("*.png"))[:5]
+    for name in names:
+        (folder / name).write_bytes((demo_root / "images" / name).read_bytes())
+    (folder / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "preds.csv"
+    assert main(["--bundle", str(tiny_bundle), "--images", str(folder), "--out", str(out), "--heatmaps", str(tmp_path / "maps")]) == 0
+    table = pd.read_csv(out, keep_default_na=False)
+    assert list(table.columns) == ["Image Index", *FINDINGS, "error"]
+    assert sorted(table["Image Index"]) == sorted(names + ["broken.png"])
+    broken = table[table["Image Index"] == "broken.png"].iloc[0]
+    assert broken["error"] and broken["Atelectasis"] == ""
+    good = table[table["error"] == ""]
+    assert len(good) == 5 and good[list(FINDINGS)].astype(float).apply(lambda c: c.between(0, 1)).all().all()
+    assert pd.read_csv(tmp_path / "preds.errors.csv")["Image Index"].tolist() == ["broken.png"]
+    maps = np.load(tmp_path / "maps" / f"{names[0][:-4]}.npz")
+    assert len(maps.files) == 14 and maps["Pleural_Thickening"].shape == (64, 64)
+    assert (tmp_path / "maps" / f"{names[0][:-4]}_heatmap.png").is_file()
+
+
+def test_evaluate_fits_on_validation_then_applies_elsewhere(tiny_bundle, demo_root, tmp_path):
+    from cxr_core.bundle_evaluation import evaluate_bundle
+
+    report = evaluate_bundle(tiny_bundle, demo_root, n_boot=50, log=lambda line: None)
+    assert report["data"]["mode"] == "fit"
+    stored = json.loads((tiny_bundle / "bundle.json").read_text())
+    assert len(stored["thresholds"]["values"]) == 14 and stored["calibration"]["method"] == "temperature"
+    assert stored["intensity_reference"]["n_images"] > 50
+    metrics = json.loads((tiny_bundle / "metrics.json").read_text())
+    assert metrics["localization"]["n_boxes"] > 0 and len(metrics["roc"]) == 14
+    assert "| Atelectasis |" in (tiny_bundle / "summary.md").read_text()
+
+    # Other data: the bundle's own report must not be replaced without --out.
+    other = tmp_path / "other"
+    other.mkdir()
+    names = NIHDataset(demo_root).image_names[:80]
+    (other / "images").mkdir()
+    for name in names:
+        (other / "images" / name).write_bytes((demo_root / "images" / name).read_bytes())
+    rows = (demo_root / "Data_Entry_2017_v2020.csv").read_text().splitlines()
+    (other / "Data_Entry_2017_v2020.csv").write_text("\n".join(rows[:1] + [r for r in rows[1:] if r.split(",")[0] in names]) + "\n")
+    with pytest.raises(ValueError, match="--out"):
+        evaluate_bundle(tiny_bundle, other, n_boot=20, log=lambda line: None)
+    applied = evaluate_bundle(tiny_bundle, other, out_dir=tmp_path / "eval", n_boot=20, localization=False, log=lambda line: None)
+    assert applied["data"]["mode"] == "apply"
+    assert applied["thresholds"]["values"] == stored["thresholds"]["values"]
