@@ -100,6 +100,10 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
         handle.write("\n")
+    # mkstemp makes the file private (0600); a bundle is meant to be read by others.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
 
 
