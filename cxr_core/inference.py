@@ -112,7 +112,12 @@ class Predictor:
         self.calibration = calibration
         self.thresholds = np.full(len(findings), UNFITTED_THRESHOLD) if thresholds is None else np.asarray(thresholds, float)
         self.metadata = dict(metadata or {})
-        self._backbone, head = split_model(model)
+        import tensorflow as tf
+
+        backbone, head = split_model(model)
+        # Compiled once per input shape: an eager Keras call costs more than the network itself on CPU.
+        self._backbone = tf.function(lambda x: backbone(x, training=False), reduce_retracing=True)
+        self._forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
         self._explainer = HeadGradcamPlusPlus(head)
         self._lock = threading.Lock()
         self.bundle = None
@@ -181,7 +186,7 @@ class Predictor:
         decoded = self._decode(image)
         _, batch = self._model_input(decoded)
         with self._lock:
-            raw = np.asarray(self.model(batch, training=False))[0].astype(float)
+            raw = np.asarray(self._forward(batch))[0].astype(float)
         return dict(zip(self.findings, self._calibrate(raw[np.newaxis])[0].tolist()))
 
     def predict_batch(self, images: np.ndarray) -> np.ndarray:
@@ -194,7 +199,7 @@ class Predictor:
             ``(raw, calibrated)``, each (n, 14).
         """
         with self._lock:
-            raw = np.asarray(self.model.predict_on_batch(images), dtype=float)
+            raw = np.asarray(self._forward(np.asarray(images, dtype=np.float32)), dtype=float)
         return raw, self._calibrate(raw)
 
     def explain(
@@ -220,7 +225,7 @@ class Predictor:
         wanted = self.findings if explain is None else tuple(canonical_finding(f) for f in explain)
         indices = [self.findings.index(f) for f in wanted]
         with self._lock:
-            features, raw = self._backbone(batch, training=False)
+            features, raw = self._backbone(batch)
             cams = self._explainer(np.asarray(features), indices)
         raw = np.asarray(raw, dtype=float)
         calibrated = self._calibrate(raw)[0]

@@ -42,17 +42,18 @@ def test_split_model_reproduces_the_classifier(model_and_image):
     np.testing.assert_allclose(probabilities.numpy(), model(image[None]).numpy(), atol=1e-6)
 
 
-def test_fast_path_equals_tf_keras_vis_per_finding(model_and_image):
+@pytest.mark.parametrize("engine", ["compiled", "tf-keras-vis"])
+def test_fast_path_equals_tf_keras_vis_per_finding(model_and_image, engine):
     model, image = model_and_image
     backbone, head = split_model(model)
     features, _ = backbone(image[None])
-    maps = HeadGradcamPlusPlus(head)(features.numpy(), range(14))
+    maps = HeadGradcamPlusPlus(head, engine=engine)(features.numpy(), range(14))
     assert maps.shape == (14, 12, 12) and maps.dtype == np.float32
     assert maps.min() >= 0 and maps.max() <= 1 + 1e-6
     informative = 0
     for i in range(14):
         reference = gradcam_plus_plus_per_finding(model, image, i)
-        np.testing.assert_allclose(maps[i], reference, atol=1e-4)
+        np.testing.assert_allclose(maps[i], reference, atol=1e-4, err_msg=f"finding {i}")
         informative += reference.max() > 0.5
     assert informative >= 7  # the comparison is between real maps, not empty ones
 
@@ -68,6 +69,8 @@ def test_subset_of_findings_and_bad_input(model_and_image):
     assert explainer(features.numpy(), []).shape == (0, 12, 12)
     with pytest.raises(ValueError, match="one image"):
         explainer(np.repeat(features.numpy(), 2, axis=0), [0])
+    with pytest.raises(ValueError, match="engine"):
+        HeadGradcamPlusPlus(head, engine="fast")
 
 
 def test_split_model_needs_the_named_features_layer():
