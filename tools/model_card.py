@@ -1,0 +1,130 @@
+"""Write models/default/MODEL_CARD.md and the README's results block from the bundle's own files.
+
+    python -m tools.model_card [--bundle models/default] [--readme README.md]
+
+Every number comes from the committed ``metrics.json`` and ``bundle.json``;
+``tests/test_shipped_model.py`` checks that the README and the card agree
+with them, so re-running the evaluation and then this tool keeps them true.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def fmt(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def results_block(metrics: dict, meta: dict) -> str:
+    macro = metrics["macro"]
+    counts = metrics["counts"]
+    published = metrics["published_auroc"]
+    names = list(published)
+    lines = [
+        f"Test split: {counts['test_images']} images of {counts['test_patients']} patients never seen in training "
+        f"(validation: {counts['val_images']} images). **Mean AUROC over the 14 findings: {fmt(macro['auroc'])}** "
+        f"(mean of the per-finding 95% CI bounds: {fmt(macro['auroc_low'])}–{fmt(macro['auroc_high'])}); "
+        f"target 0.75. Mean AUPRC {fmt(macro['auprc'])}, mean F1 at the validation-fitted thresholds {fmt(macro['f1'])}.",
+        "",
+        "| finding | test positives | AUROC (95% CI, patient bootstrap) | AUPRC | threshold | sensitivity | specificity | PPV | F1 | Wang 2017 | CheXNet |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for i, row in enumerate(metrics["per_finding"]):
+        lines.append(
+            f"| {row['finding']} | {row['n_test_pos']} | {fmt(row['auroc'])} ({fmt(row['auroc_low'])}–{fmt(row['auroc_high'])}) "
+            f"| {fmt(row['auprc'])} | {fmt(row['threshold'])} | {fmt(row['recall'])} | {fmt(row['specificity'])} "
+            f"| {fmt(row['precision'])} | {fmt(row['f1'])} | {fmt(published[names[0]][i])} | {fmt(published[names[1]][i])} |"
+        )
+    means = [float(np.mean(published[n])) for n in names]
+    lines += [
+        f"| **mean** | | **{fmt(macro['auroc'])}** | {fmt(macro['auprc'])} | | | | | {fmt(macro['f1'])} | {fmt(means[0])} | {fmt(means[1])} |",
+        "",
+        "The published columns are for orientation only: Wang et al. 2017 (ResNet-50, ImageNet initialisation, "
+        "NIH's official split) and CheXNet (DenseNet-121, ImageNet initialisation, its own patient-wise split) "
+        "trained on about 80,000–98,000 images; ours trained from scratch on 2,400 images and is tested on a "
+        "different, much smaller test set.",
+    ]
+    cal = metrics["calibration"]
+    ece_b = np.nanmean([v for v in cal["ece_before"] if v is not None])
+    ece_a = np.nanmean([v for v in cal["ece_after"] if v is not None])
+    brier_b = np.nanmean([v for v in cal["brier_before"] if v is not None])
+    brier_a = np.nanmean([v for v in cal["brier_after"] if v is not None])
+    lines += [
+        "",
+        f"Calibration ({cal['method']} scaling per finding, fitted on validation), on test: mean ECE {ece_b:.3f} → "
+        f"{ece_a:.3f}, mean Brier score {brier_b:.4f} → {brier_a:.4f}.",
+    ]
+    loc = metrics.get("localization") or {}
+    if loc.get("n_boxes"):
+        keys = [k for k in loc["accuracy"][0] if k.startswith("T(IoBB)")]
+        lines += [
+            "",
+            f"Localisation: Grad-CAM++ heatmap boxes against the {loc['n_boxes']} expert boxes on the test images, "
+            "T(IoBB) accuracy (share of boxes hit with IoBB ≥ T) and mean IoU:",
+            "",
+            "| finding | boxes | " + " | ".join(keys) + " | mean IoU |",
+            "|---|---:|" + "---:|" * (len(keys) + 1),
+        ]
+        for row in loc["accuracy"]:
+            lines.append(f"| {row['finding']} | {row['n_boxes']} | " + " | ".join(fmt(row[k], 2) for k in keys) + f" | {fmt(row['mean_iou'], 2)} |")
+    groups: dict[tuple[str, str], list[float]] = {}
+    for row in metrics.get("subgroups", []):
+        if row.get("auroc") is not None:
+            groups.setdefault((row["attribute"], str(row["group"])), []).append(row["auroc"])
+    if groups:
+        lines += ["", "Subgroups (mean AUROC over findings with positives in the group; test split):", "",
+                  "| attribute | group | mean AUROC |", "|---|---|---:|"]
+        for (attribute, group), values in groups.items():
+            lines.append(f"| {attribute} | {group} | {np.mean(values):.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", default="models/default")
+    parser.add_argument("--readme", default="README.md")
+    args = parser.parse_args()
+    bundle = Path(args.bundle)
+    metrics = json.loads((bundle / "metrics.json").read_text())
+    meta = json.loads((bundle / "bundle.json").read_text())
+    block = results_block(metrics, meta)
+    readme = Path(args.readme)
+    text = readme.read_text()
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        _, tail = rest.split(END, 1)
+        readme.write_text(f"{head}{START}\n{block}\n{END}{tail}")
+    template = Path(__file__).with_name("MODEL_CARD.template.md")
+    if template.is_file():
+        data = meta.get("data", {})
+        split = meta.get("split", {})
+        training = meta.get("training", {})
+        fields = {
+            "{{RESULTS}}": block,
+            "{{BACKBONE}}": str(meta.get("backbone")),
+            "{{INPUT_SIZE}}": str(meta.get("input_size")),
+            "{{SPLIT_IMAGES}}": ", ".join(f"{k} {v:,}" for k, v in data.get("counts", {}).items()),
+            "{{SPLIT_PATIENTS}}": ", ".join(f"{k} {v:,}" for k, v in data.get("patients", {}).items()),
+            "{{SPLIT_SEED}}": str(split.get("seed")),
+            "{{EPOCHS_RUN}}": str(training.get("history", {}).get("epochs_run")),
+            "{{BEST_EPOCH}}": str(training.get("history", {}).get("best_epoch")),
+            "{{BEST_VAL_AUROC}}": fmt(training.get("history", {}).get("best_val_mean_auroc")),
+            "{{TRAIN_MINUTES}}": f"{training.get('history', {}).get('seconds', 0) / 60:.0f}",
+            "{{CODE}}": str(meta.get("code", {}).get("git_commit") or meta.get("code", {})),
+        }
+        card = template.read_text()
+        for key, value in fields.items():
+            card = card.replace(key, value)
+        (bundle / "MODEL_CARD.md").write_text(card)
+    print(block)
+
+
+if __name__ == "__main__":
+    main()
