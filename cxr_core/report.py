@@ -1,0 +1,300 @@
+"""The report of one analysed image: a findings table, a JSON document, a PDF.
+
+    analysis = predictor.analyze(image)
+    rows = findings_rows(analysis, predictor.metadata)        # what the app's table shows
+    doc = json_report(analysis, predictor.metadata, source_name="scan.png")
+    pdf = pdf_report(analysis, predictor.metadata, source_name="scan.png")   # bytes
+
+Every report carries the statement that cxr-assist is not for clinical use,
+the model it came from, each finding's calibrated probability with its
+operating threshold and the sensitivity/specificity that threshold had on
+validation, and the input warnings.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+
+import cv2
+import numpy as np
+
+from cxr_core import __version__
+from cxr_core.findings import DISPLAY_NAMES, FINDINGS
+from cxr_core.inference import Analysis
+from cxr_core.localization import heatmap_to_boxes
+from cxr_core.overlays import HEATMAP_BOX_COLOR, blend_heatmap, draw_boxes, fit_to, gray_to_rgb, scale_boxes, window_level
+
+__all__ = ["DISCLAIMER", "REPORT_FORMAT", "findings_rows", "heatmap_boxes", "json_report", "model_summary", "pdf_report"]
+
+DISCLAIMER = (
+    "Research tool, NOT for clinical use. cxr-assist has not been validated for diagnosis; its "
+    "findings are model outputs trained on text-mined NIH ChestX-ray14 labels and must not guide patient care."
+)
+REPORT_FORMAT = "cxr-assist-report"
+REPORT_VERSION = 1
+
+
+def _number(value) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def operating_points(metadata: Mapping | None) -> dict[str, dict]:
+    """``{finding: operating point}`` from a bundle's ``operating_points`` list (empty if none)."""
+    points = (metadata or {}).get("operating_points") or []
+    return {p["finding"]: dict(p) for p in points if isinstance(p, Mapping) and "finding" in p}
+
+
+def model_summary(metadata: Mapping | None) -> dict:
+    """What a report says about the model: backbone, input size, training data, test AUROC."""
+    meta = dict(metadata or {})
+    data = meta.get("data") or {}
+    counts = data.get("counts") or {}
+    patients = data.get("patients") or {}
+    thresholds = meta.get("thresholds")
+    return {
+        "backbone": meta.get("backbone"),
+        "input_size": meta.get("input_size"),
+        "created": meta.get("created"),
+        "training_images": counts.get("train"),
+        "training_patients": patients.get("train"),
+        "validation_images": counts.get("val"),
+        "test_images": (meta.get("test_summary") or {}).get("test_images", counts.get("test")),
+        "test_mean_auroc": _number((meta.get("test_summary") or {}).get("mean_auroc")),
+        "threshold_method": thresholds.get("method") if isinstance(thresholds, Mapping) else None,
+        "calibration": (meta.get("calibration") or {}).get("method"),
+    }
+
+
+def heatmap_boxes(analysis: Analysis, finding: str, *, threshold: float = 0.5, max_boxes: int = 3) -> list[tuple[float, ...]]:
+    """Boxes around a finding's heatmap, in the analysed image's pixels (empty without a map)."""
+    heatmap = analysis.heatmaps.get(finding)
+    if heatmap is None:
+        return []
+    return heatmap_to_boxes(heatmap, threshold=threshold, max_boxes=max_boxes, out_shape=analysis.image.pixels.shape)
+
+
+def findings_rows(analysis: Analysis, metadata: Mapping | None, thresholds: Sequence[float] | None = None) -> list[dict]:
+    """One row per finding, highest calibrated probability first.
+
+    Args:
+        analysis: from :meth:`Predictor.analyze`.
+        metadata: the bundle metadata (``predictor.metadata``), for the
+            validated sensitivity/specificity of each operating threshold.
+        thresholds: the operating thresholds in FINDINGS order
+            (``predictor.thresholds``); default: those of ``operating_points``.
+
+    Returns:
+        dicts with ``finding`` (data spelling), ``name`` (display name),
+        ``probability``, ``raw_probability``, ``threshold``, ``positive``,
+        ``val_sensitivity``, ``val_specificity``.
+    """
+    points = operating_points(metadata)
+    order = analysis.ranked or tuple(sorted(FINDINGS, key=lambda f: -analysis.probabilities[f]))
+    rows = []
+    for finding in order:
+        point = points.get(finding, {})
+        threshold = _number(thresholds[FINDINGS.index(finding)]) if thresholds is not None else _number(point.get("threshold"))
+        rows.append(
+            {
+                "finding": finding,
+                "name": DISPLAY_NAMES[finding],
+                "probability": float(analysis.probabilities[finding]),
+                "raw_probability": _number(analysis.raw_probabilities.get(finding)),
+                "threshold": threshold,
+                "positive": bool(analysis.positive.get(finding, False)),
+                "val_sensitivity": _number(point.get("val_sensitivity")),
+                "val_specificity": _number(point.get("val_specificity")),
+            }
+        )
+    return rows
+
+
+def json_report(
+    analysis: Analysis,
+    metadata: Mapping | None,
+    *,
+    source_name: str | None = None,
+    thresholds: Sequence[float] | None = None,
+    box_findings: Sequence[str] | None = None,
+) -> dict:
+    """The JSON report of one analysed image (plain types only, ``json.dumps``-able).
+
+    Args:
+        analysis, metadata, thresholds: see :func:`findings_rows`.
+        source_name: the file name shown in the report.
+        box_findings: findings whose heatmap boxes are listed (default: every
+            finding that has a heatmap).
+    """
+    rows = findings_rows(analysis, metadata, thresholds)
+    wanted = set(analysis.heatmaps if box_findings is None else box_findings)
+    for row in rows:
+        if row["finding"] in wanted:
+            row["heatmap_boxes"] = [
+                {"x": round(b[0], 1), "y": round(b[1], 1), "w": round(b[2], 1), "h": round(b[3], 1), "peak": round(b[4], 4)}
+                for b in heatmap_boxes(analysis, row["finding"])
+            ]
+    image = analysis.image
+    return {
+        "format": REPORT_FORMAT,
+        "format_version": REPORT_VERSION,
+        "generated": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "tool": {"name": "cxr-assist", "version": __version__},
+        "disclaimer": DISCLAIMER,
+        "model": model_summary(metadata),
+        "image": {
+            "name": source_name,
+            "format": image.source_format,
+            "original_height": int(image.original_shape[0]),
+            "original_width": int(image.original_shape[1]),
+            "bit_depth": int(image.bit_depth),
+        },
+        "warnings": list(analysis.warnings),
+        "positive_findings": [r["finding"] for r in rows if r["positive"]],
+        "findings": rows,
+        "notes": (
+            "probability: calibrated on the model's validation split; positive: probability >= threshold; "
+            "val_sensitivity/val_specificity: of that threshold on the validation split. Heatmaps are Grad-CAM++ "
+            "maps, boxes are drawn around their strongest regions (x, y = top-left corner, original image pixels)."
+        ),
+    }
+
+
+def _jpeg(rgb: np.ndarray) -> io.BytesIO:
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 88])
+    if not ok:  # pragma: no cover - OpenCV always encodes a uint8 RGB array
+        raise RuntimeError("could not encode an image for the PDF")
+    return io.BytesIO(encoded.tobytes())
+
+
+def _fmt(value, pattern: str = "{:.3f}") -> str:
+    return "n/a" if value is None else pattern.format(value)
+
+
+def pdf_report(
+    analysis: Analysis,
+    metadata: Mapping | None,
+    *,
+    source_name: str | None = None,
+    thresholds: Sequence[float] | None = None,
+    overlay_findings: Sequence[str] | None = None,
+    alpha: float = 0.4,
+    level: float = 0.5,
+    width: float = 1.0,
+    max_side: int = 512,
+) -> bytes:
+    """A two-page PDF: page 1 the image and heatmap overlays, page 2 the findings table.
+
+    Args:
+        analysis, metadata, thresholds, source_name: see :func:`json_report`.
+        overlay_findings: findings whose Grad-CAM++ overlay is shown (default:
+            the 4 most probable that have a heatmap).
+        alpha, level, width: overlay opacity and image window.
+        max_side: pictures are shrunk to this many pixels on their longer side.
+
+    Returns:
+        the PDF file's bytes.
+    """
+    from reportlab.lib import colors
+    from reportlab.lib.pagesizes import A4
+    from reportlab.lib.styles import getSampleStyleSheet
+    from reportlab.lib.units import mm
+    from reportlab.platypus import Image, PageBreak, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+
+    rows = findings_rows(analysis, metadata, thresholds)
+    model = model_summary(metadata)
+    if overlay_findings is None:
+        overlay_findings = [r["finding"] for r in rows if r["finding"] in analysis.heatmaps][:4]
+    styles = getSampleStyleSheet()
+    small = styles["BodyText"].clone("small", fontSize=8, leading=10)
+    warn = styles["BodyText"].clone("warn", textColor=colors.HexColor("#9a3412"))
+
+    pixels, scale = fit_to(analysis.image.pixels, max_side)
+    base = gray_to_rgb(window_level(pixels, level, width))
+    content_width = A4[0] - 30 * mm
+
+    def picture(rgb: np.ndarray, side_mm: float) -> Image:
+        h, w = rgb.shape[:2]
+        side = side_mm * mm
+        return Image(_jpeg(rgb), width=side * w / max(h, w), height=side * h / max(h, w))
+
+    tiles = []
+    for finding in overlay_findings:
+        heat, _ = fit_to(analysis.heatmaps[finding], max_side)
+        boxes = scale_boxes(heatmap_boxes(analysis, finding), scale)
+        rgb = draw_boxes(blend_heatmap(pixels, heat, alpha=alpha, level=level, width=width), boxes, color=HEATMAP_BOX_COLOR)
+        tiles.append([picture(rgb, 50), Paragraph(f"{DISPLAY_NAMES[finding]}: p = {analysis.probabilities[finding]:.2f}", small)])
+    grid = [[tiles[i][0] if i < len(tiles) else "", tiles[i + 1][0] if i + 1 < len(tiles) else ""] for i in range(0, len(tiles), 2)]
+    captions = [[tiles[i][1] if i < len(tiles) else "", tiles[i + 1][1] if i + 1 < len(tiles) else ""] for i in range(0, len(tiles), 2)]
+    overlay_table = []
+    for pics, texts in zip(grid, captions):
+        overlay_table += [pics, texts]
+
+    name = source_name or "uploaded image"
+    story = [
+        Paragraph("cxr-assist report", styles["Title"]),
+        Paragraph(f"<b>{DISCLAIMER}</b>", warn),
+        Spacer(1, 3 * mm),
+        Paragraph(
+            f"Image: {_escape(name)} ({analysis.image.source_format}, {analysis.image.original_shape[1]} x "
+            f"{analysis.image.original_shape[0]} px). Model: {_escape(str(model['backbone']))}, {model['input_size']} px input, "
+            f"test mean AUROC {_fmt(model['test_mean_auroc'])}. Generated "
+            f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by cxr-assist {__version__}.",
+            small,
+        ),
+    ]
+    for note in analysis.warnings:
+        story.append(Paragraph(f"Warning: {_escape(note)}", warn))
+    story += [Spacer(1, 3 * mm), picture(base, 70), Paragraph("The image as analysed.", small), Spacer(1, 3 * mm)]
+    if overlay_table:
+        table = Table(overlay_table, colWidths=[content_width / 2] * 2)
+        table.setStyle(TableStyle([("ALIGN", (0, 0), (-1, -1), "CENTER"), ("VALIGN", (0, 0), (-1, -1), "MIDDLE")]))
+        story += [Paragraph("Grad-CAM++ heatmaps of the most probable findings (white boxes: strongest regions).", small), table]
+    story.append(PageBreak())
+
+    story.append(Paragraph("Findings", styles["Heading1"]))
+    header = ["Finding", "Probability", "Threshold", "Call", "Val. sensitivity", "Val. specificity"]
+    body = [
+        [r["name"], f"{r['probability']:.3f}", _fmt(r["threshold"]), "POSITIVE" if r["positive"] else "negative",
+         _fmt(r["val_sensitivity"], "{:.2f}"), _fmt(r["val_specificity"], "{:.2f}")]
+        for r in rows
+    ]
+    table = Table([header, *body], repeatRows=1)
+    style = [
+        ("FONTNAME", (0, 0), (-1, 0), "Helvetica-Bold"),
+        ("FONTSIZE", (0, 0), (-1, -1), 9),
+        ("GRID", (0, 0), (-1, -1), 0.25, colors.grey),
+        ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#e5e7eb")),
+        ("ALIGN", (1, 1), (-1, -1), "RIGHT"),
+    ]
+    style += [("TEXTCOLOR", (3, i + 1), (3, i + 1), colors.HexColor("#b91c1c")) for i, r in enumerate(rows) if r["positive"]]
+    table.setStyle(TableStyle(style))
+    story += [
+        table,
+        Spacer(1, 4 * mm),
+        Paragraph(
+            "Probabilities are calibrated on the model's validation split. A finding is called positive when its probability "
+            "reaches the operating threshold fitted on validation; the sensitivity and specificity shown are that threshold's "
+            "on the validation images. The reference labels of NIH ChestX-ray14 are text-mined from reports and are noisy.",
+            small,
+        ),
+        Spacer(1, 2 * mm),
+        Paragraph(f"<b>{DISCLAIMER}</b>", warn),
+    ]
+    buffer = io.BytesIO()
+    doc = SimpleDocTemplate(
+        buffer, pagesize=A4, leftMargin=15 * mm, rightMargin=15 * mm, topMargin=12 * mm, bottomMargin=12 * mm,
+        title="cxr-assist report", author="cxr-assist", subject=name,
+    )
+    doc.build(story)
+    return buffer.getvalue()
+
+
+def _escape(text: str) -> str:
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -1,0 +1,101 @@
+"""cxr_core.report: findings rows, the JSON report and the PDF report of one analysis."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import zlib
+
+import numpy as np
+import pytest
+
+from cxr_core.findings import FINDINGS
+from cxr_core.imageio import DecodedImage
+from cxr_core.inference import Analysis
+from cxr_core.report import DISCLAIMER, findings_rows, json_report, model_summary, pdf_report
+
+
+@pytest.fixture(scope="module")
+def analysis() -> Analysis:
+    rng = np.random.default_rng(0)
+    pixels = rng.random((300, 240)).astype(np.float32)
+    probabilities = dict(zip(FINDINGS, np.linspace(0.05, 0.9, 14).tolist()))
+    heatmaps = {}
+    for i, finding in enumerate(FINDINGS):
+        heat = np.zeros((300, 240), dtype=np.float32)
+        heat[100 + i : 160 + i, 50:120] = 1.0
+        heatmaps[finding] = heat
+    return Analysis(
+        probabilities=probabilities,
+        raw_probabilities={f: p * 0.9 for f, p in probabilities.items()},
+        positive={f: p >= 0.5 for f, p in probabilities.items()},
+        heatmaps=heatmaps,
+        image=DecodedImage(pixels=pixels, source_format="PNG", original_shape=(300, 240), bit_depth=8),
+        warnings=("This image's brightness and contrast are very unlike the chest X-rays the model was trained on.",),
+        ranked=tuple(sorted(FINDINGS, key=lambda f: -probabilities[f])),
+    )
+
+
+METADATA = {
+    "backbone": "mobilenetv2", "input_size": 160, "created": "2026-01-01T00:00:00+0000",
+    "data": {"counts": {"train": 2400, "val": 342, "test": 684}, "patients": {"train": 1497}},
+    "thresholds": {"method": "youden", "values": [0.5] * 14},
+    "operating_points": [
+        {"finding": f, "threshold": 0.5, "val_sensitivity": 0.8, "val_specificity": 0.7, "test_sensitivity": 0.75, "test_specificity": 0.72}
+        for f in FINDINGS
+    ],
+    "test_summary": {"mean_auroc": 0.71, "test_images": 684},
+}
+
+
+def test_findings_rows_are_ranked_with_operating_points(analysis):
+    rows = findings_rows(analysis, METADATA)
+    assert [r["finding"] for r in rows] == list(analysis.ranked) and len(rows) == 14
+    assert rows[0]["finding"] == "Hernia" and rows[0]["positive"] and not rows[-1]["positive"]
+    assert rows[0]["val_sensitivity"] == 0.8 and rows[0]["threshold"] == 0.5
+    assert {r["name"] for r in rows} >= {"Pleural Thickening"}
+    # Thresholds passed explicitly win; a bundle without operating points gives None, not an error.
+    bare = findings_rows(analysis, {}, thresholds=[0.3] * 14)
+    assert bare[0]["threshold"] == 0.3 and bare[0]["val_sensitivity"] is None
+
+
+def test_json_report_lists_the_14_findings(analysis):
+    doc = json_report(analysis, METADATA, source_name="scan.png")
+    text = json.dumps(doc, allow_nan=False)  # plain JSON types only
+    assert json.loads(text)["format"] == "cxr-assist-report"
+    assert sorted(r["finding"] for r in doc["findings"]) == sorted(FINDINGS)
+    assert doc["disclaimer"] == DISCLAIMER and "NOT for clinical use" in doc["disclaimer"]
+    assert doc["image"] == {"name": "scan.png", "format": "PNG", "original_height": 300, "original_width": 240, "bit_depth": 8}
+    assert doc["warnings"] == list(analysis.warnings)
+    assert doc["positive_findings"] == [r["finding"] for r in doc["findings"] if r["probability"] >= 0.5]
+    assert doc["model"]["test_mean_auroc"] == 0.71 and doc["model"]["training_images"] == 2400
+    box = doc["findings"][0]["heatmap_boxes"][0]
+    assert box["x"] == pytest.approx(50, abs=1) and box["w"] == pytest.approx(70, abs=1) and box["h"] == pytest.approx(60, abs=1)
+    assert model_summary(None)["backbone"] is None
+
+
+def _pdf_text(pdf: bytes) -> str:
+    """The text drawn in a PDF's content streams (reportlab: ASCII85 + Flate)."""
+    chunks = []
+    for stream in re.findall(rb"stream\r?\n(.*?)endstream", pdf, flags=re.S):
+        data = stream.strip()
+        try:
+            if data.endswith(b"~>"):
+                data = base64.a85decode(data.removeprefix(b"<~")[:-2])
+            chunks.append(zlib.decompress(data).decode("latin-1"))
+        except (ValueError, zlib.error):
+            continue
+    return "".join("".join(re.findall(r"\((.*?)\)\s*Tj", c)) + "\n" for c in chunks)
+
+
+def test_pdf_report_pages_and_text(analysis):
+    pdf = pdf_report(analysis, METADATA, source_name="scan.png")
+    assert pdf.startswith(b"%PDF")
+    assert len(re.findall(rb"/Type /Page\b", pdf)) == 2  # /Type /Pages does not match
+    text = _pdf_text(pdf)
+    for expected in ("cxr-assist report", "NOT for clinical use", "scan.png", "Findings", "Pleural Thickening", "POSITIVE", "Hernia", "Warning"):
+        assert expected in text, expected
+    # A shorter overlay list and an empty warning list still make a valid 2-page report.
+    plain = Analysis(**{**analysis.__dict__, "warnings": ()})
+    assert len(re.findall(rb"/Type /Page\b", pdf_report(plain, {}, overlay_findings=["Mass"]))) == 2
