@@ -1,14 +1,23 @@
 """cxr-assist: radiologist-assist demo for NIH ChestX-ray14 (not for clinical use).
 
-Run with ``streamlit run app.py``.
+Run with ``streamlit run app.py``. The model bundle folder comes from
+``CXR_ASSIST_BUNDLE`` (default ``models/default``), the demo data from
+``CXR_ASSIST_DEMO`` (default ``data/demo``); see ``pages/common.py``.
 """
 
 import streamlit as st
 
-st.set_page_config(page_title="cxr-assist", page_icon="🩻", layout="wide")
+from pages import common
 
-pages = [
-    st.Page("pages/home.py", title="Home", default=True),
-    st.Page("pages/browse.py", title="Browse dataset"),
-]
+st.set_page_config(page_title="cxr-assist", page_icon="🩻", layout="wide")
+common.warm_up()  # load the model in the background while the first page renders
+
+pages = {
+    "cxr-assist": [
+        st.Page("pages/home.py", title="Home", icon="🏠", default=True),
+        st.Page("pages/analyze.py", title="Analyze an image", icon="🔎", url_path="analyze"),
+        st.Page("pages/browse.py", title="Browse dataset", icon="🗂️", url_path="browse"),
+        st.Page("pages/performance.py", title="Model performance", icon="📈", url_path="performance"),
+    ],
+}
 st.navigation(pages).run()

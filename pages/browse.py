@@ -1,27 +1,113 @@
-"""Browse the demo set (or a dataset folder) against its labels and boxes."""
+"""Browse a dataset (the demo set, or an allowed NIH folder): labels and expert boxes against the model."""
 
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 
-from cxr_core.dataset import NIHDataset
-from cxr_core.findings import FINDINGS
+from cxr_core import overlays
+from cxr_core.findings import DISPLAY_NAMES, FINDINGS
+from cxr_core.imageio import decode_image
+from cxr_core.localization import heatmap_to_boxes, iou
+from pages import common
 
-DEMO_ROOT = Path(__file__).resolve().parents[1] / "data" / "demo"
+PER_PAGE, COLUMNS, SIDE = 12, 6, 640
 
 
-@st.cache_resource(show_spinner="Reading the dataset…")
-def load_dataset(root: str) -> NIHDataset:
-    return NIHDataset(root)
+@st.cache_data(show_spinner=False, max_entries=1024)
+def thumbnail(path: str, mtime: float):
+    return overlays.fit_to(decode_image(path).pixels, 160)[0]
 
 
 st.title("Browse dataset")
-dataset = load_dataset(str(DEMO_ROOT))
-st.caption(f"{len(dataset)} images of {dataset.csv['patient_id'].nunique()} patients, {len(dataset.boxes)} expert boxes")
-finding = st.selectbox("Finding", ["Any", "No Finding", *FINDINGS], key="browse_finding")
-table = dataset.csv
+root_text = st.text_input("Dataset folder (any NIH ChestX-ray14 layout)", str(common.demo_root()), key="browse_root")
+try:
+    dataset = common.load_dataset(str(common.check_dataset_root(root_text)))
+except (ValueError, OSError) as exc:  # outside the allowed roots, no Data_Entry CSV, unreadable
+    st.error(str(exc))
+    st.stop()
+csv, labels = dataset.csv, dataset.labels
+st.caption(f"{len(dataset)} images of {csv['patient_id'].nunique()} patients, {len(dataset.boxes)} expert boxes.")
+
+c = st.columns(5)
+finding = c[0].selectbox("Finding", ["Any", "No Finding", *FINDINGS], format_func=lambda f: DISPLAY_NAMES.get(f, f), key="browse_finding")
+patient = c[1].text_input("Patient ID", key="browse_patient")
+views = c[2].multiselect("View", sorted(csv["view"].dropna().unique()), key="browse_view")
+sexes = c[3].multiselect("Sex", sorted(csv["sex"].dropna().unique()), key="browse_sex")
+ages = csv["age"].dropna()
+low, high = (int(ages.min()), int(ages.max())) if len(ages) else (0, 120)
+age = c[4].slider("Age", low, max(high, low + 1), (low, max(high, low + 1)), key="browse_age")
+
+mask = np.ones(len(csv), dtype=bool)
 if finding == "No Finding":
-    table = table[dataset.labels.sum(axis=1) == 0]
+    mask &= labels.sum(axis=1) == 0
 elif finding != "Any":
-    table = table[dataset.labels[:, FINDINGS.index(finding)] == 1]
-st.dataframe(table[["image", "finding_labels", "patient_id", "age", "sex", "view"]], hide_index=True, key="browse_table")
+    mask &= labels[:, FINDINGS.index(finding)] == 1
+if patient.strip():
+    mask &= csv["patient_id"].astype(str).to_numpy() == patient.strip()
+if views:
+    mask &= csv["view"].isin(views).to_numpy()
+if sexes:
+    mask &= csv["sex"].isin(sexes).to_numpy()
+full_age_range = age == (low, max(high, low + 1))
+mask &= (csv["age"].between(*age) | (csv["age"].isna() & full_age_range)).to_numpy()
+table = csv[mask]
+st.dataframe(table[["image", "finding_labels", "patient_id", "age", "sex", "view"]], hide_index=True, key="browse_table", height=220)
+if table.empty:
+    st.info("No image matches these filters.")
+    st.stop()
+
+n_pages = (len(table) - 1) // PER_PAGE + 1
+page = st.number_input(f"Thumbnail page (of {n_pages})", 1, n_pages, 1, key="browse_page")
+shown = table.iloc[(page - 1) * PER_PAGE : page * PER_PAGE]
+for start in range(0, len(shown), COLUMNS):
+    for column, row in zip(st.columns(COLUMNS), shown.iloc[start : start + COLUMNS].itertuples()):
+        column.image(thumbnail(row.path, Path(row.path).stat().st_mtime), caption=f"{row.image}: {row.finding_labels}", width="stretch")
+
+st.subheader("Case")
+name = st.selectbox("Image", table["image"], index=(page - 1) * PER_PAGE, key="browse_case",
+                    on_change=lambda: st.session_state.pop("browse_heat_finding", None))  # a new case starts at its boxed finding
+row = table.set_index("image").loc[name]
+pixels, scale = overlays.fit_to(decode_image(row.path).pixels, SIDE)
+height, width = (round(s / scale) for s in pixels.shape)
+truth = dataset.boxes_for(name, width=width, height=height)
+truth_boxes = overlays.scale_boxes(truth[["x", "y", "w", "h"]].to_numpy(), scale)
+st.caption(f"Patient {row.patient_id}, {row.sex}, age {row.age}, {row.view} view. NIH labels: {row.finding_labels}.")
+
+predictor = common.optional_predictor()
+if predictor is None:
+    st.info("No model is loaded, so only the labels and expert boxes are shown. " + common.NO_BUNDLE_HELP.splitlines()[0])
+    st.image(overlays.draw_boxes(overlays.gray_to_rgb(pixels), truth_boxes, labels=list(truth["finding"])), caption="Expert boxes", width=SIDE)
+    st.stop()
+split = predictor.split_of(name)
+if split in ("train", "val"):
+    role = "the model was trained on it" if split == "train" else "it was used to choose the checkpoint, calibration and thresholds"
+    st.warning(f"This image was in the model's **{'training' if split == 'train' else 'validation'}** split ({role}): its predictions here are optimistic.")
+elif split == "test":
+    st.caption("This image was in the model's test split (never used for training or fitting).")
+
+analysis = common.analyze_path(*common.current_bundle(), row.path, Path(row.path).stat().st_mtime)
+y = labels[int(np.flatnonzero(csv["image"].to_numpy() == name)[0])].astype(bool)
+called = np.array([analysis.positive[f] for f in FINDINGS])
+outcome = np.select([y & called, ~y & called, y & ~called], ["TP", "FP", "FN"], "TN")
+st.dataframe(
+    {"finding": [DISPLAY_NAMES[f] for f in FINDINGS], "label": y.astype(int), "probability": [analysis.probabilities[f] for f in FINDINGS],
+     "threshold": predictor.thresholds, "predicted": called.astype(int), "outcome": outcome},
+    hide_index=True, key="browse_outcomes",
+    column_config={"probability": st.column_config.NumberColumn(format="%.3f"), "threshold": st.column_config.NumberColumn(format="%.3f")},
+)
+
+boxed = [f for f in FINDINGS if f in set(truth["finding"])]
+choices = boxed + [f for f in analysis.ranked if f not in boxed]
+heat_finding = st.selectbox("Heatmap of", choices, format_func=DISPLAY_NAMES.get, key="browse_heat_finding")
+gt = [b for b, f in zip(truth_boxes, truth["finding"]) if f == heat_finding]
+predicted = overlays.scale_boxes(heatmap_to_boxes(analysis.heatmaps[heat_finding], out_shape=(height, width)), scale)
+best = [max((iou(p, g) for g in gt), default=0.0) for p in predicted]
+left, right = st.columns(2)
+left.image(overlays.draw_boxes(overlays.gray_to_rgb(pixels), truth_boxes, labels=[DISPLAY_NAMES[f] for f in truth["finding"]]),
+           caption="Expert boxes (green)", width="stretch")
+picture = overlays.draw_boxes(overlays.blend_heatmap(pixels, overlays.fit_to(analysis.heatmaps[heat_finding], SIDE)[0]), gt, labels=["expert"] * len(gt))
+picture = overlays.draw_boxes(picture, predicted, labels=[f"IoU {v:.2f}" if gt else "heatmap" for v in best], color=overlays.HEATMAP_BOX_COLOR, dashed=True)
+right.image(picture, caption=f"Grad-CAM++ of {DISPLAY_NAMES[heat_finding]}: expert box green, heatmap boxes white (IoU with the expert box)", width="stretch")
+if gt:
+    st.write(f"Best IoU of a heatmap box with the expert {DISPLAY_NAMES[heat_finding]} box: **{max(best, default=0.0):.2f}**.")

@@ -1,17 +1,45 @@
-"""Home: what cxr-assist is, and the data it ships with."""
+"""Home: what cxr-assist is, that it is not for clinical use, and which model is loaded."""
 
 import streamlit as st
 
 from cxr_core import __version__
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
+from pages import common
 
 st.title("cxr-assist")
 st.warning("Research tool. **Not for clinical use**: it has not been validated for diagnosis.")
 st.markdown(
-    "A radiologist-assist system for the **NIH ChestX-ray14** dataset: 14 findings "
-    "text-mined from radiology reports, expert boxes for 8 of them. "
+    "A radiologist-assist system for the **NIH ChestX-ray14** dataset. It reads a frontal chest X-ray "
+    "(PNG, JPEG or DICOM) and gives a calibrated probability for each of 14 findings text-mined from "
+    "radiology reports, with the operating threshold and its validated sensitivity and specificity, and a "
+    "Grad-CAM++ heatmap of where the model looked. "
     f"Library version {__version__}."
 )
-st.subheader("Findings the model reads")
-st.write(", ".join(DISPLAY_NAMES[f] for f in FINDINGS) + ". \"No Finding\" means none of them.")
-st.info("Model analysis pages arrive with the shipped model. Browse the demo data in the meantime.")
+st.write("Findings: " + ", ".join(DISPLAY_NAMES[f] for f in FINDINGS) + '. "No Finding" means none of them.')
+
+st.subheader("Loaded model")
+meta = common.bundle_metadata()
+if meta is None:
+    st.error(common.NO_BUNDLE_HELP.format(path=common.bundle_dir()))
+else:
+    data = meta.get("data") or {}
+    counts, patients = data.get("counts") or {}, data.get("patients") or {}
+    auroc = (meta.get("test_summary") or {}).get("mean_auroc")
+    cols = st.columns(4)
+    cols[0].metric("Backbone", str(meta.get("backbone", "?")))
+    cols[1].metric("Input size", f"{meta.get('input_size', '?')} px")
+    cols[2].metric("Test mean AUROC", "not evaluated" if auroc is None else f"{auroc:.3f}")
+    cols[3].metric("Training images", f"{counts['train']:,}" if "train" in counts else "?")
+    trained_on = (
+        f"NIH ChestX-ray14 images, patient-wise split: {counts.get('train', '?')} training images "
+        f"({patients.get('train', '?')} patients), {counts.get('val', '?')} validation, {counts.get('test', '?')} test."
+        if counts else "the split recorded in the bundle's splits.csv."
+    )
+    st.caption(f"Bundle `{common.bundle_dir()}`, created {meta.get('created', '?')}. Trained on {trained_on}")
+    if auroc is None:
+        st.info("This bundle has not been evaluated yet (`python -m training.evaluate`): no thresholds or metrics.")
+
+st.subheader("Pages")
+st.page_link("pages/analyze.py", label="Analyze an image: upload a film or pick a demo image", icon="🔎")
+st.page_link("pages/browse.py", label="Browse the dataset: labels and expert boxes against the model", icon="🗂️")
+st.page_link("pages/performance.py", label="Model performance: ROC, PR, calibration, localisation", icon="📈")

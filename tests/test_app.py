@@ -1,20 +1,53 @@
-"""AppTest smoke tests for each page."""
+"""The app's shared helpers (pages/common.py): configuration from the environment and the dataset-folder guard.
 
-from streamlit.testing.v1 import AppTest
+The pages themselves are tested through AppTest in tests/test_app_pages.py and
+in a real browser in tests/test_browser.py.
+"""
 
-from tests.conftest import REPO_ROOT
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pages import common
+from tests.conftest import DEMO_ROOT, REPO_ROOT
 
 
-def test_home_page_renders():
-    at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=60).run()
-    assert not at.exception
-    assert any("Not for clinical use" in w.value for w in at.warning)
+def test_defaults_and_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("CXR_ASSIST_BUNDLE", raising=False)
+    monkeypatch.delenv("CXR_ASSIST_DEMO", raising=False)
+    assert common.bundle_dir() == REPO_ROOT / "models" / "default"
+    assert common.demo_root() == DEMO_ROOT
+    monkeypatch.setenv("CXR_ASSIST_BUNDLE", str(tmp_path / "b"))
+    monkeypatch.setenv("CXR_ASSIST_DEMO", "data/demo")  # relative paths are the project's
+    assert common.bundle_dir() == tmp_path / "b" and common.demo_root() == DEMO_ROOT
+    assert not common.bundle_present() and common.bundle_metadata() is None and common.bundle_metrics() is None
 
 
-def test_browse_filter_by_finding():
-    at = AppTest.from_file(str(REPO_ROOT / "pages" / "browse.py"), default_timeout=60).run()
-    assert not at.exception
-    at.selectbox(key="browse_finding").select("Hernia").run()
-    assert not at.exception
-    shown = at.dataframe[0].value
-    assert len(shown) >= 10 and shown["finding_labels"].str.contains("Hernia").all()
+def test_dataset_root_guard(monkeypatch, tmp_path):
+    monkeypatch.delenv("CXR_ASSIST_DEMO", raising=False)
+    first, second = tmp_path / "one", tmp_path / "two"
+    (first / "sub").mkdir(parents=True)
+    second.mkdir()
+    (first / "out").symlink_to(tmp_path)
+    (first / "in").symlink_to(first / "sub")
+    monkeypatch.setenv("CXR_ASSIST_DATA_ROOTS", os.pathsep.join([str(first), str(second), ""]))
+    assert common.allowed_roots() == [DEMO_ROOT.resolve(), first.resolve(), second.resolve()]
+    assert common.check_dataset_root(str(DEMO_ROOT)) == DEMO_ROOT.resolve()
+    assert common.check_dataset_root("data/demo/images") == (DEMO_ROOT / "images").resolve()
+    assert common.check_dataset_root(f"  {first / 'sub'}  ") == (first / "sub").resolve()
+    assert common.check_dataset_root(str(first / "in")) == (first / "sub").resolve()  # a link that stays inside
+    for outside in ("/", "/etc", str(tmp_path), str(first / "out"), str(first / ".." / "two" / ".."), "data", "data/demo/../../.."):
+        with pytest.raises(ValueError, match="outside the folders"):
+            common.check_dataset_root(outside)
+    with pytest.raises(ValueError, match="Enter a dataset folder"):
+        common.check_dataset_root("  ")
+    with pytest.raises(ValueError, match="not a folder"):
+        common.check_dataset_root(str(first / "missing"))
+    with pytest.raises(ValueError, match="NUL"):
+        common.check_dataset_root("data/demo\x00")
+    # A sibling whose name merely starts with an allowed root's name is outside.
+    (tmp_path / "one-evil").mkdir()
+    with pytest.raises(ValueError, match="outside"):
+        common.check_dataset_root(str(tmp_path / "one-evil"))

@@ -1,0 +1,217 @@
+"""What every page shares: where the bundle and data are, cached loaders, guards.
+
+Not a page (app.py lists the pages). Environment:
+
+* ``CXR_ASSIST_BUNDLE``: the model bundle folder (default ``models/default``);
+* ``CXR_ASSIST_DEMO``: the demo data set (default ``data/demo``);
+* ``CXR_ASSIST_DATA_ROOTS``: further dataset folders the Browse page may open,
+  separated by ``os.pathsep``;
+* ``CXR_ASSIST_WARM=0``: do not load the model in the background at start.
+
+TensorFlow is imported only when a page needs the model, so the home page
+renders without waiting for it; app.py starts loading the model in a
+background thread at once, so it is usually ready by the first upload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+
+import streamlit as st
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLE_ENV, DEMO_ENV, ROOTS_ENV, WARM_ENV = "CXR_ASSIST_BUNDLE", "CXR_ASSIST_DEMO", "CXR_ASSIST_DATA_ROOTS", "CXR_ASSIST_WARM"
+
+NO_BUNDLE_HELP = """No model bundle was found at `{path}`.
+
+cxr-assist needs a trained model bundle (a folder with `bundle.json` and `model.keras`). To get one:
+
+1. train and evaluate it (see `configs/shipped.toml`):
+   `python -m training.train --config configs/shipped.toml --cache cache/nih192`, then
+   `python -m training.evaluate --bundle runs/shipped/bundle --data ../shared/nih`;
+2. copy the bundle folder to `models/default`, or start the app with
+   `CXR_ASSIST_BUNDLE=/path/to/bundle streamlit run app.py`.
+
+The Browse page works without a model (labels and expert boxes only)."""
+
+
+def _resolve(value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def bundle_dir() -> Path:
+    return _resolve(os.environ.get(BUNDLE_ENV) or "models/default")
+
+
+def demo_root() -> Path:
+    return _resolve(os.environ.get(DEMO_ENV) or "data/demo")
+
+
+def _stamp(path: Path) -> float:
+    """Modification time of a bundle's bundle.json, so a replaced bundle is reloaded."""
+    try:
+        return (path / "bundle.json").stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def bundle_present(path: Path | None = None) -> bool:
+    path = path or bundle_dir()
+    return (path / "bundle.json").is_file()
+
+
+@st.cache_data(show_spinner=False)
+def _read_json(path: str, stamp: float) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def bundle_metadata() -> dict | None:
+    """``bundle.json`` of the configured bundle without loading the model; None if absent or unreadable."""
+    path = bundle_dir()
+    return _read_json(str(path / "bundle.json"), _stamp(path)) if bundle_present(path) else None
+
+
+def bundle_metrics() -> dict | None:
+    """The bundle's ``metrics.json`` (None until the bundle has been evaluated)."""
+    path = bundle_dir()
+    name = (bundle_metadata() or {}).get("metrics_file") or "metrics.json"
+    file = path / name
+    return _read_json(str(file), file.stat().st_mtime) if file.is_file() else None
+
+
+# One predictor per (bundle, version) per process, shared by all sessions. A plain
+# lock-protected dict (not only st.cache_resource) so the warm-up thread, which has
+# no Streamlit script context, fills the same store the pages read.
+_PREDICTORS: dict[tuple[str, float], object] = {}
+_PREDICTOR_LOCK = threading.Lock()
+_WARMING: set[str] = set()
+
+
+def _load_predictor(path: str, stamp: float):
+    with _PREDICTOR_LOCK:
+        key = (path, stamp)
+        if key not in _PREDICTORS:
+            from cxr_core.inference import Predictor  # imports TensorFlow: only when needed
+
+            _PREDICTORS.clear()  # a replaced bundle frees the old model
+            _PREDICTORS[key] = Predictor.from_bundle(path)
+        return _PREDICTORS[key]
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=2)
+def load_predictor(path: str, stamp: float):
+    return _load_predictor(path, stamp)
+
+
+def warm_up() -> None:
+    """Start loading the configured model in a background thread (once per process and bundle)."""
+    if os.environ.get(WARM_ENV, "1") == "0":
+        return
+    path = bundle_dir()
+    if not bundle_present(path):
+        return
+    key = f"{path}:{_stamp(path)}"
+    with _PREDICTOR_LOCK:
+        if key in _WARMING:
+            return
+        _WARMING.add(key)
+
+    def work():
+        try:
+            _load_predictor(str(path), _stamp(path))
+        except Exception:  # noqa: BLE001 - the page that needs the model reports the error
+            pass
+
+    threading.Thread(target=work, name="cxr-assist-warm-up", daemon=True).start()
+
+
+def require_predictor():
+    """The loaded Predictor, or a clear message and ``st.stop()`` when there is none."""
+    path = bundle_dir()
+    if not bundle_present(path):
+        st.error(NO_BUNDLE_HELP.format(path=path))
+        st.stop()
+    try:
+        return load_predictor(str(path), _stamp(path))
+    except Exception as exc:  # BundleError, a truncated model file ...: never a traceback
+        st.error(f"The model bundle at `{path}` could not be loaded: {exc}")
+        st.stop()
+
+
+def optional_predictor():
+    """The Predictor if a bundle is configured and loads, else None (no message)."""
+    path = bundle_dir()
+    if not bundle_present(path):
+        return None
+    try:
+        return load_predictor(str(path), _stamp(path))
+    except Exception:  # noqa: BLE001 - pages that only enrich with predictions carry on
+        return None
+
+
+@st.cache_resource(show_spinner="Reading the dataset…", max_entries=4)
+def load_dataset(root: str):
+    from cxr_core.dataset import NIHDataset
+
+    return NIHDataset(root)
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@st.cache_resource(show_spinner=False, max_entries=16, ttl=3600)
+def analyze_bytes(bundle: str, stamp: float, key: str, _data: bytes):
+    """Analyse uploaded bytes once (by content hash); the Analysis is shared read-only."""
+    return load_predictor(bundle, stamp).analyze(_data)
+
+
+@st.cache_resource(show_spinner=False, max_entries=32, ttl=3600)
+def analyze_path(bundle: str, stamp: float, path: str, mtime: float):
+    return load_predictor(bundle, stamp).analyze(path)
+
+
+def current_bundle() -> tuple[str, float]:
+    path = bundle_dir()
+    return str(path), _stamp(path)
+
+
+def allowed_roots() -> list[Path]:
+    """Folders the Browse page may open: the demo set and those of ``CXR_ASSIST_DATA_ROOTS``."""
+    roots = [demo_root()]
+    roots += [_resolve(p) for p in os.environ.get(ROOTS_ENV, "").split(os.pathsep) if p.strip()]
+    return [r.resolve() for r in roots]
+
+
+def check_dataset_root(text: str) -> Path:
+    """The real folder a user named, if it is inside an allowed root.
+
+    Symlinks and ``..`` are resolved before the check, so neither can lead out.
+
+    Raises:
+        ValueError: with a message for the page.
+    """
+    text = (text or "").strip()
+    if not text:
+        raise ValueError("Enter a dataset folder.")
+    if "\x00" in text:
+        raise ValueError("That folder name contains a NUL character.")
+    path = _resolve(text).resolve()
+    allowed = allowed_roots()
+    if not any(path == root or root in path.parents for root in allowed):
+        listed = ", ".join(f"`{r}`" for r in allowed)
+        raise ValueError(
+            f"`{text}` is outside the folders this app may read ({listed}). "
+            f"Ask the administrator to add it to {ROOTS_ENV}."
+        )
+    if not path.is_dir():
+        raise ValueError(f"`{text}` is not a folder.")
+    return path
