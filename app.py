@@ -14,10 +14,10 @@ common.warm_up()  # load the model in the background while the first page render
 
 pages = {
     "cxr-assist": [
-        st.Page("pages/home.py", title="Home", icon="🏠", default=True),
-        st.Page("pages/analyze.py", title="Analyze an image", icon="🔎", url_path="analyze"),
-        st.Page("pages/browse.py", title="Browse dataset", icon="🗂️", url_path="browse"),
-        st.Page("pages/performance.py", title="Model performance", icon="📈", url_path="performance"),
+        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+        st.Page("pages/analyze.py", title="Analyze an image", icon=":material/search:", url_path="analyze"),
+        st.Page("pages/browse.py", title="Browse dataset", icon=":material/photo_library:", url_path="browse"),
+        st.Page("pages/performance.py", title="Model performance", icon=":material/monitoring:", url_path="performance"),
     ],
 }
 st.navigation(pages).run()

@@ -67,7 +67,7 @@ st.subheader("Findings, most probable first")
 table = rows.assign(call=rows["positive"].map({True: "POSITIVE", False: "negative"}))
 st.dataframe(
     table[["name", "probability", "threshold", "call", "val_sensitivity", "val_specificity"]],
-    hide_index=True, width="stretch", key="analyze_findings",
+    hide_index=True, width="stretch", height=35 * 15 + 3, key="analyze_findings",
     column_config={
         "name": "Finding",
         "probability": st.column_config.ProgressColumn("Calibrated probability", format="%.3f", min_value=0.0, max_value=1.0),

@@ -23,6 +23,28 @@ from pathlib import Path
 
 import streamlit as st
 
+
+
+def _leave_pages_folder_mode() -> None:
+    """Make the very first script run of a fresh server go through app.py.
+
+    Streamlit treats an app with a ``pages/`` folder as an old-style multipage
+    app until the entry point calls ``st.navigation``; so the first run of a
+    fresh server (before app.py ever ran) would run a page file on its own, with
+    the folder's file list as navigation. Switch the server to ``st.navigation``
+    mode at once and rerun, so app.py's navigation and page config apply.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        if get_script_run_ctx(suppress_warning=True) is not None:
+            st.rerun()
+
+
+_leave_pages_folder_mode()
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE_ENV, DEMO_ENV, ROOTS_ENV, WARM_ENV = "CXR_ASSIST_BUNDLE", "CXR_ASSIST_DEMO", "CXR_ASSIST_DATA_ROOTS", "CXR_ASSIST_WARM"
 

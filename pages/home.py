@@ -40,6 +40,6 @@ else:
         st.info("This bundle has not been evaluated yet (`python -m training.evaluate`): no thresholds or metrics.")
 
 st.subheader("Pages")
-st.page_link("pages/analyze.py", label="Analyze an image: upload a film or pick a demo image", icon="🔎")
-st.page_link("pages/browse.py", label="Browse the dataset: labels and expert boxes against the model", icon="🗂️")
-st.page_link("pages/performance.py", label="Model performance: ROC, PR, calibration, localisation", icon="📈")
+st.page_link("pages/analyze.py", label="Analyze an image: upload a film or pick a demo image", icon=":material/search:")
+st.page_link("pages/browse.py", label="Browse the dataset: labels and expert boxes against the model", icon=":material/photo_library:")
+st.page_link("pages/performance.py", label="Model performance: ROC, PR, calibration, localisation", icon=":material/monitoring:")

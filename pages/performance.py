@@ -12,13 +12,13 @@ def fmt(value, digits=3):
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def curves(points, x, y, label, diagonal):
+def curves(points, x, y, label, diagonal, titles):
     figure = go.Figure()
     if diagonal:
         figure.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "gray"}, name="chance")
     for p in points:
         figure.add_scatter(x=p[x], y=p[y], mode="lines", name=label(p))
-    figure.update_layout(height=460, margin={"t": 30}, xaxis_title=x, yaxis_title=y, legend={"font": {"size": 10}})
+    figure.update_layout(height=460, margin={"t": 30}, xaxis_title=titles[0], yaxis_title=titles[1], legend={"font": {"size": 10}})
     return figure
 
 
@@ -38,10 +38,10 @@ st.markdown(
 per_finding = pd.DataFrame(metrics["per_finding"])
 per_finding["AUROC 95% CI"] = [f"{fmt(r.auroc_low)}–{fmt(r.auroc_high)}" for r in per_finding.itertuples()]
 per_finding["AUPRC 95% CI"] = [f"{fmt(r.auprc_low)}–{fmt(r.auprc_high)}" for r in per_finding.itertuples()]
-st.subheader("Per finding")
+st.subheader("Per finding (AUROC, AUPRC with 95% CI; operating point at the fitted threshold)")
 st.dataframe(
     per_finding[["finding", "n_test_pos", "auroc", "AUROC 95% CI", "auprc", "AUPRC 95% CI", "threshold", "precision", "recall", "specificity", "f1"]],
-    hide_index=True, key="perf_table",
+    hide_index=True, key="perf_table", height=35 * 15 + 3,
     column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("auroc", "auprc", "threshold", "precision", "recall", "specificity", "f1")}
     | {"n_test_pos": "test positives", "recall": st.column_config.NumberColumn("recall (sensitivity)", format="%.3f")},
 )
@@ -50,9 +50,11 @@ st.caption(f"Thresholds: {metrics['thresholds']['method']} on calibrated probabi
 chosen = st.multiselect("Findings in the curves", FINDINGS, default=list(FINDINGS), format_func=DISPLAY_NAMES.get, key="perf_findings")
 left, right = st.columns(2)
 roc = [p for p in metrics["roc"] if p["finding"] in chosen]
-left.plotly_chart(curves(roc, "fpr", "tpr", lambda p: f"{DISPLAY_NAMES[p['finding']]} {fmt(p['auc'])} ({fmt(rows[p['finding']]['auroc_low'])}–{fmt(rows[p['finding']]['auroc_high'])})", True), key="perf_roc")
+left.plotly_chart(curves(roc, "fpr", "tpr", lambda p: f"{DISPLAY_NAMES[p['finding']]} {fmt(p['auc'])} ({fmt(rows[p['finding']]['auroc_low'])}–{fmt(rows[p['finding']]['auroc_high'])})", True,
+                             ("false positive rate (1 − specificity)", "true positive rate (sensitivity)")), key="perf_roc")
 pr = [p for p in metrics["pr"] if p["finding"] in chosen]
-right.plotly_chart(curves(pr, "recall", "precision", lambda p: f"{DISPLAY_NAMES[p['finding']]} AP {fmt(p['average_precision'])}", False), key="perf_pr")
+right.plotly_chart(curves(pr, "recall", "precision", lambda p: f"{DISPLAY_NAMES[p['finding']]} AP {fmt(p['average_precision'])}", False,
+                              ("recall (sensitivity)", "precision (PPV)")), key="perf_pr")
 
 st.subheader("Calibration")
 cal = metrics["calibration"]
