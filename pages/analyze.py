@@ -46,7 +46,7 @@ left, right = st.columns(2)
 with left:
     level = st.slider("Window level", 0.0, 1.0, 0.5, 0.01, key="analyze_level")
     width = st.slider("Window width", 0.05, 1.0, 1.0, 0.01, key="analyze_width")
-    st.image(overlays.window_level(pixels, level, width), caption="Image (window/level)", width="stretch")
+    st.image(overlays.window_level(pixels, level, width), caption="Image (window/level)", width="stretch", output_format="JPEG")
 with right:
     finding = st.selectbox("Heatmap of", rows["finding"], format_func=DISPLAY_NAMES.get, key="analyze_finding")
     alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key="analyze_alpha")
@@ -61,7 +61,7 @@ def overlay(finding_name: str):
 
 with right:
     p = analysis.probabilities[finding]
-    st.image(overlay(finding), caption=f"Grad-CAM++: {DISPLAY_NAMES[finding]} (p = {p:.2f}); boxes: strongest regions", width="stretch")
+    st.image(overlay(finding), caption=f"Grad-CAM++: {DISPLAY_NAMES[finding]} (p = {p:.2f}); boxes: strongest regions", width="stretch", output_format="JPEG")
 
 st.subheader("Findings, most probable first")
 table = rows.assign(call=rows["positive"].map({True: "POSITIVE", False: "negative"}))
@@ -80,7 +80,7 @@ st.dataframe(
 
 st.subheader("Heatmaps of the 4 most probable findings")
 for column, top in zip(st.columns(4), rows["finding"][:4]):
-    column.image(overlay(top), caption=f"{DISPLAY_NAMES[top]} (p = {analysis.probabilities[top]:.2f})", width="stretch")
+    column.image(overlay(top), caption=f"{DISPLAY_NAMES[top]} (p = {analysis.probabilities[top]:.2f})", width="stretch", output_format="JPEG")
 
 stem = Path(name).stem or "image"
 doc = report.json_report(analysis, predictor.metadata, source_name=name, thresholds=predictor.thresholds)

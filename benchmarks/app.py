@@ -1,0 +1,111 @@
+"""App timings in a real browser: cold start to the first rendered page, and upload to findings.
+
+    python -m benchmarks.app [--bundle models/default] [--images 8] [--repeats 2]
+
+Starts ``streamlit run app.py`` on a free port (a fresh server: nothing
+loaded, nothing cached), drives it with Playwright and the system chromium,
+and measures:
+
+* cold start: from launching the server process to the home page rendered
+  in the browser (title, clinical-use warning and the model's metrics shown);
+* upload to findings: on the Analyze page, from ``set_input_files`` of a demo
+  image to its findings table and all 6 heatmap pictures rendered and the
+  script run finished. The first upload is reported apart (it may wait for
+  the model, which app.py starts loading in the background at start-up);
+  every later image is a new file (not cached).
+
+Goals on the 2-core machine: cold start <= 5 s, <= 2 s per image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, free_port, settle, wait_healthy
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(bundle: Path, n_images: int, repeats: int) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    from cxr_core.dataset import NIHDataset
+
+    demo = REPO_ROOT / "data" / "demo"
+    names = NIHDataset(demo).image_names[:n_images]
+    results = {"cold_start_s": [], "health_s": [], "first_upload_s": [], "upload_s": []}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        for _ in range(repeats):
+            port = free_port()
+            env = {**os.environ, "CXR_ASSIST_BUNDLE": str(bundle), "TF_CPP_MIN_LOG_LEVEL": "2"}
+            page = browser.new_page(viewport=VIEWPORT)
+            started = time.perf_counter()
+            process = subprocess.Popen(
+                [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
+                 "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+                cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            try:
+                url = f"http://127.0.0.1:{port}"
+                wait_healthy(url, process)
+                results["health_s"].append(time.perf_counter() - started)
+                page.goto(url)
+                page.locator('[data-testid="stMetric"]', has_text="Test mean AUROC").wait_for(timeout=60_000)
+                page.get_by_text("Not for clinical use").first.wait_for()
+                results["cold_start_s"].append(time.perf_counter() - started)
+
+                page.goto(f"{url}/analyze")
+                file_input = page.locator('input[type="file"]')
+                file_input.wait_for(state="attached", timeout=60_000)
+                for i, name in enumerate(names):
+                    t0 = time.perf_counter()
+                    file_input.set_input_files(str(demo / "images" / name))
+                    page.locator('[data-testid="stCaptionContainer"]', has_text=f"Analysed {name}").wait_for(timeout=120_000)
+                    page.wait_for_function(
+                        "() => document.querySelectorAll('[data-testid=\"stImage\"] img').length >= 6"
+                        " && [...document.querySelectorAll('[data-testid=\"stImage\"] img')].every(i => i.complete && i.naturalWidth > 0)",
+                        timeout=60_000,
+                    )
+                    settle(page)
+                    elapsed = time.perf_counter() - t0 - 0.3  # settle() waits 300 ms before it looks
+                    results["first_upload_s" if i == 0 else "upload_s"].append(elapsed)
+            finally:
+                page.close()
+                process.terminate()
+                process.wait(timeout=30)
+        browser.close()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", default=os.environ.get("CXR_ASSIST_BUNDLE", "models/default"), help="model bundle folder")
+    parser.add_argument("--images", type=int, default=8, help="demo images uploaded per server")
+    parser.add_argument("--repeats", type=int, default=2, help="fresh servers started")
+    args = parser.parse_args(argv)
+    bundle = Path(args.bundle).resolve()
+    if not (bundle / "bundle.json").is_file():
+        parser.error(f"no model bundle at {bundle} (pass --bundle)")
+    if not Path(CHROMIUM).is_file():
+        parser.error(f"{CHROMIUM} is missing: apt-get install chromium")
+    r = run(bundle, args.images, args.repeats)
+    med = lambda v: statistics.median(v) if v else float("nan")  # noqa: E731
+    print(f"bundle {bundle} on {platform.machine()}, {os.cpu_count()} CPUs")
+    print(f"server healthy:          median {med(r['health_s']):.2f} s  ({', '.join(f'{v:.2f}' for v in r['health_s'])})")
+    print(f"cold start to home page: median {med(r['cold_start_s']):.2f} s  ({', '.join(f'{v:.2f}' for v in r['cold_start_s'])})  goal <= 5 s")
+    print(f"first upload to findings: median {med(r['first_upload_s']):.2f} s  ({', '.join(f'{v:.2f}' for v in r['first_upload_s'])})")
+    print(f"upload to findings:      median {med(r['upload_s']):.2f} s, max {max(r['upload_s'], default=float('nan')):.2f} s "
+          f"over {len(r['upload_s'])} images  goal <= 2 s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
