@@ -19,5 +19,9 @@ pages = {
         st.Page("pages/browse.py", title="Browse dataset", icon=":material/photo_library:", url_path="browse"),
         st.Page("pages/performance.py", title="Model performance", icon=":material/monitoring:", url_path="performance"),
     ],
+    "Reader study": [
+        st.Page("pages/reader_study.py", title="Read cases", icon=":material/visibility:", url_path="reader_study"),
+        st.Page("pages/reader_results.py", title="Results", icon=":material/analytics:", url_path="reader_results"),
+    ],
 }
 st.navigation(pages).run()

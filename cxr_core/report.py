@@ -27,7 +27,9 @@ from cxr_core.inference import Analysis
 from cxr_core.localization import heatmap_to_boxes
 from cxr_core.overlays import HEATMAP_BOX_COLOR, blend_heatmap, draw_boxes, fit_to, gray_to_rgb, scale_boxes, window_level
 
-__all__ = ["DISCLAIMER", "REPORT_FORMAT", "findings_rows", "heatmap_boxes", "json_report", "model_summary", "pdf_report"]
+__all__ = [
+    "DISCLAIMER", "REPORT_FORMAT", "findings_rows", "heatmap_boxes", "heatmap_picture", "json_report", "model_summary", "pdf_report",
+]
 
 DISCLAIMER = (
     "Research tool, NOT for clinical use. cxr-assist has not been validated for diagnosis; its "
@@ -78,6 +80,35 @@ def heatmap_boxes(analysis: Analysis, finding: str, *, threshold: float = 0.5, m
     if heatmap is None:
         return []
     return heatmap_to_boxes(heatmap, threshold=threshold, max_boxes=max_boxes, out_shape=analysis.image.pixels.shape)
+
+
+def heatmap_picture(
+    analysis: Analysis,
+    finding: str,
+    *,
+    alpha: float = 0.45,
+    level: float = 0.5,
+    width: float = 1.0,
+    max_side: int = 768,
+    label: bool = True,
+) -> np.ndarray:
+    """The image with a finding's Grad-CAM++ map blended over it and boxes around its strongest regions.
+
+    Args:
+        analysis: from :meth:`Predictor.analyze` with a heatmap for ``finding``.
+        alpha, level, width: opacity and image window (see :func:`blend_heatmap`).
+        max_side: the picture is shrunk to this many pixels on its longer side.
+        label: write the finding's name on each box.
+
+    Returns:
+        ``uint8`` RGB picture.
+    """
+    pixels, scale = fit_to(analysis.image.pixels, max_side)
+    heat, _ = fit_to(analysis.heatmaps[finding], max_side)
+    boxes = scale_boxes(heatmap_boxes(analysis, finding), scale)
+    picture = blend_heatmap(pixels, heat, alpha=alpha, level=level, width=width)
+    labels = [DISPLAY_NAMES[finding]] * len(boxes) if label else None
+    return draw_boxes(picture, boxes, labels=labels, color=HEATMAP_BOX_COLOR)
 
 
 def findings_rows(analysis: Analysis, metadata: Mapping | None, thresholds: Sequence[float] | None = None) -> list[dict]:
@@ -215,7 +246,7 @@ def pdf_report(
     small = styles["BodyText"].clone("small", fontSize=8, leading=10)
     warn = styles["BodyText"].clone("warn", textColor=colors.HexColor("#9a3412"))
 
-    pixels, scale = fit_to(analysis.image.pixels, max_side)
+    pixels, _ = fit_to(analysis.image.pixels, max_side)
     base = gray_to_rgb(window_level(pixels, level, width))
     content_width = A4[0] - 30 * mm
 
@@ -226,9 +257,7 @@ def pdf_report(
 
     tiles = []
     for finding in overlay_findings:
-        heat, _ = fit_to(analysis.heatmaps[finding], max_side)
-        boxes = scale_boxes(heatmap_boxes(analysis, finding), scale)
-        rgb = draw_boxes(blend_heatmap(pixels, heat, alpha=alpha, level=level, width=width), boxes, color=HEATMAP_BOX_COLOR)
+        rgb = heatmap_picture(analysis, finding, alpha=alpha, level=level, width=width, max_side=max_side, label=False)
         tiles.append([picture(rgb, 50), Paragraph(f"{DISPLAY_NAMES[finding]}: p = {analysis.probabilities[finding]:.2f}", small)])
     grid = [[tiles[i][0] if i < len(tiles) else "", tiles[i + 1][0] if i + 1 < len(tiles) else ""] for i in range(0, len(tiles), 2)]
     captions = [[tiles[i][1] if i < len(tiles) else "", tiles[i + 1][1] if i + 1 < len(tiles) else ""] for i in range(0, len(tiles), 2)]

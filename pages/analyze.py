@@ -40,7 +40,7 @@ for note in analysis.warnings:
 st.caption(f"Analysed **{name}**: {analysis.image.source_format}, {analysis.image.original_shape[1]} × {analysis.image.original_shape[0]} px.")
 
 rows = pd.DataFrame(report.findings_rows(analysis, predictor.metadata, predictor.thresholds))
-pixels, scale = overlays.fit_to(analysis.image.pixels, DISPLAY_SIDE)
+pixels, _ = overlays.fit_to(analysis.image.pixels, DISPLAY_SIDE)
 
 left, right = st.columns(2)
 with left:
@@ -53,10 +53,7 @@ with right:
 
 
 def overlay(finding_name: str):
-    heat, _ = overlays.fit_to(analysis.heatmaps[finding_name], DISPLAY_SIDE)
-    boxes = overlays.scale_boxes(report.heatmap_boxes(analysis, finding_name), scale)
-    picture = overlays.blend_heatmap(pixels, heat, alpha=alpha, level=level, width=width)
-    return overlays.draw_boxes(picture, boxes, labels=[DISPLAY_NAMES[finding_name]] * len(boxes), color=overlays.HEATMAP_BOX_COLOR)
+    return report.heatmap_picture(analysis, finding_name, alpha=alpha, level=level, width=width, max_side=DISPLAY_SIDE)
 
 
 with right:

@@ -237,3 +237,15 @@ def check_dataset_root(text: str) -> Path:
     if not path.is_dir():
         raise ValueError(f"`{text}` is not a folder.")
     return path
+
+
+@st.cache_resource(show_spinner=False)
+def _reader_store(db_path: str):
+    from cxr_core.reader_study import ReaderStudyStore
+
+    return ReaderStudyStore(db_path or None)
+
+
+def reader_store():
+    """The reader-study store (one per database file, shared by all sessions); file from ``CXR_READER_STUDY_DB``."""
+    return _reader_store(os.environ.get("CXR_READER_STUDY_DB", "").strip())

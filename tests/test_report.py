@@ -99,3 +99,13 @@ def test_pdf_report_pages_and_text(analysis):
     # A shorter overlay list and an empty warning list still make a valid 2-page report.
     plain = Analysis(**{**analysis.__dict__, "warnings": ()})
     assert len(re.findall(rb"/Type /Page\b", pdf_report(plain, {}, overlay_findings=["Mass"]))) == 2
+
+
+def test_heatmap_picture_is_shrunk_and_boxed(analysis):
+    from cxr_core.report import heatmap_picture
+
+    picture = heatmap_picture(analysis, "Mass", max_side=150)
+    assert picture.dtype == np.uint8 and picture.shape == (150, 120, 3)
+    box = heatmap_picture(analysis, "Mass", alpha=0.0, max_side=300, label=False)
+    top, left = 100 + FINDINGS.index("Mass"), 50
+    assert (box[top, left + 5] == 255).all()  # the white heatmap box edge at the map's region

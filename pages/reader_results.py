@@ -1,0 +1,92 @@
+"""Reader study results: agreement with the NIH labels unaided vs aided, the paired change, kappa with the AI, reading time."""
+
+import io
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+
+import plotly.express as px
+import streamlit as st
+
+from cxr_core.reader_analysis import ALL_FINDINGS, LABEL_NOISE_CAVEAT, MACRO, export_csv, reader_study_results
+from pages import common
+
+
+@st.cache_data(show_spinner="Computing the results (paired case bootstrap)…", max_entries=16)
+def results(study_id: int, n_reads: int, last_read: str, _frame):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tables = reader_study_results(_frame, n_boot=2000, seed=0)
+    return tables, sorted({str(w.message) for w in caught})
+
+
+def csv_bytes(tables) -> bytes:
+    """export_csv's files (one CSV per table + README with the caveat), zipped."""
+    with tempfile.TemporaryDirectory() as folder:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for file in export_csv(tables, Path(folder) / "results"):
+                archive.write(file, file.name)
+        return buffer.getvalue()
+
+
+st.title("Reader study results")
+st.warning(LABEL_NOISE_CAVEAT)
+store = common.reader_store()
+studies = {s.id: s for s in store.list_studies()}
+if not studies:
+    st.info("No study yet: create one on the Reader study page.")
+    st.stop()
+study = studies[st.selectbox("Study", list(studies), format_func=lambda i: studies[i].name, key="rr_study")]
+frame = store.reads_frame(study.id)
+if frame.empty:
+    st.info("No reads in this study yet.")
+    st.stop()
+tables, notes = results(study.id, len(frame), str(frame["created_at"].max()), frame)
+metrics, change, agreement, times = (tables[k] for k in ("metrics", "change", "agreement", "time"))
+if metrics.empty:
+    st.info("No case has both its unaided and aided reads yet: only paired cases are compared.")
+    st.stop()
+st.caption(f"{frame['reader'].nunique()} readers, {metrics['n_cases'].max()} paired cases. Undefined values (e.g. sensitivity without a positive case) are blank.")
+
+st.subheader("Per reader and overall (macro average of the 14 findings)")
+macro = metrics[metrics["finding"] == MACRO].pivot_table(index="reader", columns="phase", values=["sensitivity", "specificity", "f1"], sort=False)
+macro.columns = [f"{metric} {phase}" for metric, phase in macro.columns]
+st.dataframe(macro.round(3).reset_index(), hide_index=True, key="rr_macro")
+
+st.subheader("Change aided − unaided, with 95% paired bootstrap interval")
+shown = change[change["finding"] == MACRO].copy()
+figure = px.scatter(shown, x="change", y="reader", facet_col="metric", error_x=shown["ci_high"] - shown["change"], error_x_minus=shown["change"] - shown["ci_low"])
+figure.add_vline(x=0, line_dash="dot", line_color="gray").update_layout(height=260 + 30 * shown["reader"].nunique(), margin={"t": 40})
+st.plotly_chart(figure, key="rr_change_chart")
+st.dataframe(shown.round(3), hide_index=True, key="rr_change")
+st.caption("Cases are resampled with both reads kept, so both phases are measured on the same resample. An interval excluding 0 says "
+           "the aided reads agreed better (or worse) with the NIH labels on these cases; readers are treated as fixed.")
+
+st.subheader("Per finding")
+reader = st.selectbox("Reader", list(dict.fromkeys(metrics["reader"])), key="rr_reader")
+per_finding = metrics[metrics["reader"] == reader].pivot_table(index="finding", columns="phase", values=["sensitivity", "specificity", "f1"], sort=False)
+per_finding.columns = [f"{metric} {phase}" for metric, phase in per_finding.columns]
+st.dataframe(per_finding.round(3).reset_index(), hide_index=True, key="rr_per_finding")
+
+left, right = st.columns(2)
+kappa = agreement[agreement["finding"] == ALL_FINDINGS]
+left.markdown("**Cohen's kappa with the AI's calls** (all findings pooled)")
+left.plotly_chart(px.bar(kappa, x="reader", y="kappa", color="phase", barmode="group").update_layout(height=320, margin={"t": 20}), key="rr_kappa_chart")
+left.caption("A rise in agreement with the AI without a gain in accuracy is the signature of automation bias.")
+right.markdown("**Median seconds per case**")
+long_times = times.melt(id_vars="reader", value_vars=["median_seconds_unaided", "median_seconds_aided"], var_name="read", value_name="seconds")
+right.plotly_chart(px.bar(long_times, x="reader", y="seconds", color="read", barmode="group").update_layout(height=320, margin={"t": 20}), key="rr_time_chart")
+st.dataframe(times.round(1), hide_index=True, key="rr_time")
+with st.expander("Kappa per finding"):
+    st.dataframe(agreement.round(3), hide_index=True, key="rr_agreement")
+if notes:
+    with st.expander(f"{len(notes)} notes on undefined values"):
+        for note in notes:
+            st.caption(note)
+
+st.download_button("Download all tables (CSV, zipped, with the caveat)", csv_bytes(tables), file_name=f"reader_study_{study.id}_results.zip",
+                   mime="application/zip", key="rr_zip", on_click="ignore")
+for column, (name, table) in zip(st.columns(4), tables.items()):
+    column.download_button(f"{name}.csv", table.to_csv(index=False, na_rep=""), file_name=f"{name}.csv", mime="text/csv", key=f"rr_csv_{name}", on_click="ignore")

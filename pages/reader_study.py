@@ -1,0 +1,88 @@
+"""Reader study: each case read unaided, then with the AI panel; every read timed and saved at once."""
+
+import time
+
+import streamlit as st
+
+from cxr_core import overlays, report
+from cxr_core.findings import DISPLAY_NAMES, FINDINGS, to_multi_hot
+from cxr_core.imageio import decode_image
+from cxr_core.reader_study import MissingCasesError
+from pages import common
+
+st.title("Reader study")
+st.caption("Research tool, **not for clinical use**. Read each case alone first; the AI panel appears after your unaided read is saved, which is final.")
+store = common.reader_store()
+if message := st.session_state.pop("rs_message", None):
+    st.success(message)
+
+with st.expander("Create a study from the demo set", expanded=not store.list_studies()):
+    with st.form("rs_create"):
+        new_name = st.text_input("Study name", key="rs_new_name")
+        n_cases = st.number_input("Cases", min_value=2, max_value=200, value=30, key="rs_new_cases")
+        seed = st.number_input("Seed", min_value=0, value=0, key="rs_new_seed")
+        if st.form_submit_button("Create study"):
+            try:
+                created = store.create_study(new_name, common.load_dataset(str(common.demo_root())), n_cases=int(n_cases), seed=int(seed), description="demo set")
+                st.session_state["rs_study"] = created.id
+            except ValueError as exc:
+                st.error(str(exc))
+studies = {s.id: s for s in store.list_studies()}
+if not studies:
+    st.info("No study yet: create one above.")
+    st.stop()
+study = studies[st.selectbox("Study", list(studies), format_func=lambda i: f"{studies[i].name} ({studies[i].n_cases} cases)", key="rs_study")]
+reader_name = st.text_input("Your name (as reader)", key="rs_reader")
+try:
+    store.require_cases_present(study.id)
+    if not reader_name:
+        st.info("Enter your name to start or resume reading.")
+        st.stop()
+    reader = store.get_or_create_reader(reader_name)
+except (MissingCasesError, ValueError) as exc:  # missing images, an empty or reserved name
+    st.error(str(exc))
+    st.stop()
+
+done, total = store.progress(study.id, reader.id)
+st.progress(done / total, text=f"{reader.name}: {done} of {total} cases read")
+case = store.next_case(study.id, reader.id)
+if case is None:
+    st.success("You have read every case of this study. Thank you! See **Reader study results**.")
+    st.stop()
+if st.session_state.get("rs_stopped"):
+    st.info("Stopped. Every read you saved is kept; resume here (or from any browser, with the same name) at the next case.")
+    st.button("Resume", key="rs_resume", on_click=lambda: st.session_state.pop("rs_stopped", None))
+    st.stop()
+st.button("Stop for now", key="rs_stop", on_click=lambda: st.session_state.update(rs_stopped=True))
+
+started = st.session_state.setdefault(f"rs_started_{study.id}_{reader.id}_{case.position}_{case.phase}", time.monotonic())
+path = store.case_image_path(study.id, case.position)
+st.subheader(f"Case {case.position + 1} of {total}: {'unaided' if case.phase == 'unaided' else 'aided'} read")
+left, right = st.columns([3, 2])
+left.image(overlays.fit_to(decode_image(path).pixels, 768)[0], caption=f"Case {case.position + 1}", width="stretch", clamp=True)
+
+panel = None
+if case.phase == "aided":
+    predictor = common.require_predictor()
+    analysis = common.analyze_path(*common.current_bundle(), str(path), path.stat().st_mtime)
+    rows = report.findings_rows(analysis, predictor.metadata, predictor.thresholds)
+    panel = {"ai_probabilities": [analysis.probabilities[f] for f in FINDINGS], "ai_thresholds": [float(t) for t in predictor.thresholds]}
+    with right:
+        st.markdown("**AI panel** (calibrated probability; ⚑ = at or above the model's threshold)")
+        st.dataframe([{"finding": r["name"], "probability": round(r["probability"], 3), "threshold": round(r["threshold"], 3), "AI": "⚑" if r["positive"] else ""} for r in rows],
+                     hide_index=True, key="rs_ai_table", height=35 * 15 + 3)
+    for column, row in zip(st.columns(4), rows[:4]):
+        column.image(report.heatmap_picture(analysis, row["finding"], max_side=384), caption=f"{row['name']} ({row['probability']:.2f})", width="stretch")
+
+with right, st.form(f"rs_{case.phase}", clear_on_submit=True):
+    ticked = st.multiselect("Findings you see (none = No Finding)", FINDINGS, format_func=DISPLAY_NAMES.get, key=f"rs_{case.phase}_findings")
+    confidence = st.slider("Confidence (1 = guessing, 5 = certain)", 1, 5, 3, key=f"rs_{case.phase}_confidence")
+    if st.form_submit_button(f"Save {case.phase} read"):
+        try:
+            result = store.record_read(study.id, reader.id, case.position, phase=case.phase, findings=to_multi_hot(ticked),
+                                       confidence=confidence, seconds=time.monotonic() - started, **(panel or {}))
+        except ValueError as exc:  # ReadOrderError, an unknown case ...: say so, keep the page
+            st.error(str(exc))
+        else:
+            st.session_state["rs_message"] = result.message
+            st.rerun()
