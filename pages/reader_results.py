@@ -48,7 +48,7 @@ metrics, change, agreement, times = (tables[k] for k in ("metrics", "change", "a
 if metrics.empty:
     st.info("No case has both its unaided and aided reads yet: only paired cases are compared.")
     st.stop()
-st.caption(f"{frame['reader'].nunique()} readers, {metrics['n_cases'].max()} paired cases. Undefined values (e.g. sensitivity without a positive case) are blank.")
+st.caption(f"{study.description + '. ' if study.description else ''}{frame['reader'].nunique()} readers, {metrics['n_cases'].max()} paired cases. Undefined values (e.g. sensitivity without a positive case) are blank.")
 
 st.subheader("Per reader and overall (macro average of the 14 findings)")
 macro = metrics[metrics["finding"] == MACRO].pivot_table(index="reader", columns="phase", values=["sensitivity", "specificity", "f1"], sort=False)

@@ -27,7 +27,8 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
 SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
 VIEWPORT = {"width": 1400, "height": 1700}  # Streamlit scrolls inside the page: a tall window shows more
-PAGES = {"home": "", "analyze": "analyze", "browse": "browse", "performance": "performance"}
+PAGES = {"home": "", "analyze": "analyze", "browse": "browse", "performance": "performance",
+         "reader_study": "reader_study", "reader_results": "reader_results"}
 
 
 def free_port() -> int:
@@ -56,6 +57,44 @@ def settle(page, timeout_ms: int = 60_000) -> None:
     page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
 
 
+def scripted_example_study(db: Path, bundle: Path, demo_root: Path, n_cases: int = 24) -> None:
+    """A reader study named "scripted example", read by two scripted readers (not real people).
+
+    Unaided, a scripted reader ticks a labelled finding with probability 0.55
+    and an unlabelled one with probability 0.04; aided, it also ticks what the
+    AI flags with probability 0.5 and drops an unflagged tick with probability
+    0.3. Only for the results-page screenshot: the numbers mean nothing.
+    """
+    import numpy as np
+
+    from cxr_core.dataset import NIHDataset
+    from cxr_core.inference import Predictor
+    from cxr_core.reader_study import ReaderStudyStore
+
+    rng = np.random.default_rng(0)
+    predictor = Predictor.from_bundle(bundle)
+    store = ReaderStudyStore(db)
+    study = store.create_study("scripted example", NIHDataset(demo_root), n_cases=n_cases, seed=0,
+                               description="scripted readers, not real people")
+    cases = store.cases_frame(study.id)
+    reference = cases[[c for c in cases.columns if c.startswith("ref_")]].to_numpy()
+    for name in ("Scripted reader A", "Scripted reader B"):
+        reader = store.get_or_create_reader(name)
+        for position in range(n_cases):
+            truth = reference[position].astype(bool)
+            unaided = np.where(truth, rng.random(14) < 0.55, rng.random(14) < 0.04)
+            store.record_read(study.id, reader.id, position, phase="unaided", findings=unaided.astype(int),
+                              confidence=int(rng.integers(2, 5)), seconds=float(rng.uniform(20, 70)))
+            probabilities = predictor.predict(store.case_image_path(study.id, position))
+            p = np.array([probabilities[f] for f in predictor.findings])
+            flagged = p >= predictor.thresholds
+            aided = np.where(flagged, unaided | (rng.random(14) < 0.5), unaided & (rng.random(14) > 0.3))
+            store.record_read(study.id, reader.id, position, phase="aided", findings=aided.astype(int),
+                              confidence=int(rng.integers(3, 6)), seconds=float(rng.uniform(8, 30)),
+                              ai_probabilities=p, ai_thresholds=predictor.thresholds)
+    store.close()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, demo_root):
     if not Path(CHROMIUM).is_file():
@@ -64,7 +103,10 @@ def server(tmp_path_factory, demo_root):
     bundle = SHIPPED_BUNDLE if (SHIPPED_BUNDLE / "bundle.json").is_file() else tiny_app_bundle(tmp_path_factory, demo_root)
     port = free_port()
     log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
-    env = {**os.environ, "CXR_ASSIST_BUNDLE": str(bundle), "CXR_ASSIST_DEMO": str(demo_root), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    db = log.parent / "reader_study.sqlite3"
+    scripted_example_study(db, bundle, demo_root)
+    env = {**os.environ, "CXR_ASSIST_BUNDLE": str(bundle), "CXR_ASSIST_DEMO": str(demo_root), "TF_CPP_MIN_LOG_LEVEL": "2",
+           "CXR_READER_STUDY_DB": str(db)}
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
@@ -127,14 +169,16 @@ def test_upload_on_the_analyze_page(server, browser, demo_root, tmp_path):
         page.close()
 
 
-@pytest.mark.parametrize("name", ["home", "browse", "performance"])
+@pytest.mark.parametrize("name", ["home", "browse", "performance", "reader_study", "reader_results"])
 def test_every_page_renders(server, browser, tmp_path, name):
     page = browser.new_page(viewport=VIEWPORT)
     try:
         page.goto(f"{server['url']}/{PAGES[name]}", timeout=60_000)
         page.locator("h1").first.wait_for(timeout=60_000)
-        if name == "performance":
-            page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+        if name in ("performance", "reader_results"):
+            page.locator(".js-plotly-plot").first.wait_for(timeout=90_000)
+        if name == "reader_results":
+            page.get_by_text("Scripted reader A").first.wait_for(state="attached", timeout=60_000)
         if name == "browse":
             page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stImage\"] img').length >= 14", timeout=90_000)
         settle(page, timeout_ms=90_000)
