@@ -270,3 +270,11 @@ def test_a_broken_bundle_gives_a_message(monkeypatch, tmp_path):
     (broken / "bundle.json").write_text("{\"format\": \"cxr-assist-bundle\"}")
     at = app(monkeypatch, broken, "analyze")
     assert len(at.error) == 1 and "could not be loaded" in at.error[0].value
+
+
+def test_analyze_an_uploaded_dicom_without_extension(monkeypatch, tiny, shared_dicom):
+    at = app(monkeypatch, tiny, "analyze")
+    data = (shared_dicom / "siim_example_monochrome2.dcm").read_bytes()
+    at.file_uploader(key="analyze_upload").upload("chest_study", data).run()  # DICOM files often have no extension
+    assert_findings_shown(at, "chest_study")
+    assert any("DICOM" in c.value for c in at.caption)
