@@ -75,7 +75,9 @@ if case.phase == "aided":
         column.image(report.heatmap_picture(analysis, row["finding"], max_side=384), caption=f"{row['name']} ({row['probability']:.2f})", width="stretch")
 
 with right, st.form(f"rs_{case.phase}", clear_on_submit=True):
-    ticked = st.multiselect("Findings you see (none = No Finding)", FINDINGS, format_func=DISPLAY_NAMES.get, key=f"rs_{case.phase}_findings")
+    unaided_key = f"rs_unaided_{study.id}_{reader.id}_{case.position}"  # the aided form starts from the unaided answers
+    ticked = st.multiselect("Findings you see (none = No Finding)", FINDINGS, default=st.session_state.get(unaided_key, []) if case.phase == "aided" else [],
+                            format_func=DISPLAY_NAMES.get, key=f"rs_{case.phase}_findings")
     confidence = st.slider("Confidence (1 = guessing, 5 = certain)", 1, 5, 3, key=f"rs_{case.phase}_confidence")
     if st.form_submit_button(f"Save {case.phase} read"):
         try:
@@ -85,4 +87,5 @@ with right, st.form(f"rs_{case.phase}", clear_on_submit=True):
             st.error(str(exc))
         else:
             st.session_state["rs_message"] = result.message
+            st.session_state[unaided_key] = list(ticked) if case.phase == "unaided" else []
             st.rerun()

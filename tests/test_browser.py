@@ -179,6 +179,14 @@ def test_every_page_renders(server, browser, tmp_path, name):
             page.locator(".js-plotly-plot").first.wait_for(timeout=90_000)
         if name == "reader_results":
             page.get_by_text("Scripted reader A").first.wait_for(state="attached", timeout=60_000)
+        if name == "reader_study":  # a new reader: unaided read of case 1, then the aided read with the AI panel
+            page.get_by_label("Your name (as reader)").fill("Browser test reader")
+            page.get_by_label("Your name (as reader)").press("Enter")
+            page.get_by_role("heading", name="Case 1 of 24: unaided read").wait_for(timeout=60_000)
+            page.get_by_role("button", name="Save unaided read").click()
+            page.get_by_role("heading", name="Case 1 of 24: aided read").wait_for(timeout=90_000)
+            page.get_by_text("AI panel", exact=True).wait_for()
+            page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stImage\"] img').length >= 5", timeout=60_000)
         if name == "browse":
             page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stImage\"] img').length >= 14", timeout=90_000)
         settle(page, timeout_ms=90_000)

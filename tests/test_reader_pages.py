@@ -64,6 +64,7 @@ def test_full_study_with_stop_and_resume_then_results(db):
     assert at.subheader[0].value == "Case 1 of 4: unaided read" and not at.dataframe  # no AI panel before the unaided read
     read(at, "unaided", ["Effusion"])
     assert at.success[0].value == "Saved the unaided read of case 1."
+    assert at.multiselect(key="rs_aided_findings").value == ["Effusion"]  # the aided form starts from the unaided answers
     ai_table = at.dataframe[0].value  # the AI panel is shown for the aided read
     assert len(ai_table) == 14 and {"probability", "threshold", "AI"} <= set(ai_table.columns)
     read(at, "aided", ["Effusion", "Atelectasis"], confidence=4)
