@@ -244,6 +244,7 @@ def pdf_report(
         overlay_findings = [r["finding"] for r in rows if r["finding"] in analysis.heatmaps][:4]
     styles = getSampleStyleSheet()
     small = styles["BodyText"].clone("small", fontSize=8, leading=10)
+    caption = small.clone("caption", alignment=1)  # centred under its picture
     warn = styles["BodyText"].clone("warn", textColor=colors.HexColor("#9a3412"))
 
     pixels, _ = fit_to(analysis.image.pixels, max_side)
@@ -258,7 +259,7 @@ def pdf_report(
     tiles = []
     for finding in overlay_findings:
         rgb = heatmap_picture(analysis, finding, alpha=alpha, level=level, width=width, max_side=max_side, label=False)
-        tiles.append([picture(rgb, 50), Paragraph(f"{DISPLAY_NAMES[finding]}: p = {analysis.probabilities[finding]:.2f}", small)])
+        tiles.append([picture(rgb, 50), Paragraph(f"{DISPLAY_NAMES[finding]}: p = {analysis.probabilities[finding]:.2f}", caption)])
     grid = [[tiles[i][0] if i < len(tiles) else "", tiles[i + 1][0] if i + 1 < len(tiles) else ""] for i in range(0, len(tiles), 2)]
     captions = [[tiles[i][1] if i < len(tiles) else "", tiles[i + 1][1] if i + 1 < len(tiles) else ""] for i in range(0, len(tiles), 2)]
     overlay_table = []
@@ -280,7 +281,7 @@ def pdf_report(
     ]
     for note in analysis.warnings:
         story.append(Paragraph(f"Warning: {_escape(note)}", warn))
-    story += [Spacer(1, 3 * mm), picture(base, 70), Paragraph("The image as analysed.", small), Spacer(1, 3 * mm)]
+    story += [Spacer(1, 3 * mm), picture(base, 70), Paragraph("The image as analysed.", caption), Spacer(1, 3 * mm)]
     if overlay_table:
         table = Table(overlay_table, colWidths=[content_width / 2] * 2)
         table.setStyle(TableStyle([("ALIGN", (0, 0), (-1, -1), "CENTER"), ("VALIGN", (0, 0), (-1, -1), "MIDDLE")]))
