@@ -48,7 +48,7 @@ def results_block(metrics: dict, meta: dict) -> str:
         "",
         "The published columns are for orientation only: Wang et al. 2017 (ResNet-50, ImageNet initialisation, "
         "NIH's official split) and CheXNet (DenseNet-121, ImageNet initialisation, its own patient-wise split) "
-        "trained on about 80,000–98,000 images; ours trained from scratch on 2,400 images and is tested on a "
+        "trained on tens of thousands of images (CheXNet: 98,637); ours trained from scratch on 2,400 images and is tested on a "
         "different, much smaller test set.",
     ]
     cal = metrics["calibration"]

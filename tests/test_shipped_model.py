@@ -1,0 +1,79 @@
+"""The shipped model: it loads, predicts, and its documented numbers are its own."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxr_core.dataset import NIHDataset
+from cxr_core.findings import FINDINGS
+from tests.conftest import REPO_ROOT
+
+SHIPPED = REPO_ROOT / "models" / "default"
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    from cxr_core.inference import Predictor
+
+    return Predictor.from_bundle(SHIPPED)
+
+
+@pytest.fixture(scope="module")
+def metrics():
+    return json.loads((SHIPPED / "metrics.json").read_text())
+
+
+def test_bundle_carries_its_metadata(predictor, metrics):
+    meta = predictor.metadata
+    assert meta["findings"] == list(FINDINGS)
+    assert meta["input_size"] == predictor.preprocess.size
+    assert len(meta["thresholds"]["values"]) == 14 and meta["thresholds"]["fitted_on"] == "validation"
+    assert meta["calibration"]["method"] == "platt"  # see MODEL_CARD.md for why
+    assert meta["test_summary"]["mean_auroc"] == pytest.approx(metrics["macro"]["auroc"])
+    assert sum(p.stat().st_size for p in SHIPPED.iterdir()) < 40 * 2**20
+
+
+def test_demo_images_are_test_patients_of_the_shipped_model(predictor, demo_root):
+    names = NIHDataset(demo_root).image_names
+    assert {predictor.split_of(n) for n in names} == {"test"}
+
+
+def test_shipped_model_reads_real_images(predictor, demo_root):
+    ds = NIHDataset(demo_root)
+    positives = ds.labels[:, FINDINGS.index("Cardiomegaly")] == 1
+    paths = ds.csv["path"].to_numpy()
+    scores = [predictor.predict(p)["Cardiomegaly"] for p in paths[positives][:8]]
+    scores_neg = [predictor.predict(p)["Cardiomegaly"] for p in paths[ds.labels.sum(axis=1) == 0][:8]]
+    assert all(0 <= s <= 1 for s in scores + scores_neg)
+    assert np.std(scores + scores_neg) > 1e-3  # not a constant output
+
+
+def test_readme_and_model_card_numbers_come_from_metrics_json(metrics):
+    from tools.model_card import END, START, results_block
+
+    meta = json.loads((SHIPPED / "bundle.json").read_text())
+    block = results_block(metrics, meta)
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert START in readme and readme.split(START, 1)[1].split(END, 1)[0].strip() == block.strip()
+    assert block.strip() in (SHIPPED / "MODEL_CARD.md").read_text()
+
+
+def test_predict_command_with_the_shipped_model(tmp_path, demo_root):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in sorted((demo_root / "images").glob("*.png"))[:3]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    out = tmp_path / "preds.csv"
+    result = subprocess.run(
+        [sys.executable, "-m", "training.predict", "--images", str(folder), "--out", str(out)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = pd.read_csv(out, keep_default_na=False)
+    assert len(table) == 3 and list(table.columns) == ["Image Index", *FINDINGS, "error"]
