@@ -10,7 +10,6 @@ import streamlit as st
 from pages import common
 
 st.set_page_config(page_title="cxr-assist", page_icon="🩻", layout="wide")
-common.warm_up()  # load the model in the background while the first page renders
 
 pages = {
     "cxr-assist": [
@@ -24,4 +23,7 @@ pages = {
         st.Page("pages/reader_results.py", title="Results", icon=":material/analytics:", url_path="reader_results"),
     ],
 }
-st.navigation(pages).run()
+try:
+    st.navigation(pages).run()
+finally:  # after the page's script has run (or stopped): load the model in the background, off the first page's path
+    common.warm_up()

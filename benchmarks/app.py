@@ -8,6 +8,8 @@ and measures:
 
 * cold start: from launching the server process to the home page rendered
   in the browser (title, clinical-use warning and the model's metrics shown);
+* CPU per upload: CPU seconds the Streamlit server and chromium spent per
+  upload, which does not depend on what else runs (wall time does);
 * upload to findings: on the Analyze page, from ``set_input_files`` of a demo
   image to its findings table and all 6 heatmap pictures rendered and the
   script run finished. The first upload is reported apart (it may wait for
@@ -33,6 +35,23 @@ from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, free_port, set
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def cpu_seconds(pids: set[int] | None = None, names: tuple[str, ...] = ()) -> float:
+    """User + system CPU seconds of the given processes and of every process whose name starts with one of ``names``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        pid, rest = int(text.split(" ", 1)[0]), text.rsplit(")", 1)
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        if (pids and pid in pids) or name.startswith(names):
+            fields = rest[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def run(bundle: Path, n_images: int, repeats: int) -> dict:
     from playwright.sync_api import sync_playwright
 
@@ -40,7 +59,7 @@ def run(bundle: Path, n_images: int, repeats: int) -> dict:
 
     demo = REPO_ROOT / "data" / "demo"
     names = NIHDataset(demo).image_names[:n_images]
-    results = {"cold_start_s": [], "health_s": [], "first_upload_s": [], "upload_s": []}
+    results = {"cold_start_s": [], "health_s": [], "first_upload_s": [], "upload_s": [], "server_cpu_s": [], "browser_cpu_s": []}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         for _ in range(repeats):
@@ -67,6 +86,7 @@ def run(bundle: Path, n_images: int, repeats: int) -> dict:
                 file_input.wait_for(state="attached", timeout=60_000)
                 for i, name in enumerate(names):
                     t0 = time.perf_counter()
+                    server_cpu, browser_cpu = cpu_seconds({process.pid}), cpu_seconds(names=("chrom",))
                     file_input.set_input_files(str(demo / "images" / name))
                     page.locator('[data-testid="stCaptionContainer"]', has_text=f"Analysed {name}").wait_for(timeout=120_000)
                     page.wait_for_function(
@@ -77,6 +97,9 @@ def run(bundle: Path, n_images: int, repeats: int) -> dict:
                     settle(page)
                     elapsed = time.perf_counter() - t0 - 0.3  # settle() waits 300 ms before it looks
                     results["first_upload_s" if i == 0 else "upload_s"].append(elapsed)
+                    if i:
+                        results["server_cpu_s"].append(cpu_seconds({process.pid}) - server_cpu)
+                        results["browser_cpu_s"].append(cpu_seconds(names=("chrom",)) - browser_cpu)
             finally:
                 page.close()
                 process.terminate()
@@ -104,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"first upload to findings: median {med(r['first_upload_s']):.2f} s  ({', '.join(f'{v:.2f}' for v in r['first_upload_s'])})")
     print(f"upload to findings:      median {med(r['upload_s']):.2f} s, max {max(r['upload_s'], default=float('nan')):.2f} s "
           f"over {len(r['upload_s'])} images  goal <= 2 s")
+    print(f"CPU per upload (not the first): server median {med(r['server_cpu_s']):.2f} s, browser median {med(r['browser_cpu_s']):.2f} s "
+          f"(CPU seconds, whatever else runs on the machine; os.getloadavg() at the end: {os.getloadavg()[0]:.1f})")
     return 0
 
 

@@ -18,9 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 
 
@@ -115,6 +119,56 @@ def bundle_metrics() -> dict | None:
 _PREDICTORS: dict[tuple[str, float], object] = {}
 _PREDICTOR_LOCK = threading.Lock()
 _WARMING: set[str] = set()
+WARM_UP_DELAY_S = 1.0
+
+
+# Every model call runs on this one long-lived thread. Streamlit runs each script
+# run on a new thread, and the Predictor's compiled (tf.function) graphs are
+# traced again on the first call from each new thread (~0.3 s, more CPU on 2 cores).
+_MODEL_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxr-assist-model")
+
+
+def on_model_thread(function, *args, **kwargs):
+    """``function(*args, **kwargs)`` on the model thread; its result (or exception) here."""
+    return _MODEL_THREAD.submit(function, *args, **kwargs).result()
+
+
+def _keep_keras_session() -> None:
+    """Stop Streamlit from clearing the Keras session (and collecting garbage) after every script run.
+
+    Streamlit calls ``keras.backend.clear_session()`` at the end of each run
+    (``_clean_problem_modules`` in its script runner), for scripts that build a
+    model on every run. This app builds its model once and shares it; clearing
+    the session after each run drops TensorFlow's compiled kernels (the next
+    analysis pays ~0.3 s to rebuild them) and forces a full garbage collection
+    of the TensorFlow process (up to ~1 s of CPU per run on 2 cores). The call
+    is skipped only when it comes from that Streamlit function; every other
+    caller gets the real ``clear_session``.
+    """
+    import keras
+
+    real = keras.backend.clear_session
+    if getattr(real, "_cxr_assist_wrapper", False):
+        return
+
+    def clear_session(*args, **kwargs):
+        if sys._getframe(1).f_code.co_name == "_clean_problem_modules":
+            return None
+        return real(*args, **kwargs)
+
+    clear_session._cxr_assist_wrapper = True
+    clear_session.__doc__ = real.__doc__
+    keras.backend.clear_session = clear_session
+    # Likewise Streamlit's full garbage collection after every run (runner.postScriptGC):
+    # with TensorFlow loaded it costs ~0.5-1 s of CPU per run. Python's own collector
+    # still runs. (Setting `[runner] postScriptGC = false` in .streamlit/config.toml
+    # does the same from the configuration.)
+    try:
+        from streamlit import config
+
+        config.set_option("runner.postScriptGC", False)
+    except Exception:  # noqa: BLE001 - an option renamed in another Streamlit: keep its default
+        pass
 
 
 def _load_predictor(path: str, stamp: float):
@@ -122,6 +176,8 @@ def _load_predictor(path: str, stamp: float):
         key = (path, stamp)
         if key not in _PREDICTORS:
             from cxr_core.inference import Predictor  # imports TensorFlow: only when needed
+
+            _keep_keras_session()
 
             _PREDICTORS.clear()  # a replaced bundle frees the old model
             _PREDICTORS[key] = Predictor.from_bundle(path)
@@ -147,8 +203,11 @@ def warm_up() -> None:
         _WARMING.add(key)
 
     def work():
+        time.sleep(WARM_UP_DELAY_S)  # let the browser draw the first page before TensorFlow takes the CPU
         try:
-            _load_predictor(str(path), _stamp(path))
+            predictor = _load_predictor(str(path), _stamp(path))
+            # Trace the compiled graphs on the model thread with a plain gray image.
+            on_model_thread(predictor.analyze, np.full((256, 256), 0.5, dtype=np.float32))
         except Exception:  # noqa: BLE001 - the page that needs the model reports the error
             pass
 
@@ -193,12 +252,12 @@ def digest(data: bytes) -> str:
 @st.cache_resource(show_spinner=False, max_entries=16, ttl=3600)
 def analyze_bytes(bundle: str, stamp: float, key: str, _data: bytes):
     """Analyse uploaded bytes once (by content hash); the Analysis is shared read-only."""
-    return load_predictor(bundle, stamp).analyze(_data)
+    return on_model_thread(load_predictor(bundle, stamp).analyze, _data)
 
 
 @st.cache_resource(show_spinner=False, max_entries=32, ttl=3600)
 def analyze_path(bundle: str, stamp: float, path: str, mtime: float):
-    return load_predictor(bundle, stamp).analyze(path)
+    return on_model_thread(load_predictor(bundle, stamp).analyze, path)
 
 
 def current_bundle() -> tuple[str, float]:
