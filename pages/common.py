@@ -122,9 +122,9 @@ _WARMING: set[str] = set()
 WARM_UP_DELAY_S = 1.0
 
 
-# Every model call runs on this one long-lived thread. Streamlit runs each script
-# run on a new thread, and the Predictor's compiled (tf.function) graphs are
-# traced again on the first call from each new thread (~0.3 s, more CPU on 2 cores).
+# Every model call runs on this one long-lived thread (Streamlit starts a new
+# thread for each script run), so TensorFlow's per-thread state is set up once
+# and the warm-up's first call, which traces the compiled graphs, happens there.
 _MODEL_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxr-assist-model")
 
 
