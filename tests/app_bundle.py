@@ -1,7 +1,7 @@
 """A tiny evaluated model bundle for the app tests, built once per test process.
 
-Built exactly as ``tests/test_inference.py::tiny_bundle`` (an untrained
-small_cnn at 64 px over a patient-wise demo split), then evaluated with
+Built by :func:`build_tiny_bundle` (an untrained small_cnn at 64 px over a
+patient-wise demo split; ``tests/test_inference.py`` uses it too), then evaluated with
 ``evaluate_bundle(bundle, demo_root, n_boot=50)`` so it has thresholds,
 calibration, operating points and ``metrics.json`` like a shipped bundle.
 The app tests check plumbing, not accuracy.
@@ -19,29 +19,35 @@ _built: dict[str, Path] = {}
 _lock = threading.Lock()
 
 
+def build_tiny_bundle(directory: Path, demo_root: Path) -> Path:
+    """Save an untrained small_cnn bundle (64 px) over a 40/30/30 patient-wise demo split."""
+    import keras
+    import pandas as pd
+
+    from cxr_core.bundle import Bundle
+    from cxr_core.dataset import NIHDataset
+    from cxr_core.models import build_model
+    from cxr_core.preprocessing import PreprocessConfig
+    from cxr_core.splits import make_split
+
+    keras.utils.set_random_seed(0)
+    dataset = NIHDataset(demo_root)
+    splits = make_split(dataset, strategy="patient", fractions=(0.4, 0.3, 0.3), seed=0)
+    bundle = Bundle(
+        model=build_model("small_cnn", 64, small_cnn_width=8), input_size=64, preprocessing=PreprocessConfig(size=64),
+        backbone="small_cnn",
+        splits=pd.DataFrame({"image": dataset.image_names, "patient_id": dataset.patient_ids, "split": splits}),
+    )
+    return bundle.save(directory)
+
+
 def tiny_app_bundle(tmp_path_factory, demo_root: Path) -> Path:
     """The tiny evaluated bundle (one per process, however many test modules ask)."""
     with _lock:
         if "tiny" not in _built:
-            import keras
-            import pandas as pd
-
-            from cxr_core.bundle import Bundle
             from cxr_core.bundle_evaluation import evaluate_bundle
-            from cxr_core.dataset import NIHDataset
-            from cxr_core.models import build_model
-            from cxr_core.preprocessing import PreprocessConfig
-            from cxr_core.splits import make_split
 
-            keras.utils.set_random_seed(0)
-            dataset = NIHDataset(demo_root)
-            splits = make_split(dataset, strategy="patient", fractions=(0.4, 0.3, 0.3), seed=0)
-            model = build_model("small_cnn", 64, small_cnn_width=8)
-            bundle = Bundle(
-                model=model, input_size=64, preprocessing=PreprocessConfig(size=64), backbone="small_cnn",
-                splits=pd.DataFrame({"image": dataset.image_names, "patient_id": dataset.patient_ids, "split": splits}),
-            )
-            path = bundle.save(tmp_path_factory.mktemp("app_bundle") / "tiny")
+            path = build_tiny_bundle(tmp_path_factory.mktemp("app_bundle") / "tiny", demo_root)
             evaluate_bundle(path, demo_root, n_boot=50, log=lambda line: None)
             _built["tiny"] = path
         return _built["tiny"]

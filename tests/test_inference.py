@@ -13,29 +13,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_core.bundle import Bundle
 from cxr_core.dataset import NIHDataset
 from cxr_core.errors import ImageReadError
 from cxr_core.findings import FINDINGS
 from cxr_core.inference import Predictor
-from cxr_core.models import build_model
-from cxr_core.preprocessing import PreprocessConfig
-from cxr_core.splits import make_split
+from tests.app_bundle import build_tiny_bundle
 
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory, demo_root):
-    import keras
-
-    keras.utils.set_random_seed(0)
-    dataset = NIHDataset(demo_root)
-    splits = make_split(dataset, strategy="patient", fractions=(0.4, 0.3, 0.3), seed=0)
-    model = build_model("small_cnn", 64, small_cnn_width=8)
-    bundle = Bundle(
-        model=model, input_size=64, preprocessing=PreprocessConfig(size=64), backbone="small_cnn",
-        splits=pd.DataFrame({"image": dataset.image_names, "patient_id": dataset.patient_ids, "split": splits}),
-    )
-    return bundle.save(tmp_path_factory.mktemp("bundle") / "tiny")
+    return build_tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny", demo_root)
 
 
 @pytest.fixture(scope="module")
