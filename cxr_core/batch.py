@@ -18,8 +18,7 @@ import pandas as pd
 from cxr_core.dataset import IMAGE_SUFFIXES, index_images
 from cxr_core.errors import DataFormatError, ImageReadError
 from cxr_core.findings import FINDINGS
-from cxr_core.imageio import decode_image
-from cxr_core.preprocessing import normalize, resize_to_model
+from cxr_core.preprocessing import normalize, to_model_uint8
 
 IMAGE_COLUMN = "Image Index"
 ERROR_COLUMN = "error"
@@ -57,7 +56,7 @@ def list_image_files(target: str | os.PathLike) -> list[Path]:
 
 def _load(path: Path, size: int) -> tuple[np.ndarray | None, str]:
     try:
-        return resize_to_model(decode_image(path).pixels, size), ""
+        return to_model_uint8(path, size), ""
     except ImageReadError as exc:
         return None, str(exc)
 

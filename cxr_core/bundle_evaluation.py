@@ -29,10 +29,9 @@ from cxr_core.calibration import Calibration
 from cxr_core.dataset import NIHDataset, stored_image_size
 from cxr_core.evaluation import _json, evaluate_predictions, localization_report
 from cxr_core.findings import FINDINGS
-from cxr_core.imageio import decode_image
 from cxr_core.inference import Predictor
 from cxr_core.localization import best_iobb, heatmap_to_boxes, iou
-from cxr_core.preprocessing import normalize, resize_to_model
+from cxr_core.preprocessing import normalize, to_model_uint8
 from cxr_core.splits import assert_patient_disjoint
 
 METRICS_FILE = "metrics.json"
@@ -42,11 +41,8 @@ MIN_VAL_IMAGES = 50
 
 
 def _model_inputs(paths: list[str], size: int, workers: int = 2) -> np.ndarray:
-    def load(path):
-        return resize_to_model(decode_image(path).pixels, size)
-
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return np.stack(list(pool.map(load, paths)))
+        return np.stack(list(pool.map(lambda path: to_model_uint8(path, size), paths)))
 
 
 def predict_rows(predictor: Predictor, paths: list[str], *, batch_size: int = 32, progress=None) -> np.ndarray:
@@ -75,7 +71,8 @@ def intensity_reference(paths: list[str], size: int, *, limit: int = 400, seed: 
 def localization_records(predictor: Predictor, dataset: NIHDataset, images: Iterable[str], *, progress=None) -> pd.DataFrame:
     """Best IoBB and IoU of the heatmap boxes against each expert box of ``images``."""
     rows = []
-    images = [i for i in images if i in set(dataset.boxes["image"])]
+    boxed = set(dataset.boxes["image"])
+    images = [i for i in images if i in boxed]
     paths = dict(zip(dataset.csv["image"], dataset.csv["path"]))
     for image in progress(images) if progress else images:
         width, height = stored_image_size(paths[image])

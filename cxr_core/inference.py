@@ -151,8 +151,7 @@ class Predictor:
 
     def split_of(self, image_name: str) -> str | None:
         """The split (train/val/test) an image had in this model's data, or None."""
-        bundle = getattr(self, "bundle", None)
-        return None if bundle is None else bundle.split_of(image_name)
+        return None if self.bundle is None else self.bundle.split_of(image_name)
 
     # -- inputs ---------------------------------------------------------------
 

@@ -55,6 +55,15 @@ def select(dataset: NIHDataset, *, target: int, per_box_finding: int, per_findin
     return sorted(chosen)
 
 
+def _copy_rows(src: Path, dest: Path, wanted: set[str]) -> None:
+    """Copy the header and the lines whose first field is a wanted image name (src may be .gz)."""
+    opener = gzip.open if src.suffix == ".gz" else open
+    with opener(src, "rt", encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    kept = [line for line in lines[1:] if line.split(",", 1)[0] in wanted]
+    dest.write_text("\n".join([lines[0]] + kept) + "\n", encoding="utf-8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default="../shared/nih")
@@ -70,22 +79,10 @@ def main() -> None:
     for name in names:
         shutil.copy2(source / "images" / name, out / "images" / name)
     wanted = set(names)
-    # Both label-file formats, rows copied verbatim so that the demo reads like the release.
-    with open(source / "Data_Entry_2017.csv", encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    (out / "Data_Entry_2017.csv").write_text(
-        "\n".join([lines[0]] + [l for l in lines[1:] if l.split(",", 1)[0] in wanted]) + "\n", encoding="utf-8"
-    )
-    with gzip.open(source / "Data_Entry_2017_v2020.csv.gz", "rt", encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    (out / "Data_Entry_2017_v2020.csv").write_text(
-        "\n".join([lines[0]] + [l for l in lines[1:] if l.split(",", 1)[0] in wanted]) + "\n", encoding="utf-8"
-    )
-    with open(source / "BBox_List_2017.csv", encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    (out / "BBox_List_2017.csv").write_text(
-        "\n".join([lines[0]] + [l for l in lines[1:] if l.split(",", 1)[0] in wanted]) + "\n", encoding="utf-8"
-    )
+    # Both label-file formats and the boxes, rows copied verbatim so that the demo reads like the release.
+    _copy_rows(source / "Data_Entry_2017.csv", out / "Data_Entry_2017.csv", wanted)
+    _copy_rows(source / "Data_Entry_2017_v2020.csv.gz", out / "Data_Entry_2017_v2020.csv", wanted)
+    _copy_rows(source / "BBox_List_2017.csv", out / "BBox_List_2017.csv", wanted)
     demo = NIHDataset(out)
     print(f"{len(demo)} images of {demo.csv['patient_id'].nunique()} patients, {len(demo.boxes)} boxes")
     print(demo.finding_counts().to_string())
