@@ -55,7 +55,7 @@ def cpu_seconds(pids: set[int] | None = None, names: tuple[str, ...] = ()) -> fl
 def run(bundle: Path, n_images: int, repeats: int) -> dict:
     from playwright.sync_api import sync_playwright
 
-    from cxr_core.dataset import NIHDataset
+    from cxr_core.data import NIHDataset
 
     demo = REPO_ROOT / "data" / "demo"
     names = NIHDataset(demo).image_names[:n_images]

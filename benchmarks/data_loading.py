@@ -13,8 +13,7 @@ import argparse
 import statistics
 import time
 
-from cxr_core.dataset import NIHDataset
-from cxr_core.splits import make_split
+from cxr_core.data import NIHDataset, make_split
 
 
 def run_once(root: str, csv_name: str | None) -> tuple[float, float, int]:

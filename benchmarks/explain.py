@@ -36,16 +36,15 @@ def main() -> None:
     parser.add_argument("--naive-repeats", type=int, default=2)
     args = parser.parse_args()
 
-    from cxr_core.explain import gradcam_plus_plus_per_finding
+    from cxr_core.data import PreprocessConfig, preprocess
     from cxr_core.findings import FINDINGS
-    from cxr_core.inference import Predictor
-    from cxr_core.preprocessing import PreprocessConfig, preprocess
+    from cxr_core.serving import Predictor, gradcam_plus_plus_per_finding
 
     if args.bundle:
         predictor = Predictor.from_bundle(args.bundle)
         label = f"bundle {args.bundle} ({predictor.metadata.get('backbone')}, {predictor.preprocess.size} px)"
     else:
-        from cxr_core.models import build_model
+        from cxr_core.learn import build_model
 
         model = build_model(args.backbone, args.size)
         predictor = Predictor(model, preprocess=PreprocessConfig(size=args.size))

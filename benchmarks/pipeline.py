@@ -83,13 +83,18 @@ def write_results(text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import numpy as np
     import tensorflow as tf
 
-    from cxr_core.cache import open_cache, prepare_cache
-    from cxr_core.dataset import NIHDataset
-    from cxr_core.pipeline import AugmentConfig, dataset_from_cache, dataset_from_files
-    from cxr_core.training import TrainConfig, compile_model
+    from cxr_core.data import NIHDataset
+    from cxr_core.learn import (
+        AugmentConfig,
+        TrainConfig,
+        compile_model,
+        dataset_from_cache,
+        dataset_from_files,
+        open_cache,
+        prepare_cache,
+    )
 
     load_before = os.getloadavg()[0]
     data_root = args.data or (str(REPO.parent / "shared" / "nih") if (REPO.parent / "shared" / "nih").is_dir() else str(REPO / "data" / "demo"))

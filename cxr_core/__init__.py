@@ -1,6 +1,7 @@
-"""cxr-assist core library: data, preprocessing, models, metrics, explanations.
+"""cxr-assist core library, in layers (each imports only those before it):
 
-Building blocks only: nothing here imports streamlit or argparse.
+findings, errors (the shared vocabulary) <- data <- learn <- evaluation <- serving;
+reader_study uses data and evaluation only. Nothing here imports streamlit or argparse.
 """
 
 from cxr_core.errors import DataFormatError, ImageReadError

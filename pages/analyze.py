@@ -6,9 +6,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from cxr_core import overlays, report
 from cxr_core.errors import ImageReadError
 from cxr_core.findings import DISPLAY_NAMES
+from cxr_core.serving import overlays, report
 from pages import common
 
 DISPLAY_SIDE = 768  # pictures are drawn at most this size (the model saw far less)

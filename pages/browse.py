@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from cxr_core import overlays
+from cxr_core.data import decode_image
+from cxr_core.evaluation import heatmap_to_boxes, iou
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
-from cxr_core.imageio import decode_image
-from cxr_core.localization import heatmap_to_boxes, iou
+from cxr_core.serving import overlays
 from pages import common
 
 PER_PAGE, COLUMNS, SIDE = 12, 6, 640

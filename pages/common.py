@@ -28,7 +28,6 @@ import numpy as np
 import streamlit as st
 
 
-
 def _leave_pages_folder_mode() -> None:
     """Make the very first script run of a fresh server go through app.py.
 
@@ -175,7 +174,7 @@ def _load_predictor(path: str, stamp: float):
     with _PREDICTOR_LOCK:
         key = (path, stamp)
         if key not in _PREDICTORS:
-            from cxr_core.inference import Predictor  # imports TensorFlow: only when needed
+            from cxr_core.serving import Predictor  # imports TensorFlow: only when needed
 
             _keep_keras_session()
 
@@ -240,7 +239,7 @@ def optional_predictor():
 
 @st.cache_resource(show_spinner="Reading the dataset…", max_entries=4)
 def load_dataset(root: str):
-    from cxr_core.dataset import NIHDataset
+    from cxr_core.data import NIHDataset
 
     return NIHDataset(root)
 

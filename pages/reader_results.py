@@ -9,7 +9,7 @@ from pathlib import Path
 import plotly.express as px
 import streamlit as st
 
-from cxr_core.reader_analysis import ALL_FINDINGS, LABEL_NOISE_CAVEAT, MACRO, export_csv, reader_study_results
+from cxr_core.reader_study import ALL_FINDINGS, LABEL_NOISE_CAVEAT, MACRO, export_csv, reader_study_results
 from pages import common
 
 

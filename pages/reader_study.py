@@ -4,10 +4,10 @@ import time
 
 import streamlit as st
 
-from cxr_core import overlays, report
+from cxr_core.data import decode_image
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS, to_multi_hot
-from cxr_core.imageio import decode_image
 from cxr_core.reader_study import MissingCasesError
+from cxr_core.serving import overlays, report
 from pages import common
 
 st.title("Reader study")

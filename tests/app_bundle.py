@@ -24,11 +24,8 @@ def build_tiny_bundle(directory: Path, demo_root: Path) -> Path:
     import keras
     import pandas as pd
 
-    from cxr_core.bundle import Bundle
-    from cxr_core.dataset import NIHDataset
-    from cxr_core.models import build_model
-    from cxr_core.preprocessing import PreprocessConfig
-    from cxr_core.splits import make_split
+    from cxr_core.data import NIHDataset, PreprocessConfig, make_split
+    from cxr_core.learn import Bundle, build_model
 
     keras.utils.set_random_seed(0)
     dataset = NIHDataset(demo_root)
@@ -45,7 +42,7 @@ def tiny_app_bundle(tmp_path_factory, demo_root: Path) -> Path:
     """The tiny evaluated bundle (one per process, however many test modules ask)."""
     with _lock:
         if "tiny" not in _built:
-            from cxr_core.bundle_evaluation import evaluate_bundle
+            from cxr_core.serving import evaluate_bundle
 
             path = build_tiny_bundle(tmp_path_factory.mktemp("app_bundle") / "tiny", demo_root)
             evaluate_bundle(path, demo_root, n_boot=50, log=lambda line: None)

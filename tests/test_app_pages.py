@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from cxr_core.dataset import NIHDataset
+from cxr_core.data import NIHDataset
 from cxr_core.findings import FINDINGS
 from tests.app_bundle import shipped_bundle_or_skip, tiny_app_bundle
 from tests.conftest import REPO_ROOT

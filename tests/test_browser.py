@@ -67,9 +67,9 @@ def scripted_example_study(db: Path, bundle: Path, demo_root: Path, n_cases: int
     """
     import numpy as np
 
-    from cxr_core.dataset import NIHDataset
-    from cxr_core.inference import Predictor
+    from cxr_core.data import NIHDataset
     from cxr_core.reader_study import ReaderStudyStore
+    from cxr_core.serving import Predictor
 
     rng = np.random.default_rng(0)
     predictor = Predictor.from_bundle(bundle)
@@ -142,7 +142,7 @@ def keep(shot: Path, name: str) -> None:
 
 
 def test_upload_on_the_analyze_page(server, browser, demo_root, tmp_path):
-    from cxr_core.dataset import NIHDataset
+    from cxr_core.data import NIHDataset
 
     name = NIHDataset(demo_root).boxes["image"].iloc[0]
     page = browser.new_page(viewport=VIEWPORT)

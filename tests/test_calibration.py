@@ -1,4 +1,4 @@
-"""Tests for cxr_core.calibration on a named miscalibrated set and hand cases."""
+"""Tests for cxr_core.evaluation.calibration on a named miscalibrated set and hand cases."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ import pytest
 from scipy.special import expit
 from sklearn.metrics import brier_score_loss
 
-from cxr_core.calibration import (
+from cxr_core.evaluation import (
     Calibration,
+    UndefinedMetricWarning,
+    auroc,
     brier_score,
     expected_calibration_error,
     fit_calibration,
     reliability_curve,
 )
 from cxr_core.findings import FINDINGS
-from cxr_core.metrics import UndefinedMetricWarning, auroc
 
 K = len(FINDINGS)
 SHARPENING = 3.0

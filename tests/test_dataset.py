@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_core.dataset import (
+from cxr_core.data import (
     NIH_RELEASE_SIDE,
     NIHDataset,
     clean_entries,

@@ -24,7 +24,7 @@ IMAGES = ("00000007_000.png", "00004461_003.png", "00011702_085.png", "00020440_
 
 
 def _predict_all() -> dict[str, dict[str, float]]:
-    from cxr_core.inference import Predictor
+    from cxr_core.serving import Predictor
 
     predictor = Predictor.from_bundle(SHIPPED)
     return {name: predictor.predict(DEMO_ROOT / "images" / name) for name in IMAGES}

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from cxr_core.explain import HeadGradcamPlusPlus, gradcam_plus_plus_per_finding, resize_map, split_model
+from cxr_core.serving import HeadGradcamPlusPlus, gradcam_plus_plus_per_finding, resize_map, split_model
 
 
 def _tiny_classifier(size: int = 48) -> keras.Model:

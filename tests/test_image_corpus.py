@@ -1,6 +1,6 @@
 """A corpus of bad and unusual image files run through ``decode_image``.
 
-Every image enters cxr-assist through :func:`cxr_core.imageio.decode_image`,
+Every image enters cxr-assist through :func:`cxr_core.data.imageio.decode_image`,
 so its contract is tested here file by file: bad input raises exactly
 :class:`ImageReadError` with the expected ``reason`` and a plain sentence a
 clinician can act on; unusual but valid input decodes to a 2-D float32 image
@@ -28,9 +28,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxr_core.data import MAX_PIXELS, DecodedImage, PreprocessConfig, decode_image, preprocess
 from cxr_core.errors import ImageReadError
-from cxr_core.imageio import MAX_PIXELS, DecodedImage, decode_image
-from cxr_core.preprocessing import PreprocessConfig, preprocess
 
 SHARED_DICOM = Path(__file__).resolve().parents[1].parent / "shared" / "dicom"
 #: Only a hang guard: the whole corpus decodes in well under a second per case.

@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_core.dataset import NIHDataset
+from cxr_core.data import NIHDataset
 from cxr_core.errors import ImageReadError
 from cxr_core.findings import FINDINGS
-from cxr_core.inference import Predictor
+from cxr_core.serving import Predictor
 from tests.app_bundle import build_tiny_bundle
 
 
@@ -102,7 +102,7 @@ def test_predict_command_lists_unreadable_files(tiny_bundle, demo_root, tmp_path
 
 
 def test_evaluate_fits_on_validation_then_applies_elsewhere(tiny_bundle, demo_root, tmp_path):
-    from cxr_core.bundle_evaluation import evaluate_bundle
+    from cxr_core.serving import evaluate_bundle
 
     report = evaluate_bundle(tiny_bundle, demo_root, n_boot=50, log=lambda line: None)
     assert report["data"]["mode"] == "fit"

@@ -1,4 +1,4 @@
-"""Tests for cxr_core.localization: hand-computed boxes and Wang et al. 2017 scoring."""
+"""Tests for cxr_core.evaluation.localization: hand-computed boxes and Wang et al. 2017 scoring."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_core.localization import best_iobb, heatmap_to_boxes, iobb, iou, localization_accuracy
-
+from cxr_core.evaluation import best_iobb, heatmap_to_boxes, iobb, iou, localization_accuracy
 
 # ---------------------------------------------------------------- IoU / IoBB
 

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from cxr_core.losses import BinaryFocalLoss, WeightedBinaryCrossentropy, make_loss, positive_weights
+from cxr_core.learn import BinaryFocalLoss, WeightedBinaryCrossentropy, make_loss, positive_weights
 
 
 def softplus(x: float) -> float:

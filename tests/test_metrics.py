@@ -1,4 +1,4 @@
-"""Tests for cxr_core.metrics: values checked against scikit-learn and by hand."""
+"""Tests for cxr_core.evaluation.metrics: values checked against scikit-learn and by hand."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from cxr_core.findings import FINDINGS
-from cxr_core.metrics import (
+from cxr_core.evaluation import (
     UndefinedMetricWarning,
     age_band,
     auprc,
@@ -24,6 +23,7 @@ from cxr_core.metrics import (
     roc_curve_points,
     subgroup_auroc,
 )
+from cxr_core.findings import FINDINGS
 
 K = len(FINDINGS)
 
@@ -140,7 +140,7 @@ def test_bootstrap_resample_equals_sklearn_on_materialised_resample():
     # The weighted implementation must give exactly the metric of the
     # resample drawn explicitly: check one resample of patients by hand.
     y, s, groups = clustered_patients(40, 3, seed=4)
-    from cxr_core.metrics import _bootstrap_counts, _weighted_auroc, _weighted_average_precision
+    from cxr_core.evaluation.metrics import _bootstrap_counts, _weighted_auroc, _weighted_average_precision
 
     counts, row_group = _bootstrap_counts(groups, len(groups), n_boot=5, seed=11)
     weights = counts[:, row_group].astype(float)
@@ -157,7 +157,7 @@ def test_bootstrap_resample_equals_sklearn_on_materialised_resample():
 
 
 def test_bootstrap_draws_whole_patients():
-    from cxr_core.metrics import _bootstrap_counts
+    from cxr_core.evaluation.metrics import _bootstrap_counts
 
     groups = np.array(["a", "a", "b", "c", "c", "c", "d"])
     counts, row_group = _bootstrap_counts(groups, len(groups), n_boot=200, seed=0)

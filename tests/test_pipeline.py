@@ -8,12 +8,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_core.cache import CacheError, open_cache, prepare_cache, write_cache
-from cxr_core.dataset import NIHDataset
+from cxr_core.data import PREPROCESSING_VERSION, NIHDataset, PreprocessConfig, assert_patient_disjoint, preprocess, to_model_uint8
 from cxr_core.findings import FINDINGS
-from cxr_core.pipeline import AugmentConfig, dataset_from_cache, dataset_from_files
-from cxr_core.preprocessing import PREPROCESSING_VERSION, PreprocessConfig, preprocess, to_model_uint8
-from cxr_core.splits import assert_patient_disjoint
+from cxr_core.learn import (
+    AugmentConfig,
+    CacheError,
+    dataset_from_cache,
+    dataset_from_files,
+    open_cache,
+    prepare_cache,
+    write_cache,
+)
 
 SIZE = 64
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxr_core.errors import ImageReadError
-from cxr_core.imageio import decode_image
-from cxr_core.preprocessing import (
+from cxr_core.data import (
     PreprocessConfig,
+    decode_image,
     normalize,
     preprocess,
     preprocess_pixels,
     resize_to_model,
     to_model_uint8,
 )
+from cxr_core.errors import ImageReadError
 
 
 @pytest.fixture(scope="module")

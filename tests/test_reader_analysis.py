@@ -1,4 +1,4 @@
-"""Tests for cxr_core.reader_analysis: values checked by hand, against sklearn and by brute force."""
+"""Tests for cxr_core.reader_study.analysis: values checked by hand, against sklearn and by brute force."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
+from cxr_core.evaluation import UndefinedMetricWarning, binary_report
 from cxr_core.findings import FINDINGS
-from cxr_core.metrics import UndefinedMetricWarning, binary_report
-from cxr_core.reader_analysis import (
+from cxr_core.reader_study import (
     ALL_FINDINGS,
+    ALL_READERS,
     LABEL_NOISE_CAVEAT,
     MACRO,
     METRICS,
@@ -23,7 +24,6 @@ from cxr_core.reader_analysis import (
     reader_study_results,
     reading_time,
 )
-from cxr_core.reader_study import ALL_READERS
 
 K = len(FINDINGS)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cxr_core.dataset import NIHDataset
+from cxr_core.data import NIHDataset
 from cxr_core.findings import FINDINGS
 from cxr_core.reader_study import ReaderStudyStore
 from tests.app_bundle import tiny_app_bundle

@@ -1,4 +1,4 @@
-"""Tests for cxr_core.reader_study: the study flow, idempotency, concurrency, crashes, bad input."""
+"""Tests for cxr_core.reader_study.store: the study flow, idempotency, concurrency, crashes, bad input."""
 
 from __future__ import annotations
 
@@ -15,13 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxr_core import reader_study
-from cxr_core.dataset import NIHDataset
+from cxr_core.data import NIHDataset
+from cxr_core.evaluation import UndefinedMetricWarning
 from cxr_core.findings import FINDINGS, to_multi_hot
-from cxr_core.metrics import UndefinedMetricWarning
-from cxr_core.reader_analysis import reader_study_results
 from cxr_core.reader_study import (
-    ALL_READERS,
+    ALL_READERS,  # noqa: F401 (used as @ALL_READERS in DataFrame.query)
+    DB_PATH_ENV,
     MAX_NAME_LENGTH,
     MissingCasesError,
     ReaderStudyStore,
@@ -30,6 +29,8 @@ from cxr_core.reader_study import (
     UnknownReaderError,
     UnknownStudyError,
     default_db_path,
+    reader_study_results,
+    schema,
     select_cases,
 )
 
@@ -287,7 +288,7 @@ def test_processes_racing_on_the_same_reads_store_each_once(tmp_path):
 
 _CRASH_WRITER = """
 import sys
-from cxr_core.reader_study import ReaderStudyStore
+from cxr_core.reader_study.store import ReaderStudyStore
 path, study_id, reader_id, n_cases = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 store = ReaderStudyStore(path)
 for position in range(n_cases):
@@ -492,14 +493,14 @@ def test_connection_settings(store):
         assert con.execute("PRAGMA foreign_keys").fetchone()[0] == 1
         assert con.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         assert con.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
-    assert store.schema_version() == reader_study.SCHEMA_VERSION
+    assert store.schema_version() == schema.SCHEMA_VERSION
 
 
 def test_newer_schema_is_refused_with_a_clear_error(tmp_path):
     path = tmp_path / "future.sqlite3"
     ReaderStudyStore(path).close()
     with sqlite3.connect(path) as con:
-        con.execute("INSERT INTO schema_version VALUES (?, 'later')", (reader_study.SCHEMA_VERSION + 1,))
+        con.execute("INSERT INTO schema_version VALUES (?, 'later')", (schema.SCHEMA_VERSION + 1,))
     with pytest.raises(SchemaVersionError, match="newer cxr-assist.*Upgrade cxr-assist"):
         ReaderStudyStore(path)
 
@@ -511,18 +512,18 @@ def test_older_schema_is_migrated_in_place(tmp_path, monkeypatch):
     def add_site(con):
         con.execute("ALTER TABLE readers ADD COLUMN site TEXT NOT NULL DEFAULT ''")
 
-    monkeypatch.setattr(reader_study, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(reader_study.MIGRATIONS, 1, add_site)
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
+    monkeypatch.setitem(schema.MIGRATIONS, 1, add_site)
     store = ReaderStudyStore(path)
     assert store.schema_version() == 2
     with store._connection() as con:
         assert "site" in [row[1] for row in con.execute("PRAGMA table_info(readers)")]
     store.close()
-    monkeypatch.delitem(reader_study.MIGRATIONS, 1)
+    monkeypatch.delitem(schema.MIGRATIONS, 1)
     path2 = tmp_path / "old2.sqlite3"
-    monkeypatch.setattr(reader_study, "SCHEMA_VERSION", 1)
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 1)
     ReaderStudyStore(path2).close()
-    monkeypatch.setattr(reader_study, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
     with pytest.raises(SchemaVersionError, match="no migration"):
         ReaderStudyStore(path2)
 
@@ -542,9 +543,9 @@ def test_foreign_files_are_refused(tmp_path):
 
 
 def test_default_location(tmp_path, monkeypatch):
-    monkeypatch.delenv(reader_study.DB_PATH_ENV, raising=False)
+    monkeypatch.delenv(DB_PATH_ENV, raising=False)
     assert default_db_path() == REPO_ROOT / "var" / "reader_study.sqlite3"
-    monkeypatch.setenv(reader_study.DB_PATH_ENV, str(tmp_path / "elsewhere" / "rs.sqlite3"))
+    monkeypatch.setenv(DB_PATH_ENV, str(tmp_path / "elsewhere" / "rs.sqlite3"))
     store = ReaderStudyStore()
     assert store.path == tmp_path / "elsewhere" / "rs.sqlite3" and store.path.is_file()
     store.close()

@@ -1,4 +1,4 @@
-"""cxr_core.report: findings rows, the JSON report and the PDF report of one analysis."""
+"""cxr_core.serving.report: findings rows, the JSON report and the PDF report of one analysis."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import zlib
 import numpy as np
 import pytest
 
+from cxr_core.data import DecodedImage
 from cxr_core.findings import FINDINGS
-from cxr_core.imageio import DecodedImage
-from cxr_core.inference import Analysis
-from cxr_core.report import DISCLAIMER, findings_rows, json_report, model_summary, pdf_report
+from cxr_core.serving import DISCLAIMER, Analysis, findings_rows, json_report, model_summary, pdf_report
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +101,7 @@ def test_pdf_report_pages_and_text(analysis):
 
 
 def test_heatmap_picture_is_shrunk_and_boxed(analysis):
-    from cxr_core.report import heatmap_picture
+    from cxr_core.serving import heatmap_picture
 
     picture = heatmap_picture(analysis, "Mass", max_side=150)
     assert picture.dtype == np.uint8 and picture.shape == (150, 120, 3)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_core.dataset import NIHDataset
+from cxr_core.data import NIHDataset
 from cxr_core.findings import FINDINGS
 from tests.conftest import REPO_ROOT
 
@@ -19,7 +19,7 @@ SHIPPED = REPO_ROOT / "models" / "default"
 
 @pytest.fixture(scope="module")
 def predictor():
-    from cxr_core.inference import Predictor
+    from cxr_core.serving import Predictor
 
     return Predictor.from_bundle(SHIPPED)
 

@@ -6,8 +6,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_core.dataset import NIHDataset, clean_entries, read_data_entry, read_split_list
-from cxr_core.splits import PatientLeakError, assert_patient_disjoint, make_split, official_split, patient_split
+from cxr_core.data import (
+    NIHDataset,
+    PatientLeakError,
+    assert_patient_disjoint,
+    clean_entries,
+    make_split,
+    official_split,
+    patient_split,
+    read_data_entry,
+    read_split_list,
+)
 
 
 def test_seeded_patient_split_of_the_real_sample(shared_nih):

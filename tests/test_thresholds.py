@@ -1,13 +1,12 @@
-"""Tests for cxr_core.thresholds: hand-made operating points, validation-only fitting."""
+"""Tests for cxr_core.evaluation.thresholds: hand-made operating points, validation-only fitting."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from cxr_core.evaluation import DEFAULT_THRESHOLD, UndefinedMetricWarning, apply_thresholds, fit_thresholds
 from cxr_core.findings import FINDINGS
-from cxr_core.metrics import UndefinedMetricWarning
-from cxr_core.thresholds import DEFAULT_THRESHOLD, apply_thresholds, fit_thresholds
 
 K = len(FINDINGS)
 

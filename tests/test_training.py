@@ -14,15 +14,21 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxr_core.bundle import Bundle
-from cxr_core.cache import prepare_cache
-from cxr_core.dataset import NIHDataset
+from cxr_core.data import NIHDataset, PatientLeakError, assert_patient_disjoint, make_split, preprocess
 from cxr_core.findings import FINDINGS
-from cxr_core.losses import positive_weights
-from cxr_core.pipeline import dataset_from_files
-from cxr_core.preprocessing import preprocess
-from cxr_core.splits import PatientLeakError, assert_patient_disjoint, make_split
-from cxr_core.training import TrainConfig, WarmupCosine, choose_strategy, load_training_data, mean_auroc, parse_override, train
+from cxr_core.learn import (
+    Bundle,
+    TrainConfig,
+    WarmupCosine,
+    choose_strategy,
+    dataset_from_files,
+    load_training_data,
+    mean_auroc,
+    parse_override,
+    positive_weights,
+    prepare_cache,
+    train,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
@@ -139,7 +145,7 @@ def test_resume_continues_from_the_saved_epoch_with_optimizer_state(squares, tmp
 
 
 def test_training_checks_the_split_is_patient_disjoint(squares, monkeypatch):
-    import cxr_core.splits as splits
+    import cxr_core.data.splits as splits
 
     def leaky(dataset, **kwargs):
         out = np.array(["train"] * len(dataset), dtype=object)

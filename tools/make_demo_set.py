@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_core.dataset import NIHDataset
+from cxr_core.data import NIHDataset, make_split
 from cxr_core.findings import FINDINGS
-from cxr_core.splits import make_split
 
 SPLIT_SEED = 0
 FRACTIONS = (0.7, 0.1, 0.2)

@@ -32,9 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tqdm import tqdm
 
-    from cxr_core.bundle import BundleError
-    from cxr_core.bundle_evaluation import evaluate_bundle
     from cxr_core.errors import DataFormatError
+    from cxr_core.learn import BundleError
+    from cxr_core.serving import evaluate_bundle
 
     try:
         evaluate_bundle(

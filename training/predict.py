@@ -29,10 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tqdm import tqdm
 
-    from cxr_core.batch import ERROR_COLUMN, IMAGE_COLUMN, list_image_files, predict_files
-    from cxr_core.bundle import BundleError
     from cxr_core.errors import DataFormatError
-    from cxr_core.inference import Predictor
+    from cxr_core.learn import BundleError
+    from cxr_core.serving import ERROR_COLUMN, IMAGE_COLUMN, Predictor, list_image_files, predict_files
 
     try:
         files = list_image_files(args.images)

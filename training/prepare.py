@@ -2,9 +2,9 @@
 
     python -m training.prepare --data ../shared/nih --size 256 --out cache/nih256 [--split-seed 0]
 
-The cache stores ``cxr_core.preprocessing.to_model_uint8(image, size)`` of
+The cache stores ``cxr_core.data.preprocessing.to_model_uint8(image, size)`` of
 every image as uint8 in TFRecord shards per split, with ``index.csv`` and
-``manifest.json`` (see ``cxr_core/cache.py`` and ``docs/training.md``).
+``manifest.json`` (see ``cxr_core/learn/cache.py`` and ``docs/training.md``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    from cxr_core.cache import CacheError, prepare_cache
+    from cxr_core.learn import CacheError, prepare_cache
 
     try:
         cache = prepare_cache(

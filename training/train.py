@@ -17,7 +17,7 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0],
-                                     epilog="Configuration keys: see docs/training.md or cxr_core.training.TrainConfig.")
+                                     epilog="Configuration keys: see docs/training.md or cxr_core.learn.config.TrainConfig.")
     parser.add_argument("--config", help="TOML file with TrainConfig keys")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--data", help="NIH dataset folder (decode files on the fly)")
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace):
     """TrainConfig from the TOML file, the named options and the --set overrides."""
-    from cxr_core.training import TrainConfig, parse_override
+    from cxr_core.learn import TrainConfig, parse_override
 
     overrides: dict = {}
     for key in ("data", "cache", "backbone", "weights", "input_size", "batch_size", "epochs", "out"):
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from cxr_core.training import train
+    from cxr_core.learn import train
 
     bundle = train(config)
     print(f"bundle written to {bundle}")

@@ -64,7 +64,7 @@ def make_hypermodel(base, data, space):
     """A keras-tuner HyperModel whose ``fit`` builds the datasets of each trial (size and augmentation vary)."""
     import keras_tuner as kt
 
-    from cxr_core.training import EpochStats, ValidationAUROC, compile_model, make_datasets
+    from cxr_core.learn import EpochStats, ValidationAUROC, compile_model, make_datasets
 
     class CXRHyperModel(kt.HyperModel):
         def trial_config(self, hp):
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     import keras
     import keras_tuner as kt
 
-    from cxr_core.training import MONITOR, load_training_data
+    from cxr_core.learn import MONITOR, load_training_data
 
     keras.utils.set_random_seed(config.seed)
     data = load_training_data(config)

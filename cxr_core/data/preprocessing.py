@@ -1,6 +1,6 @@
 """The one preprocessing shared by training, evaluation and the app.
 
-Pipeline: :func:`cxr_core.imageio.decode_image` -> :func:`resize_to_model`
+Pipeline: :func:`cxr_core.data.imageio.decode_image` -> :func:`resize_to_model`
 (area interpolation to a square, then quantised to the 8-bit grid) ->
 :func:`normalize` with the mean and standard deviation the model bundle
 records. The training cache stores exactly the output of
@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from cxr_core.imageio import ImageSource, decode_image
+from cxr_core.data.imageio import ImageSource, decode_image
 
 PREPROCESSING_VERSION = 1
 
@@ -80,7 +80,7 @@ def resize_to_model(pixels: np.ndarray, size: int) -> np.ndarray:
         raise ValueError("the image has no pixels")
     pixels = pixels.astype(np.float32, copy=False)
     if float(pixels.min()) < 0.0 or float(pixels.max()) > 1.0:
-        raise ValueError("pixel values must lie in [0, 1]; decode the image with cxr_core.imageio.decode_image")
+        raise ValueError("pixel values must lie in [0, 1]; decode the image with cxr_core.data.imageio.decode_image")
     height, width = pixels.shape
     interpolation = cv2.INTER_AREA if (height >= size and width >= size) else cv2.INTER_LINEAR
     resized = cv2.resize(pixels, (int(size), int(size)), interpolation=interpolation)

@@ -149,7 +149,7 @@ def official_split(
 
 
 def make_split(dataset, *, strategy: str = "auto", fractions=(0.7, 0.1, 0.2), seed: int = 0) -> np.ndarray:
-    """Split an :class:`~cxr_core.dataset.NIHDataset` into train/val/test.
+    """Split an :class:`~cxr_core.data.dataset.NIHDataset` into train/val/test.
 
     Args:
         dataset: the dataset (uses ``image_names``, ``patient_ids``, ``labels``,

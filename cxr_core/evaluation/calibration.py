@@ -25,7 +25,7 @@ import pandas as pd
 from scipy.optimize import minimize, minimize_scalar
 from scipy.special import expit
 
-from cxr_core.metrics import (
+from cxr_core.evaluation.metrics import (
     UndefinedMetricWarning,
     _check_probabilities,
     _check_targets,
@@ -208,7 +208,7 @@ def fit_calibration(
     Returns:
         :class:`Calibration`. A finding without both positives and negatives
         cannot be fitted (the likelihood has no finite optimum) and keeps the
-        identity map, with an :class:`~cxr_core.metrics.UndefinedMetricWarning`.
+        identity map, with an :class:`~cxr_core.evaluation.metrics.UndefinedMetricWarning`.
     """
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"method must be one of {CALIBRATION_METHODS}, got {method!r}")
@@ -273,7 +273,6 @@ def expected_calibration_error(y_true, y_prob, *, n_bins: int = 10) -> np.ndarra
     ece = np.zeros(k)
     for j in range(k):
         bins = _bin_index(p[:, j], n_bins)
-        count = np.bincount(bins, minlength=n_bins)
         sum_pred = np.bincount(bins, weights=p[:, j], minlength=n_bins)
         sum_true = np.bincount(bins, weights=y[:, j].astype(float), minlength=n_bins)
         # |sum_pred - sum_true| / n equals (n_b / n) * |mean gap| and needs no

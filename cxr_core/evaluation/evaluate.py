@@ -14,12 +14,16 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from cxr_core.calibration import Calibration, brier_score, expected_calibration_error, fit_calibration, reliability_curve
-from cxr_core.findings import FINDINGS
-from cxr_core.localization import localization_accuracy
-from cxr_core.metrics import (
+from cxr_core.evaluation.calibration import (
+    Calibration,
+    brier_score,
+    expected_calibration_error,
+    fit_calibration,
+    reliability_curve,
+)
+from cxr_core.evaluation.localization import localization_accuracy
+from cxr_core.evaluation.metrics import (
     age_band,
-    auprc,
     binary_report,
     bootstrap_ci,
     macro_mean,
@@ -27,7 +31,8 @@ from cxr_core.metrics import (
     roc_curve_points,
     subgroup_auroc,
 )
-from cxr_core.thresholds import apply_thresholds, fit_thresholds
+from cxr_core.evaluation.thresholds import apply_thresholds, fit_thresholds
+from cxr_core.findings import FINDINGS
 
 #: Published anchors, for display beside ours (different data sizes and splits).
 PUBLISHED_AUROC = {

@@ -1,6 +1,6 @@
 """Per-finding evaluation metrics for multi-label chest X-ray classification.
 
-Conventions (shared by :mod:`cxr_core.thresholds` and :mod:`cxr_core.calibration`):
+Conventions (shared by :mod:`cxr_core.evaluation.thresholds` and :mod:`cxr_core.evaluation.calibration`):
 
 * ``y_true`` is a binary array of shape ``(n_samples, n_findings)``; ``y_score``
   / ``y_prob`` / ``y_pred`` has the same shape. Columns follow
@@ -489,7 +489,7 @@ def binary_report(y_true, y_pred, *, findings: Sequence[str] | None = None) -> p
     Args:
         y_true: binary labels, shape (n_samples, n_findings).
         y_pred: binary predictions, shape (n_samples, n_findings), e.g. from
-            :func:`cxr_core.thresholds.apply_thresholds`.
+            :func:`cxr_core.evaluation.thresholds.apply_thresholds`.
         findings: row names; defaults to FINDINGS when there are 14 columns.
 
     Returns:

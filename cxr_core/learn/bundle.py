@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxr_core.data.preprocessing import PreprocessConfig
 from cxr_core.findings import FINDINGS
-from cxr_core.preprocessing import PreprocessConfig
 
 BUNDLE_FORMAT = "cxr-assist-bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -149,7 +149,7 @@ def _store_float16(model_file: Path) -> int:
 
 
 def _check_model(model, findings, input_size: int, where: str) -> None:
-    from cxr_core.models import model_input_size, model_num_outputs
+    from cxr_core.learn.models import model_input_size, model_num_outputs
 
     try:
         size = model_input_size(model)
@@ -172,7 +172,7 @@ class Bundle:
         preprocessing: how images become inputs (its size equals ``input_size``).
         backbone: backbone name (``"densenet121"`` ...).
         findings: output column order; always :data:`FINDINGS` for new bundles.
-        model_config: arguments of :func:`cxr_core.models.build_model` that rebuild the architecture.
+        model_config: arguments of :func:`cxr_core.learn.models.build_model` that rebuild the architecture.
         data: training data summary (source, counts per split and finding).
         split: split strategy, seed and fractions.
         splits: table ``image, patient_id, split`` (``splits.csv``) or ``None``.
@@ -377,7 +377,7 @@ def load_weights_into(model, bundle: "Bundle | str | os.PathLike", *, expected_f
     """Copy a bundle's weights into ``model`` after checking they mean the same thing.
 
     Args:
-        model: a model built with :func:`cxr_core.models.build_model`.
+        model: a model built with :func:`cxr_core.learn.models.build_model`.
         bundle: a :class:`Bundle` or its folder.
         expected_findings: the output order ``model``'s users rely on.
 

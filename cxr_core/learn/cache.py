@@ -1,7 +1,7 @@
 """Preprocessed image cache: every image decoded and resized once, stored as uint8.
 
 Decoding a PNG and resizing it costs more CPU than a training step's input
-needs; the cache stores exactly :func:`cxr_core.preprocessing.to_model_uint8`
+needs; the cache stores exactly :func:`cxr_core.data.preprocessing.to_model_uint8`
 of each image, so reading it is a memcpy and the network sees the same
 numbers as from the file.
 
@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxr_core.data.preprocessing import PREPROCESSING_VERSION, to_model_uint8
 from cxr_core.errors import ImageReadError
 from cxr_core.findings import FINDINGS
-from cxr_core.preprocessing import PREPROCESSING_VERSION, to_model_uint8
 
 CACHE_FORMAT = "cxr-assist-cache"
 CACHE_FORMAT_VERSION = 1
@@ -237,11 +237,11 @@ def prepare_cache(
         data_root: NIH folder (official, Kaggle or resized layout).
         out: cache folder to create.
         size: stored side in pixels.
-        split_strategy, split_seed, fractions: as :func:`cxr_core.splits.make_split`.
+        split_strategy, split_seed, fractions: as :func:`cxr_core.data.splits.make_split`.
         workers, shard_size, overwrite, progress: as :func:`write_cache`.
     """
-    from cxr_core.dataset import NIHDataset
-    from cxr_core.splits import assert_patient_disjoint, make_split
+    from cxr_core.data.dataset import NIHDataset
+    from cxr_core.data.splits import assert_patient_disjoint, make_split
 
     dataset = NIHDataset(data_root)
     splits = make_split(dataset, strategy=split_strategy, fractions=tuple(fractions), seed=split_seed)

@@ -13,8 +13,8 @@ batch.
 
 from __future__ import annotations
 
-import numpy as np
 import keras
+import numpy as np
 from keras import ops
 
 from cxr_core.findings import FINDINGS

@@ -3,7 +3,7 @@
 Every builder returns a Functional Keras model with the same contract:
 
 * input ``"image"``: float32 ``(size, size, 1)``, the output of
-  :func:`cxr_core.preprocessing.normalize` (``(x / 255 - mean) / std``);
+  :func:`cxr_core.data.preprocessing.normalize` (``(x / 255 - mean) / std``);
 * ``"features"``: the last convolutional activation (what Grad-CAM++ and the
   other explanations in cxr-assist look up by name);
 * ``"pool"`` (global average), ``"dropout"``, ``"logits"`` (Dense(14), no
@@ -24,8 +24,8 @@ from typing import Callable
 import keras
 from keras import layers
 
+from cxr_core.data.preprocessing import PreprocessConfig
 from cxr_core.findings import FINDINGS
-from cxr_core.preprocessing import PreprocessConfig
 
 #: Layer names the rest of cxr-assist relies on.
 INPUT_NAME = "image"

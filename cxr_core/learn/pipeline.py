@@ -10,7 +10,7 @@ One path for every source::
       -> normalize(x, PreprocessConfig)   the same function the app calls
       -> prefetch
 
-Files are decoded with :func:`cxr_core.preprocessing.to_model_uint8` inside
+Files are decoded with :func:`cxr_core.data.preprocessing.to_model_uint8` inside
 ``tf.numpy_function`` (the ONE preprocessing), so evaluation on files equals
 ``preprocess(path, config)`` exactly, and equals evaluation on a cache made at
 the same size. Augmentation works on whole batches (one op per batch, not per
@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import tensorflow as tf
 
+from cxr_core.data.preprocessing import PreprocessConfig, normalize, to_model_uint8
 from cxr_core.findings import FINDINGS
-from cxr_core.preprocessing import PreprocessConfig, normalize, to_model_uint8
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -87,7 +87,7 @@ def fit_to_size(images: tf.Tensor, size: int) -> tf.Tensor:
 
     Identity (cast to float) when the side is already ``size``; otherwise
     area interpolation, then rounding to the 8-bit grid as
-    :func:`cxr_core.preprocessing.resize_to_model` does.
+    :func:`cxr_core.data.preprocessing.resize_to_model` does.
 
     Args:
         images: uint8 or float tensor (batch, S, S, 1) with values 0-255.
@@ -323,14 +323,14 @@ def dataset_from_cache(
     limit: int | None = None,
     drop_remainder: bool = False,
 ) -> tf.data.Dataset:
-    """Input pipeline reading a preprocessed cache (:mod:`cxr_core.cache`).
+    """Input pipeline reading a preprocessed cache (:mod:`cxr_core.learn.cache`).
 
     Evaluation reads records in index order (so predictions line up with
     ``cache.labels(split)``); training interleaves shards in a shuffled order
     and shuffles records in a buffer.
 
     Args:
-        cache: an opened :class:`cxr_core.cache.Cache`.
+        cache: an opened :class:`cxr_core.learn.cache.Cache`.
         split: ``"train"``, ``"val"`` or ``"test"``.
         preprocess: the model's preprocessing; when its size differs from the
             cache's, images are cropped (training) or resized (evaluation).

@@ -1,6 +1,6 @@
 """Reader study results: did the aided read get closer to the reference labels?
 
-Pure functions over the frame of :meth:`cxr_core.reader_study.ReaderStudyStore.reads_frame`
+Pure functions over the frame of :meth:`cxr_core.reader_study.store.ReaderStudyStore.reads_frame`
 (one row per read, with ``read_<finding>``, ``ref_<finding>``, ``ai_<finding>``
 and ``ai_threshold_<finding>`` columns). Nothing here touches the database.
 
@@ -10,12 +10,12 @@ measured on the same cases. A half-finished study is analysed on the cases
 finished so far (``n_cases`` in every table says how many).
 
 Each table has a ``reader`` column: every reader by name, and
-:data:`~cxr_core.reader_study.ALL_READERS` for all reads pooled (each read
+:data:`~cxr_core.reader_study.store.ALL_READERS` for all reads pooled (each read
 counts once, so a reader who finished more cases weighs more).
 
-Conventions follow :mod:`cxr_core.metrics`: an undefined value (sensitivity of
+Conventions follow :mod:`cxr_core.evaluation.metrics`: an undefined value (sensitivity of
 a finding with no positive case, kappa where neither rater ever varies) is NaN
-with one :class:`~cxr_core.metrics.UndefinedMetricWarning`, never a made-up 0.
+with one :class:`~cxr_core.evaluation.metrics.UndefinedMetricWarning`, never a made-up 0.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import cohen_kappa_score
 
+from cxr_core.evaluation.metrics import UndefinedMetricWarning
+from cxr_core.evaluation.thresholds import DEFAULT_THRESHOLD
 from cxr_core.findings import FINDINGS
-from cxr_core.metrics import UndefinedMetricWarning
-from cxr_core.reader_study import AI_PREFIX, AI_THRESHOLD_PREFIX, ALL_READERS, PHASES, READ_PREFIX, REF_PREFIX
-from cxr_core.thresholds import DEFAULT_THRESHOLD
+from cxr_core.reader_study.records import AI_PREFIX, AI_THRESHOLD_PREFIX, ALL_READERS, PHASES, READ_PREFIX, REF_PREFIX
 
 __all__ = [
     "LABEL_NOISE_CAVEAT",
@@ -212,7 +212,7 @@ def _rates(counts: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {
         "sensitivity": _ratio(tp, tp + fn),
         "specificity": _ratio(tn, tn + fp),
-        # Written with counts, as cxr_core.metrics.binary_report does: defined
+        # Written with counts, as cxr_core.evaluation.metrics.binary_report does: defined
         # (0) when positives were all missed, undefined only with no positive
         # case and no positive call.
         "f1": _ratio(2 * tp, 2 * tp + fp + fn),

@@ -9,7 +9,7 @@ case of a study twice, in order:
 2. **aided**: the same image with the AI panel; the reader may change answers.
 
 This module stores that design and nothing else (the numbers are computed by
-:mod:`cxr_core.reader_analysis`). It is written for a thin Streamlit page that
+:mod:`cxr_core.reader_study.analysis`). It is written for a thin Streamlit page that
 calls one method per user action, possibly from several tabs or browsers at
 once, and may re-run a submission:
 
@@ -36,15 +36,11 @@ file systems.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import sqlite3
 import threading
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -52,56 +48,30 @@ import numpy as np
 import pandas as pd
 
 from cxr_core.findings import FINDINGS
+from cxr_core.reader_study import schema
+from cxr_core.reader_study.cases import case_table, find_image, select_cases
+from cxr_core.reader_study.records import (
+    AI_PREFIX,
+    AI_THRESHOLD_PREFIX,
+    ALL_READERS,
+    PHASES,
+    READ_PREFIX,
+    REF_PREFIX,
+    MissingCasesError,
+    NextCase,
+    Reader,
+    ReaderStudyError,
+    ReadOrderError,
+    ReadResult,
+    SchemaVersionError,
+    Study,
+    UnknownReaderError,
+    UnknownStudyError,
+)
+from cxr_core.reader_study.schema import READ_COLUMNS, quoted, row_to_read, vector_from_json, vector_to_json
+from cxr_core.reader_study.validation import check_bits, check_confidence, check_probabilities, check_seconds, clean_name
 
-__all__ = [
-    "SCHEMA_VERSION",
-    "PHASES",
-    "CONFIDENCE_LEVELS",
-    "MAX_NAME_LENGTH",
-    "ALL_READERS",
-    "REF_PREFIX",
-    "READ_PREFIX",
-    "AI_PREFIX",
-    "AI_THRESHOLD_PREFIX",
-    "ReaderStudyError",
-    "SchemaVersionError",
-    "UnknownStudyError",
-    "UnknownReaderError",
-    "ReadOrderError",
-    "MissingCasesError",
-    "Study",
-    "Reader",
-    "NextCase",
-    "Read",
-    "ReadResult",
-    "default_db_path",
-    "select_cases",
-    "ReaderStudyStore",
-]
-
-#: Version of the schema this code writes. Bump it with a migration in
-#: :data:`MIGRATIONS` whenever a table changes.
-SCHEMA_VERSION = 1
-
-#: The two reads of a case, in the order they must be made.
-PHASES: tuple[str, ...] = ("unaided", "aided")
-
-#: Confidence scale of a read: 1 (guessing) to 5 (certain).
-CONFIDENCE_LEVELS: tuple[int, ...] = (1, 2, 3, 4, 5)
-
-#: Longest reader or study name accepted (a name is a label on a page, not a note).
-MAX_NAME_LENGTH = 80
-
-#: Label the analysis uses for "pooled over every reader"; no reader may be
-#: called this, so it can never be confused with a person.
-ALL_READERS = "all readers"
-
-#: Column prefixes of :meth:`ReaderStudyStore.reads_frame`, followed by a
-#: finding name from FINDINGS (e.g. ``ref_Effusion``, ``read_Effusion``).
-REF_PREFIX = "ref_"
-READ_PREFIX = "read_"
-AI_PREFIX = "ai_"
-AI_THRESHOLD_PREFIX = "ai_threshold_"
+__all__ = ["DB_PATH_ENV", "default_db_path", "ReaderStudyStore"]
 
 #: Environment variable that moves the default database (e.g. to a data disk).
 DB_PATH_ENV = "CXR_READER_STUDY_DB"
@@ -109,198 +79,6 @@ DB_PATH_ENV = "CXR_READER_STUDY_DB"
 _BUSY_TIMEOUT_S = 30.0
 _SYNCHRONOUS = "FULL"  # see the module docstring for why not NORMAL
 _MAX_LISTED = 20  # missing files named in one error message
-
-
-# --------------------------------------------------------------------------
-# Errors
-# --------------------------------------------------------------------------
-
-
-class ReaderStudyError(ValueError):
-    """A reader-study request cannot be honoured; the message says why and what to do."""
-
-
-class SchemaVersionError(ReaderStudyError):
-    """The database file was written by a newer cxr-assist, or is not a reader-study database."""
-
-
-class UnknownStudyError(ReaderStudyError):
-    """No study has that id (or that case position)."""
-
-
-class UnknownReaderError(ReaderStudyError):
-    """No reader has that id."""
-
-
-class ReadOrderError(ReaderStudyError):
-    """An aided read was submitted before the unaided read of the same case."""
-
-
-class MissingCasesError(ReaderStudyError):
-    """Case images of a study are not on disk; ``missing`` lists their file names."""
-
-    def __init__(self, message: str, *, missing: list[str]) -> None:
-        super().__init__(message)
-        self.missing = missing
-
-
-# --------------------------------------------------------------------------
-# Records handed to the page
-# --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Study:
-    """One study: a fixed, ordered list of ``n_cases`` cases."""
-
-    id: int
-    name: str
-    data_root: str
-    seed: int
-    n_cases: int
-    description: str
-    created_at: str
-
-
-@dataclass(frozen=True)
-class Reader:
-    id: int
-    name: str
-    created_at: str
-
-
-@dataclass(frozen=True)
-class NextCase:
-    """The read a reader owes next. Deliberately carries no reference labels.
-
-    Attributes:
-        position: 0-based place of the case in the study.
-        image: image file name (find it with :meth:`ReaderStudyStore.case_image_path`).
-        patient_id: as stored (text).
-        phase: ``"unaided"`` or ``"aided"``: which form the page shows.
-    """
-
-    position: int
-    image: str
-    patient_id: str
-    phase: str
-
-
-@dataclass(frozen=True)
-class Read:
-    """A stored read. ``findings`` is 14 ints (0/1) in FINDINGS order;
-    ``ai_probabilities`` / ``ai_thresholds`` are 14 floats or None."""
-
-    id: int
-    study_id: int
-    position: int
-    reader_id: int
-    phase: str
-    findings: tuple[int, ...]
-    confidence: int
-    seconds: float
-    ai_probabilities: tuple[float, ...] | None
-    ai_thresholds: tuple[float, ...] | None
-    created_at: str
-
-
-@dataclass(frozen=True)
-class ReadResult:
-    """Outcome of :meth:`ReaderStudyStore.record_read`.
-
-    Attributes:
-        read: the stored read (the new one, or the one already there).
-        created: False when this read had already been stored (page re-run,
-            second tab); nothing was written then.
-        differs: True when an already stored read has other answers than
-            this submission; the first submission is kept, because a read is
-            final once made (an unaided read redone after the AI panel was
-            seen would no longer be unaided).
-        message: one sentence for the page.
-    """
-
-    read: Read
-    created: bool
-    differs: bool
-    message: str
-
-
-# --------------------------------------------------------------------------
-# Schema and migrations
-# --------------------------------------------------------------------------
-
-
-def _finding_columns(prefix: str, *, sql_type: str) -> str:
-    # One column per finding, named after it, so a stored vector never depends
-    # on the order of FINDINGS and every value is checked by SQLite.
-    return ",\n    ".join(f'"{prefix}{f}" {sql_type}' for f in FINDINGS)
-
-
-_BIT = "INTEGER NOT NULL CHECK ({col} IN (0, 1))"
-
-
-def _bit_columns(prefix: str) -> str:
-    return ",\n    ".join(f'"{prefix}{f}" ' + _BIT.format(col=f'"{prefix}{f}"') for f in FINDINGS)
-
-
-_SCHEMA_V1 = f"""
-CREATE TABLE schema_version (
-    version INTEGER NOT NULL PRIMARY KEY,
-    applied_at TEXT NOT NULL
-);
-CREATE TABLE studies (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE COLLATE NOCASE,
-    data_root TEXT NOT NULL,
-    seed INTEGER NOT NULL,
-    created_at TEXT NOT NULL,
-    n_cases INTEGER NOT NULL CHECK (n_cases > 0),
-    description TEXT NOT NULL DEFAULT ''
-);
-CREATE TABLE cases (
-    study_id INTEGER NOT NULL REFERENCES studies(id),
-    position INTEGER NOT NULL CHECK (position >= 0),
-    image TEXT NOT NULL,
-    patient_id TEXT NOT NULL,
-    {_bit_columns(REF_PREFIX)},
-    PRIMARY KEY (study_id, position),
-    UNIQUE (study_id, image)
-);
-CREATE TABLE readers (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE COLLATE NOCASE,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE reads (
-    id INTEGER PRIMARY KEY,
-    study_id INTEGER NOT NULL,
-    position INTEGER NOT NULL,
-    reader_id INTEGER NOT NULL REFERENCES readers(id),
-    phase TEXT NOT NULL CHECK (phase IN ('unaided', 'aided')),
-    {_bit_columns(READ_PREFIX)},
-    confidence INTEGER NOT NULL CHECK (confidence BETWEEN 1 AND 5),
-    seconds REAL NOT NULL CHECK (seconds >= 0),
-    ai_probabilities TEXT CHECK (ai_probabilities IS NULL OR phase = 'aided'),
-    ai_thresholds TEXT CHECK (ai_thresholds IS NULL OR ai_probabilities IS NOT NULL),
-    created_at TEXT NOT NULL,
-    FOREIGN KEY (study_id, position) REFERENCES cases(study_id, position),
-    UNIQUE (study_id, position, reader_id, phase)
-);
-CREATE INDEX reads_by_reader ON reads(study_id, reader_id, position);
-CREATE TRIGGER aided_after_unaided BEFORE INSERT ON reads
-WHEN NEW.phase = 'aided' AND NOT EXISTS (
-    SELECT 1 FROM reads r
-    WHERE r.study_id = NEW.study_id AND r.position = NEW.position
-      AND r.reader_id = NEW.reader_id AND r.phase = 'unaided')
-BEGIN
-    SELECT RAISE(ABORT, 'an aided read needs the unaided read of the same case first');
-END;
-"""
-
-#: ``{old version: function upgrading a connection from it to old + 1}``.
-#: Each runs inside the opening transaction, so a failed upgrade changes
-#: nothing. Version 1 is the first; none is needed yet.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
 
 
 def _now() -> str:
@@ -316,264 +94,7 @@ def default_db_path() -> Path:
     override = os.environ.get(DB_PATH_ENV, "").strip()
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[1] / "var" / "reader_study.sqlite3"
-
-
-# --------------------------------------------------------------------------
-# Input checking
-# --------------------------------------------------------------------------
-
-
-def _clean_name(name, *, what: str) -> str:
-    """Strip and collapse whitespace; refuse empty, over-long or control-character names."""
-    if not isinstance(name, str):
-        raise ValueError(f"{what} name must be text, got {type(name).__name__}")
-    cleaned = " ".join(name.split())
-    if not cleaned:
-        raise ValueError(f"{what} name is empty: type a name (e.g. initials) before starting")
-    if len(cleaned) > MAX_NAME_LENGTH:
-        raise ValueError(f"{what} name is {len(cleaned)} characters long; use at most {MAX_NAME_LENGTH}")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in cleaned):
-        raise ValueError(f"{what} name contains control characters")
-    return cleaned
-
-
-def _check_bits(values, *, what: str) -> tuple[int, ...]:
-    """A vector of 14 values that are each 0 or 1 (bools and 0.0/1.0 accepted)."""
-    if isinstance(values, (str, bytes, Mapping)):
-        raise ValueError(f"{what} must be {len(FINDINGS)} values of 0 or 1 in FINDINGS order, got {type(values).__name__}")
-    try:
-        array = np.asarray(list(values), dtype=float)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what} must be {len(FINDINGS)} values of 0 or 1 in FINDINGS order") from exc
-    if array.shape != (len(FINDINGS),):
-        raise ValueError(f"{what} must have one value per finding ({len(FINDINGS)}), got {array.size}")
-    if not np.isin(array, (0.0, 1.0)).all():
-        raise ValueError(f"{what} must contain only 0 and 1 (ticked or not)")
-    return tuple(int(v) for v in array)
-
-
-def _check_probabilities(values, *, what: str) -> tuple[float, ...] | None:
-    if values is None:
-        return None
-    if isinstance(values, Mapping):
-        missing = [f for f in FINDINGS if f not in values]
-        if missing or len(values) != len(FINDINGS):
-            raise ValueError(f"{what} must have exactly the {len(FINDINGS)} findings as keys (missing {missing})")
-        values = [values[f] for f in FINDINGS]
-    try:
-        array = np.asarray(list(values), dtype=float)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what} must be {len(FINDINGS)} numbers in FINDINGS order") from exc
-    if array.shape != (len(FINDINGS),):
-        raise ValueError(f"{what} must have one value per finding ({len(FINDINGS)}), got {array.size}")
-    if not np.isfinite(array).all() or (array < 0).any() or (array > 1).any():
-        raise ValueError(f"{what} must be finite values in [0, 1]")
-    return tuple(float(v) for v in array)
-
-
-def _check_confidence(confidence) -> int:
-    # bool is an int subclass: True is not a confidence level.
-    if isinstance(confidence, bool) or not isinstance(confidence, (int, np.integer)) or int(confidence) not in CONFIDENCE_LEVELS:
-        raise ValueError(f"confidence must be a whole number from 1 (guessing) to 5 (certain), got {confidence!r}")
-    return int(confidence)
-
-
-def _check_seconds(seconds) -> float:
-    try:
-        value = float(seconds)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"seconds must be a number, got {seconds!r}") from exc
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"seconds must be a finite, non-negative reading time, got {seconds!r}")
-    return value
-
-
-# --------------------------------------------------------------------------
-# Case selection
-# --------------------------------------------------------------------------
-
-
-def _case_table(dataset) -> tuple[list[str], list[str], np.ndarray]:
-    """(images, patient ids as text, labels (n, 14) int) of an NIHDataset or a list of rows."""
-    if hasattr(dataset, "csv") and hasattr(dataset, "labels"):
-        images = [str(v) for v in dataset.csv["image"]]
-        patients = [str(v) for v in dataset.csv["patient_id"]]
-        labels = np.asarray(dataset.labels)
-    else:
-        rows = list(dataset)
-        for i, row in enumerate(rows):
-            if len(row) != 3:
-                raise ValueError(f"case row {i} must be (image, patient_id, labels), got {len(row)} items")
-        images = [str(r[0]) for r in rows]
-        patients = [str(r[1]) for r in rows]
-        labels = np.asarray([_check_bits(r[2], what=f"labels of case {r[0]!r}") for r in rows], dtype=float).reshape(-1, len(FINDINGS))
-    if labels.shape != (len(images), len(FINDINGS)) or not np.isin(labels, (0, 1)).all():
-        raise ValueError(f"labels must be 0/1 of shape ({len(images)}, {len(FINDINGS)}), got {labels.shape}")
-    if len(set(images)) != len(images):
-        raise ValueError("image names must be unique within a dataset")
-    if any(not name.strip() for name in images):
-        raise ValueError("every case needs an image name")
-    return images, patients, labels.astype(int)
-
-
-def select_cases(
-    images: Sequence[str],
-    patient_ids: Sequence[str],
-    labels: np.ndarray,
-    *,
-    n_cases: int,
-    seed: int,
-    no_finding_fraction: float = 0.25,
-    one_per_patient: bool = True,
-) -> np.ndarray:
-    """Pick a seeded, stratified set of cases, in a seeded reading order.
-
-    ``round(no_finding_fraction * n_cases)`` cases are "No Finding" images,
-    so specificity is also measured on real normals. The others are picked
-    one at a time for the finding with the fewest cases so far (an image
-    counts for all of its findings; ties go to the rarer finding), each time
-    the next image of a seeded shuffle; so every finding is represented as
-    soon as there are enough positive cases (14 or more), Hernia included.
-    If a pool runs dry, the rest is filled from the remaining images.
-
-    Args:
-        images: image names, shape (n,). The selection depends on names, not
-            row order, so the same data in another order gives the same study.
-        patient_ids: patient of each image, shape (n,).
-        labels: multi-hot reference labels, shape (n, 14).
-        n_cases: cases to pick.
-        seed: seed of the shuffle and of the reading order.
-        no_finding_fraction: share of cases without any finding, in [0, 1).
-        one_per_patient: at most one image per patient, so cases are
-            independent (follow-up films of the same lungs are correlated and
-            a reader would recognise them).
-
-    Returns:
-        row indices into ``images``, shape (n_cases,), in reading order.
-
-    Raises:
-        ValueError: ``n_cases`` is not between 1 and the available cases.
-    """
-    labels = np.asarray(labels, dtype=int)
-    n = len(images)
-    if not 0 <= no_finding_fraction < 1:
-        raise ValueError(f"no_finding_fraction must be in [0, 1), got {no_finding_fraction}")
-    available = len(set(patient_ids)) if one_per_patient else n
-    if isinstance(n_cases, bool) or int(n_cases) != n_cases or not 1 <= n_cases <= available:
-        per = " (one image per patient)" if one_per_patient else ""
-        raise ValueError(f"n_cases must be a whole number from 1 to {available}{per}, got {n_cases!r}")
-    n_cases = int(n_cases)
-
-    rng = np.random.default_rng(seed)
-    by_name = np.argsort(np.asarray(images, dtype=object), kind="stable")
-    shuffled = by_name[rng.permutation(n)]
-    normal = labels.sum(axis=1) == 0
-    taken = np.zeros(n, dtype=bool)
-    used_patients: set[str] = set()
-    chosen: list[int] = []
-
-    def free(i: int) -> bool:
-        return not taken[i] and not (one_per_patient and patient_ids[i] in used_patients)
-
-    def take(i: int) -> None:
-        taken[i] = True
-        used_patients.add(patient_ids[i])
-        chosen.append(int(i))
-
-    n_normal = int(round(no_finding_fraction * n_cases))
-    # Positives first: they are the constrained ones (a patient taken as a
-    # normal could block the only Hernia image). Each step serves the finding
-    # with the fewest cases so far; ties go to the rarer finding.
-    pools = [deque(shuffled[labels[shuffled, j] == 1].tolist()) for j in range(len(FINDINGS))]
-    sizes = np.array([len(p) for p in pools])
-    counts = np.zeros(len(FINDINGS))
-    while len(chosen) < n_cases - n_normal:
-        for pool in pools:
-            while pool and not free(pool[0]):
-                pool.popleft()
-        open_findings = [j for j in range(len(FINDINGS)) if pools[j]]
-        if not open_findings:
-            break
-        j = min(open_findings, key=lambda k: (counts[k], sizes[k], k))
-        pick = pools[j].popleft()
-        take(pick)
-        counts += labels[pick]
-    # Then the normals, then (if a pool ran dry) anything left, in shuffled order.
-    for i in shuffled[normal[shuffled]]:
-        if len(chosen) >= n_cases:
-            break
-        if free(i):
-            take(i)
-    for i in shuffled:
-        if len(chosen) >= n_cases:
-            break
-        if free(i):
-            take(i)
-    order = rng.permutation(len(chosen))  # reading order: mixed, not grouped by stratum
-    return np.asarray(chosen, dtype=int)[order]
-
-
-# --------------------------------------------------------------------------
-# Image lookup
-# --------------------------------------------------------------------------
-
-
-def _find_image(root: Path, name: str) -> Path | None:
-    """The file of one case under a dataset folder, in the layouts NIHDataset reads."""
-    for candidate in (root / "images" / name, root / name):
-        if candidate.is_file():
-            return candidate
-    for folder in sorted(root.glob("images_*")):
-        for candidate in (folder / "images" / name, folder / name):
-            if candidate.is_file():
-                return candidate
-    return None
-
-
-# --------------------------------------------------------------------------
-# The store
-# --------------------------------------------------------------------------
-
-
-_READ_COLUMNS = (
-    ["id", "study_id", "position", "reader_id", "phase"]
-    + [f"{READ_PREFIX}{f}" for f in FINDINGS]
-    + ["confidence", "seconds", "ai_probabilities", "ai_thresholds", "created_at"]
-)
-
-
-def _quoted(columns: Sequence[str]) -> str:
-    return ", ".join(f'"{c}"' for c in columns)
-
-
-def _row_to_read(row: Sequence) -> Read:
-    values = dict(zip(_READ_COLUMNS, row))
-    return Read(
-        id=int(values["id"]),
-        study_id=int(values["study_id"]),
-        position=int(values["position"]),
-        reader_id=int(values["reader_id"]),
-        phase=values["phase"],
-        findings=tuple(int(values[f"{READ_PREFIX}{f}"]) for f in FINDINGS),
-        confidence=int(values["confidence"]),
-        seconds=float(values["seconds"]),
-        ai_probabilities=_vector_from_json(values["ai_probabilities"]),
-        ai_thresholds=_vector_from_json(values["ai_thresholds"]),
-        created_at=values["created_at"],
-    )
-
-
-def _vector_to_json(values: tuple[float, ...] | None) -> str | None:
-    # Keyed by finding name: the stored JSON stays right if FINDINGS is reordered.
-    return None if values is None else json.dumps(dict(zip(FINDINGS, values)))
-
-
-def _vector_from_json(text: str | None) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    mapping = json.loads(text)
-    return tuple(float(mapping[f]) for f in FINDINGS)
+    return Path(__file__).resolve().parents[2] / "var" / "reader_study.sqlite3"
 
 
 class ReaderStudyStore:
@@ -682,10 +203,10 @@ class ReaderStudyStore:
         if "schema_version" not in tables:
             raise SchemaVersionError(f"{self.path} is an SQLite file but not a cxr-assist reader-study database")
         version = con.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
-        if version > SCHEMA_VERSION:
+        if version > schema.SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"{self.path} was written by a newer cxr-assist (reader-study schema version {version}; "
-                f"this version reads up to {SCHEMA_VERSION}). Upgrade cxr-assist, or choose another file."
+                f"this version reads up to {schema.SCHEMA_VERSION}). Upgrade cxr-assist, or choose another file."
             )
         return int(version)
 
@@ -705,14 +226,14 @@ class ReaderStudyStore:
             with self._write() as con:
                 version = self._recorded_version(con)
                 if version is None:
-                    for statement in _split_sql(_SCHEMA_V1):
+                    for statement in schema.split_sql(schema.SCHEMA_V1):
                         con.execute(statement)
                     con.execute("INSERT INTO schema_version VALUES (?, ?)", (1, _now()))
                     version = 1
-                while version < SCHEMA_VERSION:
-                    if version not in MIGRATIONS:
+                while version < schema.SCHEMA_VERSION:
+                    if version not in schema.MIGRATIONS:
                         raise SchemaVersionError(f"{self.path} has schema version {version} and no migration from it exists")
-                    MIGRATIONS[version](con)
+                    schema.MIGRATIONS[version](con)
                     version += 1
                     con.execute("INSERT INTO schema_version VALUES (?, ?)", (version, _now()))
         except sqlite3.OperationalError:
@@ -747,7 +268,7 @@ class ReaderStudyStore:
 
         Args:
             name: unique study name (case-insensitive), at most 80 characters.
-            dataset: an :class:`~cxr_core.dataset.NIHDataset`, or a sequence
+            dataset: an :class:`~cxr_core.data.dataset.NIHDataset`, or a sequence
                 of ``(image, patient_id, labels)`` rows with labels 14 values
                 of 0/1 in FINDINGS order (e.g. from ``to_multi_hot``).
             n_cases: cases in the study (see :func:`select_cases`).
@@ -760,12 +281,12 @@ class ReaderStudyStore:
             ValueError: bad name, n_cases or labels; the name is taken by a
                 study with other cases.
         """
-        name = _clean_name(name, what="study")
+        name = clean_name(name, what="study")
         if data_root is None:
             data_root = getattr(dataset, "root", "")
         # Absolute, so the page finds the images whatever its working directory.
         data_root = str(Path(data_root).resolve()) if str(data_root) else ""
-        images, patients, labels = _case_table(dataset)
+        images, patients, labels = case_table(dataset)
         picked = select_cases(
             images, patients, labels, n_cases=n_cases, seed=seed,
             no_finding_fraction=no_finding_fraction, one_per_patient=one_per_patient,
@@ -776,7 +297,7 @@ class ReaderStudyStore:
             existing = con.execute("SELECT id FROM studies WHERE name = ?", (name,)).fetchone()
             if existing is not None:
                 stored = con.execute(
-                    f"SELECT position, image, patient_id, {_quoted(ref_columns)} FROM cases WHERE study_id = ? ORDER BY position",
+                    f"SELECT position, image, patient_id, {quoted(ref_columns)} FROM cases WHERE study_id = ? ORDER BY position",
                     (existing[0],),
                 ).fetchall()
                 if [tuple(r) for r in stored] != rows:
@@ -789,7 +310,7 @@ class ReaderStudyStore:
                 )
                 study_id = cursor.lastrowid
                 con.executemany(
-                    f"INSERT INTO cases (study_id, position, image, patient_id, {_quoted(ref_columns)}) "
+                    f"INSERT INTO cases (study_id, position, image, patient_id, {quoted(ref_columns)}) "
                     f"VALUES ({', '.join('?' * (4 + len(FINDINGS)))})",
                     [(study_id, *row) for row in rows],
                 )
@@ -857,7 +378,7 @@ class ReaderStudyStore:
         if row is None:
             raise UnknownStudyError(f"study {study.name!r} has no case at position {position!r} (0 to {study.n_cases - 1})")
         root = self._root(study, dataset_root)
-        path = _find_image(root, row[0])
+        path = find_image(root, row[0])
         if path is None:
             raise MissingCasesError(f"the image {row[0]} of study {study.name!r} is not under {root}", missing=[row[0]])
         return path
@@ -886,7 +407,7 @@ class ReaderStudyStore:
         root = self._root(study, dataset_root)
         if not root.is_dir():
             return names
-        return [n for n in names if _find_image(root, n) is None]
+        return [n for n in names if find_image(root, n) is None]
 
     def require_cases_present(self, study_id: int, dataset_root: str | os.PathLike | None = None) -> None:
         """Raise :class:`MissingCasesError` with a readable message if any case image is missing."""
@@ -914,7 +435,7 @@ class ReaderStudyStore:
             ValueError: empty or whitespace-only name, longer than 80
                 characters, control characters, or the reserved "all readers".
         """
-        name = _clean_name(name, what="reader")
+        name = clean_name(name, what="reader")
         if name.lower() == ALL_READERS:
             raise ValueError(f"{ALL_READERS!r} is reserved for pooled results; choose another reader name")
         with self._write() as con:
@@ -1019,11 +540,11 @@ class ReaderStudyStore:
         """
         if phase not in PHASES:
             raise ValueError(f"phase must be 'unaided' or 'aided', got {phase!r}")
-        bits = _check_bits(findings, what="findings")
-        confidence = _check_confidence(confidence)
-        seconds = _check_seconds(seconds)
-        probabilities = _check_probabilities(ai_probabilities, what="ai_probabilities")
-        thresholds = _check_probabilities(ai_thresholds, what="ai_thresholds")
+        bits = check_bits(findings, what="findings")
+        confidence = check_confidence(confidence)
+        seconds = check_seconds(seconds)
+        probabilities = check_probabilities(ai_probabilities, what="ai_probabilities")
+        thresholds = check_probabilities(ai_thresholds, what="ai_thresholds")
         if phase == "unaided" and probabilities is not None:
             raise ValueError("an unaided read is made without the AI: do not pass ai_probabilities")
         if thresholds is not None and probabilities is None:
@@ -1038,11 +559,11 @@ class ReaderStudyStore:
                 raise UnknownStudyError(f"study {study.name!r} has no case at position {position} (0 to {study.n_cases - 1})")
             key = (study.id, int(position), reader.id)
             existing = con.execute(
-                f"SELECT {_quoted(_READ_COLUMNS)} FROM reads WHERE study_id = ? AND position = ? AND reader_id = ? AND phase = ?",
+                f"SELECT {quoted(READ_COLUMNS)} FROM reads WHERE study_id = ? AND position = ? AND reader_id = ? AND phase = ?",
                 (*key, phase),
             ).fetchone()
             if existing is not None:
-                read = _row_to_read(existing)
+                read = row_to_read(existing)
                 differs = read.findings != bits or read.confidence != confidence
                 message = f"The {phase} read of case {position + 1} was already saved"
                 message += "; it is final, so the answers saved first are kept." if differs else "; nothing new was written."
@@ -1057,12 +578,12 @@ class ReaderStudyStore:
                         "the unaided read must be saved before the AI panel is shown"
                     )
             cursor = con.execute(
-                f"INSERT INTO reads ({_quoted(_READ_COLUMNS[1:])}) VALUES ({', '.join('?' * (len(_READ_COLUMNS) - 1))})",
+                f"INSERT INTO reads ({quoted(READ_COLUMNS[1:])}) VALUES ({', '.join('?' * (len(READ_COLUMNS) - 1))})",
                 (*key[:2], reader.id, phase, *bits, confidence, seconds,
-                 _vector_to_json(probabilities), _vector_to_json(thresholds), _now()),
+                 vector_to_json(probabilities), vector_to_json(thresholds), _now()),
             )
-            row = con.execute(f"SELECT {_quoted(_READ_COLUMNS)} FROM reads WHERE id = ?", (cursor.lastrowid,)).fetchone()
-        return ReadResult(read=_row_to_read(row), created=True, differs=False, message=f"Saved the {phase} read of case {position + 1}.")
+            row = con.execute(f"SELECT {quoted(READ_COLUMNS)} FROM reads WHERE id = ?", (cursor.lastrowid,)).fetchone()
+        return ReadResult(read=row_to_read(row), created=True, differs=False, message=f"Saved the {phase} read of case {position + 1}.")
 
     # ------------------------------------------------------------ export
 
@@ -1104,7 +625,7 @@ class ReaderStudyStore:
                 params=params,
             )
         for column, prefix in (("ai_probabilities", AI_PREFIX), ("ai_thresholds", AI_THRESHOLD_PREFIX)):
-            vectors = [_vector_from_json(t) if isinstance(t, str) else (np.nan,) * len(FINDINGS) for t in frame[column]]
+            vectors = [vector_from_json(t) if isinstance(t, str) else (np.nan,) * len(FINDINGS) for t in frame[column]]
             values = np.asarray(vectors, dtype=float).reshape(len(frame), len(FINDINGS))
             for j, f in enumerate(FINDINGS):
                 frame[f"{prefix}{f}"] = values[:, j]
@@ -1112,22 +633,3 @@ class ReaderStudyStore:
         bit_columns = [f"{p}{f}" for p in (READ_PREFIX, REF_PREFIX) for f in FINDINGS]
         frame[bit_columns] = frame[bit_columns].astype(int)
         return frame.reset_index(drop=True)
-
-
-def _split_sql(script: str) -> list[str]:
-    """Statements of a schema script, keeping a trigger's body (which has its own ';') whole.
-
-    ``executescript`` would commit the open transaction first; running the
-    statements one by one keeps schema creation inside BEGIN IMMEDIATE, so two
-    processes opening a new file at once cannot both create it.
-    """
-    statements, current = [], []
-    for line in script.strip().splitlines():
-        current.append(line)
-        text = "\n".join(current).strip()
-        if text.endswith(";") and sqlite3.complete_statement(text):
-            statements.append(text)
-            current = []
-    if "\n".join(current).strip():
-        raise ValueError("incomplete SQL statement at the end of the schema")
-    return statements

@@ -15,10 +15,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from cxr_core.dataset import IMAGE_SUFFIXES, index_images
+from cxr_core.data.dataset import index_images
+from cxr_core.data.preprocessing import normalize, to_model_uint8
 from cxr_core.errors import DataFormatError, ImageReadError
 from cxr_core.findings import FINDINGS
-from cxr_core.preprocessing import normalize, to_model_uint8
 
 IMAGE_COLUMN = "Image Index"
 ERROR_COLUMN = "error"
@@ -73,7 +73,7 @@ def predict_files(
     """Calibrated probabilities for each file, in input order.
 
     Args:
-        predictor: a :class:`cxr_core.inference.Predictor`.
+        predictor: a :class:`cxr_core.serving.predictor.Predictor`.
         files: image paths.
         batch_size: images per forward pass.
         heatmap_dir: if given, write for each readable image ``<name>.npz``

@@ -24,15 +24,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_core.bundle import Bundle
-from cxr_core.calibration import Calibration
-from cxr_core.dataset import NIHDataset, stored_image_size
-from cxr_core.evaluation import _json, evaluate_predictions, localization_report
+from cxr_core.data.dataset import NIHDataset, stored_image_size
+from cxr_core.data.preprocessing import normalize, to_model_uint8
+from cxr_core.data.splits import assert_patient_disjoint
+from cxr_core.evaluation.calibration import Calibration
+from cxr_core.evaluation.evaluate import _json, evaluate_predictions, localization_report
+from cxr_core.evaluation.localization import best_iobb, heatmap_to_boxes, iou
 from cxr_core.findings import FINDINGS
-from cxr_core.inference import Predictor
-from cxr_core.localization import best_iobb, heatmap_to_boxes, iou
-from cxr_core.preprocessing import normalize, to_model_uint8
-from cxr_core.splits import assert_patient_disjoint
+from cxr_core.learn.bundle import Bundle
+from cxr_core.serving.predictor import Predictor
 
 METRICS_FILE = "metrics.json"
 SUMMARY_FILE = "summary.md"
@@ -148,7 +148,7 @@ def evaluate_bundle(
         out_dir: where the report goes; default: the bundle itself when the data
             is the bundle's own (fit mode), else required.
         n_boot: bootstrap resamples for the confidence intervals.
-        threshold_method: see :func:`cxr_core.thresholds.fit_thresholds`.
+        threshold_method: see :func:`cxr_core.evaluation.thresholds.fit_thresholds`.
         calibration_method: ``"temperature"`` or ``"platt"``.
         localization: also score Grad-CAM++ boxes against the expert boxes.
         progress: wraps iterables with a progress bar (e.g. ``tqdm``).

@@ -1,6 +1,6 @@
 """Grad-CAM++ explanations with tf-keras-vis, for all 14 findings at once.
 
-Models built by :mod:`cxr_core.models` name their last convolutional
+Models built by :mod:`cxr_core.learn.models` name their last convolutional
 activation ``"features"``, and everything after it is a cheap head
 (pooling -> dropout -> ``"logits"`` -> ``"probabilities"``). Grad-CAM++ only
 needs the gradient of each finding's score with respect to those features,

@@ -3,12 +3,12 @@
 Display-agnostic (numpy and OpenCV only): the Streamlit pages, the PDF report
 and the command-line tools all draw with these functions, so an overlay looks
 the same everywhere. Images in are the decoded ``[0, 1]`` float images of
-:func:`cxr_core.imageio.decode_image`; pictures out are ``uint8`` RGB arrays
+:func:`cxr_core.data.imageio.decode_image`; pictures out are ``uint8`` RGB arrays
 of shape ``(height, width, 3)``.
 
 Boxes are ``(x, y, w, h)`` (an optional 5th value, a score, is ignored) in
 the pixels of the image they are drawn on, ``x, y`` the top-left corner, as
-:func:`cxr_core.localization.heatmap_to_boxes` and the NIH box list give them.
+:func:`cxr_core.evaluation.localization.heatmap_to_boxes` and the NIH box list give them.
 """
 
 from __future__ import annotations

@@ -20,12 +20,12 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cxr_core.calibration import Calibration
+from cxr_core.data.imageio import DecodedImage, ImageSource, decode_image
+from cxr_core.data.preprocessing import PreprocessConfig, normalize, resize_to_model
 from cxr_core.errors import ImageReadError
-from cxr_core.explain import HeadGradcamPlusPlus, resize_map, split_model
+from cxr_core.evaluation.calibration import Calibration
 from cxr_core.findings import FINDINGS, canonical_finding
-from cxr_core.imageio import DecodedImage, ImageSource, decode_image
-from cxr_core.preprocessing import PreprocessConfig, normalize, resize_to_model
+from cxr_core.serving.explain import HeadGradcamPlusPlus, resize_map, split_model
 
 #: Default operating point when a bundle has no fitted thresholds yet.
 UNFITTED_THRESHOLD = 0.5
@@ -124,13 +124,13 @@ class Predictor:
 
     @classmethod
     def from_bundle(cls, path: str | Path) -> "Predictor":
-        """Load a model bundle folder (see :mod:`cxr_core.bundle`).
+        """Load a model bundle folder (see :mod:`cxr_core.learn.bundle`).
 
         Raises:
             BundleError: not a bundle, or its findings order or input size do
                 not match this code or its stored model.
         """
-        from cxr_core.bundle import Bundle
+        from cxr_core.learn.bundle import Bundle
 
         bundle = Bundle.load(path)
         meta = bundle.metadata()

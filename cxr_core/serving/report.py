@@ -22,10 +22,10 @@ import cv2
 import numpy as np
 
 from cxr_core import __version__
+from cxr_core.evaluation.localization import heatmap_to_boxes
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
-from cxr_core.inference import Analysis
-from cxr_core.localization import heatmap_to_boxes
-from cxr_core.overlays import HEATMAP_BOX_COLOR, blend_heatmap, draw_boxes, fit_to, gray_to_rgb, scale_boxes, window_level
+from cxr_core.serving.overlays import HEATMAP_BOX_COLOR, blend_heatmap, draw_boxes, fit_to, gray_to_rgb, scale_boxes, window_level
+from cxr_core.serving.predictor import Analysis
 
 __all__ = [
     "DISCLAIMER", "REPORT_FORMAT", "findings_rows", "heatmap_boxes", "heatmap_picture", "json_report", "model_summary", "pdf_report",

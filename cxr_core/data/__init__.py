@@ -1,0 +1,16 @@
+"""Data layer: the NIH tables, boxes and cleaning (dataset), patient-wise splits, image decoding (imageio) and the ONE preprocessing.
+
+Imports nothing above it: no learning, evaluation, serving or reader-study code.
+"""
+
+from cxr_core._lazy import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "dataset": ("NIHDataset", "CleaningReport", "read_data_entry", "read_bbox_list", "read_split_list", "labels_from_strings",
+                "clean_entries", "scale_boxes", "index_images", "stored_image_size", "find_metadata_file",
+                "IMAGE_SUFFIXES", "NIH_RELEASE_SIDE", "MAX_PLAUSIBLE_AGE"),
+    "splits": ("make_split", "official_split", "patient_split", "assert_patient_disjoint", "PatientLeakError", "SPLIT_NAMES"),
+    "imageio": ("decode_image", "DecodedImage", "ImageSource", "MAX_PIXELS", "MAX_FILE_BYTES"),
+    "preprocessing": ("PreprocessConfig", "preprocess", "preprocess_pixels", "resize_to_model", "to_model_uint8", "normalize",
+                      "PREPROCESSING_VERSION"),
+})

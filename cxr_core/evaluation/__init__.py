@@ -1,0 +1,16 @@
+"""Evaluation maths: per-finding metrics with patient-level bootstrap CIs, operating thresholds, calibration, localisation scoring, and the evaluation of a set of predictions.
+
+Works on arrays and tables; it never loads a model (applying a bundle to data is cxr_core.serving.bundle_evaluation).
+"""
+
+from cxr_core._lazy import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "metrics": ("UndefinedMetricWarning", "ConfidenceIntervals", "auroc", "auprc", "bootstrap_ci", "roc_curve_points",
+                "pr_curve_points", "macro_mean", "binary_report", "subgroup_auroc", "age_band"),
+    "thresholds": ("THRESHOLD_METHODS", "DEFAULT_THRESHOLD", "fit_thresholds", "apply_thresholds"),
+    "calibration": ("CALIBRATION_METHODS", "Calibration", "fit_calibration", "expected_calibration_error", "brier_score",
+                    "reliability_curve"),
+    "localization": ("IOBB_THRESHOLDS", "heatmap_to_boxes", "iou", "iobb", "best_iobb", "localization_accuracy"),
+    "evaluate": ("evaluate_predictions", "localization_report", "PUBLISHED_AUROC"),
+})

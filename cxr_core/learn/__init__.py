@@ -1,0 +1,20 @@
+"""Learning: the tf.data pipeline and its TFRecord cache, model builders, losses, the training configuration and engine, and model bundles.
+
+Uses the data layer only; evaluation, serving and the reader study sit above it.
+"""
+
+from cxr_core._lazy import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "pipeline": ("AugmentConfig", "dataset_from_files", "dataset_from_cache", "augment_batch", "decode_path", "fit_to_size",
+                 "finish_pipeline"),
+    "cache": ("prepare_cache", "write_cache", "open_cache", "Cache", "CacheError"),
+    "models": ("build_model", "BACKBONES", "BackboneSpec", "iter_layers", "set_bn_momentum", "model_input_size",
+               "model_num_outputs"),
+    "losses": ("make_loss", "positive_weights", "WeightedBinaryCrossentropy", "BinaryFocalLoss", "LOSS_NAMES"),
+    "config": ("TrainConfig", "parse_override"),
+    "engine": ("train", "TrainingData", "load_training_data", "make_datasets", "compile_model", "choose_strategy",
+               "use_mixed_precision", "mean_auroc", "WarmupCosine", "ValidationAUROC", "EpochStats", "ResumableCheckpoint",
+               "MONITOR"),
+    "bundle": ("Bundle", "BundleError", "load_weights_into", "code_version"),
+})

@@ -1,0 +1,17 @@
+"""Reader study: its vocabulary and records, the SQLite store and schema, case selection, answer validation, and the analysis (unaided vs aided).
+
+Uses the data and evaluation layers only.
+"""
+
+from cxr_core._lazy import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "records": ("PHASES", "CONFIDENCE_LEVELS", "MAX_NAME_LENGTH", "ALL_READERS", "REF_PREFIX", "READ_PREFIX", "AI_PREFIX",
+                "AI_THRESHOLD_PREFIX", "ReaderStudyError", "SchemaVersionError", "UnknownStudyError", "UnknownReaderError",
+                "ReadOrderError", "MissingCasesError", "Study", "Reader", "NextCase", "Read", "ReadResult"),
+    "schema": ("SCHEMA_VERSION",),
+    "store": ("ReaderStudyStore", "default_db_path", "DB_PATH_ENV"),
+    "cases": ("select_cases",),
+    "analysis": ("LABEL_NOISE_CAVEAT", "METRICS", "MACRO", "ALL_FINDINGS", "phase_metrics", "paired_change", "ai_agreement",
+                 "reading_time", "reader_study_results", "export_csv"),
+})

@@ -1,0 +1,17 @@
+"""Serving: the Predictor of a bundle, Grad-CAM++ explanations, overlays, reports, batch prediction, and evaluating a bundle on a dataset.
+
+The top layer: it may use data, learn and evaluation; nothing in cxr_core imports it.
+"""
+
+from cxr_core._lazy import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "predictor": ("Predictor", "Analysis", "intensity_warnings"),
+    "explain": ("HeadGradcamPlusPlus", "gradcam_plus_plus_per_finding", "split_model", "resize_map"),
+    "overlays": ("GROUND_TRUTH_COLOR", "HEATMAP_BOX_COLOR", "blend_heatmap", "colorize_heatmap", "draw_boxes", "fit_to",
+                 "gray_to_rgb", "scale_boxes", "window_level"),
+    "report": ("DISCLAIMER", "REPORT_FORMAT", "findings_rows", "heatmap_boxes", "heatmap_picture", "json_report",
+               "model_summary", "pdf_report"),
+    "batch": ("predict_files", "list_image_files", "IMAGE_COLUMN", "ERROR_COLUMN"),
+    "bundle_evaluation": ("evaluate_bundle", "predict_rows", "intensity_reference", "localization_records"),
+})
