@@ -203,6 +203,8 @@ def write_cache(
         "counts": counts,
         "positives": {s: {f: int(index.loc[index["split"] == s, f].sum()) for f in FINDINGS} for s in SPLITS},
         "findings": list(FINDINGS),
+        # The function's name when the cache format was defined (now cxr_core.data.preprocessing):
+        # a recorded label, kept so that manifests stay as they were; only "version" is checked.
         "preprocessing": {"function": "cxr_core.preprocessing.to_model_uint8", "version": PREPROCESSING_VERSION, "dtype": "uint8"},
         "source": source or {},
         "split": split_info or {},
