@@ -16,5 +16,6 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "engine": ("train", "TrainingData", "load_training_data", "make_datasets", "compile_model", "choose_strategy",
                "use_mixed_precision", "mean_auroc", "WarmupCosine", "ValidationAUROC", "EpochStats", "ResumableCheckpoint",
                "MONITOR"),
-    "bundle": ("Bundle", "BundleError", "load_weights_into", "code_version"),
+    "bundle": ("Bundle", "BundleError", "load_weights_into", "code_version", "EnsembleBundle", "EnsembleMember",
+               "load_bundle", "assemble_ensemble", "describe_model", "input_sizes", "portable_path", "read_metadata"),
 })

@@ -1,6 +1,6 @@
 """Model bundle: a folder holding a trained model and everything needed to use it honestly.
 
-Layout::
+A single-model bundle (format version 1)::
 
     model.keras    the Keras 3 model (no optimizer), float32 or float16 weights
     bundle.json    findings order, input size, preprocessing, backbone, data
@@ -11,9 +11,34 @@ Layout::
                    run (plus ``used``: False for images a quick run left
                    out), so the app can say whether an image was seen in training
 
+An ensemble bundle (format version 2, :class:`EnsembleBundle`) holds several
+full classifiers, each with its own input size, preprocessing and backbone::
+
+    bundle.json    findings order, ``members`` (name, folder, weight, backbone,
+                   input size, preprocessing of each), ``combine``
+                   (``"logit_mean"``: the weighted mean of the members' logits,
+                   then the sigmoid), the split they all share, and the keys
+                   evaluation adds (calibration and thresholds fitted AFTER
+                   averaging, so they belong to the ensemble, not to a member)
+    splits.csv     the split every member was trained on (identical by construction)
+    members/<name>/model.keras, members/<name>/bundle.json
+                   each member as a single-model bundle with its own training
+                   provenance (data, split, code, training history), as
+                   :func:`assemble_ensemble` copied it from the member's run
+
+Single-model bundles stay at format version 1, so code that predates
+ensembles keeps reading them; an ensemble is version 2, which such code
+refuses with a clear message instead of misreading it. :func:`load_bundle`
+opens either kind.
+
 Loading refuses a bundle whose findings order or input size differ from what
 the caller expects, or whose model does not match its own ``bundle.json``:
 a silently permuted output column would report one finding as another.
+
+``bundle.json`` never records absolute paths of the machine that wrote it
+(:func:`portable_path`): a bundle is copied between machines, and a path
+such as ``/home/someone/cache/nih192`` would leak a user name and mean
+nothing elsewhere.
 """
 
 from __future__ import annotations
@@ -35,13 +60,24 @@ from cxr_core.data.preprocessing import PreprocessConfig
 from cxr_core.findings import FINDINGS
 
 BUNDLE_FORMAT = "cxr-assist-bundle"
-BUNDLE_FORMAT_VERSION = 1
+#: The format version of a single-model bundle (unchanged since the first bundles).
+SINGLE_FORMAT_VERSION = 1
+#: The format version of an ensemble bundle (``members``).
+ENSEMBLE_FORMAT_VERSION = 2
+#: The highest format version this code reads.
+BUNDLE_FORMAT_VERSION = ENSEMBLE_FORMAT_VERSION
 MODEL_FILE = "model.keras"
 METADATA_FILE = "bundle.json"
 SPLITS_FILE = "splits.csv"
+MEMBERS_DIR = "members"
+#: How an ensemble combines its members: weighted mean of the logits, then the sigmoid.
+COMBINE_LOGIT_MEAN = "logit_mean"
 
 #: Keys that describe the stored model itself; update_metadata refuses to change them.
-CORE_KEYS = frozenset({"format", "format_version", "findings", "input_size", "preprocessing", "model_file", "weights_dtype"})
+CORE_KEYS = frozenset({"format", "format_version", "findings", "input_size", "preprocessing", "model_file", "weights_dtype",
+                       "members", "combine"})
+#: Keys a member's own evaluation added: the ensemble is calibrated and thresholded as a whole, after averaging.
+MEMBER_DROPPED_KEYS = ("thresholds", "calibration", "operating_points", "test_summary", "intensity_reference", "metrics_file")
 # Keys the Bundle dataclass holds as fields; every other key goes to ``extra``.
 _FIELD_KEYS = ("backbone", "model", "data", "split", "code", "created", "training")
 _FLOAT16_MAX = 65504.0
@@ -93,8 +129,54 @@ def _strict_json(value):
     return value
 
 
+def _is_absolute_path(value: str) -> bool:
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    return PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute() or value.startswith("~/")
+
+
+def portable_path(value) -> str:
+    """A path as a bundle may record it: relative paths unchanged, absolute ones shortened.
+
+    An absolute path inside the current working folder becomes relative to it
+    (``/work/main/cache/nih192`` -> ``cache/nih192`` when run from
+    ``/work/main``, as the commands are); any other absolute path keeps only
+    its last component (the dataset or cache folder name). A bundle moves
+    between machines, so the writer's folders mean nothing to a reader, and
+    they may carry a user name.
+    """
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    if not _is_absolute_path(text):
+        return text
+    if not PurePosixPath(text).is_absolute() and not text.startswith("~/"):
+        return PureWindowsPath(text).name or "."  # written on Windows: no folder here to be relative to
+    path = Path(text).expanduser()
+    try:
+        relative = path.resolve().relative_to(Path.cwd().resolve())
+        if relative.parts:
+            return relative.as_posix()
+    except (ValueError, OSError):
+        pass
+    return path.name or "."
+
+
+def _portable(value):
+    """Every string of a ``bundle.json`` value that is an absolute path, made portable (:func:`portable_path`)."""
+    if isinstance(value, dict):
+        return {k: _portable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_portable(v) for v in value]
+    if isinstance(value, Path):
+        return portable_path(value)
+    if isinstance(value, str) and value and _is_absolute_path(value):
+        return portable_path(value)
+    return value
+
+
 def _write_json_atomic(path: Path, data: dict) -> None:
-    text = json.dumps(_strict_json(data), indent=2, default=_json_default, allow_nan=False)
+    text = json.dumps(_portable(_strict_json(data)), indent=2, default=_json_default, allow_nan=False)
     # Write then rename, so a reader never sees half a file.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".bundle-", suffix=".json")
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -148,6 +230,37 @@ def _store_float16(model_file: Path) -> int:
     return converted
 
 
+def read_metadata(directory: str | os.PathLike) -> dict:
+    """The ``bundle.json`` of a bundle folder of either kind, after checking its format and version.
+
+    Raises:
+        BundleError: no bundle there, not a cxr-assist bundle, or a newer format version.
+    """
+    meta_file = Path(directory) / METADATA_FILE
+    if not meta_file.is_file():
+        raise BundleError(f"{directory} is not a model bundle (no {METADATA_FILE})")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise BundleError(f"{meta_file} is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{meta_file} is not a cxr-assist bundle (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+    if int(meta.get("format_version", 0)) > BUNDLE_FORMAT_VERSION:
+        raise BundleError(f"{meta_file} has format version {meta['format_version']}; this code reads up to {BUNDLE_FORMAT_VERSION}")
+    return meta
+
+
+def _check_findings(meta: dict, expected_findings, directory) -> tuple[str, ...]:
+    findings = tuple(meta.get("findings", ()))
+    if expected_findings is not None and findings != tuple(expected_findings):
+        diff = [f"{i}: bundle {a!r} vs expected {b!r}" for i, (a, b) in enumerate(zip(findings, expected_findings)) if a != b]
+        raise BundleError(
+            f"{directory}: the bundle's findings order differs from the expected order "
+            f"({len(findings)} vs {len(tuple(expected_findings))} findings; {'; '.join(diff[:3]) or 'lengths differ'})"
+        )
+    return findings
+
+
 def _check_model(model, findings, input_size: int, where: str) -> None:
     from cxr_core.learn.models import model_input_size, model_num_outputs
 
@@ -162,8 +275,37 @@ def _check_model(model, findings, input_size: int, where: str) -> None:
         raise BundleError(f"{where}: the model has {outputs} outputs but the bundle lists {len(findings)} findings")
 
 
+class _Records:
+    """What both kinds of bundle share: provenance keys, extra keys, lookups (fields of the dataclasses below)."""
+
+    def _shared_metadata(self) -> dict:
+        return {
+            "data": self.data,
+            "split": {**self.split, "file": SPLITS_FILE} if self.splits is not None else self.split,
+            "code": self.code or code_version(),
+            "created": self.created or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "training": self.training,
+        }
+
+    def _with_extra(self, data: dict) -> dict:
+        for key, value in self.extra.items():
+            data.setdefault(key, value)
+        return data
+
+    def get(self, key: str, default=None):
+        """A ``bundle.json`` value by key (fields and extra keys alike)."""
+        return self.metadata().get(key, default)
+
+    def split_of(self, image_name: str) -> str | None:
+        """``"train"``, ``"val"`` or ``"test"`` if the image was in this model's data, else ``None``."""
+        if self.splits is None:
+            return None
+        rows = self.splits.loc[self.splits["image"] == Path(str(image_name)).name, "split"]
+        return None if rows.empty else str(rows.iloc[0])
+
+
 @dataclass
-class Bundle:
+class Bundle(_Records):
     """A trained model with its metadata (see the module docstring).
 
     Attributes:
@@ -208,7 +350,7 @@ class Bundle:
         """The ``bundle.json`` content."""
         data = {
             "format": BUNDLE_FORMAT,
-            "format_version": BUNDLE_FORMAT_VERSION,
+            "format_version": SINGLE_FORMAT_VERSION,
             "findings": list(self.findings),
             "input_size": int(self.input_size),
             "preprocessing": self.preprocessing.to_dict(),
@@ -216,26 +358,9 @@ class Bundle:
             "weights_dtype": self.extra.get("weights_dtype", "float32"),
             "backbone": self.backbone,
             "model": self.model_config,
-            "data": self.data,
-            "split": {**self.split, "file": SPLITS_FILE} if self.splits is not None else self.split,
-            "code": self.code or code_version(),
-            "created": self.created or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "training": self.training,
+            **self._shared_metadata(),
         }
-        for key, value in self.extra.items():
-            data.setdefault(key, value)
-        return data
-
-    def get(self, key: str, default=None):
-        """A ``bundle.json`` value by key (fields and extra keys alike)."""
-        return self.metadata().get(key, default)
-
-    def split_of(self, image_name: str) -> str | None:
-        """``"train"``, ``"val"`` or ``"test"`` if the image was in this model's data, else ``None``."""
-        if self.splits is None:
-            return None
-        rows = self.splits.loc[self.splits["image"] == Path(str(image_name)).name, "split"]
-        return None if rows.empty else str(rows.iloc[0])
+        return self._with_extra(data)
 
     def save(self, directory: str | os.PathLike, *, float16: bool = False, overwrite: bool = False) -> Path:
         """Write ``model.keras``, ``splits.csv`` and ``bundle.json`` (last) into ``directory``.
@@ -305,21 +430,13 @@ class Bundle:
             ValueError: the preprocessing version is not this code's.
         """
         directory = Path(directory)
-        meta_file = directory / METADATA_FILE
-        if not meta_file.is_file():
-            raise BundleError(f"{directory} is not a model bundle (no {METADATA_FILE})")
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        if meta.get("format") != BUNDLE_FORMAT:
-            raise BundleError(f"{meta_file} is not a cxr-assist bundle (format {meta.get('format')!r})")
-        if int(meta.get("format_version", 0)) > BUNDLE_FORMAT_VERSION:
-            raise BundleError(f"{meta_file} has format version {meta['format_version']}; this code reads up to {BUNDLE_FORMAT_VERSION}")
-        findings = tuple(meta.get("findings", ()))
-        if expected_findings is not None and findings != tuple(expected_findings):
-            diff = [f"{i}: bundle {a!r} vs expected {b!r}" for i, (a, b) in enumerate(zip(findings, expected_findings)) if a != b]
+        meta = read_metadata(directory)
+        if "members" in meta:
             raise BundleError(
-                f"{directory}: the bundle's findings order differs from the expected order "
-                f"({len(findings)} vs {len(tuple(expected_findings))} findings; {'; '.join(diff[:3]) or 'lengths differ'})"
+                f"{directory} is an ensemble bundle of {len(meta['members'])} members; open it with load_bundle() "
+                "or EnsembleBundle.load()"
             )
+        findings = _check_findings(meta, expected_findings, directory)
         input_size = int(meta["input_size"])
         if expected_input_size is not None and input_size != int(expected_input_size):
             raise BundleError(f"{directory}: the bundle's input size is {input_size} px, expected {expected_input_size} px")
@@ -400,3 +517,331 @@ def load_weights_into(model, bundle: "Bundle | str | os.PathLike", *, expected_f
             f"({len(source)} vs {len(target)} weight arrays)"
         )
     model.set_weights(source)
+
+
+# -- ensembles ------------------------------------------------------------------
+
+_MEMBER_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def _check_member_name(name: str) -> str:
+    name = str(name)
+    if not name or name.startswith(".") or not set(name) <= _MEMBER_NAME_CHARS:
+        raise BundleError(f"member name {name!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
+    return name
+
+
+def _normalised_weights(weights, count: int) -> list[float]:
+    if weights is None:
+        return [1.0 / count] * count
+    values = [float(w) for w in weights]
+    if len(values) != count:
+        raise BundleError(f"{len(values)} weights given for {count} members")
+    if not all(np.isfinite(w) and w >= 0 for w in values) or sum(values) <= 0:
+        raise BundleError(f"member weights must be finite, non-negative and not all zero, got {values}")
+    total = sum(values)
+    return [w / total for w in values]
+
+
+@dataclass
+class EnsembleMember:
+    """One classifier of an ensemble.
+
+    Attributes:
+        name: the member's folder name under ``members/``.
+        weight: its share of the averaged logits (the weights of a bundle sum to 1).
+        bundle: the member as a single-model :class:`Bundle` (own model, input
+            size, preprocessing, backbone and training provenance).
+    """
+
+    name: str
+    weight: float
+    bundle: Bundle
+
+    def summary(self) -> dict:
+        """The member's entry in the ensemble's ``bundle.json``."""
+        history = (self.bundle.training or {}).get("history") or {}
+        return {
+            "name": self.name,
+            "path": f"{MEMBERS_DIR}/{self.name}",
+            "weight": float(self.weight),
+            "backbone": self.bundle.backbone,
+            "input_size": int(self.bundle.input_size),
+            "preprocessing": self.bundle.preprocessing.to_dict(),
+            "weights_init": (self.bundle.model_config or {}).get("weights_init"),
+            "weights_dtype": self.bundle.extra.get("weights_dtype", "float32"),
+            "training_seconds": history.get("seconds"),
+            "best_val_mean_auroc": history.get("best_val_mean_auroc"),
+        }
+
+
+def describe_model(meta: dict | None) -> str:
+    """One line that is true of a bundle's network, from its ``bundle.json`` content.
+
+    ``"mobilenetv2, 160 px"`` for one model; ``"ensemble of 2: vgg16 224 px +
+    mobilenetv2 160 px"`` for an ensemble (shown by the app, the reports and
+    the model card, so none of them claims one backbone and one input size
+    for an ensemble).
+    """
+    meta = meta or {}
+    members = meta.get("members")
+    if members:
+        parts = " + ".join(f"{m.get('backbone', '?')} {m.get('input_size', '?')} px" for m in members)
+        return f"ensemble of {len(members)}: {parts}"
+    return f"{meta.get('backbone') or '?'}, {meta.get('input_size', '?')} px"
+
+
+def input_sizes(meta: dict | None) -> list[int]:
+    """The input size of each member (one entry for a single-model bundle; empty when unknown)."""
+    meta = meta or {}
+    if meta.get("members"):
+        return [int(m["input_size"]) for m in meta["members"] if m.get("input_size") is not None]
+    return [int(meta["input_size"])] if meta.get("input_size") is not None else []
+
+
+@dataclass
+class EnsembleBundle(_Records):
+    """Several classifiers whose logits are averaged (see the module docstring).
+
+    Attributes:
+        members: the members, in ``bundle.json`` order.
+        findings: output column order, shared by every member.
+        combine: how outputs combine; only ``"logit_mean"`` (weighted mean of
+            logits, then sigmoid).
+        data: training data summary shared by the members.
+        split: split strategy, seed and fractions (identical for all members).
+        splits: the shared ``splits.csv`` table, or ``None``.
+        code: :func:`code_version` when the ensemble was assembled.
+        created: ISO time the ensemble was assembled.
+        training: how the ensemble was assembled (each member's own history
+            is in its ``members/<name>/bundle.json``).
+        extra: other ``bundle.json`` keys (thresholds, calibration, metrics ...).
+        path: the bundle folder.
+    """
+
+    members: list[EnsembleMember]
+    findings: tuple[str, ...] = FINDINGS
+    combine: str = COMBINE_LOGIT_MEAN
+    data: dict = field(default_factory=dict)
+    split: dict = field(default_factory=dict)
+    splits: pd.DataFrame | None = None
+    code: dict = field(default_factory=dict)
+    created: str = ""
+    training: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def backbone(self) -> str:
+        """What the ensemble is, e.g. ``"ensemble of 2: vgg16 224 px + mobilenetv2 160 px"``."""
+        return describe_model({"members": [m.summary() for m in self.members]})
+
+    @property
+    def input_sizes(self) -> list[int]:
+        return [int(m.bundle.input_size) for m in self.members]
+
+    def metadata(self) -> dict:
+        """The ``bundle.json`` content."""
+        data = {
+            "format": BUNDLE_FORMAT,
+            "format_version": ENSEMBLE_FORMAT_VERSION,
+            "findings": list(self.findings),
+            "members": [m.summary() for m in self.members],
+            "combine": self.combine,
+            "backbone": self.backbone,
+            **self._shared_metadata(),
+        }
+        return self._with_extra(data)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, *, expected_findings=FINDINGS, load_model: bool = True) -> "EnsembleBundle":
+        """Open an ensemble bundle folder and check every member.
+
+        Args:
+            directory: the bundle folder.
+            expected_findings: the output order the caller relies on.
+            load_model: also load each member's ``model.keras``.
+
+        Raises:
+            BundleError: not an ensemble bundle, a member missing or
+                inconsistent with the ensemble's ``bundle.json``, an unknown
+                ``combine`` rule.
+        """
+        directory = Path(directory)
+        meta = read_metadata(directory)
+        entries = meta.get("members")
+        if not entries:
+            raise BundleError(f"{directory} is a single-model bundle; open it with Bundle.load() or load_bundle()")
+        findings = _check_findings(meta, expected_findings, directory)
+        combine = meta.get("combine", COMBINE_LOGIT_MEAN)
+        if combine != COMBINE_LOGIT_MEAN:
+            raise BundleError(f"{directory}: unknown ensemble rule combine={combine!r} (this code knows {COMBINE_LOGIT_MEAN!r})")
+        members = []
+        for entry in entries:
+            name = _check_member_name(entry.get("name", ""))
+            folder = directory / entry.get("path", f"{MEMBERS_DIR}/{name}")
+            member = Bundle.load(folder, expected_findings=findings, expected_input_size=entry.get("input_size"),
+                                 load_model=load_model)
+            members.append(EnsembleMember(name=name, weight=float(entry.get("weight", 1.0)), bundle=member))
+        weights = _normalised_weights([m.weight for m in members], len(members))
+        for member, weight in zip(members, weights):
+            member.weight = weight
+        splits = None
+        if (directory / SPLITS_FILE).is_file():
+            splits = pd.read_csv(directory / SPLITS_FILE, dtype={"image": str, "split": str})
+        known = CORE_KEYS | {"backbone", "data", "split", "code", "created", "training"}
+        return cls(
+            members=members, findings=findings, combine=combine, data=meta.get("data", {}), split=meta.get("split", {}),
+            splits=splits, code=meta.get("code", {}), created=meta.get("created", ""), training=meta.get("training", {}),
+            extra={k: v for k, v in meta.items() if k not in known}, path=directory,
+        )
+
+
+def load_bundle(directory: str | os.PathLike, *, expected_findings=FINDINGS, load_model: bool = True) -> Bundle | EnsembleBundle:
+    """Open a bundle folder of either kind: a :class:`Bundle` or an :class:`EnsembleBundle`.
+
+    Raises:
+        BundleError: as :meth:`Bundle.load` and :meth:`EnsembleBundle.load`.
+    """
+    if read_metadata(directory).get("members"):
+        return EnsembleBundle.load(directory, expected_findings=expected_findings, load_model=load_model)
+    return Bundle.load(directory, expected_findings=expected_findings, load_model=load_model)
+
+
+_SPLIT_COLUMNS = ["image", "patient_id", "split"]
+
+
+def _split_key(splits: pd.DataFrame) -> pd.DataFrame:
+    table = splits[_SPLIT_COLUMNS].astype(str)
+    return table.sort_values("image").reset_index(drop=True)
+
+
+def _check_same_splits(bundles: list[Bundle], sources: list[Path]) -> pd.DataFrame:
+    """The members' shared split table (``used``: any member used the image), or a BundleError saying where they differ."""
+    for bundle, source in zip(bundles, sources):
+        if bundle.splits is None:
+            raise BundleError(f"{source} has no {SPLITS_FILE}: its split cannot be checked against the other members")
+    first = _split_key(bundles[0].splits)
+    for bundle, source in zip(bundles[1:], sources[1:]):
+        other = _split_key(bundle.splits)
+        if other.equals(first):
+            continue
+        a, b = set(first["image"]), set(other["image"])
+        if a != b:
+            detail = f"{len(a - b)} images only in {sources[0]}, {len(b - a)} only in {source}"
+        else:
+            merged = first.merge(other, on="image", suffixes=("_a", "_b"))
+            moved = merged[(merged["split_a"] != merged["split_b"]) | (merged["patient_id_a"] != merged["patient_id_b"])]
+            example = moved.iloc[0]
+            detail = (f"{len(moved)} images are in another split or patient, e.g. {example['image']} is "
+                      f"{example['split_a']} in {sources[0]} but {example['split_b']} in {source}")
+        raise BundleError(
+            f"the members were trained on different splits ({detail}); an ensemble's members must share one split, "
+            "or its validation-fitted calibration and its test numbers would mix images some member trained on"
+        )
+    table = bundles[0].splits[_SPLIT_COLUMNS].copy()
+    if all("used" in b.splits.columns for b in bundles):
+        used = np.zeros(len(table), dtype=bool)
+        for bundle in bundles:
+            flags = bundle.splits.set_index("image")["used"].astype(str).str.lower().isin({"true", "1"})
+            used |= table["image"].map(flags).fillna(False).to_numpy(dtype=bool)
+        table["used"] = used
+    return table
+
+
+def assemble_ensemble(
+    members: list[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    weights: list[float] | None = None,
+    names: list[str] | None = None,
+    float16: bool = False,
+    overwrite: bool = False,
+    expected_findings=FINDINGS,
+) -> Path:
+    """Build an ensemble bundle from trained single-model bundles.
+
+    Each member's ``model.keras`` is copied (not re-saved, so its weights are
+    bit-identical, or rounded to float16 with ``float16``) into
+    ``out/members/<name>/`` with the member's ``bundle.json``: its data,
+    split, code and training history stay with it. Keys a member's own
+    evaluation added (thresholds, calibration, operating points, test summary)
+    are dropped: the ensemble is calibrated and thresholded as a whole, after
+    averaging, by ``python -m training.evaluate``.
+
+    Args:
+        members: the members' bundle folders (at least two; single-model bundles).
+        out: the new ensemble bundle folder.
+        weights: one non-negative weight per member (normalised to sum 1);
+            default equal.
+        names: one folder name per member; default ``m1_<backbone>_<size>`` ...
+        float16: store float32 member weights as float16 (about half the size).
+        overwrite: replace an existing bundle at ``out``.
+        expected_findings: the output order every member must have.
+
+    Returns:
+        the ensemble folder.
+
+    Raises:
+        BundleError: fewer than two members, a member that is itself an
+            ensemble or not a bundle, members trained on different splits,
+            bad weights or names, or ``out`` already holds a bundle.
+    """
+    sources = [Path(m) for m in members]
+    if len(sources) < 2:
+        raise BundleError(f"an ensemble needs at least two members, got {len(sources)}")
+    out = Path(out)
+    if (out / METADATA_FILE).exists() and not overwrite:
+        raise BundleError(f"{out} already holds a bundle; pass overwrite=True")
+    if any(source.resolve() == out.resolve() for source in sources):
+        raise BundleError(f"{out} is one of the members; write the ensemble to a new folder")
+    bundles = [Bundle.load(source, expected_findings=expected_findings, load_model=False) for source in sources]
+    shares = _normalised_weights(weights, len(bundles))
+    if names is None:
+        names = [f"m{i + 1}_{b.backbone or 'model'}_{b.input_size}" for i, b in enumerate(bundles)]
+    names = [_check_member_name(n) for n in names]
+    if len(names) != len(bundles) or len(set(names)) != len(names):
+        raise BundleError(f"need {len(bundles)} distinct member names, got {names}")
+    splits = _check_same_splits(bundles, sources)
+
+    if out.exists() and overwrite:
+        for stale in (out / MEMBERS_DIR, out / SPLITS_FILE, out / METADATA_FILE):
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            elif stale.exists():
+                stale.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    ensemble_members = []
+    for source, bundle, name, share in zip(sources, bundles, names, shares):
+        folder = out / MEMBERS_DIR / name
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = json.loads((source / METADATA_FILE).read_text(encoding="utf-8"))
+        shutil.copyfile(source / meta.get("model_file", MODEL_FILE), folder / MODEL_FILE)
+        meta["model_file"] = MODEL_FILE
+        if float16 and meta.get("weights_dtype", "float32") != "float16":
+            _store_float16(folder / MODEL_FILE)
+            meta["weights_dtype"] = "float16"
+        for key in MEMBER_DROPPED_KEYS:
+            meta.pop(key, None)
+        meta["split"] = {k: v for k, v in (meta.get("split") or {}).items() if k != "file"}  # splits.csv is the ensemble's
+        meta["assembled_from"] = {"bundle": portable_path(source.resolve()), "weight": share}
+        _write_json_atomic(folder / METADATA_FILE, meta)
+        member_bundle = Bundle.load(folder, expected_findings=expected_findings, load_model=False)
+        ensemble_members.append(EnsembleMember(name=name, weight=share, bundle=member_bundle))
+
+    summaries = [b.data for b in bundles]
+    comparable = [{k: v for k, v in d.items() if k != "location"} for d in summaries]
+    data = dict(summaries[0])
+    if any(c != comparable[0] for c in comparable[1:]):
+        data["note"] = f"the members' data summaries differ (e.g. images per split); each is in {MEMBERS_DIR}/<name>/bundle.json"
+    ensemble = EnsembleBundle(
+        members=ensemble_members, findings=bundles[0].findings, data=data,
+        split={k: v for k, v in bundles[0].split.items() if k != "file"}, splits=splits, code=code_version(),
+        training={"assembled_by": "cxr_core.learn.bundle.assemble_ensemble",
+                  "sources": {m.name: portable_path(s.resolve()) for m, s in zip(ensemble_members, sources)},
+                  "history": f"each member's own, in {MEMBERS_DIR}/<name>/bundle.json"},
+        path=out,
+    )
+    splits[_SPLIT_COLUMNS + [c for c in splits.columns if c not in _SPLIT_COLUMNS]].to_csv(out / SPLITS_FILE, index=False)
+    _write_json_atomic(out / METADATA_FILE, ensemble.metadata())
+    return out
