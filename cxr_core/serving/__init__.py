@@ -6,7 +6,7 @@ The top layer: it may use data, learn and evaluation; nothing in cxr_core import
 from cxr_core._lazy import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
-    "predictor": ("Predictor", "Analysis", "intensity_warnings"),
+    "predictor": ("Predictor", "Member", "Analysis", "intensity_warnings"),
     "explain": ("HeadGradcamPlusPlus", "gradcam_plus_plus_per_finding", "split_model", "resize_map"),
     "overlays": ("GROUND_TRUTH_COLOR", "HEATMAP_BOX_COLOR", "blend_heatmap", "colorize_heatmap", "draw_boxes", "fit_to",
                  "gray_to_rgb", "scale_boxes", "window_level"),

@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 
 from cxr_core.data.dataset import index_images
-from cxr_core.data.preprocessing import normalize, to_model_uint8
 from cxr_core.errors import DataFormatError, ImageReadError
 from cxr_core.findings import FINDINGS
 
@@ -54,9 +53,10 @@ def list_image_files(target: str | os.PathLike) -> list[Path]:
     raise DataFormatError(f"{target.name} needs a column '{IMAGE_COLUMN}' or 'path'")
 
 
-def _load(path: Path, size: int) -> tuple[np.ndarray | None, str]:
+def _load(predictor, path: Path) -> tuple[dict[int, np.ndarray] | None, str]:
+    """The file decoded once and resized for every member (``{size: uint8}``), or None and the reason."""
     try:
-        return to_model_uint8(path, size), ""
+        return predictor.load_inputs(path), ""
     except ImageReadError as exc:
         return None, str(exc)
 
@@ -77,7 +77,8 @@ def predict_files(
         files: image paths.
         batch_size: images per forward pass.
         heatmap_dir: if given, write for each readable image ``<name>.npz``
-            holding the 14 Grad-CAM++ maps at model resolution (uint8, key per
+            holding the 14 Grad-CAM++ maps at model resolution (the largest
+            member's, for an ensemble; uint8, key per
             finding) and ``<name>_heatmap.png``, an overlay of its most
             probable finding.
         workers: decoding threads.
@@ -89,7 +90,6 @@ def predict_files(
         and ``error`` (empty, or why the file could not be read).
     """
     files = [Path(f) for f in files]
-    size = predictor.preprocess.size
     batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
     rows: list[dict] = []
     out_dir = Path(heatmap_dir) if heatmap_dir is not None else None
@@ -98,12 +98,13 @@ def predict_files(
     iterator = progress(batches) if progress is not None else batches
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for batch_files in iterator:
-            loaded = list(pool.map(lambda p: _load(p, size), batch_files))
+            loaded = list(pool.map(lambda p: _load(predictor, p), batch_files))
             good = [i for i, (img, _) in enumerate(loaded) if img is not None]
             calibrated = np.empty((0, len(FINDINGS)))
             if good:
-                inputs = np.stack([normalize(loaded[i][0], predictor.preprocess) for i in good])[..., np.newaxis]
-                _, calibrated = predictor.predict_batch(inputs)
+                # One stack per member input size: each member gets its own resize and normalisation.
+                inputs = {size: np.stack([loaded[i][0][size] for i in good]) for size in predictor.input_sizes}
+                _, calibrated = predictor.predict_uint8(inputs)
             by_position = dict(zip(good, calibrated))
             for i, path in enumerate(batch_files):
                 row = {IMAGE_COLUMN: path.name}
@@ -119,8 +120,10 @@ def predict_files(
     return pd.DataFrame(rows, columns=[IMAGE_COLUMN, *FINDINGS, ERROR_COLUMN])
 
 
-def _write_heatmaps(predictor, image_uint8: np.ndarray, probabilities: np.ndarray, stem: Path) -> None:
-    analysis = predictor.analyze(image_uint8.astype(np.float32) / 255.0)
+def _write_heatmaps(predictor, inputs: dict[int, np.ndarray], probabilities: np.ndarray, stem: Path) -> None:
+    # Maps at the largest member input size, from the inputs the probabilities came from.
+    image_uint8 = inputs[max(inputs)]
+    analysis = predictor.analyze(image_uint8.astype(np.float32) / 255.0, inputs=inputs)
     maps = {f.replace(" ", "_"): np.rint(m * 255).astype(np.uint8) for f, m in analysis.heatmaps.items()}
     np.savez_compressed(stem.with_suffix(".npz"), **maps)
     top = FINDINGS[int(np.argmax(probabilities))]

@@ -25,13 +25,13 @@ import numpy as np
 import pandas as pd
 
 from cxr_core.data.dataset import NIHDataset, stored_image_size
-from cxr_core.data.preprocessing import normalize, to_model_uint8
+from cxr_core.data.preprocessing import to_model_uint8
 from cxr_core.data.splits import assert_patient_disjoint
 from cxr_core.evaluation.calibration import Calibration
 from cxr_core.evaluation.evaluate import _json, evaluate_predictions, localization_report
 from cxr_core.evaluation.localization import best_iobb, heatmap_to_boxes, iou
 from cxr_core.findings import FINDINGS
-from cxr_core.learn.bundle import Bundle
+from cxr_core.learn.bundle import Bundle, portable_path
 from cxr_core.serving.predictor import Predictor
 
 METRICS_FILE = "metrics.json"
@@ -45,13 +45,24 @@ def _model_inputs(paths: list[str], size: int, workers: int = 2) -> np.ndarray:
         return np.stack(list(pool.map(lambda path: to_model_uint8(path, size), paths)))
 
 
+def _member_inputs(predictor: Predictor, paths: list[str], workers: int = 2) -> dict[int, np.ndarray]:
+    """``{size: uint8 (n, size, size)}`` for every member input size; each file decoded once."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        loaded = list(pool.map(predictor.load_inputs, paths))
+    return {size: np.stack([images[size] for images in loaded]) for size in predictor.input_sizes}
+
+
 def predict_rows(predictor: Predictor, paths: list[str], *, batch_size: int = 32, progress=None) -> np.ndarray:
-    """Raw (uncalibrated) probabilities (n, 14) for image files, via the one preprocessing."""
+    """Raw (uncalibrated) probabilities (n, 14) for image files, via the one preprocessing.
+
+    For an ensemble, every member gets its own input size and normalisation
+    and ``raw`` is the sigmoid of the members' weighted mean logit: the
+    calibration fitted on these values is the ensemble's, after averaging.
+    """
     chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
     outputs = []
     for chunk in progress(chunks) if progress else chunks:
-        images = _model_inputs(chunk, predictor.preprocess.size)
-        raw, _ = predictor.predict_batch(normalize(images, predictor.preprocess)[..., np.newaxis])
+        raw, _ = predictor.predict_uint8(_member_inputs(predictor, chunk))
         outputs.append(raw)
     return np.concatenate(outputs) if outputs else np.zeros((0, len(FINDINGS)))
 
@@ -210,7 +221,7 @@ def evaluate_bundle(
         records = localization_records(predictor, dataset, names.iloc[test_rows], progress=progress)
         report["localization"] = localization_report(records)
     report["data"] = {
-        "root": str(data_root), "label_file": dataset.csv_file.name, "mode": "fit" if fit_mode else "apply",
+        "root": portable_path(data_root), "label_file": dataset.csv_file.name, "mode": "fit" if fit_mode else "apply",
         "images_evaluated": int(len(test_rows)),
     }
     report["seconds"] = round(time.time() - started, 1)
@@ -230,7 +241,7 @@ def evaluate_bundle(
             ],
             test_summary={"mean_auroc": report["macro"]["auroc"], "test_images": report["counts"]["test_images"],
                           "test_patients": report["counts"]["test_patients"]},
-            intensity_reference=intensity_reference(train_paths, predictor.preprocess.size) if train_paths else None,
+            intensity_reference=intensity_reference(train_paths, predictor.reference_size) if train_paths else None,
             metrics_file=METRICS_FILE,
         )
     log(f"mean AUROC {report['macro']['auroc']:.3f}; report in {out / METRICS_FILE} ({report['seconds']} s)")

@@ -8,12 +8,22 @@
 A Predictor loads once and is safe to share between threads (the app shares
 one across sessions): model calls are serialised by a lock, and nothing in
 the object changes after construction.
+
+A Predictor serves one classifier or an ensemble (:class:`Member` each, from
+an ensemble bundle). Every member gets the image through the ONE
+preprocessing at its own input size and normalisation, runs once, and the
+members' LOGITS are averaged with their weights before the sigmoid (averaging
+logits, not probabilities, keeps a confident member's evidence from being
+squashed); calibration and thresholds, fitted on validation after averaging,
+apply to the ensemble's output. Heatmaps are each member's Grad-CAM++ maps
+(scores are that member's logits), resized to the image and averaged with the
+same weights. With one member everything is exactly the single model's path.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +31,7 @@ import keras
 import numpy as np
 
 from cxr_core.data.imageio import DecodedImage, ImageSource, decode_image
-from cxr_core.data.preprocessing import PreprocessConfig, normalize, resize_to_model
+from cxr_core.data.preprocessing import PreprocessConfig, normalize, resize_to_model, to_model_uint8
 from cxr_core.errors import ImageReadError
 from cxr_core.evaluation.calibration import Calibration
 from cxr_core.findings import FINDINGS, canonical_finding
@@ -76,23 +86,109 @@ def intensity_warnings(model_input_uint8: np.ndarray, reference: dict | None) ->
     return notes
 
 
+@dataclass(frozen=True)
+class Member:
+    """One classifier of a Predictor.
+
+    Attributes:
+        model: Keras model with the cxr-assist layer names (``"features"``, ``"logits"``, ``"probabilities"``).
+        preprocess: the preprocessing it was trained with (its own input size and normalisation).
+        weight: its share of the averaged logits (normalised over the members).
+        name: a label (the member's folder in an ensemble bundle).
+    """
+
+    model: keras.Model
+    preprocess: PreprocessConfig
+    weight: float = 1.0
+    name: str = "model"
+
+
+class _Runner:
+    """A member's compiled calls: probabilities and logits, or features too, from one forward pass."""
+
+    def __init__(self, member: Member, findings: tuple[str, ...]) -> None:
+        import tensorflow as tf
+
+        model = member.model
+        size = model.inputs[0].shape[1]
+        if size != member.preprocess.size:
+            raise ValueError(f"{member.name}: the model takes {size} px inputs but the preprocessing says {member.preprocess.size}")
+        if int(model.outputs[0].shape[-1]) != len(findings):
+            raise ValueError(f"{member.name}: the model has {model.outputs[0].shape[-1]} outputs, expected {len(findings)}")
+        self.member = member
+        self.size = int(member.preprocess.size)
+        backbone, head = split_model(model)
+        logits = _logits_output(model)
+        if logits is None:
+            scores = keras.Model(model.inputs[0], model.outputs[0])
+        else:
+            scores = keras.Model(model.inputs[0], [logits, model.outputs[0]])
+        both = keras.Model(model.inputs[0], [*backbone.outputs, *([] if logits is None else [logits])])
+        # Compiled once per input shape: an eager Keras call costs more than the network itself on CPU.
+        self._scores = tf.function(lambda x: scores(x, training=False), reduce_retracing=True)
+        self._both = tf.function(lambda x: both(x, training=False), reduce_retracing=True)
+        self._has_logits = logits is not None
+        self.explainer = HeadGradcamPlusPlus(head)
+
+    def scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(logits, probabilities)`` (n, 14) float64 for normalised inputs."""
+        out = self._scores(batch)
+        if self._has_logits:
+            logits, probabilities = out
+            return np.asarray(logits, dtype=np.float64), np.asarray(probabilities, dtype=np.float64)
+        probabilities = np.asarray(out, dtype=np.float64)
+        return _logit(probabilities), probabilities
+
+    def features_and_scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(features, logits, probabilities)`` from one forward pass."""
+        out = self._both(batch)
+        features, probabilities = np.asarray(out[0]), np.asarray(out[1], dtype=np.float64)
+        logits = np.asarray(out[2], dtype=np.float64) if self._has_logits else _logit(probabilities)
+        return features, logits, probabilities
+
+
+def _logits_output(model: keras.Model):
+    """The output of the model's ``"logits"`` layer (cast to float32), or None for a model without one."""
+    from cxr_core.learn.models import LOGITS_NAME
+
+    try:
+        output = model.get_layer(LOGITS_NAME).output
+    except ValueError:
+        return None
+    return keras.ops.cast(output, "float32")
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return np.log(p) - np.log1p(-p)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+
+
 class Predictor:
-    """Calibrated findings and Grad-CAM++ maps from a classifier.
+    """Calibrated findings and Grad-CAM++ maps from a classifier or an ensemble of them.
 
     Args:
-        model: Keras model with the cxr-assist layer names (``"features"`` ... ``"probabilities"``).
-        preprocess: the preprocessing the model was trained with.
+        model: Keras model with the cxr-assist layer names (``"features"`` ...
+            ``"probabilities"``); or None with ``members``.
+        preprocess: the preprocessing ``model`` was trained with.
+        members: instead of ``model`` and ``preprocess``: the classifiers of an
+            ensemble, each with its own preprocessing and weight.
         findings: output column names (must be the 14 FINDINGS in order).
-        calibration: per-finding calibration fitted on validation, or None.
+        calibration: per-finding calibration fitted on validation (after
+            averaging, for an ensemble), or None.
         thresholds: per-finding operating thresholds on calibrated probabilities, or None.
         metadata: the bundle's metadata (shown by the app; validated sensitivity etc.).
     """
 
     def __init__(
         self,
-        model: keras.Model,
+        model: keras.Model | None = None,
         *,
-        preprocess: PreprocessConfig,
+        preprocess: PreprocessConfig | None = None,
+        members: Sequence[Member] | None = None,
         findings: Sequence[str] = FINDINGS,
         calibration: Calibration | None = None,
         thresholds: Sequence[float] | None = None,
@@ -101,53 +197,88 @@ class Predictor:
         findings = tuple(findings)
         if findings != FINDINGS:
             raise ValueError(f"the model's findings {findings} differ from cxr-assist's {FINDINGS}")
-        size = model.inputs[0].shape[1]
-        if size != preprocess.size:
-            raise ValueError(f"the model takes {size} px inputs but the preprocessing says {preprocess.size}")
-        if int(model.outputs[0].shape[-1]) != len(findings):
-            raise ValueError(f"the model has {model.outputs[0].shape[-1]} outputs, expected {len(findings)}")
-        self.model = model
-        self.preprocess = preprocess
+        if (model is None) == (members is None):
+            raise ValueError("give either a model with its preprocess, or members")
+        if model is not None:
+            if preprocess is None:
+                raise ValueError("a model needs its preprocess configuration")
+            members = [Member(model=model, preprocess=preprocess)]
+        members = list(members)
+        if not members:
+            raise ValueError("a Predictor needs at least one member")
+        weights = np.asarray([float(m.weight) for m in members])
+        if not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
+            raise ValueError(f"member weights must be finite, non-negative and not all zero, got {weights.tolist()}")
+        self.members = tuple(members)
+        self.weights = weights / weights.sum()
         self.findings = findings
         self.calibration = calibration
         self.thresholds = np.full(len(findings), UNFITTED_THRESHOLD) if thresholds is None else np.asarray(thresholds, float)
         self.metadata = dict(metadata or {})
-        import tensorflow as tf
-
-        backbone, head = split_model(model)
-        # Compiled once per input shape: an eager Keras call costs more than the network itself on CPU.
-        self._backbone = tf.function(lambda x: backbone(x, training=False), reduce_retracing=True)
-        self._forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-        self._explainer = HeadGradcamPlusPlus(head)
+        self._runners = tuple(_Runner(m, findings) for m in self.members)
         self._lock = threading.Lock()
         self.bundle = None
 
     @classmethod
     def from_bundle(cls, path: str | Path) -> "Predictor":
-        """Load a model bundle folder (see :mod:`cxr_core.learn.bundle`).
+        """Load a model bundle folder, one model or an ensemble (see :mod:`cxr_core.learn.bundle`).
 
         Raises:
             BundleError: not a bundle, or its findings order or input size do
                 not match this code or its stored model.
         """
-        from cxr_core.learn.bundle import Bundle
+        from cxr_core.learn.bundle import EnsembleBundle, load_bundle
 
-        bundle = Bundle.load(path)
+        bundle = load_bundle(path)
         meta = bundle.metadata()
         calibration = Calibration.from_dict(meta["calibration"]) if meta.get("calibration") else None
         thresholds = meta.get("thresholds")
         if isinstance(thresholds, dict):
             thresholds = thresholds.get("values")
-        predictor = cls(
-            bundle.model,
-            preprocess=bundle.preprocessing,
-            findings=bundle.findings,
-            calibration=calibration,
-            thresholds=thresholds,
-            metadata=meta,
-        )
+        if isinstance(bundle, EnsembleBundle):
+            members = [Member(model=m.bundle.model, preprocess=m.bundle.preprocessing, weight=m.weight, name=m.name)
+                       for m in bundle.members]
+            predictor = cls(members=members, findings=bundle.findings, calibration=calibration,
+                            thresholds=thresholds, metadata=meta)
+        else:
+            predictor = cls(bundle.model, preprocess=bundle.preprocessing, findings=bundle.findings,
+                            calibration=calibration, thresholds=thresholds, metadata=meta)
         predictor.bundle = bundle
         return predictor
+
+    # -- what it is -----------------------------------------------------------
+
+    @property
+    def is_ensemble(self) -> bool:
+        return len(self.members) > 1
+
+    def _single(self, what: str) -> Member:
+        if self.is_ensemble:
+            raise ValueError(
+                f"this Predictor is an ensemble of {len(self.members)} members, each with its own {what}; "
+                "use predictor.members (or input_sizes / predict_uint8 for inputs)"
+            )
+        return self.members[0]
+
+    @property
+    def model(self) -> keras.Model:
+        """The one model (ValueError for an ensemble: see :attr:`members`)."""
+        return self._single("model").model
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        """The one preprocessing (ValueError for an ensemble: see :attr:`members`)."""
+        return self._single("preprocessing").preprocess
+
+    @property
+    def input_sizes(self) -> tuple[int, ...]:
+        """The distinct input sizes of the members, in member order."""
+        return tuple(dict.fromkeys(int(m.preprocess.size) for m in self.members))
+
+    @property
+    def reference_size(self) -> int:
+        """The size at which the intensity check looks at an image (the first member's)."""
+        return int(self.members[0].preprocess.size)
 
     def split_of(self, image_name: str) -> str | None:
         """The split (train/val/test) an image had in this model's data, or None."""
@@ -167,9 +298,37 @@ class Predictor:
             return DecodedImage(pixels=pixels, source_format="array", original_shape=pixels.shape, bit_depth=32)
         return decode_image(image)
 
-    def _model_input(self, decoded: DecodedImage) -> tuple[np.ndarray, np.ndarray]:
-        small = resize_to_model(decoded.pixels, self.preprocess.size)
-        return small, normalize(small, self.preprocess)[np.newaxis, ..., np.newaxis]
+    def resize_inputs(self, pixels: np.ndarray) -> dict[int, np.ndarray]:
+        """``{size: uint8 (size, size)}``: a decoded [0, 1] image through the one preprocessing at each member's size."""
+        return {size: resize_to_model(pixels, size) for size in self.input_sizes}
+
+    def load_inputs(self, source: ImageSource) -> dict[int, np.ndarray]:
+        """Decode a file once and resize it for every member (what batch prediction feeds :meth:`predict_uint8`).
+
+        Raises:
+            ImageReadError: the image cannot be used.
+        """
+        if len(self.input_sizes) == 1:
+            return {self.input_sizes[0]: to_model_uint8(source, self.input_sizes[0])}
+        return self.resize_inputs(decode_image(source).pixels)
+
+    def _normalised(self, images_uint8: Mapping[int, np.ndarray]) -> list[np.ndarray]:
+        batches = []
+        for member in self.members:
+            size = int(member.preprocess.size)
+            if size not in images_uint8:
+                raise ValueError(f"no {size} px input given for member {member.name}")
+            images = np.asarray(images_uint8[size])
+            if images.ndim == 2:
+                images = images[np.newaxis]
+            batches.append(normalize(images, member.preprocess)[..., np.newaxis])
+        return batches
+
+    def _combine(self, logits: Sequence[np.ndarray], probabilities: Sequence[np.ndarray]) -> np.ndarray:
+        """Raw probabilities: the one model's own output, or the sigmoid of the weighted mean of the members' logits."""
+        if len(logits) == 1:
+            return probabilities[0]
+        return _sigmoid(sum(w * z for w, z in zip(self.weights, logits)))
 
     def _calibrate(self, raw: np.ndarray) -> np.ndarray:
         return raw if self.calibration is None else np.asarray(self.calibration.apply(raw), dtype=float)
@@ -183,23 +342,46 @@ class Predictor:
             ImageReadError: the image cannot be used.
         """
         decoded = self._decode(image)
-        _, batch = self._model_input(decoded)
-        with self._lock:
-            raw = np.asarray(self._forward(batch))[0].astype(float)
-        return dict(zip(self.findings, self._calibrate(raw[np.newaxis])[0].tolist()))
+        _, calibrated = self.predict_uint8(self.resize_inputs(decoded.pixels))
+        return dict(zip(self.findings, calibrated[0].tolist()))
 
-    def predict_batch(self, images: np.ndarray) -> np.ndarray:
+    def predict_batch(self, images: np.ndarray | Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Raw (uncalibrated) and calibrated probabilities of preprocessed images.
 
         Args:
-            images: float32 (n, size, size, 1) already normalised.
+            images: float32 (n, size, size, 1) already normalised, for a
+                one-model Predictor; for an ensemble, one such array per
+                member (each at the member's size and normalisation).
 
         Returns:
             ``(raw, calibrated)``, each (n, 14).
         """
+        if isinstance(images, np.ndarray) or not isinstance(images, Sequence):
+            images = [images]
+        if len(images) != len(self.members):
+            raise ValueError(f"{len(images)} input arrays for {len(self.members)} members")
+        logits, probabilities = [], []
         with self._lock:
-            raw = np.asarray(self._forward(np.asarray(images, dtype=np.float32)), dtype=float)
+            for runner, batch in zip(self._runners, images):
+                z, p = runner.scores(np.asarray(batch, dtype=np.float32))
+                logits.append(z)
+                probabilities.append(p)
+        raw = self._combine(logits, probabilities)
         return raw, self._calibrate(raw)
+
+    def predict_uint8(self, images: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Raw and calibrated probabilities of 8-bit model-size images.
+
+        Args:
+            images: ``{size: uint8 (n, size, size)}`` with one entry per
+                distinct member input size (:attr:`input_sizes`), as
+                :meth:`load_inputs` or the training cache gives them; each
+                member normalises with its own preprocessing.
+
+        Returns:
+            ``(raw, calibrated)``, each (n, 14).
+        """
+        return self.predict_batch(self._normalised(images))
 
     def explain(
         self, image: ImageSource | DecodedImage | np.ndarray, findings: Sequence[str] | None = None
@@ -208,36 +390,51 @@ class Predictor:
         return self.analyze(image, explain=findings if findings is not None else self.findings).heatmaps
 
     def analyze(
-        self, image: ImageSource | DecodedImage | np.ndarray, *, explain: Sequence[str] | None = None
+        self,
+        image: ImageSource | DecodedImage | np.ndarray,
+        *,
+        explain: Sequence[str] | None = None,
+        inputs: Mapping[int, np.ndarray] | None = None,
     ) -> Analysis:
-        """Probabilities and maps from one forward pass of the backbone.
+        """Probabilities and maps from one forward pass of each member's backbone.
 
         Args:
             image: path, bytes, decoded image or 2-D [0, 1] array.
             explain: findings to map; ``None`` maps all 14.
+            inputs: the image already resized for every member
+                (``{size: uint8 (size, size)}``, :meth:`load_inputs`); skips resizing.
 
         Raises:
             ImageReadError: the image cannot be used.
         """
         decoded = self._decode(image)
-        small, batch = self._model_input(decoded)
+        smalls = dict(inputs) if inputs is not None else self.resize_inputs(decoded.pixels)
+        batches = self._normalised(smalls)
         wanted = self.findings if explain is None else tuple(canonical_finding(f) for f in explain)
         indices = [self.findings.index(f) for f in wanted]
+        logits, probabilities, cams = [], [], []
         with self._lock:
-            features, raw = self._backbone(batch)
-            cams = self._explainer(np.asarray(features), indices)
-        raw = np.asarray(raw, dtype=float)
+            for runner, batch in zip(self._runners, batches):
+                features, z, p = runner.features_and_scores(batch)
+                cams.append(runner.explainer(features, indices))
+                logits.append(z)
+                probabilities.append(p)
+        raw = self._combine(logits, probabilities)
         calibrated = self._calibrate(raw)[0]
         height, width = decoded.pixels.shape
-        heatmaps = {f: resize_map(cam, (height, width)) for f, cam in zip(wanted, cams)}
-        probabilities = dict(zip(self.findings, calibrated.tolist()))
-        notes = list(decoded.warnings) + intensity_warnings(small, self.metadata.get("intensity_reference"))
+        heatmaps = {}
+        for k, finding in enumerate(wanted):
+            maps = [resize_map(member_cams[k], (height, width)) for member_cams in cams]
+            heatmaps[finding] = maps[0] if len(maps) == 1 else np.clip(
+                sum(np.float32(w) * m for w, m in zip(self.weights, maps)), 0.0, 1.0).astype(np.float32)
+        probabilities_by_finding = dict(zip(self.findings, calibrated.tolist()))
+        notes = list(decoded.warnings) + intensity_warnings(smalls[self.reference_size], self.metadata.get("intensity_reference"))
         return Analysis(
-            probabilities=probabilities,
+            probabilities=probabilities_by_finding,
             raw_probabilities=dict(zip(self.findings, raw[0].tolist())),
-            positive={f: bool(p >= t) for (f, p), t in zip(probabilities.items(), self.thresholds)},
+            positive={f: bool(p >= t) for (f, p), t in zip(probabilities_by_finding.items(), self.thresholds)},
             heatmaps=heatmaps,
             image=decoded,
             warnings=tuple(notes),
-            ranked=tuple(sorted(self.findings, key=lambda f: -probabilities[f])),
+            ranked=tuple(sorted(self.findings, key=lambda f: -probabilities_by_finding[f])),
         )

@@ -24,6 +24,7 @@ import numpy as np
 from cxr_core import __version__
 from cxr_core.evaluation.localization import heatmap_to_boxes
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
+from cxr_core.learn.bundle import describe_model, input_sizes
 from cxr_core.serving.overlays import HEATMAP_BOX_COLOR, blend_heatmap, draw_boxes, fit_to, gray_to_rgb, scale_boxes, window_level
 from cxr_core.serving.predictor import Analysis
 
@@ -54,15 +55,22 @@ def operating_points(metadata: Mapping | None) -> dict[str, dict]:
 
 
 def model_summary(metadata: Mapping | None) -> dict:
-    """What a report says about the model: backbone, input size, training data, test AUROC."""
+    """What a report says about the model: backbone, input size, training data, test AUROC.
+
+    For an ensemble, ``backbone`` is the bundle's own description (``"ensemble
+    of 2: vgg16 224 px + mobilenetv2 160 px"``) and ``input_size`` the list
+    of the members' sizes; ``description`` is one true line for either kind.
+    """
     meta = dict(metadata or {})
     data = meta.get("data") or {}
     counts = data.get("counts") or {}
     patients = data.get("patients") or {}
     thresholds = meta.get("thresholds")
+    sizes = input_sizes(meta)
     return {
         "backbone": meta.get("backbone"),
-        "input_size": meta.get("input_size"),
+        "input_size": sizes if meta.get("members") else meta.get("input_size"),
+        "description": describe_model(meta) if metadata else None,
         "created": meta.get("created"),
         "training_images": counts.get("train"),
         "training_patients": patients.get("train"),
@@ -273,7 +281,7 @@ def pdf_report(
         Spacer(1, 3 * mm),
         Paragraph(
             f"Image: {_escape(name)} ({analysis.image.source_format}, {analysis.image.original_shape[1]} x "
-            f"{analysis.image.original_shape[0]} px). Model: {_escape(str(model['backbone']))}, {model['input_size']} px input, "
+            f"{analysis.image.original_shape[0]} px). Model: {_escape(str(model['description']))}, "
             f"test mean AUROC {_fmt(model['test_mean_auroc'])}. Generated "
             f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by cxr-assist {__version__}.",
             small,
