@@ -8,6 +8,7 @@ import streamlit as st
 
 from cxr_core.errors import ImageReadError
 from cxr_core.findings import DISPLAY_NAMES
+from cxr_core.learn.bundle import describe_model
 from cxr_core.serving import overlays, report
 from pages import common
 
@@ -37,7 +38,8 @@ except ImageReadError as exc:
     st.stop()
 for note in analysis.warnings:
     st.warning(note)
-st.caption(f"Analysed **{name}**: {analysis.image.source_format}, {analysis.image.original_shape[1]} × {analysis.image.original_shape[0]} px.")
+st.caption(f"Analysed **{name}**: {analysis.image.source_format}, {analysis.image.original_shape[1]} × {analysis.image.original_shape[0]} px. "
+           f"Model: {describe_model(predictor.metadata)}.")
 
 rows = pd.DataFrame(report.findings_rows(analysis, predictor.metadata, predictor.thresholds))
 pixels, _ = overlays.fit_to(analysis.image.pixels, DISPLAY_SIDE)

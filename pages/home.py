@@ -4,6 +4,7 @@ import streamlit as st
 
 from cxr_core import __version__
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
+from cxr_core.learn.bundle import describe_model, input_sizes
 from pages import common
 
 st.title("cxr-assist")
@@ -26,8 +27,15 @@ else:
     counts, patients = data.get("counts") or {}, data.get("patients") or {}
     auroc = (meta.get("test_summary") or {}).get("mean_auroc")
     cols = st.columns(4)
-    cols[0].metric("Backbone", str(meta.get("backbone", "?")))
-    cols[1].metric("Input size", f"{meta.get('input_size', '?')} px")
+    members = meta.get("members") or []
+    if members:  # an ensemble: every member's backbone and input size, never one for all
+        cols[0].metric("Backbone", " + ".join(str(m.get("backbone", "?")) for m in members),
+                       help=f"{describe_model(meta)}; logits averaged with weights "
+                            + ", ".join(f"{m.get('weight', 0):.2f}" for m in members))
+        cols[1].metric("Input size", " / ".join(str(s) for s in input_sizes(meta)) + " px")
+    else:
+        cols[0].metric("Backbone", str(meta.get("backbone", "?")))
+        cols[1].metric("Input size", f"{meta.get('input_size', '?')} px")
     cols[2].metric("Test mean AUROC", "not evaluated" if auroc is None else f"{auroc:.3f}")
     cols[3].metric("Training images", f"{counts['train']:,}" if "train" in counts else "?")
     trained_on = (
@@ -35,7 +43,8 @@ else:
         f"({patients.get('train', '?')} patients), {counts.get('val', '?')} validation, {counts.get('test', '?')} test."
         if counts else "the split recorded in the bundle's splits.csv."
     )
-    st.caption(f"Bundle `{common.bundle_dir()}`, created {meta.get('created', '?')}. Trained on {trained_on}")
+    st.caption(f"Bundle `{common.bundle_dir()}` ({describe_model(meta)}), created {meta.get('created', '?')}. "
+               f"Trained on {trained_on}")
     if auroc is None:
         st.info("This bundle has not been evaluated yet (`python -m training.evaluate`): no thresholds or metrics.")
 

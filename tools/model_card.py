@@ -2,7 +2,9 @@
 
     python -m tools.model_card [--bundle models/default] [--readme README.md]
 
-Every number comes from the committed ``metrics.json`` and ``bundle.json``;
+Every number comes from the committed ``metrics.json`` and ``bundle.json``
+(for an ensemble, the network line lists every member with its backbone,
+start, input size, weight and training time);
 ``tests/test_shipped_model.py`` checks that the README and the card agree
 with them, so re-running the evaluation and then this tool keeps them true.
 """
@@ -14,6 +16,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from cxr_core.learn.bundle import describe_model, input_sizes
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -86,6 +90,33 @@ def results_block(metrics: dict, meta: dict) -> str:
     return "\n".join(lines)
 
 
+def _init_words(weights_init) -> str:
+    return "from scratch (no pretrained weights)" if not weights_init else f"initialised from `{weights_init}`"
+
+
+def network_text(meta: dict) -> str:
+    """The card's network line, true for one model or an ensemble (each member's backbone, start and input size)."""
+    members = meta.get("members")
+    if not members:
+        size = meta.get("input_size")
+        return f"{meta.get('backbone')} {_init_words((meta.get('model') or {}).get('weights_init'))}, grayscale input {size} x {size} px"
+    parts = []
+    for m in members:
+        minutes = "" if m.get("training_seconds") is None else f", trained in about {m['training_seconds'] / 60:.0f} minutes"
+        best = "" if m.get("best_val_mean_auroc") is None else f", best validation mean AUROC {fmt(m['best_val_mean_auroc'])}"
+        parts.append(f"`{m['name']}` (weight {m['weight']:.2f}): {m.get('backbone')} {_init_words(m.get('weights_init'))}, "
+                     f"grayscale input {m.get('input_size')} x {m.get('input_size')} px{minutes}{best}")
+    return (f"{describe_model(meta)}, whose logits are averaged with the weights given per member before the sigmoid; calibration "
+            "and thresholds are fitted on validation after averaging. Members: " + "; ".join(parts))
+
+
+def training_seconds(meta: dict) -> float:
+    """Training wall time: the model's, or the sum of an ensemble's members'."""
+    if meta.get("members"):
+        return float(sum(m.get("training_seconds") or 0 for m in meta["members"]))
+    return float(((meta.get("training") or {}).get("history") or {}).get("seconds") or 0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", default="models/default")
@@ -108,15 +139,16 @@ def main() -> None:
         training = meta.get("training", {})
         fields = {
             "{{RESULTS}}": block,
+            "{{NETWORK}}": network_text(meta),
             "{{BACKBONE}}": str(meta.get("backbone")),
-            "{{INPUT_SIZE}}": str(meta.get("input_size")),
+            "{{INPUT_SIZE}}": " / ".join(str(size) for size in input_sizes(meta)),
             "{{SPLIT_IMAGES}}": ", ".join(f"{k} {v:,}" for k, v in data.get("counts", {}).items()),
             "{{SPLIT_PATIENTS}}": ", ".join(f"{k} {v:,}" for k, v in data.get("patients", {}).items()),
             "{{SPLIT_SEED}}": str(split.get("seed")),
             "{{EPOCHS_RUN}}": str(training.get("history", {}).get("epochs_run")),
             "{{BEST_EPOCH}}": str(training.get("history", {}).get("best_epoch")),
             "{{BEST_VAL_AUROC}}": fmt(training.get("history", {}).get("best_val_mean_auroc")),
-            "{{TRAIN_MINUTES}}": f"{training.get('history', {}).get('seconds', 0) / 60:.0f}",
+            "{{TRAIN_MINUTES}}": f"{training_seconds(meta) / 60:.0f}",
             "{{CODE}}": str(meta.get("code", {}).get("git_commit") or meta.get("code", {})),
         }
         card = template.read_text()
