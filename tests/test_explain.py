@@ -85,3 +85,26 @@ def test_resize_map():
     cam[0, 0] = 1.0
     big = resize_map(cam, (40, 30))
     assert big.shape == (40, 30) and big.max() <= 1 and big[0, 0] > big[-1, -1]
+
+
+@pytest.mark.parametrize("engine", ["compiled", "tf-keras-vis"])
+def test_plain_gradcam_equals_tf_keras_vis_and_is_the_class_activation_map(model_and_image, engine):
+    """method="gradcam": tf-keras-vis Gradcam; for a GAP + Dense head it equals CAM (kernel-weighted features)."""
+    model, image = model_and_image
+    backbone, head = split_model(model)
+    features, _ = backbone(image[None])
+    maps = HeadGradcamPlusPlus(head, engine=engine, method="gradcam")(features.numpy(), range(14))
+    kernel = model.get_layer("logits").get_weights()[0]
+    informative = 0
+    for i in range(14):
+        reference = gradcam_plus_plus_per_finding(model, image, i, method="gradcam")
+        np.testing.assert_allclose(maps[i], reference, atol=1e-4, err_msg=f"finding {i}")
+        cam = np.maximum(features.numpy()[0] @ kernel[:, i], 0)
+        if cam.max() > cam.min():
+            np.testing.assert_allclose(maps[i], (cam - cam.min()) / (cam.max() - cam.min()), atol=1e-3)
+            informative += 1
+    assert informative >= 7
+    plus_plus = HeadGradcamPlusPlus(head)(features.numpy(), range(14))
+    assert not np.allclose(plus_plus, maps, atol=1e-3)  # the two methods really differ
+    with pytest.raises(ValueError, match="method"):
+        HeadGradcamPlusPlus(head, method="lime")

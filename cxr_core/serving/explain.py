@@ -21,11 +21,18 @@ from collections.abc import Sequence
 import cv2
 import keras
 import numpy as np
+from tf_keras_vis.gradcam import Gradcam
 from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
 from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
 from tf_keras_vis.utils.scores import CategoricalScore
 
 FEATURES_LAYER = "features"
+#: ``"gradcam++"`` (Chattopadhay et al. 2018, the default) or ``"gradcam"``
+#: (Selvaraju et al. 2017). For a head that is global average pooling and one
+#: Dense layer, Grad-CAM's weights are the Dense kernel / (h * w): it IS the
+#: class activation map of Zhou et al. 2016, the map a box loss trains
+#: (:mod:`cxr_core.learn.linear_head`); a bundle records which one it uses.
+METHODS = ("gradcam++", "gradcam")
 
 
 def _layer_index(model: keras.Model, name: str) -> int:
@@ -83,18 +90,25 @@ class HeadGradcamPlusPlus:
         head: the head model from :func:`split_model`.
         features_layer: the name of its first (identity) layer.
         engine: ``"compiled"`` or ``"tf-keras-vis"``.
+        method: ``"gradcam++"`` or ``"gradcam"`` (see :data:`METHODS`).
     """
 
-    def __init__(self, head: keras.Model, *, features_layer: str = FEATURES_LAYER, engine: str = "compiled") -> None:
+    def __init__(
+        self, head: keras.Model, *, features_layer: str = FEATURES_LAYER, engine: str = "compiled", method: str = "gradcam++"
+    ) -> None:
         if engine not in {"compiled", "tf-keras-vis"}:
             raise ValueError(f"engine must be 'compiled' or 'tf-keras-vis', got {engine!r}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.features_layer = features_layer
         self.engine = engine
+        self.method = method
         if engine == "tf-keras-vis":
             # tf-keras-vis clones the head once and swaps the sigmoid for a linear activation.
-            self._gradcam = GradcamPlusPlus(head, model_modifier=ReplaceToLinear(), clone=True)
+            library = GradcamPlusPlus if method == "gradcam++" else Gradcam
+            self._gradcam = library(head, model_modifier=ReplaceToLinear(), clone=True)
         else:
-            self._compiled = _compiled_gradcam_plus_plus(_linear_head(head))
+            self._compiled = _compiled_gradcam(_linear_head(head), plus_plus=method == "gradcam++")
 
     def __call__(self, features: np.ndarray, finding_indices: Sequence[int]) -> np.ndarray:
         """Maps for one image's features.
@@ -141,7 +155,7 @@ def _linear_head(head: keras.Model) -> keras.Model:
     return keras.Model(inputs, x, name="head_logits")
 
 
-def _compiled_gradcam_plus_plus(linear_head: keras.Model):
+def _compiled_gradcam(linear_head: keras.Model, *, plus_plus: bool = True):
     import tensorflow as tf
 
     @tf.function(reduce_retracing=True)
@@ -153,6 +167,13 @@ def _compiled_gradcam_plus_plus(linear_head: keras.Model):
             scores = tf.gather(logits, indices, axis=1, batch_dims=0)
             scores = tf.linalg.diag_part(scores)
         grads = tape.gradient(scores, activations)
+        if not plus_plus:
+            # tf-keras-vis 0.8.7 Gradcam: channel weights are the spatial mean gradient.
+            weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+            cam = tf.nn.relu(tf.reduce_sum(weights * activations, axis=-1))
+            low = tf.reduce_min(cam, axis=(1, 2), keepdims=True)
+            high = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
+            return (cam - low) / (high - low + keras.backend.epsilon())
         # tf-keras-vis multiplies every derivative by exp(score); the factor
         # cancels in the alphas and in the final min-max normalisation, and
         # dropping it avoids overflow for confident findings (exp(90) = inf).
@@ -174,7 +195,8 @@ def _compiled_gradcam_plus_plus(linear_head: keras.Model):
 
 
 def gradcam_plus_plus_per_finding(
-    model: keras.Model, image: np.ndarray, finding_index: int, *, features_layer: str = FEATURES_LAYER
+    model: keras.Model, image: np.ndarray, finding_index: int, *, features_layer: str = FEATURES_LAYER,
+    method: str = "gradcam++",
 ) -> np.ndarray:
     """The reference (slow) path: tf-keras-vis on the whole model for one finding.
 
@@ -189,7 +211,10 @@ def gradcam_plus_plus_per_finding(
     image = np.asarray(image, dtype=np.float32)
     if image.ndim == 3:
         image = image[np.newaxis]
-    gradcam = GradcamPlusPlus(model, model_modifier=ReplaceToLinear(), clone=True)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    library = GradcamPlusPlus if method == "gradcam++" else Gradcam
+    gradcam = library(model, model_modifier=ReplaceToLinear(), clone=True)
     cam = gradcam(
         CategoricalScore([int(finding_index)]),
         image,
