@@ -1,4 +1,4 @@
-"""Data layer: the NIH tables, boxes and cleaning (dataset), patient-wise splits, image decoding (imageio) and the ONE preprocessing.
+"""Data layer: the NIH tables, boxes and cleaning (dataset), patient-wise splits, image decoding (imageio, with dicom for DICOM files) and the ONE preprocessing.
 
 Imports nothing above it: no learning, evaluation, serving or reader-study code.
 """

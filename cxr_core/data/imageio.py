@@ -8,7 +8,8 @@ bright, as radiologists view a chest film).
 Anything that cannot be used raises :class:`cxr_core.errors.ImageReadError`
 with a message written for the person who supplied the file. The technical
 cause (Pillow's or pydicom's exception), when there is one, stays attached as
-``__cause__`` for logs; it is not put in the message.
+``__cause__`` for logs; it is not put in the message. DICOM files are
+decoded by :mod:`cxr_core.data.dicom`.
 """
 
 from __future__ import annotations
@@ -35,14 +36,6 @@ ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview]
 MAX_PIXELS = 60_000_000
 #: Largest file accepted, in bytes (uncompressed 16-bit 60 MP DICOM ~ 120 MB).
 MAX_FILE_BYTES = 200 * 1024 * 1024
-
-# DICOM modalities that are projection radiographs. DX/CR are what chest films
-# are; RG and OT are common for digitised films and secondary captures.
-_RADIOGRAPH_MODALITIES = {"DX", "CR", "RG", "DR", "OT", "SC", "PX", "XR"}
-# Cross-sectional and other modalities a chest X-ray model must not read.
-_REFUSED_MODALITIES = {"CT", "MR", "PT", "NM", "US", "MG", "XA", "RF", "IO", "ES", "OP", "SM"}
-_CHEST_BODY_PARTS = {"CHEST", "THORAX", "LUNG", "LUNGS", ""}
-_FRONTAL_VIEWS = {"PA", "AP"}
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOI = b"\xff\xd8"
@@ -276,7 +269,7 @@ def _check_png_structure(data: bytes, name: str) -> None:
         pos = end
 
 
-def _skip_jpeg_scan(data: bytes, pos: int) -> int:
+def _skip_jpeg_scan(data: bytes, pos: int, *, jpeg_ls: bool = False) -> int:
     """Return the offset of the marker that ends the entropy-coded data at ``pos``."""
     while True:
         pos = data.find(b"\xff", pos)
@@ -284,13 +277,15 @@ def _skip_jpeg_scan(data: bytes, pos: int) -> int:
             return len(data)
         following = data[pos + 1]
         # FF00 is a stuffed data byte and FFD0-FFD7 restart markers: both belong to the scan.
-        if following == 0x00 or 0xD0 <= following <= 0xD7:
+        # JPEG-LS stuffs a zero bit instead: FF then any byte below 0x80 is data.
+        stuffed = following < 0x80 if jpeg_ls else following == 0x00
+        if stuffed or 0xD0 <= following <= 0xD7:
             pos += 2
             continue
         return pos
 
 
-def _check_jpeg_structure(data: bytes, name: str) -> None:
+def _check_jpeg_structure(data: bytes, name: str, *, what: str = "JPEG", jpeg_ls: bool = False) -> None:
     """Walk the JPEG marker segments up to EOI; check the frame size.
 
     libjpeg (inside Pillow) only *warns* about bytes where a marker should be
@@ -301,9 +296,15 @@ def _check_jpeg_structure(data: bytes, name: str) -> None:
     JPEG has no checksum.) The frame size is checked from the SOF header,
     before Pillow allocates anything.
 
+    The same walk checks the JPEG, JPEG Lossless and JPEG-LS frames inside
+    DICOM files (:mod:`cxr_core.data.dicom`): their decoders, too, fill a
+    stream that stops early instead of failing.
+
     Args:
-        data: the whole file, starting with the SOI marker.
+        data: the whole file (or DICOM frame), starting with the SOI marker.
         name: the file's label for messages.
+        what: the kind of file that messages call damaged.
+        jpeg_ls: the data is JPEG-LS (ISO 14495-1), whose scans stuff bits, not bytes.
     """
     n = len(data)
     pos = len(_JPEG_SOI)
@@ -311,7 +312,7 @@ def _check_jpeg_structure(data: bytes, name: str) -> None:
         if pos >= n:
             raise _truncated(name)
         if data[pos] != 0xFF:
-            raise _damaged(name, "JPEG")
+            raise _damaged(name, what)
         while pos < n and data[pos] == 0xFF:  # fill bytes may precede any marker
             pos += 1
         if pos >= n:
@@ -321,15 +322,16 @@ def _check_jpeg_structure(data: bytes, name: str) -> None:
         if marker == 0xD9:  # EOI; anything after it (MPO pictures, padding) is not ours to judge
             return
         if marker in (0x00, 0xD8):
-            raise _damaged(name, "JPEG")
+            raise _damaged(name, what)
         if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # stand-alone markers, no length
             continue
         if pos + 2 > n:
             raise _truncated(name)
         (length,) = struct.unpack_from(">H", data, pos)
         if length < 2:
-            raise _damaged(name, "JPEG")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn: the frame header
+            raise _damaged(name, what)
+        # SOFn: the frame header (SOF55, 0xF7, in JPEG-LS)
+        if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or (jpeg_ls and marker == 0xF7):
             if pos + 7 > n:
                 raise _truncated(name)
             height, width = struct.unpack_from(">HH", data, pos + 3)
@@ -339,7 +341,7 @@ def _check_jpeg_structure(data: bytes, name: str) -> None:
         if pos > n:
             raise _truncated(name)
         if marker == 0xDA:  # SOS: compressed data follows up to the next marker
-            pos = _skip_jpeg_scan(data, pos)
+            pos = _skip_jpeg_scan(data, pos, jpeg_ls=jpeg_ls)
 
 
 def _open_with_pillow(data: bytes, kind: str, name: str) -> Image.Image:
@@ -465,177 +467,6 @@ def _decode_raster(data: bytes, name: str) -> DecodedImage:
     )
 
 
-def _dicom_text(ds, keyword: str) -> str:
-    value = ds.get(keyword, "")
-    return str(value).strip().upper() if value is not None else ""
-
-
-def _dicom_int(ds, keyword: str, default: int, name: str) -> int:
-    """An integer element; a multi-valued or non-numeric one means a damaged header."""
-    try:
-        value = ds.get(keyword, default)  # pydicom converts the text on first use: may raise
-        return default if value is None or value == "" else int(value)
-    except (TypeError, ValueError) as exc:
-        raise _error(f"{name} is a damaged DICOM file: its {keyword} value is not a number.", "corrupt") from exc
-
-
-def _an(word: str) -> str:
-    """The article for an abbreviation read letter by letter ("an MR", "a CT")."""
-    return "an" if word[:1] in set("AEFHILMNORSX") else "a"
-
-
-def _apply_window(values: np.ndarray, ds, apply_voi_lut) -> Optional[np.ndarray]:
-    """Apply the DICOM window (WindowCenter/Width) and scale its output to [0, 1].
-
-    The window is what the modality chose for display: its output range, not
-    the image's own range, maps to black and white, so tissue that lies
-    inside a wide window stays mid-gray instead of being stretched.
-
-    Returns:
-        the windowed image in [0, 1], or None when the window is unusable.
-    """
-    try:
-        windowed = apply_voi_lut(values, ds, index=0, prefer_lut=False)
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            # The window's output for inputs far below and far above it.
-            black, white = (float(v) for v in apply_voi_lut(np.array([-np.inf, np.inf]), ds, index=0, prefer_lut=False))
-    except (ValueError, TypeError, IndexError, ZeroDivisionError, AttributeError):
-        return None  # width < 1, non-numeric or mismatched values
-    if not (np.isfinite(black) and np.isfinite(white)) or black == white:
-        return None
-    scaled = (np.asarray(windowed, dtype=np.float32) - np.float32(black)) / np.float32(white - black)
-    return np.clip(scaled, 0.0, 1.0)
-
-
-def _decode_dicom(data: bytes, name: str) -> DecodedImage:
-    """Decode a DICOM file with pydicom: modality LUT, VOI LUT/window, MONOCHROME1.
-
-    pydicom warns about every oddity of real files, while reading and again
-    when it converts a value on first use. The warnings are recorded, not
-    shown: the caller's filters could otherwise turn them into exceptions of
-    another type, and one of them is how a cut-off file shows itself.
-
-    Args:
-        data: the whole file, with the 128-byte preamble and ``DICM``.
-        name: the file's label for messages.
-    """
-    with warnings.catch_warnings(record=True) as pydicom_warnings:
-        warnings.simplefilter("always")
-        return _dicom_to_image(data, name, pydicom_warnings)
-
-
-def _dicom_to_image(data: bytes, name: str, read_warnings: list) -> DecodedImage:
-    """The body of :func:`_decode_dicom`, run with warnings recorded in ``read_warnings``."""
-    import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data))
-    except Exception as exc:  # InvalidDicomError, EOFError, struct.error ... on mangled headers
-        raise _error(
-            f"{name} starts like a DICOM file but its header is damaged and could not be read.", "corrupt"
-        ) from exc
-
-    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    has_pixels = "PixelData" in ds or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
-    if not has_pixels and any("end of file" in str(w.message).lower() for w in read_warnings):
-        # Compressed pixel data cut short: pydicom drops the element and only warns.
-        raise _truncated(name)
-    if syntax is None and not has_pixels:
-        # pydicom reads garbage after "DICM" as unknown private elements; a
-        # real file always states its transfer syntax.
-        raise _error(f"{name} starts like a DICOM file but its header is damaged and could not be read.", "corrupt")
-
-    notes: list[str] = []
-    modality = _dicom_text(ds, "Modality")
-    if modality in _REFUSED_MODALITIES:
-        raise _error(
-            f"{name} is {_an(modality)} {modality} image, not a chest radiograph. "
-            "cxr-assist reads frontal chest X-rays only.",
-            "wrong_modality",
-        )
-    if modality and modality not in _RADIOGRAPH_MODALITIES:
-        notes.append(f"The DICOM modality is {modality!r}, not a radiograph (DX/CR); check this is a chest X-ray.")
-    body_part = _dicom_text(ds, "BodyPartExamined")
-    if body_part not in _CHEST_BODY_PARTS:
-        notes.append(f"The DICOM says the body part is {body_part!r}, not the chest; the model was trained on chest films.")
-    view = _dicom_text(ds, "ViewPosition") or _dicom_text(ds, "PatientPosition")
-    if view not in _FRONTAL_VIEWS:
-        shown = view or "missing"
-        notes.append(f"The view position is {shown!r}, not PA or AP; the model was trained on frontal films only.")
-
-    if not has_pixels:
-        raise _error(f"{name} is a DICOM file without an image in it (no pixel data).", "no_pixel_data")
-    frames = _dicom_int(ds, "NumberOfFrames", 1, name)
-    if frames > 1:
-        raise _error(
-            f"{name} holds {frames} frames (a series or cine loop); upload a single chest X-ray image.", "multi_frame"
-        )
-    rows, cols = _dicom_int(ds, "Rows", 0, name), _dicom_int(ds, "Columns", 0, name)
-    _check_pixel_count(rows, cols, name)
-    try:
-        native = syntax is not None and not syntax.is_compressed
-    except ValueError:  # a UID that is not a known transfer syntax: pixel_array will say
-        native = False
-    if native and "PixelData" in ds:
-        # Uncompressed pixels have a known size: fewer bytes means the file was cut.
-        samples = _dicom_int(ds, "SamplesPerPixel", 1, name)
-        bits = _dicom_int(ds, "BitsAllocated", 8, name)
-        expected = (rows * cols * max(frames, 1) * max(samples, 1) * bits + 7) // 8
-        if len(ds.PixelData) < expected:
-            raise _truncated(name)
-    try:
-        raw = ds.pixel_array
-    except Exception as exc:
-        syntax_name = getattr(syntax, "name", None) or "an unknown encoding"
-        raise _error(
-            f"the image data in {name} could not be decoded (it is stored as {syntax_name}); it is damaged or "
-            "compressed in a way cxr-assist cannot read. Export it uncompressed or as PNG.",
-            "corrupt",
-        ) from exc
-    photometric = _dicom_text(ds, "PhotometricInterpretation")
-    if raw.ndim == 3 and raw.shape[-1] in (3, 4):  # colour DICOM (secondary capture)
-        raw = raw[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        notes.append("The DICOM image is in colour; it was converted to grayscale.")
-        pixels = _to_unit_range(raw)
-    elif raw.ndim != 2:
-        raise _error(f"{name} has an unexpected image shape {tuple(raw.shape)}; upload a single 2-D image.", "corrupt")
-    else:
-        values = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
-        pixels = None
-        if photometric in {"MONOCHROME1", "MONOCHROME2"}:  # pydicom's VOI functions accept only these
-            if "VOILUTSequence" in ds:
-                try:
-                    values = np.asarray(apply_voi_lut(values, ds, index=0, prefer_lut=True), dtype=np.float64)
-                except Exception:
-                    notes.append("The DICOM display lookup table is invalid; the image's own range was used instead.")
-            elif "WindowCenter" in ds and "WindowWidth" in ds:
-                pixels = _apply_window(values, ds, apply_voi_lut)
-                if pixels is None:
-                    notes.append("The DICOM display window is invalid; the image's own range was used instead.")
-        if pixels is None:
-            pixels = _to_unit_range(values)
-    if photometric == "MONOCHROME1":  # 0 means white in MONOCHROME1: invert to display convention
-        pixels = 1.0 - pixels
-    bits = _dicom_int(ds, "BitsStored", _dicom_int(ds, "BitsAllocated", 8, name), name)
-    metadata = {
-        "modality": modality,
-        "body_part": body_part,
-        "view_position": view,
-        "photometric": photometric,
-        "sex": _dicom_text(ds, "PatientSex"),
-        "age": _dicom_text(ds, "PatientAge"),
-    }
-    return DecodedImage(
-        pixels=np.ascontiguousarray(pixels, dtype=np.float32),
-        source_format="DICOM",
-        original_shape=(int(pixels.shape[0]), int(pixels.shape[1])),
-        bit_depth=bits,
-        warnings=tuple(notes),
-        metadata=metadata,
-    )
-
-
 def decode_image(source: ImageSource, *, name: str | None = None) -> DecodedImage:
     """Decode a PNG, JPEG or DICOM image into a :class:`DecodedImage`.
 
@@ -661,7 +492,9 @@ def decode_image(source: ImageSource, *, name: str | None = None) -> DecodedImag
         )
     try:
         if _is_dicom(data):
-            return _decode_dicom(data, label)
+            from cxr_core.data.dicom import decode_dicom  # here: pydicom loads only for DICOM files
+
+            return decode_dicom(data, label)
         return _decode_raster(data, label)
     except ImageReadError:
         raise
