@@ -1,8 +1,11 @@
 """Decode DICOM files for :func:`cxr_core.data.imageio.decode_image`.
 
-pydicom reads the file; modality LUT, VOI LUT or window and MONOCHROME1 are
-applied here; CT, MR and other non-radiographs are refused and a non-chest
-body part or a non-frontal view gives a warning. Errors are
+pydicom reads the file and its pixel-data plugins decode the transfer
+syntaxes in :data:`DECODERS` (uncompressed, deflated and big endian; RLE;
+JPEG baseline, extended and lossless; JPEG-LS; JPEG 2000: what PACS export).
+Modality LUT, VOI LUT or window and MONOCHROME1 are applied here; CT, MR
+and other non-radiographs are refused and a non-chest body part or a
+non-frontal view gives a warning. Errors are
 :class:`cxr_core.errors.ImageReadError` with a plain message, like every
 other decoding error.
 """
@@ -14,14 +17,58 @@ import warnings
 from typing import Optional
 
 import numpy as np
+from pydicom import uid
+from pydicom.pixels import get_decoder
 
 from cxr_core.data.imageio import (
     DecodedImage,
+    _check_jpeg_structure,
     _check_pixel_count,
+    _damaged,
     _error,
     _to_unit_range,
     _truncated,
 )
+
+#: The transfer syntaxes cxr-assist decodes, each with the pydicom plugin that
+#: decodes its pixel data (None: uncompressed, read by pydicom itself). Each is
+#: tested on real chest films (tests/test_dicom_syntaxes.py). The plugin is
+#: named rather than left to pydicom, whose choice depends on what happens to
+#: be installed, because the decoders differ where it matters here:
+#: - RLE: pydicom's own decoder; pylibjpeg-rle aborts with a Rust panic on some
+#:   damaged streams.
+#: - JPEG baseline: Pillow, the libjpeg-turbo that decodes JPEG files, so a
+#:   DICOM and a JPEG of one film give the same pixels (as before this table).
+#: - JPEG extended and lossless (process 14, any selection value):
+#:   pylibjpeg-libjpeg, the one that decodes 12- and 16-bit JPEG (GDCM can too,
+#:   but aborts the whole process on some damaged lossless streams).
+#: - JPEG-LS: pyjpegls (CharLS), which finds damage that libjpeg decodes
+#:   silently into a wrong image, and is four times faster.
+#: - JPEG 2000: pylibjpeg-openjpeg.
+DECODERS: dict[str, Optional[str]] = {
+    uid.ImplicitVRLittleEndian: None,
+    uid.ExplicitVRLittleEndian: None,
+    uid.DeflatedExplicitVRLittleEndian: None,
+    uid.ExplicitVRBigEndian: None,
+    uid.RLELossless: "pydicom",
+    uid.JPEGBaseline8Bit: "pillow",
+    uid.JPEGExtended12Bit: "pylibjpeg",
+    uid.JPEGLossless: "pylibjpeg",
+    uid.JPEGLosslessSV1: "pylibjpeg",
+    uid.JPEGLSLossless: "pyjpegls",
+    uid.JPEGLSNearLossless: "pyjpegls",
+    uid.JPEG2000Lossless: "pylibjpeg",
+    uid.JPEG2000: "pylibjpeg",
+}
+#: The same list in words, for messages and documentation.
+SUPPORTED_SYNTAXES = (
+    "uncompressed (little or big endian, deflated), RLE, JPEG (baseline, extended, lossless), "
+    "JPEG-LS (lossless, near-lossless) and JPEG 2000 (lossless, lossy)"
+)
+# Frames whose marker structure is walked before decoding: their decoders fill
+# a stream that stops early with made-up pixels instead of failing.
+_JPEG_FRAMES = {uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit, uid.JPEGLossless, uid.JPEGLosslessSV1}
+_JPEG_LS_FRAMES = {uid.JPEGLSLossless, uid.JPEGLSNearLossless}
 
 # DICOM modalities that are projection radiographs. DX/CR are what chest films
 # are; RG and OT are common for digitised films and secondary captures.
@@ -72,6 +119,68 @@ def _apply_window(values: np.ndarray, ds, apply_voi_lut) -> Optional[np.ndarray]
         return None
     scaled = (np.asarray(windowed, dtype=np.float32) - np.float32(black)) / np.float32(white - black)
     return np.clip(scaled, 0.0, 1.0)
+
+
+def _check_frame(ds, syntax, name: str) -> None:
+    """Walk the markers of a JPEG or JPEG-LS frame: it must start with SOI and reach EOI.
+
+    libjpeg decodes a lossless or JPEG-LS stream that stops early into an
+    image without complaint, and CharLS can spend seconds on one; a film cut
+    in transit must be refused, not read. (Damage inside the compressed data
+    that keeps the structure whole cannot be seen: JPEG has no checksum.)
+    """
+    from pydicom.encaps import generate_frames
+
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    except Exception as exc:  # a broken item tag or offset table
+        raise _damaged(name, "DICOM") from exc
+    if not frame.startswith(b"\xff\xd8"):
+        raise _damaged(name, "DICOM")
+    _check_jpeg_structure(frame, name, what="DICOM", jpeg_ls=syntax in _JPEG_LS_FRAMES)
+
+
+def _decode_pixels(ds, syntax, name: str) -> np.ndarray:
+    """``ds``'s stored values, decoded by the plugin :data:`DECODERS` names for its transfer syntax.
+
+    Raises:
+        ImageReadError: damaged pixel data (``corrupt``, ``truncated``), or a
+            transfer syntax cxr-assist does not read or whose decoder is not
+            installed (``unsupported_format``).
+    """
+    syntax_name = getattr(syntax, "name", None) or "an unknown encoding"
+    plugin = DECODERS.get(syntax) if syntax is not None else None
+    if plugin is not None:
+        decoder = get_decoder(syntax)
+        if plugin not in decoder.available_plugins:
+            if not decoder.available_plugins:
+                raise _error(
+                    f"the image data in {name} is stored as {syntax_name}, and the decoder for it ({plugin}) is not "
+                    "installed here (requirements.txt installs it). Export the image uncompressed or as PNG.",
+                    "unsupported_format",
+                )
+            plugin = ""  # another installed plugin can decode it: let pydicom choose
+        ds.pixel_array_options(decoding_plugin=plugin)
+    if syntax in _JPEG_FRAMES or syntax in _JPEG_LS_FRAMES:
+        _check_frame(ds, syntax, name)
+    try:
+        return ds.pixel_array
+    except BaseException as exc:
+        # Decoders written in Rust (pyo3) raise PanicException, a BaseException,
+        # on some damaged streams: it is bad data, not an interrupt.
+        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+            raise
+        if syntax is not None and syntax in DECODERS:
+            raise _error(
+                f"the image data in {name} is damaged and could not be decoded (it is stored as {syntax_name}). "
+                "Export the image again.",
+                "corrupt",
+            ) from exc
+        raise _error(
+            f"the image data in {name} is stored as {syntax_name}, which cxr-assist cannot decode; it reads DICOM "
+            f"stored {SUPPORTED_SYNTAXES}. Export the image in one of those or as PNG.",
+            "unsupported_format",
+        ) from exc
 
 
 def decode_dicom(data: bytes, name: str) -> DecodedImage:
@@ -151,15 +260,7 @@ def _dicom_to_image(data: bytes, name: str, read_warnings: list) -> DecodedImage
         expected = (rows * cols * max(frames, 1) * max(samples, 1) * bits + 7) // 8
         if len(ds.PixelData) < expected:
             raise _truncated(name)
-    try:
-        raw = ds.pixel_array
-    except Exception as exc:
-        syntax_name = getattr(syntax, "name", None) or "an unknown encoding"
-        raise _error(
-            f"the image data in {name} could not be decoded (it is stored as {syntax_name}); it is damaged or "
-            "compressed in a way cxr-assist cannot read. Export it uncompressed or as PNG.",
-            "corrupt",
-        ) from exc
+    raw = _decode_pixels(ds, syntax, name)
     photometric = _dicom_text(ds, "PhotometricInterpretation")
     if raw.ndim == 3 and raw.shape[-1] in (3, 4):  # colour DICOM (secondary capture)
         raw = raw[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
