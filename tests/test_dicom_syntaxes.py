@@ -309,6 +309,18 @@ def test_full_size_film_as_jpeg_ls_decodes_exactly() -> None:
     np.testing.assert_array_equal(decode_image(compressed).pixels, decode_image(original).pixels)
 
 
+@pytest.mark.parametrize("case_id", ["chest12-jpeg-lossless-sv1", "chest12-jpeg-ls-lossless", "chest12-jpeg2000-lossless"])
+def test_frame_split_into_fragments_decodes_exactly(case_id: str) -> None:
+    """PACS often store one frame as several fragments, with a basic offset table."""
+    data = _built(case_id)
+    ds = _read(data)
+    ds.PixelData = encapsulate([_frame(data)], fragments_per_frame=5, has_bot=True)
+    split = _save(ds)
+    assert len(list(pydicom.encaps.generate_fragments(_read(split).PixelData))) == 6  # the table, then 5
+    np.testing.assert_array_equal(_read(split).pixel_array, CASES[case_id].original())
+    np.testing.assert_array_equal(decode_image(split).pixels, decode_image(data).pixels)
+
+
 # --------------------------------------------------------------------------
 # Damaged compressed streams.
 # --------------------------------------------------------------------------
