@@ -10,6 +10,10 @@ import typing
 from dataclasses import dataclass
 
 LR_SCHEDULES = ("cosine", "constant")
+#: ``full``: fit the whole network on augmented batches; ``linear_head``: keep the
+#: (pretrained) trunk frozen, compute its features once, fit only the logits
+#: layer on them (:mod:`cxr_core.learn.linear_head`).
+TRAIN_MODES = ("full", "linear_head")
 MIXED_PRECISION = ("auto", "on", "off")
 
 
@@ -30,8 +34,23 @@ class TrainConfig:
     Model:
         backbone, weights, input_size, dropout, bn_momentum: as
             :func:`cxr_core.learn.models.build_model`.
+        features_layer: backbone layer(s) whose activation is ``"features"``
+            (empty: the backbone's last conv activation; several: concatenated).
+        explanation: ``gradcam++`` | ``gradcam``: the heatmap method the bundle
+            records for the Predictor (``gradcam`` is the class activation map
+            of a GAP + Dense head, the map the box loss trains).
         preprocess_mean, preprocess_std: the normalisation stored in the bundle.
     Optimisation:
+        train_mode: ``full`` | ``linear_head`` (frozen trunk, head fitted on its
+            features computed once; no augmentation, no epochs).
+        head_l2, head_steps: L2 strength and full-batch steps of the linear head.
+        box_loss_weight: ``linear_head`` only: weight of the loss that pulls each
+            finding's class activation map into its expert boxes, on training
+            images (needs ``data``: the NIH folder with ``BBox_List_2017.csv``).
+        feature_cache_dir: ``linear_head`` only: keep the frozen trunk's features
+            there, keyed by everything they depend on, so recipes that share a
+            trunk (e.g. head settings compared by ``training.experiment``) run
+            it once.
         batch_size: global batch (split across replicas).
         epochs, steps_per_epoch: epochs to run; steps default to one pass over train.
         learning_rate, lr_schedule (``cosine``|``constant``), warmup_epochs,
@@ -60,9 +79,16 @@ class TrainConfig:
     input_size: int = 224
     dropout: float = 0.2
     bn_momentum: float = 0.9
+    features_layer: tuple[str, ...] = ()
+    explanation: str = "gradcam++"
     preprocess_mean: float = 0.5
     preprocess_std: float = 0.25
 
+    train_mode: str = "full"
+    head_l2: float = 0.14
+    head_steps: int = 500
+    box_loss_weight: float = 0.0
+    feature_cache_dir: str | None = None
     batch_size: int = 16
     epochs: int = 10
     steps_per_epoch: int | None = None
@@ -93,10 +119,19 @@ class TrainConfig:
         from cxr_core.learn.models import BACKBONES
 
         self.split_fractions = tuple(float(f) for f in self.split_fractions)
+        if isinstance(self.features_layer, str):  # one name given as text, e.g. --set features_layer=block4_conv3
+            self.features_layer = (self.features_layer,) if self.features_layer else ()
+        self.features_layer = tuple(self.features_layer)
         checks = [
             (self.backbone in BACKBONES, f"backbone must be one of {sorted(BACKBONES)}"),
             (self.loss in LOSS_NAMES, f"loss must be one of {LOSS_NAMES}"),
             (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}"),
+            (self.train_mode in TRAIN_MODES, f"train_mode must be one of {TRAIN_MODES}"),
+            (self.explanation in ("gradcam++", "gradcam"), "explanation must be gradcam++ or gradcam"),
+            (self.head_l2 >= 0 and self.head_steps >= 1 and self.box_loss_weight >= 0,
+             "head_l2 and box_loss_weight must be >= 0, head_steps >= 1"),
+            (self.box_loss_weight == 0 or (self.train_mode == "linear_head" and self.data is not None),
+             "box_loss_weight needs train_mode = \"linear_head\" and data (the NIH folder with its boxes), not a cache"),
             (self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {MIXED_PRECISION}"),
             (self.split_strategy in ("auto", "official", "patient"), "split_strategy must be auto, official or patient"),
             (len(self.split_fractions) == 3 and math.isclose(sum(self.split_fractions), 1.0), "split_fractions must be 3 numbers summing to 1"),
@@ -143,6 +178,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data["split_fractions"] = list(self.split_fractions)
+        data["features_layer"] = list(self.features_layer)
         return data
 
     def augment(self):
@@ -158,7 +194,8 @@ class TrainConfig:
     def model_args(self) -> dict:
         """Arguments of build_model that rebuild this run's architecture without downloading weights."""
         return {"backbone": self.backbone, "input_size": self.input_size, "rgb_stem": self.weights is not None,
-                "dropout": self.dropout, "bn_momentum": self.bn_momentum}
+                "dropout": self.dropout, "bn_momentum": self.bn_momentum,
+                "features_layer": tuple(self.features_layer) or None}
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -193,6 +230,8 @@ def _coerce(key: str, value, hint):
     origin = typing.get_origin(hint)
     try:
         if origin is tuple:
+            if isinstance(value, str):  # one name for a list of names
+                value = [value]
             return tuple(_coerce(key, v, args[0]) for v in value)
         if hint is bool:
             if isinstance(value, str):

@@ -426,6 +426,145 @@ def _history_summary(log_file: Path, checkpoint: ResumableCheckpoint) -> dict:
     }
 
 
+def _boxes_of(config: TrainConfig, images: list[str]) -> list[list[tuple]]:
+    """Expert boxes of ``images`` as (finding, x, y, w, h) fractions of the image side."""
+    from cxr_core.data.dataset import NIHDataset
+
+    dataset = NIHDataset(config.data)
+    boxed = set(dataset.boxes["image"])
+    # Boxes are given in the 1,024 px release space; width = height = 1 gives fractions.
+    return [
+        [(r.finding, r.x, r.y, r.w, r.h) for r in dataset.boxes_for(image, width=1.0, height=1.0).itertuples(index=False)]
+        if image in boxed else []
+        for image in images
+    ]
+
+
+def _feature_cache_file(config: TrainConfig, data: TrainingData) -> Path | None:
+    """Where the frozen trunk's features of this run live, or None without a cache folder."""
+    if not config.feature_cache_dir:
+        return None
+    import hashlib
+
+    key = {
+        "model": {**config.model_args(), "dropout": None}, "weights": config.weights,
+        "preprocess": config.preprocess().to_dict(),
+        "train": data.table["image"].to_numpy()[data.rows("train")].tolist(),
+        "val": data.table["image"].to_numpy()[data.rows("val")].tolist(),
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=list).encode()).hexdigest()[:16]
+    return Path(config.feature_cache_dir) / f"{config.backbone}-{config.input_size}-{digest}.npz"
+
+
+def _trunk_features(model: keras.Model, config: TrainConfig, data: TrainingData) -> dict:
+    """Pooled features of train and val, and the maps and box masks of boxed training images."""
+    from cxr_core.learn.linear_head import feature_maps
+    from cxr_core.learn.pipeline import dataset_from_cache, dataset_from_files
+
+    common = {"preprocess": config.preprocess(), "batch_size": config.batch_size, "training": False}
+    if data.cache is not None:
+        train_ds = dataset_from_cache(data.cache, "train", limit=config.limit_per_split, **common)
+        val_ds = dataset_from_cache(data.cache, "val", limit=config.limit_per_split, **common)
+    else:
+        paths = data.table["path"].to_numpy()
+        train_ds = dataset_from_files(paths[data.rows("train")], data.split_labels("train"), **common)
+        val_ds = dataset_from_files(paths[data.rows("val")], data.split_labels("val"), **common)
+    return {"train": feature_maps(model, train_ds), "val": feature_maps(model, val_ds)}
+
+
+def _box_features(model: keras.Model, config: TrainConfig, data: TrainingData) -> dict:
+    """Feature maps and box masks of the TRAINING images that have expert boxes."""
+    from cxr_core.learn.linear_head import box_masks, feature_maps
+    from cxr_core.learn.pipeline import dataset_from_files
+
+    common = {"preprocess": config.preprocess(), "batch_size": config.batch_size, "training": False}
+    arrays: dict = {"box_maps": np.zeros((0,), np.float16)}
+    images = data.table["image"].to_numpy()[data.rows("train")]
+    boxes = _boxes_of(config, list(images))
+    boxed = [i for i, b in enumerate(boxes) if b]
+    if boxed:
+        paths = data.table["path"].to_numpy()[data.rows("train")][boxed]
+        boxed_ds = dataset_from_files(paths, data.split_labels("train")[boxed], **common)
+        _, maps = feature_maps(model, boxed_ds, pooled_only=False)
+        masks, has_box = box_masks([boxes[i] for i in boxed], maps.shape[1:3])
+        arrays.update(box_maps=maps, box_masks=masks, has_box=has_box)
+    return arrays
+
+
+def _train_linear_head(config: TrainConfig, data: TrainingData, out: Path, *, write: bool) -> tuple[keras.Model, dict]:
+    """``train_mode = "linear_head"``: frozen trunk, features once, logits layer fitted.
+
+    Train and validation images go through the validation pipeline (no
+    augmentation: the same tensors the app makes); the fitted model is scored
+    on validation with the same macro mean AUROC as full training, and one
+    row is written to ``log.csv`` so runs of both modes read alike.
+    """
+    from cxr_core.learn.linear_head import fit_linear_head
+    from cxr_core.learn.models import build_model
+
+    started = time.perf_counter()
+    model = build_model(**config.model_args(), weights=config.weights, preprocess=config.preprocess())
+    cached = _feature_cache_file(config, data)
+    arrays: dict = {}
+    if cached is not None and cached.is_file():
+        with np.load(cached) as stored:
+            arrays = {k: stored[k] for k in stored.files}
+        log.info("frozen-trunk features read from %s", cached)
+    missing = {} if arrays else _trunk_features(model, config, data)
+    if config.box_loss_weight > 0 and "box_maps" not in arrays:
+        missing.update(_box_features(model, config, data))
+    if missing:
+        arrays.update(missing)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            partial = cached.with_name(cached.stem + ".partial.npz")
+            np.savez(partial, **arrays)
+            os.replace(partial, cached)  # never a half-written cache under the real name
+    extracted = time.perf_counter() - started
+    train_features, val_features = arrays["train"], arrays["val"]
+    box_args: dict = {}
+    if config.box_loss_weight > 0:
+        if len(arrays.get("box_maps", ())):
+            box_args = {"box_maps": arrays["box_maps"], "box_masks_": arrays["box_masks"], "has_box": arrays["has_box"]}
+        else:
+            log.warning("box_loss_weight is set but no training image has an expert box: fitting without boxes")
+    fit = fit_linear_head(model, train_features, data.split_labels("train"), l2=config.head_l2, steps=config.head_steps,
+                          box_loss_weight=config.box_loss_weight, seed=config.seed, **box_args)
+    # Score exactly as full training does: logits of the model's own head on validation.
+    kernel, bias = model.get_layer("logits").get_weights()
+    val_scores = val_features @ kernel + bias
+    score, _ = mean_auroc(data.split_labels("val"), val_scores)
+    seconds = round(time.perf_counter() - started, 1)
+    row = {"epoch": 0, "loss": fit.train_loss, "box_loss": fit.box_loss, "val_mean_auroc": score,
+           "feature_seconds": round(extracted, 1), "head_seconds": fit.seconds, "seconds": seconds}
+    if write:
+        pd.DataFrame([row]).to_csv(out / "log.csv", index=False)
+    log.info("linear head: validation mean AUROC %.4f (%.0f s features, %.1f s head)", score, extracted, fit.seconds)
+    history = {"epochs_run": 1, "best_epoch": 1, "best_val_mean_auroc": score if np.isfinite(score) else None,
+               "stopped_early": False, "seconds": seconds, "epochs": [row],
+               "linear_head": dataclasses.asdict(fit)}
+    return model, history
+
+
+def _bundle_of(config: TrainConfig, data: TrainingData, model: keras.Model, training: dict):
+    """The bundle of a finished run (model, preprocessing, data summary, provenance, explanation method)."""
+    from cxr_core.learn.bundle import Bundle, code_version
+
+    return Bundle(
+        model=model,
+        input_size=config.input_size,
+        preprocessing=config.preprocess(),
+        backbone=config.backbone,
+        model_config={**config.model_args(), "weights_init": config.weights},
+        data=data.summary(),
+        split=data.split_info,
+        splits=data.splits_table(),
+        code=code_version(),
+        training={"config": config.to_dict(), **training},
+        extra={"explanation": {"method": config.explanation}},
+    )
+
+
 def train(config: TrainConfig) -> Path:
     """Train a model as ``config`` says and write its bundle.
 
@@ -440,7 +579,6 @@ def train(config: TrainConfig) -> Path:
     Returns:
         the bundle folder (``<out>/bundle``).
     """
-    from cxr_core.learn.bundle import Bundle, code_version
     from cxr_core.learn.models import build_model
 
     strategy = choose_strategy()
@@ -463,6 +601,11 @@ def train(config: TrainConfig) -> Path:
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
 
     data = load_training_data(config)
+    if config.train_mode == "linear_head":
+        model, history = _train_linear_head(config, data, out, write=chief)
+        bundle = _bundle_of(config, data, model, {"history": history, "mixed_precision": False,
+                                                  "replicas": int(strategy.num_replicas_in_sync), "positive_weights": None})
+        return bundle.save(out / "bundle", float16=config.float16_bundle, overwrite=True) if chief else checkpoints
     # A resumed run shuffles and augments with a new seed, not epoch 1's order again.
     train_ds, val_ds, steps = make_datasets(data, config, seed=config.seed + (int(state["epoch"]) if state else 0))
     train_labels = data.split_labels("train")
@@ -506,20 +649,9 @@ def train(config: TrainConfig) -> Path:
     if best.is_file():
         model.load_weights(best)
     inference.set_weights(model.get_weights())
-    bundle = Bundle(
-        model=inference,
-        input_size=config.input_size,
-        preprocessing=config.preprocess(),
-        backbone=config.backbone,
-        model_config={**config.model_args(), "weights_init": config.weights},
-        data=data.summary(),
-        split=data.split_info,
-        splits=data.splits_table(),
-        code=code_version(),
-        training={"config": config.to_dict(), "history": _history_summary(out / "log.csv", checkpoint),
-                  "mixed_precision": mixed, "replicas": int(strategy.num_replicas_in_sync),
-                  "positive_weights": getattr(model.loss, "pos_weight", None)},
-    )
+    bundle = _bundle_of(config, data, inference, {
+        "history": _history_summary(out / "log.csv", checkpoint), "mixed_precision": mixed,
+        "replicas": int(strategy.num_replicas_in_sync), "positive_weights": getattr(model.loss, "pos_weight", None)})
     if not chief:
         return checkpoints
     return bundle.save(out / "bundle", float16=config.float16_bundle, overwrite=True)
