@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--members", nargs="+", required=True, help="the members' bundle folders (at least two)")
     parser.add_argument("--out", required=True, help="the ensemble bundle folder to write")
     parser.add_argument("--weights", nargs="+", type=float, help="one weight per member (normalised to sum 1; default equal)")
+    parser.add_argument("--map-weights", nargs="+", type=float,
+                        help="one weight per member for the averaged heatmaps (default: --weights; 0 leaves a member out)")
     parser.add_argument("--names", nargs="+", help="one folder name per member (default m1_<backbone>_<size> ...)")
     parser.add_argument("--float16", action="store_true", help="store float32 member weights as float16 (about half the size)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle in --out")
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         out = assemble_ensemble(args.members, args.out, weights=args.weights, names=args.names, float16=args.float16,
-                                overwrite=args.overwrite)
+                                overwrite=args.overwrite, map_weights=args.map_weights)
     except (BundleError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -550,6 +550,7 @@ class EnsembleMember:
     Attributes:
         name: the member's folder name under ``members/``.
         weight: its share of the averaged logits (the weights of a bundle sum to 1).
+        map_weight: its share of the averaged heatmaps (None: same as ``weight``).
         bundle: the member as a single-model :class:`Bundle` (own model, input
             size, preprocessing, backbone and training provenance).
     """
@@ -557,6 +558,7 @@ class EnsembleMember:
     name: str
     weight: float
     bundle: Bundle
+    map_weight: float | None = None
 
     def summary(self) -> dict:
         """The member's entry in the ensemble's ``bundle.json``."""
@@ -565,6 +567,7 @@ class EnsembleMember:
             "name": self.name,
             "path": f"{MEMBERS_DIR}/{self.name}",
             "weight": float(self.weight),
+            **({} if self.map_weight is None else {"map_weight": float(self.map_weight)}),
             "backbone": self.bundle.backbone,
             "input_size": int(self.bundle.input_size),
             "preprocessing": self.bundle.preprocessing.to_dict(),
@@ -682,7 +685,9 @@ class EnsembleBundle(_Records):
             folder = directory / entry.get("path", f"{MEMBERS_DIR}/{name}")
             member = Bundle.load(folder, expected_findings=findings, expected_input_size=entry.get("input_size"),
                                  load_model=load_model)
-            members.append(EnsembleMember(name=name, weight=float(entry.get("weight", 1.0)), bundle=member))
+            map_weight = entry.get("map_weight")
+            members.append(EnsembleMember(name=name, weight=float(entry.get("weight", 1.0)), bundle=member,
+                                          map_weight=None if map_weight is None else float(map_weight)))
         weights = _normalised_weights([m.weight for m in members], len(members))
         for member, weight in zip(members, weights):
             member.weight = weight
@@ -758,6 +763,7 @@ def assemble_ensemble(
     float16: bool = False,
     overwrite: bool = False,
     expected_findings=FINDINGS,
+    map_weights: list[float] | None = None,
 ) -> Path:
     """Build an ensemble bundle from trained single-model bundles.
 
@@ -778,6 +784,9 @@ def assemble_ensemble(
         float16: store float32 member weights as float16 (about half the size).
         overwrite: replace an existing bundle at ``out``.
         expected_findings: the output order every member must have.
+        map_weights: one non-negative weight per member for the averaged
+            heatmaps (normalised; default: ``weights``); 0 keeps a member's
+            maps out, e.g. when they measured worse on the validation boxes.
 
     Returns:
         the ensemble folder.
@@ -797,6 +806,7 @@ def assemble_ensemble(
         raise BundleError(f"{out} is one of the members; write the ensemble to a new folder")
     bundles = [Bundle.load(source, expected_findings=expected_findings, load_model=False) for source in sources]
     shares = _normalised_weights(weights, len(bundles))
+    map_shares = [None] * len(bundles) if map_weights is None else _normalised_weights(map_weights, len(bundles))
     if names is None:
         names = [f"m{i + 1}_{b.backbone or 'model'}_{b.input_size}" for i, b in enumerate(bundles)]
     names = [_check_member_name(n) for n in names]
@@ -812,7 +822,7 @@ def assemble_ensemble(
                 stale.unlink()
     out.mkdir(parents=True, exist_ok=True)
     ensemble_members = []
-    for source, bundle, name, share in zip(sources, bundles, names, shares):
+    for source, bundle, name, share, map_share in zip(sources, bundles, names, shares, map_shares):
         folder = out / MEMBERS_DIR / name
         folder.mkdir(parents=True, exist_ok=True)
         meta = json.loads((source / METADATA_FILE).read_text(encoding="utf-8"))
@@ -827,7 +837,7 @@ def assemble_ensemble(
         meta["assembled_from"] = {"bundle": portable_path(source.resolve()), "weight": share}
         _write_json_atomic(folder / METADATA_FILE, meta)
         member_bundle = Bundle.load(folder, expected_findings=expected_findings, load_model=False)
-        ensemble_members.append(EnsembleMember(name=name, weight=share, bundle=member_bundle))
+        ensemble_members.append(EnsembleMember(name=name, weight=share, bundle=member_bundle, map_weight=map_share))
 
     summaries = [b.data for b in bundles]
     comparable = [{k: v for k, v in d.items() if k != "location"} for d in summaries]

@@ -95,12 +95,18 @@ class Member:
         preprocess: the preprocessing it was trained with (its own input size and normalisation).
         weight: its share of the averaged logits (normalised over the members).
         name: a label (the member's folder in an ensemble bundle).
+        explanation: its heatmap method, ``"gradcam++"`` or ``"gradcam"`` (as its bundle records).
+        map_weight: its share of the averaged heatmaps (default: ``weight``); 0
+            keeps a member out of the maps, e.g. one whose maps measured worse
+            on the validation boxes.
     """
 
     model: keras.Model
     preprocess: PreprocessConfig
     weight: float = 1.0
     name: str = "model"
+    explanation: str = "gradcam++"
+    map_weight: float | None = None
 
 
 class _Runner:
@@ -128,7 +134,7 @@ class _Runner:
         self._scores = tf.function(lambda x: scores(x, training=False), reduce_retracing=True)
         self._both = tf.function(lambda x: both(x, training=False), reduce_retracing=True)
         self._has_logits = logits is not None
-        self.explainer = HeadGradcamPlusPlus(head)
+        self.explainer = HeadGradcamPlusPlus(head, method=member.explanation)
 
     def scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(logits, probabilities)`` (n, 14) float64 for normalised inputs."""
@@ -156,6 +162,11 @@ def _logits_output(model: keras.Model):
     except ValueError:
         return None
     return keras.ops.cast(output, "float32")
+
+
+def _explanation(meta: dict) -> str:
+    """The heatmap method a bundle records; bundles from before the key was added used Grad-CAM++."""
+    return str((meta.get("explanation") or {}).get("method", "gradcam++"))
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -209,8 +220,12 @@ class Predictor:
         weights = np.asarray([float(m.weight) for m in members])
         if not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
             raise ValueError(f"member weights must be finite, non-negative and not all zero, got {weights.tolist()}")
+        map_weights = np.asarray([float(m.weight if m.map_weight is None else m.map_weight) for m in members])
+        if not np.all(np.isfinite(map_weights)) or np.any(map_weights < 0) or map_weights.sum() <= 0:
+            raise ValueError(f"member map weights must be finite, non-negative and not all zero, got {map_weights.tolist()}")
         self.members = tuple(members)
         self.weights = weights / weights.sum()
+        self.map_weights = map_weights / map_weights.sum()
         self.findings = findings
         self.calibration = calibration
         self.thresholds = np.full(len(findings), UNFITTED_THRESHOLD) if thresholds is None else np.asarray(thresholds, float)
@@ -236,13 +251,15 @@ class Predictor:
         if isinstance(thresholds, dict):
             thresholds = thresholds.get("values")
         if isinstance(bundle, EnsembleBundle):
-            members = [Member(model=m.bundle.model, preprocess=m.bundle.preprocessing, weight=m.weight, name=m.name)
+            members = [Member(model=m.bundle.model, preprocess=m.bundle.preprocessing, weight=m.weight, name=m.name,
+                              explanation=_explanation(m.bundle.metadata()), map_weight=m.map_weight)
                        for m in bundle.members]
             predictor = cls(members=members, findings=bundle.findings, calibration=calibration,
                             thresholds=thresholds, metadata=meta)
         else:
-            predictor = cls(bundle.model, preprocess=bundle.preprocessing, findings=bundle.findings,
-                            calibration=calibration, thresholds=thresholds, metadata=meta)
+            predictor = cls(members=[Member(model=bundle.model, preprocess=bundle.preprocessing,
+                                            explanation=_explanation(meta))],
+                            findings=bundle.findings, calibration=calibration, thresholds=thresholds, metadata=meta)
         predictor.bundle = bundle
         return predictor
 
@@ -426,7 +443,7 @@ class Predictor:
         for k, finding in enumerate(wanted):
             maps = [resize_map(member_cams[k], (height, width)) for member_cams in cams]
             heatmaps[finding] = maps[0] if len(maps) == 1 else np.clip(
-                sum(np.float32(w) * m for w, m in zip(self.weights, maps)), 0.0, 1.0).astype(np.float32)
+                sum(np.float32(w) * m for w, m in zip(self.map_weights, maps) if w > 0), 0.0, 1.0).astype(np.float32)
         probabilities_by_finding = dict(zip(self.findings, calibrated.tolist()))
         notes = list(decoded.warnings) + intensity_warnings(smalls[self.reference_size], self.metadata.get("intensity_reference"))
         return Analysis(
