@@ -1,0 +1,46 @@
+"""Train recipes on one seeded split and write one validation row per recipe.
+
+    python -m training.experiment --grid configs/experiments/*.toml --data ../shared/nih
+    python -m training.experiment --grid configs/experiments/*.toml --only vgg16_hed_ms_box --retrain
+
+Each recipe is a training TOML with an ``[experiment]`` table (see
+``cxr_core.serving.experiment``). Rows are measured on the VALIDATION split
+only and appended to ``<runs>/results.csv`` as each finishes (a cut-off grid
+resumes: measured recipes are skipped); the table in ``--doc`` (default
+``docs/experiments.md``) is rewritten between its markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.experiment", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--grid", nargs="+", required=True, help="recipe TOML files")
+    parser.add_argument("--data", required=True, help="NIH folder with the validation images and boxes")
+    parser.add_argument("--runs", default="runs/exp", help="folder of ensemble bundles and results.csv (default runs/exp)")
+    parser.add_argument("--doc", default="docs/experiments.md", help="Markdown file whose table is rewritten")
+    parser.add_argument("--only", nargs="+", help="recipe names to run (default all)")
+    parser.add_argument("--retrain", action="store_true", help="train and measure again recipes already measured")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from cxr_core.serving.experiment import run_grid, write_table
+
+    try:
+        results = run_grid(args.grid, data_root=args.data, runs=args.runs, retrain=args.retrain, only=args.only)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(results)} recipes measured -> {write_table(results, args.doc)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
