@@ -7,7 +7,10 @@ On the bundle's own data, calibration and thresholds are fitted on its
 validation split and the test split is evaluated; results go into the bundle
 (metrics.json, summary.md, bundle.json). On other data the fitted calibration
 and thresholds are applied unchanged to the images the model did not train
-on, and the report goes to --out.
+on, and the report goes to --out. Where DATA/extras/ holds the radiologists'
+labels of Majkowska et al. 2019 (or --expert-labels names them), the evaluated
+images that have them are also scored against the experts and NIH's labels are
+audited (metrics.json: expert_reference, label_audit; docs/expert_reference.md).
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration", default="temperature", choices=["temperature", "platt"])
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
     parser.add_argument("--no-localization", action="store_true", help="skip Grad-CAM++ box scoring")
+    expert = parser.add_mutually_exclusive_group()
+    expert.add_argument("--expert-labels", metavar="PATH",
+                        help="radiologists' labels (google2019_nih-chest-xray-labels.csv.gz); default: "
+                             "DATA/extras/ when present")
+    expert.add_argument("--no-expert-labels", action="store_true", help="skip the expert-reference evaluation")
     return parser
 
 
@@ -40,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluate_bundle(
             args.bundle, args.data, out_dir=args.out, n_boot=args.n_boot, threshold_method=args.thresholds,
             calibration_method=args.calibration, localization=not args.no_localization,
+            expert_labels=False if args.no_expert_labels else args.expert_labels,
             progress=lambda items: tqdm(items, unit="batch", leave=False),
         )
     except (BundleError, DataFormatError, FileNotFoundError, ValueError) as exc:

@@ -1,4 +1,4 @@
-"""Evaluation maths: per-finding metrics with patient-level bootstrap CIs, operating thresholds, calibration, localisation scoring, and the evaluation of a set of predictions.
+"""Evaluation maths: per-finding metrics with patient-level bootstrap CIs, operating thresholds, calibration, localisation scoring, the comparison with radiologists' labels (expert), and the evaluation of a set of predictions.
 
 Works on arrays and tables; it never loads a model (applying a bundle to data is cxr_core.serving.bundle_evaluation).
 """
@@ -12,5 +12,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "calibration": ("CALIBRATION_METHODS", "Calibration", "fit_calibration", "expected_calibration_error", "brier_score",
                     "reliability_curve"),
     "localization": ("IOBB_THRESHOLDS", "heatmap_to_boxes", "iou", "iobb", "best_iobb", "localization_accuracy"),
+    "expert": ("EXPERT_MAPPING", "COMBINE_METHODS", "category_scores", "category_labels", "cohen_kappa", "label_audit",
+               "expert_auroc", "expert_report"),
     "evaluate": ("evaluate_predictions", "localization_report", "PUBLISHED_AUROC"),
 })

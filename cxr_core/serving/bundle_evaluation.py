@@ -10,6 +10,14 @@ expert boxes), and stores everything in the bundle: ``metrics.json``,
 On other data (the demo set, another copy of NIH) it applies the bundle's
 fitted calibration and thresholds unchanged to every image the model did not
 train on, and writes the report to a separate folder.
+
+Where the dataset folder holds the radiologists' labels of Majkowska et al.
+(``extras/google2019_nih-chest-xray-labels.csv.gz``, or a file passed as
+``expert_labels``), the evaluated images that have them are also scored
+against the experts beside NIH's labels, and NIH's labels are audited against
+the experts (``expert_reference`` and ``label_audit`` in ``metrics.json``;
+:mod:`cxr_core.evaluation.expert`). That part never stops an evaluation: if
+it fails, a warning says why and the two blocks are left out.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,10 +34,12 @@ import numpy as np
 import pandas as pd
 
 from cxr_core.data.dataset import NIHDataset, stored_image_size
+from cxr_core.data.expert_labels import find_expert_labels, read_expert_labels
 from cxr_core.data.preprocessing import to_model_uint8
 from cxr_core.data.splits import assert_patient_disjoint
 from cxr_core.evaluation.calibration import Calibration
 from cxr_core.evaluation.evaluate import _json, evaluate_predictions, localization_report
+from cxr_core.evaluation.expert import expert_report
 from cxr_core.evaluation.localization import best_iobb, heatmap_to_boxes, iou
 from cxr_core.findings import FINDINGS
 from cxr_core.learn.bundle import Bundle, portable_path
@@ -136,7 +147,45 @@ def _summary_markdown(report: dict, title: str) -> str:
         lines += ["| finding | boxes | " + " | ".join(keys) + " | mean IoU |", "|---|---:|" + "---:|" * (len(keys) + 1)]
         for row in loc["accuracy"]:
             lines.append(f"| {row['finding']} | {row['n_boxes']} | " + " | ".join(fmt(row[k]) for k in keys) + f" | {fmt(row['mean_iou'])} |")
+    ref = report.get("expert_reference")
+    if ref and ref.get("per_category"):
+        lines += ["", f"Against radiologists' labels (Majkowska et al. 2019) on the {ref['images']} {ref.get('split', 'test')} "
+                  f"images of {ref['patients']} patients that have them, beside NIH's labels on the same images:", "",
+                  "| category | expert positives | AUROC vs experts (95% CI) | AUROC vs NIH (95% CI) |", "|---|---:|---|---|"]
+        for row in ref["per_category"]:
+            if row["auroc_expert"] is None and row["note"]:
+                lines.append(f"| {row['category']} | {row['expert_positives']} | {row['note']} | |")
+                continue
+            lines.append(f"| {row['category']} | {row['expert_positives']} "
+                         f"| {fmt(row['auroc_expert'])} ({fmt(row['auroc_expert_low'])}–{fmt(row['auroc_expert_high'])}) "
+                         f"| {fmt(row['auroc_nih'])} ({fmt(row['auroc_nih_low'])}–{fmt(row['auroc_nih_high'])}) |")
     return "\n".join(lines) + "\n"
+
+
+def _expert_blocks(expert_labels, data_root, images, p_raw, calibration, y_true, patient_ids, *, scope: str,
+                   n_boot: int, log) -> dict:
+    """``expert_reference`` and ``label_audit`` for the evaluated images, or ``{}`` (never raises)."""
+    if expert_labels is False:
+        return {}
+    path = find_expert_labels(data_root) if expert_labels in (None, True) else Path(expert_labels)
+    if path is None:
+        return {}
+    try:
+        table = read_expert_labels(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # undefined numbers are NaN/None with a note in the blocks
+            blocks = expert_report(images, calibration.apply(p_raw), y_true, patient_ids, table, n_boot=n_boot)
+        for block in blocks.values():
+            block["split"] = scope
+        blocks["expert_reference"]["probabilities"] = "calibrated"
+        log(f"expert reference: {blocks['expert_reference']['images']} of the {len(images)} {scope} images "
+            f"have the radiologists' labels ({path.name})")
+        return blocks
+    except Exception as exc:  # noqa: BLE001 - an optional extra must never break the evaluation
+        warnings.warn(f"expert-reference evaluation skipped ({path}): {type(exc).__name__}: {exc}", RuntimeWarning,
+                      stacklevel=3)
+        log(f"expert reference skipped: {exc}")
+        return {}
 
 
 def evaluate_bundle(
@@ -148,6 +197,7 @@ def evaluate_bundle(
     threshold_method: str = "youden",
     calibration_method: str = "temperature",
     localization: bool = True,
+    expert_labels: str | os.PathLike | bool | None = None,
     progress: Callable | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
@@ -162,6 +212,9 @@ def evaluate_bundle(
         threshold_method: see :func:`cxr_core.evaluation.thresholds.fit_thresholds`.
         calibration_method: ``"temperature"`` or ``"platt"``.
         localization: also score Grad-CAM++ boxes against the expert boxes.
+        expert_labels: the radiologists' label file; None looks for it under
+            ``data_root`` (:func:`cxr_core.data.expert_labels.find_expert_labels`),
+            False skips the expert reference. A given path must exist.
         progress: wraps iterables with a progress bar (e.g. ``tqdm``).
         log: receives one line per step.
 
@@ -169,6 +222,8 @@ def evaluate_bundle(
         the report written to ``metrics.json``.
     """
     started = time.time()
+    if expert_labels not in (None, False, True) and not Path(expert_labels).is_file():
+        raise FileNotFoundError(f"expert label file not found: {expert_labels}")
     bundle_dir = Path(bundle_dir)
     predictor = Predictor.from_bundle(bundle_dir)
     bundle = predictor.bundle
@@ -220,6 +275,11 @@ def evaluate_bundle(
     if localization:
         records = localization_records(predictor, dataset, names.iloc[test_rows], progress=progress)
         report["localization"] = localization_report(records)
+    expert_blocks = _expert_blocks(
+        expert_labels, data_root, names.iloc[test_rows].to_numpy(), p_test, calibration, y_test,
+        meta["patient_id"].to_numpy(), scope="test" if fit_mode else "test and unseen", n_boot=n_boot, log=log,
+    )
+    report.update(expert_blocks)
     report["data"] = {
         "root": portable_path(data_root), "label_file": dataset.csv_file.name, "mode": "fit" if fit_mode else "apply",
         "images_evaluated": int(len(test_rows)),
