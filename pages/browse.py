@@ -1,12 +1,12 @@
-"""Browse a dataset (the demo set, or an allowed NIH folder): labels and expert boxes against the model."""
+"""Browse a dataset (the demo set, or an allowed NIH folder): labels, expert boxes and radiologists' labels against the model."""
 
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
-from cxr_core.data import decode_image
-from cxr_core.evaluation import heatmap_to_boxes, iou
+from cxr_core.data import EXPERT_CATEGORIES, decode_image
+from cxr_core.evaluation import category_labels, category_scores, heatmap_to_boxes, iou
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
 from cxr_core.serving import overlays
 from pages import common
@@ -27,7 +27,9 @@ except (ValueError, OSError) as exc:  # outside the allowed roots, no Data_Entry
     st.error(str(exc))
     st.stop()
 csv, labels = dataset.csv, dataset.labels
-st.caption(f"{len(dataset)} images of {csv['patient_id'].nunique()} patients, {len(dataset.boxes)} expert boxes.")
+experts = common.expert_labels(dataset.root)
+expert_note = "" if experts is None else f", {int(csv['image'].isin(experts.index).sum())} with radiologists' labels (Majkowska et al. 2019)"
+st.caption(f"{len(dataset)} images of {csv['patient_id'].nunique()} patients, {len(dataset.boxes)} expert boxes{expert_note}.")
 
 c = st.columns(5)
 finding = c[0].selectbox("Finding", ["Any", "No Finding", *FINDINGS], format_func=lambda f: DISPLAY_NAMES.get(f, f), key="browse_finding")
@@ -51,6 +53,8 @@ if sexes:
     mask &= csv["sex"].isin(sexes).to_numpy()
 full_age_range = age == (low, max(high, low + 1))
 mask &= (csv["age"].between(*age) | (csv["age"].isna() & full_age_range)).to_numpy()
+if experts is not None and st.checkbox("Only images with radiologists' labels", key="browse_expert_only"):
+    mask &= csv["image"].isin(experts.index).to_numpy()
 table = csv[mask]
 st.dataframe(table[["image", "finding_labels", "patient_id", "age", "sex", "view"]], hide_index=True, key="browse_table", height=220)
 if table.empty:
@@ -74,8 +78,27 @@ truth = dataset.boxes_for(name, width=width, height=height)
 truth_boxes = overlays.scale_boxes(truth[["x", "y", "w", "h"]].to_numpy(), scale)
 st.caption(f"Patient {row.patient_id}, {row.sex}, age {row.age}, {row.view} view. NIH labels: {row.finding_labels}.")
 
+
+
+def expert_comparison(scores=None):
+    """The radiologists' labels of this image beside NIH's (mapped to the four categories) and, with a model, its scores."""
+    if experts is None or name not in experts.index:
+        return
+    nih = category_labels(labels[int(np.flatnonzero(csv["image"].to_numpy() == name)[0])][None, :])[0]
+    said = lambda v: "—" if np.isnan(v) else ("yes" if v > 0.5 else "no")  # noqa: E731
+    shown = {"category": list(EXPERT_CATEGORIES), "radiologists": [said(experts.loc[name, c]) for c in EXPERT_CATEGORIES],
+             "NIH (mapped)": [said(v) for v in nih]}
+    if scores is not None:
+        shown["model"] = [None if np.isnan(v) else float(v) for v in scores]
+    st.markdown("**Radiologists' labels** (Majkowska et al., Radiology 2019) beside NIH's text-mined labels")
+    st.dataframe(shown, hide_index=True, key="browse_expert", column_config={"model": st.column_config.NumberColumn(format="%.3f")})
+    st.caption("NIH's Nodule or mass is Nodule OR Mass; its Airspace opacity is Consolidation, Pneumonia, Infiltration OR "
+               "Atelectasis; NIH has no fracture label and the model no fracture output (docs/expert_reference.md).")
+
+
 predictor = common.optional_predictor()
 if predictor is None:
+    expert_comparison()
     st.info("No model is loaded, so only the labels and expert boxes are shown. " + common.NO_BUNDLE_HELP.splitlines()[0])
     st.image(overlays.draw_boxes(overlays.gray_to_rgb(pixels), truth_boxes, labels=list(truth["finding"])), caption="Expert boxes", width=SIDE)
     st.stop()
@@ -96,6 +119,7 @@ st.dataframe(
     hide_index=True, key="browse_outcomes",
     column_config={"probability": st.column_config.NumberColumn(format="%.3f"), "threshold": st.column_config.NumberColumn(format="%.3f")},
 )
+expert_comparison(category_scores(np.array([[analysis.probabilities[f] for f in FINDINGS]]))[0])
 
 boxed = [f for f in FINDINGS if f in set(truth["finding"])]
 choices = boxed + [f for f in analysis.ranked if f not in boxed]

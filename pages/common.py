@@ -244,6 +244,26 @@ def load_dataset(root: str):
     return NIHDataset(root)
 
 
+@st.cache_data(show_spinner=False, max_entries=4)
+def _expert_labels(path: str, stamp: float):
+    from cxr_core.data import read_expert_labels
+
+    return read_expert_labels(path).set_index("image")
+
+
+def expert_labels(root):
+    """The radiologists' labels (Majkowska et al. 2019) under a dataset folder, indexed by image; None if absent or unreadable."""
+    from cxr_core.data import find_expert_labels
+
+    path = find_expert_labels(root)
+    if path is None:
+        return None
+    try:
+        return _expert_labels(str(path), path.stat().st_mtime)
+    except (ValueError, OSError):  # a broken extra file must not break browsing
+        return None
+
+
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -4,7 +4,6 @@ the real file, and ``evaluate_bundle`` writing the ``expert_reference`` and ``la
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 
 import numpy as np
@@ -12,7 +11,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
-from cxr_core.data import EXPERT_CATEGORIES, NIHDataset, find_expert_labels, read_expert_labels
+from cxr_core.data import EXPERT_CATEGORIES, find_expert_labels, read_expert_labels
 from cxr_core.errors import DataFormatError
 from cxr_core.evaluation import (
     UndefinedMetricWarning,
@@ -25,6 +24,7 @@ from cxr_core.evaluation import (
     label_audit,
 )
 from cxr_core.findings import FINDINGS
+from tests.expert_data import SYNTHETIC_EXPERT_FILE, demo_copy_with_expert_file, synthetic_expert_table
 
 # --------------------------------------------------------------------------
 # The mapping
@@ -203,41 +203,9 @@ def test_reader_refuses_what_is_not_the_expert_table(tmp_path):
 # evaluate_bundle writes the blocks
 # --------------------------------------------------------------------------
 
-SYNTHETIC_EXPERT_FILE = "synthetic_expert_labels.csv"
-
-
-def synthetic_expert_table(demo_root, path, *, seed: int = 0) -> pd.DataFrame:
-    """A named-synthetic expert file for the demo images: NIH's category labels with 15% flipped, Fracture at random.
-
-    Written in the released file's format (YES/NO columns) so the real reader reads it.
-    """
-    ds = NIHDataset(demo_root)
-    rng = np.random.default_rng(seed)
-    nih = category_labels(ds.labels)
-    expert = np.where(rng.random(nih.shape) < 0.15, 1 - nih, nih)
-    expert[:, 3] = rng.random(len(ds.csv)) < 0.1
-    table = pd.DataFrame({"Image Index": ds.csv["image"], "Finding Labels": ds.csv["finding_labels"],
-                          "Patient ID": ds.csv["patient_id"]})
-    for k, category in enumerate(EXPERT_CATEGORIES):
-        table[category] = np.where(expert[:, k] > 0.5, "YES", "NO")
-    table["Set Id"] = "test"
-    table.to_csv(path, index=False)
-    return table
-
-
 @pytest.fixture()
 def demo_with_expert_file(tmp_path, demo_root):
-    """data/demo's tables and (linked) images, plus a synthetic expert file under extras/ in the released name."""
-    root = tmp_path / "demo"
-    root.mkdir()
-    (root / "images").symlink_to(demo_root / "images", target_is_directory=True)
-    for name in ("Data_Entry_2017_v2020.csv", "BBox_List_2017.csv"):
-        shutil.copy(demo_root / name, root / name)
-    (root / "extras").mkdir()
-    plain = tmp_path / SYNTHETIC_EXPERT_FILE
-    synthetic_expert_table(demo_root, plain)
-    pd.read_csv(plain).to_csv(root / "extras" / "google2019_nih-chest-xray-labels.csv.gz", index=False)
-    return root
+    return demo_copy_with_expert_file(tmp_path, demo_root)
 
 
 def test_evaluate_bundle_writes_the_expert_blocks(tmp_path, demo_with_expert_file):

@@ -4,7 +4,8 @@
 
 Every number comes from the committed ``metrics.json`` and ``bundle.json``
 (for an ensemble, the network line lists every member with its backbone,
-start, input size, weight and training time);
+start, input size, weight and training time; the expert-reference table and
+the label audit appear when ``metrics.json`` has them);
 ``tests/test_shipped_model.py`` checks that the README and the card agree
 with them, so re-running the evaluation and then this tool keeps them true.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr_core.evaluation.expert import expert_markdown
 from cxr_core.learn.bundle import describe_model, input_sizes
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -78,6 +80,9 @@ def results_block(metrics: dict, meta: dict) -> str:
         ]
         for row in loc["accuracy"]:
             lines.append(f"| {row['finding']} | {row['n_boxes']} | " + " | ".join(fmt(row[k], 2) for k in keys) + f" | {fmt(row['mean_iou'], 2)} |")
+    expert = expert_markdown(metrics)  # absent from bundles evaluated without the radiologists' labels
+    if expert:
+        lines += ["", *expert]
     groups: dict[tuple[str, str], list[float]] = {}
     for row in metrics.get("subgroups", []):
         if row.get("auroc") is not None:

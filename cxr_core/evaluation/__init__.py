@@ -13,6 +13,6 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
                     "reliability_curve"),
     "localization": ("IOBB_THRESHOLDS", "heatmap_to_boxes", "iou", "iobb", "best_iobb", "localization_accuracy"),
     "expert": ("EXPERT_MAPPING", "COMBINE_METHODS", "category_scores", "category_labels", "cohen_kappa", "label_audit",
-               "expert_auroc", "expert_report"),
+               "expert_auroc", "expert_report", "reference_table", "audit_table", "expert_markdown"),
     "evaluate": ("evaluate_predictions", "localization_report", "PUBLISHED_AUROC"),
 })

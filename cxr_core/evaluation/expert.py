@@ -44,6 +44,9 @@ __all__ = [
     "label_audit",
     "expert_auroc",
     "expert_report",
+    "reference_table",
+    "audit_table",
+    "expert_markdown",
 ]
 
 #: Which of the 14 findings make each expert category. The model's probability
@@ -335,3 +338,82 @@ def expert_report(images, y_prob, y_true, patient_ids, expert_table: pd.DataFram
         "label_audit": {**common, "reference": "the experts' labels; NIH's text-mined label is the test",
                         "per_category": _records(audit)},
     }
+
+
+# --------------------------------------------------------------------------
+# Display: the blocks of metrics.json as tables (the app, summary.md, the model card)
+# --------------------------------------------------------------------------
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.{digits}f}"
+
+
+def _model_output(mapping: dict) -> str:
+    findings = mapping.get("model_findings") or []
+    if not findings:
+        return "none"
+    return findings[0] if len(findings) == 1 else f"{mapping.get('model_score') or 'max'} of {', '.join(findings)}"
+
+
+def reference_table(block: dict) -> pd.DataFrame:
+    """The ``expert_reference`` block as a display table, one row per category (AUROCs as numbers, CIs as text)."""
+    outputs = {m["category"]: _model_output(m) for m in block.get("mapping", [])}
+    rows = []
+    for row in block.get("per_category", []):
+        rows.append({
+            "category": row["category"], "model output": outputs.get(row["category"], ""), "images": row["n_images"],
+            "patients": row["n_patients"], "expert positives": row["expert_positives"], "NIH positives": row["nih_positives"],
+            "AUROC vs experts": row["auroc_expert"],
+            "95% CI (experts)": f"{_fmt(row['auroc_expert_low'])}–{_fmt(row['auroc_expert_high'])}" if row["auroc_expert"] is not None else "",
+            "AUROC vs NIH": row["auroc_nih"],
+            "95% CI (NIH)": f"{_fmt(row['auroc_nih_low'])}–{_fmt(row['auroc_nih_high'])}" if row["auroc_nih"] is not None else "",
+            "note": row.get("note") or "",
+        })
+    return pd.DataFrame(rows)
+
+
+def audit_table(block: dict) -> pd.DataFrame:
+    """The ``label_audit`` block as a display table, one row per category."""
+    names = {"n_images": "images", "expert_positives": "expert positives", "nih_positives": "NIH positives",
+             "tp": "TP", "fp": "FP", "fn": "FN", "tn": "TN", "sensitivity": "sensitivity of NIH label",
+             "ppv": "PPV of NIH label", "specificity": "specificity", "agreement": "agreement", "kappa": "kappa"}
+    frame = pd.DataFrame(block.get("per_category", []))
+    if frame.empty:
+        return frame
+    return frame[["category", *names, "note"]].rename(columns=names)
+
+
+def expert_markdown(metrics: dict) -> list[str]:
+    """Markdown lines for the expert reference and the label audit of ``metrics``; [] when it has none."""
+    ref, audit = metrics.get("expert_reference"), metrics.get("label_audit")
+    if not ref or not ref.get("per_category"):
+        return []
+    split = ref.get("split", "test")
+    lines = [
+        f"Against radiologists' labels (Majkowska et al., Radiology 2019; mapping in `docs/expert_reference.md`): "
+        f"{ref['images']} of the {ref['images_offered']} {split} images ({ref['patients']} patients) have them. "
+        "AUROC of the model against the experts beside AUROC against NIH's labels on the same images "
+        "(95% CI, patient bootstrap):",
+        "",
+        "| category | model output | expert positives | NIH positives | AUROC vs experts (95% CI) | AUROC vs NIH (95% CI) |",
+        "|---|---|---:|---:|---|---|",
+    ]
+    for row in reference_table(ref).to_dict(orient="records"):
+        nih = "—" if row["NIH positives"] is None or pd.isna(row["NIH positives"]) else int(row["NIH positives"])
+        if row["AUROC vs experts"] is None or pd.isna(row["AUROC vs experts"]):
+            lines.append(f"| {row['category']} | {row['model output']} | {row['expert positives']} | {nih} | {row['note'] or 'n/a'} | |")
+            continue
+        lines.append(f"| {row['category']} | {row['model output']} | {row['expert positives']} | {nih} "
+                     f"| {_fmt(row['AUROC vs experts'])} ({row['95% CI (experts)']}) | {_fmt(row['AUROC vs NIH'])} ({row['95% CI (NIH)']}) |")
+    if audit and audit.get("per_category"):
+        lines += ["", "NIH's text-mined labels audited against the experts on the same images (experts as the reference):", "",
+                  "| category | images | TP | FP | FN | TN | sensitivity of NIH label | PPV of NIH label | specificity | kappa |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for row in audit["per_category"]:
+            if row.get("tp") is None:
+                lines.append(f"| {row['category']} | {row['n_images']} | | | | | {row.get('note') or 'n/a'} | | | |")
+                continue
+            lines.append(f"| {row['category']} | {row['n_images']} | {row['tp']} | {row['fp']} | {row['fn']} | {row['tn']} "
+                         f"| {_fmt(row['sensitivity'])} | {_fmt(row['ppv'])} | {_fmt(row['specificity'])} | {_fmt(row['kappa'])} |")
+    return lines

@@ -39,7 +39,7 @@ from cxr_core.data.preprocessing import to_model_uint8
 from cxr_core.data.splits import assert_patient_disjoint
 from cxr_core.evaluation.calibration import Calibration
 from cxr_core.evaluation.evaluate import _json, evaluate_predictions, localization_report
-from cxr_core.evaluation.expert import expert_report
+from cxr_core.evaluation.expert import expert_markdown, expert_report
 from cxr_core.evaluation.localization import best_iobb, heatmap_to_boxes, iou
 from cxr_core.findings import FINDINGS
 from cxr_core.learn.bundle import Bundle, portable_path
@@ -147,18 +147,9 @@ def _summary_markdown(report: dict, title: str) -> str:
         lines += ["| finding | boxes | " + " | ".join(keys) + " | mean IoU |", "|---|---:|" + "---:|" * (len(keys) + 1)]
         for row in loc["accuracy"]:
             lines.append(f"| {row['finding']} | {row['n_boxes']} | " + " | ".join(fmt(row[k]) for k in keys) + f" | {fmt(row['mean_iou'])} |")
-    ref = report.get("expert_reference")
-    if ref and ref.get("per_category"):
-        lines += ["", f"Against radiologists' labels (Majkowska et al. 2019) on the {ref['images']} {ref.get('split', 'test')} "
-                  f"images of {ref['patients']} patients that have them, beside NIH's labels on the same images:", "",
-                  "| category | expert positives | AUROC vs experts (95% CI) | AUROC vs NIH (95% CI) |", "|---|---:|---|---|"]
-        for row in ref["per_category"]:
-            if row["auroc_expert"] is None and row["note"]:
-                lines.append(f"| {row['category']} | {row['expert_positives']} | {row['note']} | |")
-                continue
-            lines.append(f"| {row['category']} | {row['expert_positives']} "
-                         f"| {fmt(row['auroc_expert'])} ({fmt(row['auroc_expert_low'])}–{fmt(row['auroc_expert_high'])}) "
-                         f"| {fmt(row['auroc_nih'])} ({fmt(row['auroc_nih_low'])}–{fmt(row['auroc_nih_high'])}) |")
+    expert = expert_markdown(report)
+    if expert:
+        lines += ["", *expert]
     return "\n".join(lines) + "\n"
 
 
