@@ -1,4 +1,4 @@
-"""Reader study results: agreement with the NIH labels unaided vs aided, the paired change, kappa with the AI, reading time."""
+"""Reader study results: agreement with the study's reference labels (NIH's, or the radiologists') unaided vs aided, the paired change, kappa with the AI, reading time."""
 
 import io
 import tempfile
@@ -9,7 +9,15 @@ from pathlib import Path
 import plotly.express as px
 import streamlit as st
 
-from cxr_core.reader_study import ALL_FINDINGS, LABEL_NOISE_CAVEAT, MACRO, export_csv, reader_study_results
+from cxr_core.reader_study import (
+    ALL_FINDINGS,
+    LABEL_NOISE_CAVEAT,
+    MACRO,
+    REFERENCE_NAMES,
+    export_csv,
+    reader_study_results,
+    reference_caveat,
+)
 from pages import common
 
 
@@ -21,24 +29,27 @@ def results(study_id: int, n_reads: int, last_read: str, _frame):
     return tables, sorted({str(w.message) for w in caught})
 
 
-def csv_bytes(tables) -> bytes:
+def csv_bytes(tables, caveat: str) -> bytes:
     """export_csv's files (one CSV per table + README with the caveat), zipped."""
     with tempfile.TemporaryDirectory() as folder:
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            for file in export_csv(tables, Path(folder) / "results"):
+            for file in export_csv(tables, Path(folder) / "results", caveat=caveat):
                 archive.write(file, file.name)
         return buffer.getvalue()
 
 
 st.title("Reader study results")
-st.warning(LABEL_NOISE_CAVEAT)
 store = common.reader_store()
 studies = {s.id: s for s in store.list_studies()}
 if not studies:
+    st.warning(LABEL_NOISE_CAVEAT)
     st.info("No study yet: create one on the Reader study page.")
     st.stop()
 study = studies[st.selectbox("Study", list(studies), format_func=lambda i: studies[i].name, key="rr_study")]
+caveat = reference_caveat(study.reference)
+st.markdown(f"**Reference standard:** {REFERENCE_NAMES[study.reference]}.")
+st.warning(caveat)
 frame = store.reads_frame(study.id)
 if frame.empty:
     st.info("No reads in this study yet.")
@@ -50,7 +61,8 @@ if metrics.empty:
     st.stop()
 st.caption(f"{study.description + '. ' if study.description else ''}{frame['reader'].nunique()} readers, {metrics['n_cases'].max()} paired cases. Undefined values (e.g. sensitivity without a positive case) are blank.")
 
-st.subheader("Per reader and overall (macro average of the 14 findings)")
+labels = "the 3 expert categories" if study.reference == "expert" else "the 14 findings"
+st.subheader(f"Per reader and overall (macro average of {labels})")
 macro = metrics[metrics["finding"] == MACRO].pivot_table(index="reader", columns="phase", values=["sensitivity", "specificity", "f1"], sort=False)
 macro.columns = [f"{metric} {phase}" for metric, phase in macro.columns]
 st.dataframe(macro.round(3).reset_index(), hide_index=True, key="rr_macro")
@@ -62,9 +74,10 @@ figure.add_vline(x=0, line_dash="dot", line_color="gray").update_layout(height=2
 st.plotly_chart(figure, key="rr_change_chart")
 st.dataframe(shown.round(3), hide_index=True, key="rr_change")
 st.caption("Cases are resampled with both reads kept, so both phases are measured on the same resample. An interval excluding 0 says "
-           "the aided reads agreed better (or worse) with the NIH labels on these cases; readers are treated as fixed.")
+           f"the aided reads agreed better (or worse) with the {'radiologists' if study.reference == 'expert' else 'NIH'} labels on these "
+           "cases; readers are treated as fixed.")
 
-st.subheader("Per finding")
+st.subheader("Per category" if study.reference == "expert" else "Per finding")
 reader = st.selectbox("Reader", list(dict.fromkeys(metrics["reader"])), key="rr_reader")
 per_finding = metrics[metrics["reader"] == reader].pivot_table(index="finding", columns="phase", values=["sensitivity", "specificity", "f1"], sort=False)
 per_finding.columns = [f"{metric} {phase}" for metric, phase in per_finding.columns]
@@ -86,7 +99,7 @@ if notes:
         for note in notes:
             st.caption(note)
 
-st.download_button("Download all tables (CSV, zipped, with the caveat)", csv_bytes(tables), file_name=f"reader_study_{study.id}_results.zip",
+st.download_button("Download all tables (CSV, zipped, with the caveat)", csv_bytes(tables, caveat), file_name=f"reader_study_{study.id}_results.zip",
                    mime="application/zip", key="rr_zip", on_click="ignore")
 for column, (name, table) in zip(st.columns(4), tables.items()):
     column.download_button(f"{name}.csv", table.to_csv(index=False, na_rep=""), file_name=f"{name}.csv", mime="text/csv", key=f"rr_csv_{name}", on_click="ignore")

@@ -6,7 +6,7 @@ import streamlit as st
 
 from cxr_core.data import decode_image
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS, to_multi_hot
-from cxr_core.reader_study import MissingCasesError
+from cxr_core.reader_study import REFERENCE_NAMES, REFERENCES, MissingCasesError
 from cxr_core.serving import overlays, report
 from pages import common
 
@@ -16,22 +16,33 @@ store = common.reader_store()
 if message := st.session_state.pop("rs_message", None):
     st.success(message)
 
-with st.expander("Create a study from the demo set", expanded=not store.list_studies()):
+with st.expander("Create a study (the demo set, or an allowed dataset folder)", expanded=not store.list_studies()):
     with st.form("rs_create"):
         new_name = st.text_input("Study name", key="rs_new_name")
+        root_text = st.text_input("Dataset folder", str(common.demo_root()), key="rs_new_root")
+        reference = st.radio("Reference standard the reads are scored against", REFERENCES, format_func=REFERENCE_NAMES.get,
+                             key="rs_new_reference", help="The radiologists' labels need the folder's extras/google2019_nih-chest-xray-labels.csv.gz.")
         n_cases = st.number_input("Cases", min_value=2, max_value=200, value=30, key="rs_new_cases")
         seed = st.number_input("Seed", min_value=0, value=0, key="rs_new_seed")
         if st.form_submit_button("Create study"):
             try:
-                created = store.create_study(new_name, common.load_dataset(str(common.demo_root())), n_cases=int(n_cases), seed=int(seed), description="demo set")
+                root = common.check_dataset_root(root_text)
+                experts = common.expert_labels(root) if reference == "expert" else None
+                if reference == "expert" and experts is None:
+                    raise ValueError(f"`{root}` has no radiologists' label file (extras/google2019_nih-chest-xray-labels.csv.gz); "
+                                     "choose the NIH labels or another folder.")
+                where = "demo set" if root == common.demo_root().resolve() else root.name
+                created = store.create_study(new_name, common.load_dataset(str(root)), n_cases=int(n_cases), seed=int(seed),
+                                             description=where, reference=reference, expert_labels=experts)
                 st.session_state["rs_study"] = created.id
-            except ValueError as exc:
+            except (ValueError, OSError) as exc:
                 st.error(str(exc))
 studies = {s.id: s for s in store.list_studies()}
 if not studies:
     st.info("No study yet: create one above.")
     st.stop()
-study = studies[st.selectbox("Study", list(studies), format_func=lambda i: f"{studies[i].name} ({studies[i].n_cases} cases)", key="rs_study")]
+study = studies[st.selectbox("Study", list(studies), key="rs_study", format_func=lambda i: f"{studies[i].name} ({studies[i].n_cases} cases"
+                             + (", radiologists' labels as reference)" if studies[i].reference == "expert" else ")"))]
 reader_name = st.text_input("Your name (as reader)", key="rs_reader")
 try:
     store.require_cases_present(study.id)

@@ -512,18 +512,19 @@ def test_older_schema_is_migrated_in_place(tmp_path, monkeypatch):
     def add_site(con):
         con.execute("ALTER TABLE readers ADD COLUMN site TEXT NOT NULL DEFAULT ''")
 
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(schema.MIGRATIONS, 1, add_site)
+    current = schema.SCHEMA_VERSION  # a future version: one more than this code's, with its migration
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", current + 1)
+    monkeypatch.setitem(schema.MIGRATIONS, current, add_site)
     store = ReaderStudyStore(path)
-    assert store.schema_version() == 2
+    assert store.schema_version() == current + 1
     with store._connection() as con:
         assert "site" in [row[1] for row in con.execute("PRAGMA table_info(readers)")]
     store.close()
-    monkeypatch.delitem(schema.MIGRATIONS, 1)
+    monkeypatch.delitem(schema.MIGRATIONS, current)
     path2 = tmp_path / "old2.sqlite3"
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 1)
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", current)
     ReaderStudyStore(path2).close()
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", current + 1)
     with pytest.raises(SchemaVersionError, match="no migration"):
         ReaderStudyStore(path2)
 

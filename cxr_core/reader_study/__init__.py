@@ -7,11 +7,11 @@ from cxr_core._lazy import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "records": ("PHASES", "CONFIDENCE_LEVELS", "MAX_NAME_LENGTH", "ALL_READERS", "REF_PREFIX", "READ_PREFIX", "AI_PREFIX",
-                "AI_THRESHOLD_PREFIX", "ReaderStudyError", "SchemaVersionError", "UnknownStudyError", "UnknownReaderError",
+                "AI_THRESHOLD_PREFIX", "EXPERT_PREFIX", "REFERENCES", "REFERENCE_NAMES", "ReaderStudyError", "SchemaVersionError", "UnknownStudyError", "UnknownReaderError",
                 "ReadOrderError", "MissingCasesError", "Study", "Reader", "NextCase", "Read", "ReadResult"),
     "schema": ("SCHEMA_VERSION",),
     "store": ("ReaderStudyStore", "default_db_path", "DB_PATH_ENV"),
-    "cases": ("select_cases",),
-    "analysis": ("LABEL_NOISE_CAVEAT", "METRICS", "MACRO", "ALL_FINDINGS", "phase_metrics", "paired_change", "ai_agreement",
+    "cases": ("select_cases", "READER_CATEGORIES"),
+    "analysis": ("LABEL_NOISE_CAVEAT", "EXPERT_REFERENCE_NOTE", "reference_caveat", "expert_reference_frame", "METRICS", "MACRO", "ALL_FINDINGS", "phase_metrics", "paired_change", "ai_agreement",
                  "reading_time", "reader_study_results", "export_csv"),
 })

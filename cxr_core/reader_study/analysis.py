@@ -13,6 +13,11 @@ Each table has a ``reader`` column: every reader by name, and
 :data:`~cxr_core.reader_study.store.ALL_READERS` for all reads pooled (each read
 counts once, so a reader who finished more cases weighs more).
 
+A study whose reference is the radiologists' labels (``reference="expert"``)
+is analysed over the expert categories instead of the 14 findings:
+:func:`expert_reference_frame` turns its reads frame into ``read_``/``ref_``/
+``ai_`` columns per category, and every function below runs on either frame.
+
 Conventions follow :mod:`cxr_core.evaluation.metrics`: an undefined value (sensitivity of
 a finding with no positive case, kappa where neither rater ever varies) is NaN
 with one :class:`~cxr_core.evaluation.metrics.UndefinedMetricWarning`, never a made-up 0.
@@ -30,13 +35,28 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import cohen_kappa_score
 
+from cxr_core.data.expert_labels import EXPERT_CATEGORIES
+from cxr_core.evaluation.expert import category_labels
 from cxr_core.evaluation.metrics import UndefinedMetricWarning
 from cxr_core.evaluation.thresholds import DEFAULT_THRESHOLD
 from cxr_core.findings import FINDINGS
-from cxr_core.reader_study.records import AI_PREFIX, AI_THRESHOLD_PREFIX, ALL_READERS, PHASES, READ_PREFIX, REF_PREFIX
+from cxr_core.reader_study.cases import READER_CATEGORIES
+from cxr_core.reader_study.records import (
+    AI_PREFIX,
+    AI_THRESHOLD_PREFIX,
+    ALL_READERS,
+    EXPERT_PREFIX,
+    PHASES,
+    READ_PREFIX,
+    REF_PREFIX,
+    REFERENCES,
+)
 
 __all__ = [
     "LABEL_NOISE_CAVEAT",
+    "EXPERT_REFERENCE_NOTE",
+    "reference_caveat",
+    "expert_reference_frame",
     "METRICS",
     "MACRO",
     "ALL_FINDINGS",
@@ -58,6 +78,26 @@ LABEL_NOISE_CAVEAT = (
     "sensitivity, specificity and F1 here as agreement with the NIH labels, and "
     "a change between unaided and aided reads as a change in that agreement."
 )
+
+#: Shown beside the results of a study whose reference is the radiologists' labels.
+EXPERT_REFERENCE_NOTE = (
+    "The reference labels are radiologists' labels: Google Health's adjudicated "
+    "re-reads of these NIH images (Majkowska et al., Radiology 2019), for three "
+    "categories a reader's answers can be scored on: Pneumothorax, Nodule or mass "
+    "(a tick of Nodule or Mass), Airspace opacity (a tick of Consolidation, "
+    "Pneumonia, Infiltration or Atelectasis). Other ticked findings are not scored. "
+    "The study's cases were chosen among the images the radiologists labelled. "
+    "Adjudicated reads are a better reference than the text-mined NIH labels, not "
+    "ground truth."
+)
+
+
+def reference_caveat(reference: str) -> str:
+    """The caveat to show beside results measured against ``reference`` ("nih" or "expert")."""
+    if reference not in REFERENCES:
+        raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
+    return EXPERT_REFERENCE_NOTE if reference == "expert" else LABEL_NOISE_CAVEAT
+
 
 #: Per-finding metrics compared between the unaided and the aided reads.
 METRICS: tuple[str, ...] = ("sensitivity", "specificity", "f1")
@@ -86,6 +126,7 @@ class _Paired:
     """
 
     readers: tuple[str, ...]
+    labels: tuple[str, ...]
     n_cases: int
     reader: np.ndarray
     case: np.ndarray
@@ -108,8 +149,17 @@ class _Paired:
         return out
 
 
-def _columns(prefix: str) -> list[str]:
-    return [f"{prefix}{f}" for f in FINDINGS]
+def _columns(prefix: str, labels: Sequence[str] = FINDINGS) -> list[str]:
+    return [f"{prefix}{f}" for f in labels]
+
+
+def _labels(frame: pd.DataFrame) -> tuple[str, ...]:
+    """What the frame's ``read_``/``ref_`` columns are about: the 14 findings, or the expert categories."""
+    if all(c in frame.columns for c in _columns(READ_PREFIX)):
+        return FINDINGS
+    if all(c in frame.columns for c in _columns(READ_PREFIX, READER_CATEGORIES)):
+        return READER_CATEGORIES
+    return FINDINGS  # _pair names the missing columns
 
 
 def _pair(frame: pd.DataFrame) -> _Paired:
@@ -119,7 +169,8 @@ def _pair(frame: pd.DataFrame) -> _Paired:
         ValueError: missing columns, a read stored twice, values not 0/1, or
             no case with both reads.
     """
-    needed = ["position", "phase", "seconds", *_columns(READ_PREFIX), *_columns(REF_PREFIX)]
+    labels = _labels(frame)
+    needed = ["position", "phase", "seconds", *_columns(READ_PREFIX, labels), *_columns(REF_PREFIX, labels)]
     missing = [c for c in needed if c not in frame.columns]
     if "reader" not in frame.columns and "reader_id" not in frame.columns:
         missing.append("reader")
@@ -135,10 +186,10 @@ def _pair(frame: pd.DataFrame) -> _Paired:
     if data.duplicated([*keys, "phase"]).any():
         raise ValueError("the frame holds the same read twice (same study, case, reader and phase)")
     for prefix in (READ_PREFIX, REF_PREFIX):
-        if not np.isin(data[_columns(prefix)].to_numpy(dtype=float), (0.0, 1.0)).all():
+        if not np.isin(data[_columns(prefix, labels)].to_numpy(dtype=float), (0.0, 1.0)).all():
             raise ValueError(f"{prefix}<finding> columns must contain only 0 and 1")
     for prefix in (AI_PREFIX, AI_THRESHOLD_PREFIX):
-        for column in _columns(prefix):
+        for column in _columns(prefix, labels):
             if column not in data.columns:
                 data[column] = np.nan
 
@@ -153,7 +204,7 @@ def _pair(frame: pd.DataFrame) -> _Paired:
     case_index, unique_cases = pd.factorize(case_keys, sort=True)
 
     def block(prefix: str, suffix: str, dtype) -> np.ndarray:
-        return pairs[[f"{c}{suffix}" for c in _columns(prefix)]].to_numpy(dtype=dtype)
+        return pairs[[f"{c}{suffix}" for c in _columns(prefix, labels)]].to_numpy(dtype=dtype)
 
     ref = block(REF_PREFIX, "_u", float)
     if not np.array_equal(ref, block(REF_PREFIX, "_a", float)):
@@ -161,6 +212,7 @@ def _pair(frame: pd.DataFrame) -> _Paired:
     # The AI's output does not depend on the phase; it is recorded with the aided read.
     return _Paired(
         readers=tuple(str(r) for r in readers),
+        labels=labels,
         n_cases=len(unique_cases),
         reader=reader_index,
         case=np.asarray(case_index),
@@ -257,8 +309,9 @@ def _ai_calls(paired: _Paired, thresholds) -> tuple[np.ndarray, np.ndarray]:
         cuts = np.where(np.isnan(paired.ai_threshold), DEFAULT_THRESHOLD, paired.ai_threshold)
     else:
         cuts = np.asarray(thresholds, dtype=float)
-        if cuts.ndim > 1 or (cuts.ndim == 1 and cuts.shape != (len(FINDINGS),)) or np.isnan(cuts).any():
-            raise ValueError(f"thresholds must be one number or {len(FINDINGS)} numbers in FINDINGS order, got shape {cuts.shape}")
+        n = len(paired.labels)
+        if cuts.ndim > 1 or (cuts.ndim == 1 and cuts.shape != (n,)) or np.isnan(cuts).any():
+            raise ValueError(f"thresholds must be one number or {n} numbers in the order of the frame's labels, got shape {cuts.shape}")
         cuts = np.broadcast_to(cuts, paired.ai_prob.shape)
     with np.errstate(invalid="ignore"):
         calls = np.where(has_ai[:, None], paired.ai_prob >= cuts, False)
@@ -296,7 +349,7 @@ def phase_metrics(frame: pd.DataFrame, *, thresholds=None) -> pd.DataFrame:
             counts = _confusion(ones, paired.case[rows_mask], pred[rows_mask], paired.ref[rows_mask], paired.n_cases)
             rates = _rates(counts)
             sizes = paired.count(rows_mask)
-            for j, finding in enumerate(FINDINGS):
+            for j, finding in enumerate(paired.labels):
                 row = {"reader": reader, "phase": phase, "finding": finding, **sizes,
                        "n_pos": int(counts["tp"][0, j] + counts["fn"][0, j])}
                 row.update({k: int(counts[k][0, j]) for k in ("tp", "fp", "tn", "fn")})
@@ -371,7 +424,7 @@ def paired_change(
             u_point, a_point = point["unaided"][metric][0], point["aided"][metric][0]
             delta_boot = boot["aided"][metric] - boot["unaided"][metric]  # (n_boot, 14)
             columns = [
-                (finding, u_point[j], a_point[j], delta_boot[:, j]) for j, finding in enumerate(FINDINGS)
+                (finding, u_point[j], a_point[j], delta_boot[:, j]) for j, finding in enumerate(paired.labels)
             ]
             # Macro: both phases averaged over the same findings (those
             # defined in both), so the change compares like with like.
@@ -454,7 +507,7 @@ def ai_agreement(frame: pd.DataFrame, *, thresholds=None) -> pd.DataFrame:
         mask = mask & has_ai
         for phase, pred in (("unaided", paired.unaided), ("aided", paired.aided)):
             reads, calls = pred[mask], ai_calls[mask]
-            columns = [(f, reads[:, j], calls[:, j]) for j, f in enumerate(FINDINGS)]
+            columns = [(f, reads[:, j], calls[:, j]) for j, f in enumerate(paired.labels)]
             columns.append((ALL_FINDINGS, reads.ravel(), calls.ravel()))
             for finding, a, b in columns:
                 kappa = _kappa(a, b)
@@ -494,6 +547,57 @@ def reading_time(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def expert_reference_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The reads frame re-expressed in the expert categories, against the radiologists' labels.
+
+    For each category of :data:`~cxr_core.reader_study.cases.READER_CATEGORIES`:
+    ``read_<category>`` is 1 when the reader ticked any of its findings
+    (:data:`cxr_core.evaluation.expert.EXPERT_MAPPING`; Nodule or Mass, ...),
+    ``ref_<category>`` the radiologists' label (``expert_<category>``), and
+    ``ai_<category>`` the AI's **call** (1 when any of its findings was at or
+    above the threshold recorded with the read, 0.5 where none was) with
+    ``ai_threshold_<category>`` 0.5, so the analysis turns it into the same
+    call. The 14 finding columns are dropped; every function of this module
+    then runs over the categories.
+
+    Raises:
+        ValueError: a case without the radiologists' labels (the study's
+            reference is not ``"expert"``).
+    """
+    expert = [f"{EXPERT_PREFIX}{c}" for c in READER_CATEGORIES]
+    missing = [c for c in expert if c not in frame.columns]
+    if missing or frame[expert].isna().any().any():
+        raise ValueError("these reads' cases do not all have the radiologists' labels; "
+                         "an expert reference needs a study created with reference='expert'")
+    wanted = [EXPERT_CATEGORIES.index(c) for c in READER_CATEGORIES]
+    label_columns = {f"{p}{f}" for p in (READ_PREFIX, REF_PREFIX, AI_PREFIX, AI_THRESHOLD_PREFIX) for f in FINDINGS}
+    out = frame[[c for c in frame.columns if c not in label_columns]].copy()
+    reads = category_labels(frame[_columns(READ_PREFIX)].to_numpy(dtype=float))[:, wanted]
+    probabilities = frame.reindex(columns=_columns(AI_PREFIX)).to_numpy(dtype=float)
+    cuts = frame.reindex(columns=_columns(AI_THRESHOLD_PREFIX)).to_numpy(dtype=float)
+    has_ai = ~np.isnan(probabilities).any(axis=1)
+    with np.errstate(invalid="ignore"):
+        calls = probabilities >= np.where(np.isnan(cuts), DEFAULT_THRESHOLD, cuts)
+    ai = np.where(has_ai[:, None], category_labels(calls.astype(float))[:, wanted], np.nan)
+    for k, category in enumerate(READER_CATEGORIES):
+        out[f"{READ_PREFIX}{category}"] = reads[:, k].astype(int)
+        out[f"{REF_PREFIX}{category}"] = frame[f"{EXPERT_PREFIX}{category}"].astype(int).to_numpy()
+        out[f"{AI_PREFIX}{category}"] = ai[:, k]
+        out[f"{AI_THRESHOLD_PREFIX}{category}"] = np.where(has_ai, 0.5, np.nan)
+    return out
+
+
+def _reference(frame: pd.DataFrame, reference: str | None) -> str:
+    if reference is None:
+        stored = set(frame["reference"].dropna()) if "reference" in frame.columns else set()
+        if len(stored) > 1:
+            raise ValueError(f"the frame mixes studies with different references {sorted(stored)}; analyse one study at a time")
+        reference = stored.pop() if stored else "nih"
+    if reference not in REFERENCES:
+        raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
+    return reference
+
+
 def reader_study_results(
     frame: pd.DataFrame,
     *,
@@ -501,19 +605,28 @@ def reader_study_results(
     alpha: float = 0.05,
     seed: int | None = 0,
     thresholds=None,
+    reference: str | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Every results table at once, for the results page and for export.
 
     Args:
         frame: reads frame from ``ReaderStudyStore.reads_frame(study_id)``.
         n_boot, alpha, seed: see :func:`paired_change`.
-        thresholds: see :func:`ai_agreement`.
+        thresholds: see :func:`ai_agreement` (for an expert reference the AI's
+            calls are already made, see :func:`expert_reference_frame`).
+        reference: ``"nih"`` (the 14 findings against NIH's labels) or
+            ``"expert"`` (the categories against the radiologists' labels, via
+            :func:`expert_reference_frame`); None takes the study's own
+            (the frame's ``reference`` column, else ``"nih"``).
 
     Returns:
         ``{"metrics": phase_metrics, "change": paired_change, "agreement":
-        ai_agreement, "time": reading_time}``. Show :data:`LABEL_NOISE_CAVEAT`
+        ai_agreement, "time": reading_time}``; ``finding`` holds the
+        categories for an expert reference. Show :func:`reference_caveat`
         with them.
     """
+    if _reference(frame, reference) == "expert":
+        frame = expert_reference_frame(frame)
     return {
         "metrics": phase_metrics(frame, thresholds=thresholds),
         "change": paired_change(frame, n_boot=n_boot, alpha=alpha, seed=seed),
@@ -522,15 +635,16 @@ def reader_study_results(
     }
 
 
-def export_csv(frame_or_results: pd.DataFrame | Mapping[str, pd.DataFrame], path: str | os.PathLike) -> list[Path]:
+def export_csv(frame_or_results: pd.DataFrame | Mapping[str, pd.DataFrame], path: str | os.PathLike, *,
+               caveat: str = LABEL_NOISE_CAVEAT) -> list[Path]:
     """Write a table, or every table of :func:`reader_study_results`, as CSV.
 
     Args:
         frame_or_results: a DataFrame (written to ``path``), or a mapping
             ``{name: DataFrame}`` (written as ``path/<name>.csv``, with
-            ``path/README.txt`` holding :data:`LABEL_NOISE_CAVEAT`, so the
-            caveat travels with the numbers).
+            ``path/README.txt`` holding the caveat, so it travels with the numbers).
         path: a file for one table, a folder for several; parents are created.
+        caveat: the README's caveat; ``reference_caveat(study.reference)``.
 
     Returns:
         the files written. NaN (undefined) is written as an empty cell.
@@ -553,7 +667,7 @@ def export_csv(frame_or_results: pd.DataFrame | Mapping[str, pd.DataFrame], path
     readme = path / "README.txt"
     readme.write_text(
         "cxr-assist reader study results (one CSV per table; empty cell = undefined).\n\n"
-        + LABEL_NOISE_CAVEAT + "\n",
+        + caveat + "\n",
         encoding="utf-8",
     )
     return [*written, readme]

@@ -7,11 +7,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from cxr_core.data.expert_labels import EXPERT_CATEGORIES
 from cxr_core.findings import FINDINGS
 from cxr_core.reader_study.validation import check_bits
 
-__all__ = ["case_table", "select_cases", "find_image"]
+__all__ = ["READER_CATEGORIES", "case_table", "expert_case_labels", "select_cases", "find_image"]
+
+#: The expert categories a reader's answers can be scored on: those some of the
+#: 14 findings a reader ticks map to (Fracture is not among the findings).
+READER_CATEGORIES: tuple[str, ...] = ("Pneumothorax", "Nodule or mass", "Airspace opacity")
 
 
 def case_table(dataset) -> tuple[list[str], list[str], np.ndarray]:
@@ -35,6 +41,26 @@ def case_table(dataset) -> tuple[list[str], list[str], np.ndarray]:
     if any(not name.strip() for name in images):
         raise ValueError("every case needs an image name")
     return images, patients, labels.astype(int)
+
+
+def expert_case_labels(images: Sequence[str], expert_labels: pd.DataFrame | None) -> np.ndarray:
+    """The radiologists' labels of ``images``, shape (n, 4) in EXPERT_CATEGORIES order, NaN where absent.
+
+    Args:
+        images: image names.
+        expert_labels: :func:`cxr_core.data.expert_labels.read_expert_labels`'s
+            table (column ``image``, or indexed by image).
+
+    Raises:
+        ValueError: no table, or one without the category columns.
+    """
+    if expert_labels is None:
+        raise ValueError("an expert reference needs the radiologists' labels (expert_labels=read_expert_labels(path))")
+    table = expert_labels.set_index("image") if "image" in expert_labels.columns else expert_labels
+    missing = [c for c in EXPERT_CATEGORIES if c not in table.columns]
+    if missing:
+        raise ValueError(f"expert_labels has no column {', '.join(missing)}")
+    return table.reindex(list(images))[list(EXPERT_CATEGORIES)].to_numpy(dtype=float)
 
 
 def select_cases(

@@ -13,6 +13,9 @@ __all__ = [
     "READ_PREFIX",
     "AI_PREFIX",
     "AI_THRESHOLD_PREFIX",
+    "EXPERT_PREFIX",
+    "REFERENCES",
+    "REFERENCE_NAMES",
     "ReaderStudyError",
     "SchemaVersionError",
     "UnknownStudyError",
@@ -45,6 +48,20 @@ REF_PREFIX = "ref_"
 READ_PREFIX = "read_"
 AI_PREFIX = "ai_"
 AI_THRESHOLD_PREFIX = "ai_threshold_"
+#: Prefix of a case's radiologist label per expert category (``expert_Nodule or mass``), schema version 2.
+EXPERT_PREFIX = "expert_"
+
+#: A study's reference standard: NIH's text-mined labels (14 findings), or the
+#: radiologists' labels of Majkowska et al. 2019 (their categories; only cases
+#: that have them are selected). See docs/expert_reference.md.
+REFERENCES: tuple[str, ...] = ("nih", "expert")
+
+#: How each reference standard is named on the pages.
+REFERENCE_NAMES: dict[str, str] = {
+    "nih": "NIH labels (text-mined from reports; 14 findings)",
+    "expert": "Radiologists' labels (Majkowska et al. 2019; Pneumothorax, Nodule or mass, Airspace opacity; "
+              "cases chosen among the images that have them)",
+}
 
 
 # --------------------------------------------------------------------------
@@ -87,7 +104,11 @@ class MissingCasesError(ReaderStudyError):
 
 @dataclass(frozen=True)
 class Study:
-    """One study: a fixed, ordered list of ``n_cases`` cases."""
+    """One study: a fixed, ordered list of ``n_cases`` cases.
+
+    ``reference`` is ``"nih"`` (NIH's labels; every study made before schema
+    version 2) or ``"expert"`` (the radiologists' labels stored with its cases).
+    """
 
     id: int
     name: str
@@ -96,6 +117,7 @@ class Study:
     n_cases: int
     description: str
     created_at: str
+    reference: str = "nih"
 
 
 @dataclass(frozen=True)

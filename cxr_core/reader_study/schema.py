@@ -6,15 +6,19 @@ import json
 import sqlite3
 from collections.abc import Callable, Sequence
 
+from cxr_core.data.expert_labels import EXPERT_CATEGORIES
 from cxr_core.findings import FINDINGS
-from cxr_core.reader_study.records import READ_PREFIX, REF_PREFIX, Read
+from cxr_core.reader_study.records import EXPERT_PREFIX, READ_PREFIX, REF_PREFIX, REFERENCES, Read
 
-__all__ = ["SCHEMA_VERSION", "SCHEMA_V1", "MIGRATIONS", "split_sql", "READ_COLUMNS", "quoted", "row_to_read",
+__all__ = ["SCHEMA_VERSION", "SCHEMA_V1", "MIGRATIONS", "EXPERT_COLUMNS", "split_sql", "READ_COLUMNS", "quoted", "row_to_read",
            "vector_to_json", "vector_from_json"]
 
 #: Version of the schema this code writes. Bump it with a migration in
-#: :data:`MIGRATIONS` whenever a table changes.
-SCHEMA_VERSION = 1
+#: :data:`MIGRATIONS` whenever a table changes. A new file is created at
+#: version 1 (:data:`SCHEMA_V1`) and migrated up, so new and old files end alike.
+#: 2: ``studies.reference`` ('nih' for every existing study) and the cases'
+#: radiologist labels ``expert_<category>`` (NULL where not stored).
+SCHEMA_VERSION = 2
 
 
 def _finding_columns(prefix: str, *, sql_type: str) -> str:
@@ -84,10 +88,22 @@ BEGIN
 END;
 """
 
+#: Columns of ``cases`` holding the radiologists' label per expert category (schema version 2).
+EXPERT_COLUMNS: tuple[str, ...] = tuple(f"{EXPERT_PREFIX}{c}" for c in EXPERT_CATEGORIES)
+
+
+def _v1_to_v2(con: sqlite3.Connection) -> None:
+    """Add the study's reference standard and the cases' expert labels; existing studies keep NIH's labels."""
+    allowed = ", ".join(f"'{r}'" for r in REFERENCES)
+    con.execute(f"ALTER TABLE studies ADD COLUMN reference TEXT NOT NULL DEFAULT 'nih' CHECK (reference IN ({allowed}))")
+    for column in EXPERT_COLUMNS:
+        con.execute(f'ALTER TABLE cases ADD COLUMN "{column}" INTEGER CHECK ("{column}" IS NULL OR "{column}" IN (0, 1))')
+
+
 #: ``{old version: function upgrading a connection from it to old + 1}``.
 #: Each runs inside the opening transaction, so a failed upgrade changes
-#: nothing. Version 1 is the first; none is needed yet.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
+#: nothing and no existing row is touched.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2}
 
 
 def split_sql(script: str) -> list[str]:

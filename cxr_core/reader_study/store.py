@@ -47,9 +47,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxr_core.data.expert_labels import EXPERT_CATEGORIES
 from cxr_core.findings import FINDINGS
 from cxr_core.reader_study import schema
-from cxr_core.reader_study.cases import case_table, find_image, select_cases
+from cxr_core.reader_study.cases import READER_CATEGORIES, case_table, expert_case_labels, find_image, select_cases
 from cxr_core.reader_study.records import (
     AI_PREFIX,
     AI_THRESHOLD_PREFIX,
@@ -57,6 +58,7 @@ from cxr_core.reader_study.records import (
     PHASES,
     READ_PREFIX,
     REF_PREFIX,
+    REFERENCES,
     MissingCasesError,
     NextCase,
     Reader,
@@ -259,6 +261,8 @@ class ReaderStudyStore:
         data_root: str | os.PathLike | None = None,
         no_finding_fraction: float = 0.25,
         one_per_patient: bool = True,
+        reference: str = "nih",
+        expert_labels: pd.DataFrame | None = None,
     ) -> Study:
         """Create a study with a fixed, seeded, stratified list of cases.
 
@@ -276,42 +280,65 @@ class ReaderStudyStore:
             description: free text shown with the study.
             data_root: the image folder; defaults to ``dataset.root``.
             no_finding_fraction, one_per_patient: see :func:`select_cases`.
+            reference: the reference standard the results are measured
+                against: ``"nih"`` (NIH's labels) or ``"expert"`` (the
+                radiologists' labels of Majkowska et al. 2019). With
+                ``"expert"``, cases are chosen only among the images the
+                radiologists labelled (stratified by NIH's labels as usual),
+                and their labels are stored with the cases.
+            expert_labels: with ``reference="expert"``, the table of
+                :func:`cxr_core.data.expert_labels.read_expert_labels` (column
+                ``image``, or indexed by image).
 
         Raises:
             ValueError: bad name, n_cases or labels; the name is taken by a
-                study with other cases.
+                study with other cases or another reference; an expert
+                reference without expert labels, or with too few labelled images.
         """
         name = clean_name(name, what="study")
+        if reference not in REFERENCES:
+            raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
         if data_root is None:
             data_root = getattr(dataset, "root", "")
         # Absolute, so the page finds the images whatever its working directory.
         data_root = str(Path(data_root).resolve()) if str(data_root) else ""
         images, patients, labels = case_table(dataset)
+        experts = expert_case_labels(images, expert_labels) if reference == "expert" else None
+        if experts is not None:
+            # Only the images the radiologists read for every category a reader can answer.
+            keep = np.flatnonzero(~np.isnan(experts[:, [EXPERT_CATEGORIES.index(c) for c in READER_CATEGORIES]]).any(axis=1))
+            if not len(keep):
+                raise ValueError("none of this dataset's images has the radiologists' labels; "
+                                 "choose the NIH reference or a dataset folder with the expert label file")
+            images, patients, labels, experts = [images[i] for i in keep], [patients[i] for i in keep], labels[keep], experts[keep]
         picked = select_cases(
             images, patients, labels, n_cases=n_cases, seed=seed,
             no_finding_fraction=no_finding_fraction, one_per_patient=one_per_patient,
         )
-        ref_columns = [f"{REF_PREFIX}{f}" for f in FINDINGS]
-        rows = [(int(pos), images[i], patients[i], *map(int, labels[i])) for pos, i in enumerate(picked)]
+        columns = [f"{REF_PREFIX}{f}" for f in FINDINGS] + list(schema.EXPERT_COLUMNS)
+        if experts is None:
+            experts = np.full((len(images), len(EXPERT_CATEGORIES)), np.nan)
+        rows = [(int(pos), images[i], patients[i], *map(int, labels[i]), *(None if np.isnan(v) else int(v) for v in experts[i]))
+                for pos, i in enumerate(picked)]
         with self._write() as con:
-            existing = con.execute("SELECT id FROM studies WHERE name = ?", (name,)).fetchone()
+            existing = con.execute("SELECT id, reference FROM studies WHERE name = ?", (name,)).fetchone()
             if existing is not None:
                 stored = con.execute(
-                    f"SELECT position, image, patient_id, {quoted(ref_columns)} FROM cases WHERE study_id = ? ORDER BY position",
+                    f"SELECT position, image, patient_id, {quoted(columns)} FROM cases WHERE study_id = ? ORDER BY position",
                     (existing[0],),
                 ).fetchall()
-                if [tuple(r) for r in stored] != rows:
-                    raise ValueError(f"a study named {name!r} already exists with other cases; choose another name")
+                if [tuple(r) for r in stored] != rows or existing[1] != reference:
+                    raise ValueError(f"a study named {name!r} already exists with other cases or another reference; choose another name")
                 study_id = existing[0]
             else:
                 cursor = con.execute(
-                    "INSERT INTO studies (name, data_root, seed, created_at, n_cases, description) VALUES (?, ?, ?, ?, ?, ?)",
-                    (name, str(data_root), int(seed), _now(), len(rows), str(description)),
+                    "INSERT INTO studies (name, data_root, seed, created_at, n_cases, description, reference) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (name, str(data_root), int(seed), _now(), len(rows), str(description), reference),
                 )
                 study_id = cursor.lastrowid
                 con.executemany(
-                    f"INSERT INTO cases (study_id, position, image, patient_id, {quoted(ref_columns)}) "
-                    f"VALUES ({', '.join('?' * (4 + len(FINDINGS)))})",
+                    f"INSERT INTO cases (study_id, position, image, patient_id, {quoted(columns)}) "
+                    f"VALUES ({', '.join('?' * (4 + len(columns)))})",
                     [(study_id, *row) for row in rows],
                 )
         return self.get_study(study_id)
@@ -329,7 +356,7 @@ class ReaderStudyStore:
         row = None
         if isinstance(study_id, (int, np.integer)) and not isinstance(study_id, bool):
             row = con.execute(
-                "SELECT id, name, data_root, seed, n_cases, description, created_at FROM studies WHERE id = ?",
+                "SELECT id, name, data_root, seed, n_cases, description, created_at, reference FROM studies WHERE id = ?",
                 (int(study_id),),
             ).fetchone()
         if row is None:
@@ -340,7 +367,7 @@ class ReaderStudyStore:
         """Every study, oldest first."""
         with self._read() as con:
             rows = con.execute(
-                "SELECT id, name, data_root, seed, n_cases, description, created_at FROM studies ORDER BY id"
+                "SELECT id, name, data_root, seed, n_cases, description, created_at, reference FROM studies ORDER BY id"
             ).fetchall()
         return [Study(*row) for row in rows]
 
@@ -348,8 +375,10 @@ class ReaderStudyStore:
         """The cases of a study with their reference labels (for analysis and export, not for readers).
 
         Returns:
-            DataFrame with ``position, image, patient_id`` and one
-            ``ref_<finding>`` column (0/1) per finding, ordered by position.
+            DataFrame with ``position, image, patient_id``, one
+            ``ref_<finding>`` column (0/1, NIH's label) per finding and one
+            ``expert_<category>`` column (the radiologists' label; empty unless
+            the study's reference is ``"expert"``), ordered by position.
         """
         with self._read() as con:
             self._study(con, study_id)
@@ -596,14 +625,17 @@ class ReaderStudyStore:
         Returns:
             DataFrame with columns ``read_id, study_id, study, position,
             image, patient_id, reader_id, reader, phase, confidence, seconds,
-            created_at``, then ``read_<finding>`` (0/1 ticked), ``ref_<finding>``
-            (0/1 reference label), ``ai_<finding>`` (probability shown, NaN
+            created_at, reference`` (the study's: ``"nih"`` or ``"expert"``),
+            then ``read_<finding>`` (0/1 ticked), ``ref_<finding>``
+            (0/1 NIH label), ``expert_<category>`` (the radiologists' 0/1 label
+            per EXPERT_CATEGORIES, NaN where not stored), ``ai_<finding>`` (probability shown, NaN
             for unaided reads or when not recorded) and ``ai_threshold_<finding>``
             (NaN when not recorded), 14 of each in FINDINGS order. Rows are
             ordered by study, reader, position, phase (unaided first).
         """
         read_cols = ", ".join(f'r."{READ_PREFIX}{f}"' for f in FINDINGS)
         ref_cols = ", ".join(f'c."{REF_PREFIX}{f}"' for f in FINDINGS)
+        expert_cols = ", ".join(f'c."{c}"' for c in schema.EXPERT_COLUMNS)
         where, params = "", ()
         with self._read() as con:
             if study_id is not None:
@@ -613,7 +645,7 @@ class ReaderStudyStore:
                 f"""
                 SELECT r.id AS read_id, r.study_id, s.name AS study, r.position, c.image, c.patient_id,
                        r.reader_id, p.name AS reader, r.phase, r.confidence, r.seconds, r.created_at,
-                       {read_cols}, {ref_cols}, r.ai_probabilities, r.ai_thresholds
+                       s.reference, {read_cols}, {ref_cols}, {expert_cols}, r.ai_probabilities, r.ai_thresholds
                 FROM reads r
                 JOIN cases c ON c.study_id = r.study_id AND c.position = r.position
                 JOIN studies s ON s.id = r.study_id
@@ -632,4 +664,6 @@ class ReaderStudyStore:
         frame = frame.drop(columns=["ai_probabilities", "ai_thresholds"])
         bit_columns = [f"{p}{f}" for p in (READ_PREFIX, REF_PREFIX) for f in FINDINGS]
         frame[bit_columns] = frame[bit_columns].astype(int)
+        expert = list(schema.EXPERT_COLUMNS)
+        frame[expert] = frame[expert].astype(float)  # NaN where not stored (NIH-reference studies)
         return frame.reset_index(drop=True)
