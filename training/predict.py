@@ -1,11 +1,22 @@
 """Batch prediction: calibrated probabilities for a folder or a CSV of images.
 
     python -m training.predict --images DIR_OR_CSV --out preds.csv [--bundle models/default] [--heatmaps OUTDIR]
+    python -m training.predict --images DIR_OR_CSV --out shard0.csv --shard 0/4      # every 4th image from the 1st
+    python -m training.predict --merge shard0.csv shard1.csv shard2.csv shard3.csv --out preds.csv [--images DIR_OR_CSV]
 
 preds.csv has ``Image Index`` (the file name), one column per finding named
 as in Data_Entry_2017.csv (calibrated probabilities), and ``error``. Files
 that cannot be read keep their row with the reason in ``error`` and are also
-listed in ``<out>.errors.csv``; they never stop the run.
+listed in ``<out>.errors.csv``; they never stop the run. Rows are written as
+they come (memory does not grow with the number of images); ``<out>.run.json``
+records the shard, the listing's size and fingerprint, and images/s (also
+printed on stderr).
+
+``--shard K/N`` takes every N-th image from offset K of the images sorted by
+their relative path, so N machines (or processes) given the same folder share
+it without overlap. ``--merge`` joins the N outputs in that order and refuses,
+naming what is wrong, unless every shard is there once and every image once
+(``--images`` lets it name the images of a missing shard).
 """
 
 from __future__ import annotations
@@ -18,44 +29,61 @@ from pathlib import Path
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", default="models/default", help="model bundle folder (default models/default)")
-    parser.add_argument("--images", required=True, help="a folder of images (NIH or Kaggle layout, or flat) or a CSV")
+    parser.add_argument("--images", help="a folder of images (NIH or Kaggle layout, or flat) or a CSV")
     parser.add_argument("--out", required=True, help="output CSV")
     parser.add_argument("--heatmaps", help="folder for Grad-CAM++ maps (.npz) and overlays (.png)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--shard", metavar="K/N", help="predict only every N-th image from offset K (0 <= K < N)")
+    parser.add_argument("--merge", nargs="+", metavar="SHARD_CSV", help="join the outputs of --shard 0/N ... N-1/N into --out")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.merge and args.shard:
+        parser.error("--merge joins shard outputs; it takes no --shard")
+    if not args.merge and not args.images:
+        parser.error("--images is required (or --merge SHARD_CSV ...)")
+    from cxr_core.serving import ShardMergeError, merge_shards
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    if args.merge:
+        try:
+            merge_shards(args.merge, args.out, images=args.images, log=log)
+        except ShardMergeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    return _predict(args, log)
+
+
+def _predict(args, log) -> int:
     from tqdm import tqdm
 
     from cxr_core.errors import DataFormatError
     from cxr_core.learn import BundleError
-    from cxr_core.serving import ERROR_COLUMN, IMAGE_COLUMN, Predictor, list_image_files, predict_files
+    from cxr_core.serving import Predictor, errors_path, list_image_files, parse_shard, predict_to_csv, stable_listing
 
     try:
-        files = list_image_files(args.images)
+        shard = parse_shard(args.shard) if args.shard else (0, 1)
+        listing = stable_listing(args.images) if args.shard else None
+        files = listing.shard(*shard) if listing is not None else list_image_files(args.images)
         predictor = Predictor.from_bundle(args.bundle)
     except (BundleError, DataFormatError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if not files:
+    if not files and (listing is None or not listing.total):
         print(f"error: no PNG, JPEG or DICOM files found in {args.images}", file=sys.stderr)
         return 2
-    table = predict_files(
-        predictor, files, batch_size=args.batch_size, heatmap_dir=args.heatmaps,
-        progress=lambda batches: tqdm(batches, unit="batch", desc=f"{len(files)} images"),
+    record = predict_to_csv(
+        predictor, files, args.out, batch_size=args.batch_size, heatmap_dir=args.heatmaps, shard=shard, listing=listing,
+        progress=lambda rows: tqdm(rows, unit="img", total=len(files), desc=f"{len(files)} images"), log=log,
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, index=False, float_format="%.6f")
-    errors = table.loc[table[ERROR_COLUMN] != "", [IMAGE_COLUMN, ERROR_COLUMN]]
-    errors_file = out.with_suffix(".errors.csv")
-    if len(errors):
-        errors.to_csv(errors_file, index=False)
-    elif errors_file.exists():
-        errors_file.unlink()  # a stale list from an earlier run would mislead
-    print(f"{len(table) - len(errors)} images predicted -> {out}" + (f"; {len(errors)} unreadable -> {errors_file}" if len(errors) else ""))
+    out, errors = Path(args.out), record["errors"]
+    print(f"{record['rows'] - errors} images predicted -> {out}" + (f"; {errors} unreadable -> {errors_path(out)}" if errors else ""))
     return 0
 
 

@@ -12,6 +12,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
                  "gray_to_rgb", "scale_boxes", "window_level"),
     "report": ("DISCLAIMER", "REPORT_FORMAT", "findings_rows", "heatmap_boxes", "heatmap_picture", "json_report",
                "model_summary", "pdf_report"),
-    "batch": ("predict_files", "list_image_files", "IMAGE_COLUMN", "ERROR_COLUMN"),
+    "batch": ("predict_files", "predict_to_csv", "iter_predictions", "list_image_files", "stable_listing", "Listing",
+              "parse_shard", "merge_shards", "ShardMergeError", "run_record_path", "errors_path", "IMAGE_COLUMN", "ERROR_COLUMN"),
     "bundle_evaluation": ("evaluate_bundle", "predict_rows", "intensity_reference", "localization_records"),
 })

@@ -6,9 +6,17 @@ column (and in the errors file the command writes) and the run goes on.
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import hashlib
+import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -21,6 +29,7 @@ from cxr_core.findings import FINDINGS
 
 IMAGE_COLUMN = "Image Index"
 ERROR_COLUMN = "error"
+COLUMNS = (IMAGE_COLUMN, *FINDINGS, ERROR_COLUMN)
 
 
 def list_image_files(target: str | os.PathLike) -> list[Path]:
@@ -53,12 +62,65 @@ def list_image_files(target: str | os.PathLike) -> list[Path]:
     raise DataFormatError(f"{target.name} needs a column '{IMAGE_COLUMN}' or 'path'")
 
 
-def _load(predictor, path: Path) -> tuple[dict[int, np.ndarray] | None, str]:
+def _load(predictor, path: str) -> tuple[dict[int, np.ndarray] | None, str]:
     """The file decoded once and resized for every member (``{size: uint8}``), or None and the reason."""
     try:
         return predictor.load_inputs(path), ""
     except ImageReadError as exc:
         return None, str(exc)
+
+
+def iter_predictions(
+    predictor,
+    files: Iterable[str | os.PathLike],
+    *,
+    batch_size: int = 16,
+    heatmap_dir: str | os.PathLike | None = None,
+    workers: int = 2,
+) -> Iterator[dict]:
+    """One row per file, in input order, a batch at a time (only one batch of images is held).
+
+    Rows are dicts with ``Image Index``, one key per finding (calibrated
+    probability, NaN when unreadable) and ``error``; see :func:`predict_files`.
+    """
+    out_dir = Path(heatmap_dir) if heatmap_dir is not None else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for batch_files in _batches(files, batch_size):
+            loaded = list(pool.map(lambda p: _load(predictor, p), batch_files))
+            good = [i for i, (img, _) in enumerate(loaded) if img is not None]
+            calibrated = np.empty((0, len(FINDINGS)))
+            if good:
+                # One stack per member input size: each member gets its own resize and normalisation.
+                inputs = {size: np.stack([loaded[i][0][size] for i in good]) for size in predictor.input_sizes}
+                _, calibrated = predictor.predict_uint8(inputs)
+            by_position = dict(zip(good, calibrated))
+            for i, path in enumerate(batch_files):
+                name = os.path.basename(path)
+                row = {IMAGE_COLUMN: name}
+                if i in by_position:
+                    row.update(dict(zip(FINDINGS, map(float, by_position[i]))))
+                    row[ERROR_COLUMN] = ""
+                    if out_dir is not None:
+                        _write_heatmaps(predictor, loaded[i][0], by_position[i], out_dir / os.path.splitext(name)[0])
+                else:
+                    row.update({f: np.nan for f in FINDINGS})
+                    row[ERROR_COLUMN] = loaded[i][1]
+                yield row
+
+
+def _batches(files: Iterable[str | os.PathLike], size: int) -> Iterator[list[str]]:
+    # Plain strings, not Path objects: pathlib interns every path part, and over
+    # 100k distinct names the interpreter's interned-string table grows by MBs.
+    batch: list[str] = []
+    for f in files:
+        batch.append(os.fspath(f))
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def predict_files(
@@ -70,7 +132,7 @@ def predict_files(
     workers: int = 2,
     progress: Callable[[Iterable], Iterable] | None = None,
 ) -> pd.DataFrame:
-    """Calibrated probabilities for each file, in input order.
+    """Calibrated probabilities for each file, in input order, as one table (for many files use :func:`predict_to_csv`).
 
     Args:
         predictor: a :class:`cxr_core.serving.predictor.Predictor`.
@@ -82,42 +144,15 @@ def predict_files(
             finding) and ``<name>_heatmap.png``, an overlay of its most
             probable finding.
         workers: decoding threads.
-        progress: wraps the batch iterator (e.g. ``tqdm``), for a progress bar.
+        progress: wraps the row iterator (e.g. ``tqdm``), for a progress bar.
 
     Returns:
         DataFrame with ``Image Index`` (file name), one column per finding
         (Data_Entry spelling, calibrated probability; empty when unreadable),
         and ``error`` (empty, or why the file could not be read).
     """
-    files = [Path(f) for f in files]
-    batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
-    rows: list[dict] = []
-    out_dir = Path(heatmap_dir) if heatmap_dir is not None else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    iterator = progress(batches) if progress is not None else batches
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for batch_files in iterator:
-            loaded = list(pool.map(lambda p: _load(predictor, p), batch_files))
-            good = [i for i, (img, _) in enumerate(loaded) if img is not None]
-            calibrated = np.empty((0, len(FINDINGS)))
-            if good:
-                # One stack per member input size: each member gets its own resize and normalisation.
-                inputs = {size: np.stack([loaded[i][0][size] for i in good]) for size in predictor.input_sizes}
-                _, calibrated = predictor.predict_uint8(inputs)
-            by_position = dict(zip(good, calibrated))
-            for i, path in enumerate(batch_files):
-                row = {IMAGE_COLUMN: path.name}
-                if i in by_position:
-                    row.update(dict(zip(FINDINGS, map(float, by_position[i]))))
-                    row[ERROR_COLUMN] = ""
-                    if out_dir is not None:
-                        _write_heatmaps(predictor, loaded[i][0], by_position[i], out_dir / path.stem)
-                else:
-                    row.update({f: np.nan for f in FINDINGS})
-                    row[ERROR_COLUMN] = loaded[i][1]
-                rows.append(row)
-    return pd.DataFrame(rows, columns=[IMAGE_COLUMN, *FINDINGS, ERROR_COLUMN])
+    rows = iter_predictions(predictor, files, batch_size=batch_size, heatmap_dir=heatmap_dir, workers=workers)
+    return pd.DataFrame(list(progress(rows) if progress is not None else rows), columns=COLUMNS)
 
 
 def _write_heatmaps(predictor, inputs: dict[int, np.ndarray], probabilities: np.ndarray, stem: Path) -> None:
@@ -132,3 +167,331 @@ def _write_heatmaps(predictor, inputs: dict[int, np.ndarray], probabilities: np.
     overlay = cv2.addWeighted(gray, 0.6, heat, 0.4, 0)
     cv2.putText(overlay, f"{top} {probabilities[FINDINGS.index(top)]:.2f}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
     cv2.imwrite(str(stem.parent / f"{stem.name}_heatmap.png"), overlay)
+
+
+# -- sharded runs over many files --------------------------------------------------
+
+
+class ShardMergeError(ValueError):
+    """Shard outputs that do not make up one whole run (missing, repeated or foreign images or shards)."""
+
+
+def run_record_path(out: str | os.PathLike) -> Path:
+    """The sidecar of a prediction CSV: ``preds.csv`` -> ``preds.run.json`` (shard, listing, images/s)."""
+    return Path(out).with_suffix(".run.json")
+
+
+def errors_path(out: str | os.PathLike) -> Path:
+    """The list of unreadable files beside a prediction CSV: ``preds.csv`` -> ``preds.errors.csv``."""
+    return Path(out).with_suffix(".errors.csv")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> ``(K, N)`` with ``0 <= K < N``.
+
+    Raises:
+        ValueError: anything else, with a plain message.
+    """
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not match or int(match[2]) < 1 or int(match[1]) >= int(match[2]):
+        raise ValueError(f"a shard is K/N with 0 <= K < N (e.g. 0/4 ... 3/4), got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The images of a run in their stable order (sorted relative paths), and what identifies that order."""
+
+    files: list[str]
+    source: str
+
+    @property
+    def total(self) -> int:
+        return len(self.files)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the file names in order, one per line: what the merged output must reproduce."""
+        return _names_digest(Path(f).name for f in self.files)
+
+    def shard(self, k: int, n: int) -> list[str]:
+        """Every ``n``-th file from offset ``k``."""
+        return self.files[k::n]
+
+
+def _names_digest(names: Iterable[str]) -> str:
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update(name.encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
+def stable_listing(target: str | os.PathLike) -> Listing:
+    """The files :func:`list_image_files` names, sorted by their path relative to ``target``
+    (the folder, or the CSV's folder), so every machine that lists the same data gets the same order.
+
+    Paths are kept as strings (a 112k-image listing is a few MB).
+    """
+    target = Path(target)
+    root = target if target.is_dir() else target.parent
+    keyed = sorted((Path(os.path.relpath(p, root)).as_posix(), str(p)) for p in list_image_files(target))
+    return Listing([path for _, path in keyed], source=str(target))
+
+
+def _format_row(row: dict) -> list[str]:
+    values = [row[IMAGE_COLUMN]]
+    for finding in FINDINGS:
+        v = row[finding]
+        values.append("" if v is None or not np.isfinite(v) else f"{v:.6f}")
+    values.append(row[ERROR_COLUMN])
+    return values
+
+
+def predict_to_csv(
+    predictor,
+    files: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    batch_size: int = 16,
+    heatmap_dir: str | os.PathLike | None = None,
+    workers: int = 2,
+    progress: Callable[[Iterable], Iterable] | None = None,
+    shard: tuple[int, int] = (0, 1),
+    listing: Listing | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Predict ``files`` and stream the rows to ``out`` as they come (memory does not grow with the number of files).
+
+    Writes ``out`` (the columns of :func:`predict_files`), ``<out>.errors.csv``
+    (unreadable files and why; removed when there are none) and the sidecar
+    ``<out>.run.json``: shard ``K``/``N``, the listing's total and fingerprint
+    (when ``listing`` is given: what :func:`merge_shards` checks), rows,
+    errors, seconds and images/s, and ``complete`` (false until the last row
+    is written).
+
+    Args:
+        files: the images of this run (for a shard: ``listing.shard(K, N)``).
+        shard: ``(K, N)``; ``(0, 1)`` for an unsharded run.
+        listing: the whole run's :class:`Listing`, recorded for the merge.
+        log: receives the one-line throughput summary (e.g. ``print`` to stderr).
+        Other arguments: as :func:`predict_files`.
+
+    Returns:
+        The sidecar's contents.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    k, n = shard
+    record = {
+        "format": "cxr-assist predictions 1", "shard": k, "of": n, "images": len(files),
+        "listing": None if listing is None else {"total": listing.total, "sha256": listing.fingerprint,
+                                                 "source": Path(listing.source).name},
+        "complete": False,
+    }
+    sidecar = run_record_path(out)
+    sidecar.write_text(json.dumps(record, indent=2))
+    errors_file = errors_path(out)
+    errors_file.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
+    rows = iter_predictions(predictor, files, batch_size=batch_size, heatmap_dir=heatmap_dir, workers=workers)
+    written = unreadable = 0
+    start = time.perf_counter()
+    errors_handle = None
+    try:
+        with open(out, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(COLUMNS)
+            for row in progress(rows) if progress is not None else rows:
+                writer.writerow(_format_row(row))
+                written += 1
+                if row[ERROR_COLUMN]:
+                    if errors_handle is None:
+                        errors_handle = open(errors_file, "w", newline="", encoding="utf-8")
+                        errors_writer = csv.writer(errors_handle)
+                        errors_writer.writerow([IMAGE_COLUMN, ERROR_COLUMN])
+                    errors_writer.writerow([row[IMAGE_COLUMN], row[ERROR_COLUMN]])
+                    unreadable += 1
+    finally:
+        if errors_handle is not None:
+            errors_handle.close()
+    seconds = time.perf_counter() - start
+    record.update(rows=written, errors=unreadable, seconds=round(seconds, 3),
+                  images_per_s=round(written / seconds, 2) if seconds > 0 else None, complete=True)
+    sidecar.write_text(json.dumps(record, indent=2))
+    if log is not None:
+        where = f"shard {k}/{n}: " if n > 1 else ""
+        log(f"{where}{written} images in {seconds:.1f} s ({record['images_per_s']} images/s)"
+            + (f", {unreadable} unreadable" if unreadable else ""))
+    return record
+
+
+def _read_record(path: Path) -> dict:
+    sidecar = run_record_path(path)
+    if not path.is_file():
+        raise ShardMergeError(f"{path} does not exist")
+    if not sidecar.is_file():
+        raise ShardMergeError(f"{path.name} has no {sidecar.name} beside it: it was not written by training.predict --shard")
+    try:
+        record = json.loads(sidecar.read_text())
+    except json.JSONDecodeError as exc:
+        raise ShardMergeError(f"{sidecar.name} is not valid JSON: {exc}") from exc
+    if not record.get("complete"):
+        raise ShardMergeError(f"{path.name} (shard {record.get('shard')}/{record.get('of')}) is incomplete: "
+                              "its run stopped before the last image; run that shard again")
+    if not record.get("listing"):
+        raise ShardMergeError(f"{sidecar.name} records no listing: it was not written by training.predict --shard")
+    return record
+
+
+def _names_of(listing_source: Path | None, k: int, n: int, limit: int = 10) -> str:
+    """A few of the names shard ``k``/``n`` should hold, when the listing can be read again."""
+    if listing_source is None or not listing_source.exists():
+        return ""
+    names = [Path(f).name for f in stable_listing(listing_source).shard(k, n)]
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ": " + ", ".join(names[:limit]) + more
+
+
+def merge_shards(
+    shard_csvs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    images: str | os.PathLike | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Join the outputs of ``training.predict --shard K/N`` into one CSV in the listing's order, checking completeness.
+
+    Every shard ``0 .. N-1`` must be there once, from the same listing (same
+    total and fingerprint), complete, with the number of rows its offset
+    gives; the merged file names, in order, must reproduce the listing's
+    fingerprint, so every image is there exactly once. Rows are streamed: one
+    row per shard is held at a time.
+
+    Args:
+        shard_csvs: the shard CSVs (any order).
+        out: the merged CSV; ``<out>.errors.csv`` and ``<out>.run.json`` are written beside it.
+        images: the folder or CSV the shards listed, if at hand: lets an error
+            name the images of a missing shard.
+
+    Raises:
+        ShardMergeError: with a plain message naming the missing or repeated
+            shards and images. Nothing is written then.
+    """
+    paths = [Path(p) for p in shard_csvs]
+    if not paths:
+        raise ShardMergeError("no shard outputs given")
+    records = [_read_record(p) for p in paths]
+    first = records[0]
+    n, total, digest = first["of"], first["listing"]["total"], first["listing"]["sha256"]
+    for path, record in zip(paths, records):
+        if record["of"] != n or record["listing"]["total"] != total or record["listing"]["sha256"] != digest:
+            raise ShardMergeError(
+                f"{path.name} is shard {record['shard']}/{record['of']} of a listing of {record['listing']['total']} images, "
+                f"but {paths[0].name} is shard {first['shard']}/{n} of {total}"
+                + (" (same count, different images)" if record["listing"]["total"] == total else "")
+                + ": they come from different runs")
+    by_shard: dict[int, list[Path]] = {}
+    for path, record in zip(paths, records):
+        by_shard.setdefault(int(record["shard"]), []).append(path)
+    repeated = {k: v for k, v in by_shard.items() if len(v) > 1}
+    if repeated:
+        raise ShardMergeError("; ".join(f"shard {k}/{n} given {len(v)} times ({', '.join(p.name for p in v)})"
+                                        for k, v in sorted(repeated.items())) + ": its images would be counted twice")
+    missing = [k for k in range(n) if k not in by_shard]
+    source = Path(images) if images is not None else None
+    if missing:
+        raise ShardMergeError("; ".join(
+            f"shard {k}/{n} is missing: its {len(range(k, total, n))} images are in no output{_names_of(source, k, n)}"
+            for k in missing) + f". Run python -m training.predict --shard K/{n} for it and merge again")
+    for k, [path] in by_shard.items():
+        record = records[paths.index(path)]
+        if record["rows"] != len(range(k, total, n)):
+            raise ShardMergeError(f"{path.name} (shard {k}/{n}) holds {record['rows']} rows but should hold "
+                                  f"{len(range(k, total, n))} of the {total} images")
+    return _stream_merge([by_shard[k][0] for k in range(n)], Path(out), total, digest, records, log, source)
+
+
+def _stream_merge(shards: list[Path], out: Path, total: int, digest: str, records: list[dict], log, source) -> dict:
+    n = len(shards)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    errors_partial = errors_path(out).with_name(errors_path(out).name + ".partial")
+    try:
+        unreadable = _merge_rows(shards, partial, errors_partial, total, digest, source)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        errors_partial.unlink(missing_ok=True)
+        raise
+    partial.replace(out)
+    errors_file = errors_path(out)
+    errors_file.unlink(missing_ok=True)
+    if unreadable:
+        errors_partial.replace(errors_file)
+    seconds = max(r["seconds"] for r in records)
+    record = {"format": "cxr-assist predictions 1", "shard": 0, "of": 1, "merged_from": n, "images": total, "rows": total,
+              "errors": unreadable, "listing": records[0]["listing"], "complete": True,
+              "seconds": seconds, "images_per_s": round(total / seconds, 2) if seconds > 0 else None,
+              "shards": [{"file": p.name, "images_per_s": r["images_per_s"]}
+                         for p, r in sorted(zip(shards, records), key=lambda pr: pr[1]["shard"])]}
+    run_record_path(out).write_text(json.dumps(record, indent=2))
+    if log is not None:
+        log(f"{n} shards, {total} images, each once -> {out}" + (f"; {unreadable} unreadable -> {errors_file}" if unreadable else ""))
+    return record
+
+
+def _merge_rows(shards: list[Path], partial: Path, errors_partial: Path, total: int, digest: str, source: Path | None) -> int:
+    """Write the shards' rows round-robin (listing order) to ``partial``; the number of unreadable rows."""
+    n = len(shards)
+    names = hashlib.sha256()
+    unreadable = 0
+    with contextlib.ExitStack() as stack:
+        readers = []
+        for path in shards:
+            reader = csv.reader(stack.enter_context(open(path, newline="", encoding="utf-8")))
+            if next(reader, None) != list(COLUMNS):
+                raise ShardMergeError(f"{path.name} does not have the columns of a prediction CSV")
+            readers.append(reader)
+        handle = stack.enter_context(open(partial, "w", newline="", encoding="utf-8"))
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        errors_writer = None
+        for position in range(total):
+            row = next(readers[position % n], None)
+            if row is None:
+                raise ShardMergeError(f"{shards[position % n].name} ends early, at image {position // n + 1}")
+            names.update(row[0].encode("utf-8") + b"\n")
+            writer.writerow(row)
+            if row[-1]:
+                unreadable += 1
+                if errors_writer is None:
+                    errors_writer = csv.writer(stack.enter_context(open(errors_partial, "w", newline="", encoding="utf-8")))
+                    errors_writer.writerow([IMAGE_COLUMN, ERROR_COLUMN])
+                errors_writer.writerow([row[0], row[-1]])
+        extra = [p.name for p, r in zip(shards, readers) if next(r, None) is not None]
+        if extra:
+            raise ShardMergeError(f"{', '.join(extra)} hold(s) more rows than their shard of {total} images")
+    if names.hexdigest() != digest:
+        raise ShardMergeError(_which_images_differ(shards, source))
+    return unreadable
+
+
+def _which_images_differ(shards: list[Path], source: Path | None) -> str:
+    """After a fingerprint mismatch: the repeated (and, with the listing at hand, missing) names; only on this error path."""
+    counts: Counter[str] = Counter()
+    for path in shards:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            next(reader, None)
+            counts.update(row[0] for row in reader)
+    expected: Counter[str] = Counter()
+    if source is not None and source.exists():
+        expected.update(Path(f).name for f in stable_listing(source).files)
+    repeated = sorted(name for name, c in counts.items() if c > max(1, expected[name]))
+    missing = sorted((expected - counts).elements())
+    parts = []
+    for what, names in (("appear more than once across the shards", repeated), ("are missing", missing)):
+        if names:
+            parts.append(f"{len(names)} image(s) {what}: {', '.join(names[:10])}" + (" ..." if len(names) > 10 else ""))
+    if not parts:
+        parts.append("the shards' images are not the listing they recorded" +
+                     ("" if source is not None else " (give --images to name the missing ones)"))
+    return "; ".join(parts) + ". A shard output was edited or replaced: run those shards again"
