@@ -1,4 +1,4 @@
-"""Analyze one image: calibrated findings with thresholds, Grad-CAM++ overlays, PDF and JSON reports."""
+"""Analyze one image: calibrated findings with thresholds, heatmap overlays, PDF and JSON reports."""
 
 import json
 from pathlib import Path
@@ -60,7 +60,7 @@ def overlay(finding_name: str):
 
 with right:
     p = analysis.probabilities[finding]
-    st.image(overlay(finding), caption=f"Grad-CAM++: {DISPLAY_NAMES[finding]} (p = {p:.2f}); boxes: strongest regions", width="stretch", output_format="JPEG")
+    st.image(overlay(finding), caption=f"{report.heatmap_method(predictor.metadata)}: {DISPLAY_NAMES[finding]} (p = {p:.2f}); boxes: strongest regions", width="stretch", output_format="JPEG")
 
 st.subheader("Findings, most probable first")
 table = rows.assign(call=rows["positive"].map({True: "POSITIVE", False: "negative"}))

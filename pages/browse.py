@@ -8,7 +8,7 @@ import streamlit as st
 from cxr_core.data import EXPERT_CATEGORIES, decode_image
 from cxr_core.evaluation import category_labels, category_scores, heatmap_to_boxes, iou
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
-from cxr_core.serving import overlays
+from cxr_core.serving import overlays, report
 from pages import common
 
 PER_PAGE, COLUMNS, SIDE = 12, 6, 640
@@ -132,6 +132,6 @@ left.image(overlays.draw_boxes(overlays.gray_to_rgb(pixels), truth_boxes, labels
            caption="Expert boxes (green)", width="stretch")
 picture = overlays.draw_boxes(overlays.blend_heatmap(pixels, overlays.fit_to(analysis.heatmaps[heat_finding], SIDE)[0]), gt, labels=["expert"] * len(gt))
 picture = overlays.draw_boxes(picture, predicted, labels=[f"IoU {v:.2f}" if gt else "heatmap" for v in best], color=overlays.HEATMAP_BOX_COLOR, dashed=True)
-right.image(picture, caption=f"Grad-CAM++ of {DISPLAY_NAMES[heat_finding]}: expert box green, heatmap boxes white (IoU with the expert box)", width="stretch")
+right.image(picture, caption=f"{report.heatmap_method(predictor.metadata)} of {DISPLAY_NAMES[heat_finding]}: expert box green, heatmap boxes white (IoU with the expert box)", width="stretch")
 if gt:
     st.write(f"Best IoU of a heatmap box with the expert {DISPLAY_NAMES[heat_finding]} box: **{max(best, default=0.0):.2f}**.")

@@ -13,7 +13,7 @@ st.markdown(
     "A radiologist-assist system for the **NIH ChestX-ray14** dataset. It reads a frontal chest X-ray "
     "(PNG, JPEG or DICOM) and gives a calibrated probability for each of 14 findings text-mined from "
     "radiology reports, with the operating threshold and its validated sensitivity and specificity, and a "
-    "Grad-CAM++ heatmap of where the model looked. "
+    "heatmap of where the model looked (Grad-CAM or Grad-CAM++, as the model records). "
     f"Library version {__version__}."
 )
 st.write("Findings: " + ", ".join(DISPLAY_NAMES[f] for f in FINDINGS) + '. "No Finding" means none of them.')

@@ -6,6 +6,7 @@ import streamlit as st
 
 from cxr_core.evaluation import expert
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
+from cxr_core.serving import report
 from pages import common
 
 
@@ -74,7 +75,7 @@ right.dataframe(
     hide_index=True, key="perf_calibration",
 )
 
-st.subheader("Localisation (Grad-CAM++ boxes against the expert boxes)")
+st.subheader(f"Localisation ({report.heatmap_method(common.bundle_metadata())} boxes against the expert boxes)")
 loc = metrics.get("localization") or {}
 if loc.get("n_boxes"):
     st.dataframe(pd.DataFrame(loc["accuracy"]).round(3), hide_index=True, key="perf_localization")

@@ -108,3 +108,12 @@ def test_heatmap_picture_is_shrunk_and_boxed(analysis):
     box = heatmap_picture(analysis, "Mass", alpha=0.0, max_side=300, label=False)
     top, left = 100 + FINDINGS.index("Mass"), 50
     assert (box[top, left + 5] == 255).all()  # the white heatmap box edge at the map's region
+
+
+def test_heatmap_method_is_what_the_bundle_records():
+    from cxr_core.serving.report import heatmap_method
+
+    assert heatmap_method(None) == "Grad-CAM++"  # bundles from before the key
+    assert heatmap_method({"explanation": {"method": "gradcam"}}) == "Grad-CAM"
+    mixed = {"members": [{"explanation": {"method": "gradcam"}}, {"explanation": {"method": "gradcam++"}}]}
+    assert heatmap_method(mixed) == "Grad-CAM + Grad-CAM++"

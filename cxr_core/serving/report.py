@@ -29,7 +29,8 @@ from cxr_core.serving.overlays import HEATMAP_BOX_COLOR, blend_heatmap, draw_box
 from cxr_core.serving.predictor import Analysis
 
 __all__ = [
-    "DISCLAIMER", "REPORT_FORMAT", "findings_rows", "heatmap_boxes", "heatmap_picture", "json_report", "model_summary", "pdf_report",
+    "DISCLAIMER", "REPORT_FORMAT", "findings_rows", "heatmap_boxes", "heatmap_picture", "input_check", "json_report", "model_summary",
+    "pdf_report",
 ]
 
 DISCLAIMER = (
@@ -195,13 +196,47 @@ def json_report(
             "bit_depth": int(image.bit_depth),
         },
         "warnings": list(analysis.warnings),
+        "input_check": input_check(analysis),
         "positive_findings": [r["finding"] for r in rows if r["positive"]],
         "findings": rows,
         "notes": (
             "probability: calibrated on the model's validation split; positive: probability >= threshold; "
-            "val_sensitivity/val_specificity: of that threshold on the validation split. Heatmaps are Grad-CAM++ "
-            "maps, boxes are drawn around their strongest regions (x, y = top-left corner, original image pixels)."
+            "val_sensitivity/val_specificity: of that threshold on the validation split. Heatmaps are "
+            f"{heatmap_method(metadata)} maps, boxes are drawn around their strongest regions (x, y = top-left corner, "
+            "original image pixels)."
         ),
+    }
+
+
+def heatmap_method(meta: Mapping | None) -> str:
+    """What the heatmaps are, from a bundle's metadata: "Grad-CAM++", "Grad-CAM", or both for a mixed ensemble.
+
+    Each (member) bundle records its method under ``explanation``; bundles
+    from before that key used Grad-CAM++.
+    """
+    meta = meta or {}
+    entries = meta.get("members") or [meta]
+    words = {"gradcam++": "Grad-CAM++", "gradcam": "Grad-CAM"}
+    methods = []
+    for entry in entries:
+        method = words.get(str((entry.get("explanation") or {}).get("method", "gradcam++")), "Grad-CAM++")
+        if method not in methods:
+            methods.append(method)
+    return " + ".join(methods)
+
+
+def input_check(analysis: Analysis) -> dict:
+    """The not-a-frontal-chest-X-ray check of a report: whether the image was warned, and the learned check's numbers.
+
+    ``feature_distance`` and ``threshold`` are None when the bundle has no
+    fitted reference (only the simple rules ran).
+    """
+    distance, threshold = _number(analysis.ood_distance), _number(analysis.ood_threshold)
+    return {
+        "warned": bool(analysis.warnings),
+        "feature_distance": None if distance is None else round(distance, 3),
+        "threshold": None if threshold is None else round(threshold, 3),
+        "features_unlike_training": bool(distance is not None and threshold is not None and distance > threshold),
     }
 
 
@@ -293,7 +328,8 @@ def pdf_report(
     if overlay_table:
         table = Table(overlay_table, colWidths=[content_width / 2] * 2)
         table.setStyle(TableStyle([("ALIGN", (0, 0), (-1, -1), "CENTER"), ("VALIGN", (0, 0), (-1, -1), "MIDDLE")]))
-        story += [Paragraph("Grad-CAM++ heatmaps of the most probable findings (white boxes: strongest regions).", small), table]
+        story += [Paragraph(f"{heatmap_method(metadata)} heatmaps of the most probable findings (white boxes: strongest "
+                            "regions).", small), table]
     story.append(PageBreak())
 
     story.append(Paragraph("Findings", styles["Heading1"]))
