@@ -89,7 +89,7 @@ def test_predict_command_lists_unreadable_files(tiny_bundle, demo_root, tmp_path
     out = tmp_path / "preds.csv"
     assert main(["--bundle", str(tiny_bundle), "--images", str(folder), "--out", str(out), "--heatmaps", str(tmp_path / "maps")]) == 0
     table = pd.read_csv(out, keep_default_na=False)
-    assert list(table.columns) == ["Image Index", *FINDINGS, "error"]
+    assert list(table.columns) == ["Image Index", *FINDINGS, "warning", "error"]
     assert sorted(table["Image Index"]) == sorted(names + ["broken.png"])
     broken = table[table["Image Index"] == "broken.png"].iloc[0]
     assert broken["error"] and broken["Atelectasis"] == ""

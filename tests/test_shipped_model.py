@@ -76,4 +76,4 @@ def test_predict_command_with_the_shipped_model(tmp_path, demo_root):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     table = pd.read_csv(out, keep_default_na=False)
-    assert len(table) == 3 and list(table.columns) == ["Image Index", *FINDINGS, "error"]
+    assert len(table) == 3 and list(table.columns) == ["Image Index", *FINDINGS, "warning", "error"]

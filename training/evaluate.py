@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="radiologists' labels (google2019_nih-chest-xray-labels.csv.gz); default: "
                              "DATA/extras/ when present")
     expert.add_argument("--no-expert-labels", action="store_true", help="skip the expert-reference evaluation")
+    parser.add_argument("--fit-ood", action="store_true",
+                        help="also fit the not-a-chest-X-ray check on the bundle's own data (as training.fit_ood)")
     return parser
 
 
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluate_bundle(
             args.bundle, args.data, out_dir=args.out, n_boot=args.n_boot, threshold_method=args.thresholds,
             calibration_method=args.calibration, localization=not args.no_localization,
-            expert_labels=False if args.no_expert_labels else args.expert_labels,
+            expert_labels=False if args.no_expert_labels else args.expert_labels, fit_ood=args.fit_ood,
             progress=lambda items: tqdm(items, unit="batch", leave=False),
         )
     except (BundleError, DataFormatError, FileNotFoundError, ValueError) as exc:

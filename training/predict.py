@@ -5,7 +5,9 @@
     python -m training.predict --merge shard0.csv shard1.csv shard2.csv shard3.csv --out preds.csv [--images DIR_OR_CSV]
 
 preds.csv has ``Image Index`` (the file name), one column per finding named
-as in Data_Entry_2017.csv (calibrated probabilities), and ``error``. Files
+as in Data_Entry_2017.csv (calibrated probabilities), ``warning`` (why the
+image may not be a frontal chest X-ray, as the app warns; empty when none)
+and ``error``. Files
 that cannot be read keep their row with the reason in ``error`` and are also
 listed in ``<out>.errors.csv``; they never stop the run. Rows are written as
 they come (memory does not grow with the number of images); ``<out>.run.json``

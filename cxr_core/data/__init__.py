@@ -1,4 +1,4 @@
-"""Data layer: the NIH tables, boxes and cleaning (dataset), the radiologists' labels of Majkowska et al. 2019 (expert_labels), patient-wise splits, image decoding (imageio, with dicom for DICOM files) and the ONE preprocessing.
+"""Data layer: the NIH tables, boxes and cleaning (dataset), the radiologists' labels of Majkowska et al. 2019 (expert_labels), patient-wise splits, image decoding (imageio, with dicom for DICOM files), the ONE preprocessing, and the not-a-chest-film rules (input_checks).
 
 Imports nothing above it: no learning, evaluation, serving or reader-study code.
 """
@@ -14,4 +14,5 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "imageio": ("decode_image", "DecodedImage", "ImageSource", "MAX_PIXELS", "MAX_FILE_BYTES"),
     "preprocessing": ("PreprocessConfig", "preprocess", "preprocess_pixels", "resize_to_model", "to_model_uint8", "normalize",
                       "PREPROCESSING_VERSION"),
+    "input_checks": ("rule_warnings", "size_warning", "aspect_warning", "constant_warning", "MIN_SHORT_SIDE", "ASPECT_RANGE"),
 })

@@ -29,7 +29,10 @@ from cxr_core.findings import FINDINGS
 
 IMAGE_COLUMN = "Image Index"
 ERROR_COLUMN = "error"
-COLUMNS = (IMAGE_COLUMN, *FINDINGS, ERROR_COLUMN)
+#: Why the image may not be a frontal chest X-ray (the Analyze page's warnings, joined by WARNING_SEPARATOR); empty when none.
+WARNING_COLUMN = "warning"
+WARNING_SEPARATOR = " | "
+COLUMNS = (IMAGE_COLUMN, *FINDINGS, WARNING_COLUMN, ERROR_COLUMN)
 
 
 def list_image_files(target: str | os.PathLike) -> list[Path]:
@@ -62,12 +65,29 @@ def list_image_files(target: str | os.PathLike) -> list[Path]:
     raise DataFormatError(f"{target.name} needs a column '{IMAGE_COLUMN}' or 'path'")
 
 
-def _load(predictor, path: str) -> tuple[dict[int, np.ndarray] | None, str]:
-    """The file decoded once and resized for every member (``{size: uint8}``), or None and the reason."""
+def _load(predictor, path: str) -> tuple[dict[int, np.ndarray] | None, list[str] | str]:
+    """The file decoded once and resized for every member (``{size: uint8}``) with its input warnings, or None and the reason.
+
+    A :class:`Predictor` also checks the input (``load_checked``); any other
+    object with ``load_inputs`` and ``predict_uint8`` (a test double) gives no warnings.
+    """
     try:
-        return predictor.load_inputs(path), ""
+        if hasattr(predictor, "load_checked"):
+            return predictor.load_checked(path)
+        return predictor.load_inputs(path), []
     except ImageReadError as exc:
         return None, str(exc)
+
+
+def _predict(predictor, inputs: dict[int, np.ndarray]) -> tuple[np.ndarray, list[list[str]]]:
+    """Calibrated probabilities and, with a Predictor that has a reference, the learned check's warnings per image."""
+    if not hasattr(predictor, "predict_screened"):
+        _, calibrated = predictor.predict_uint8(inputs)
+        return calibrated, [[] for _ in calibrated]
+    _, calibrated, checks = predictor.predict_screened(inputs)
+    if checks is None:
+        return calibrated, [[] for _ in calibrated]
+    return calibrated, [predictor.feature_warnings(c) for c in checks]
 
 
 def iter_predictions(
@@ -81,7 +101,7 @@ def iter_predictions(
     """One row per file, in input order, a batch at a time (only one batch of images is held).
 
     Rows are dicts with ``Image Index``, one key per finding (calibrated
-    probability, NaN when unreadable) and ``error``; see :func:`predict_files`.
+    probability, NaN when unreadable), ``warning`` and ``error``; see :func:`predict_files`.
     """
     out_dir = Path(heatmap_dir) if heatmap_dir is not None else None
     if out_dir is not None:
@@ -90,22 +110,25 @@ def iter_predictions(
         for batch_files in _batches(files, batch_size):
             loaded = list(pool.map(lambda p: _load(predictor, p), batch_files))
             good = [i for i, (img, _) in enumerate(loaded) if img is not None]
-            calibrated = np.empty((0, len(FINDINGS)))
+            calibrated, learned = np.empty((0, len(FINDINGS))), []
             if good:
                 # One stack per member input size: each member gets its own resize and normalisation.
                 inputs = {size: np.stack([loaded[i][0][size] for i in good]) for size in predictor.input_sizes}
-                _, calibrated = predictor.predict_uint8(inputs)
+                calibrated, learned = _predict(predictor, inputs)
             by_position = dict(zip(good, calibrated))
+            notes = {i: [*loaded[i][1], *extra] for i, extra in zip(good, learned)}
             for i, path in enumerate(batch_files):
                 name = os.path.basename(path)
                 row = {IMAGE_COLUMN: name}
                 if i in by_position:
                     row.update(dict(zip(FINDINGS, map(float, by_position[i]))))
+                    row[WARNING_COLUMN] = WARNING_SEPARATOR.join(notes[i])
                     row[ERROR_COLUMN] = ""
                     if out_dir is not None:
                         _write_heatmaps(predictor, loaded[i][0], by_position[i], out_dir / os.path.splitext(name)[0])
                 else:
                     row.update({f: np.nan for f in FINDINGS})
+                    row[WARNING_COLUMN] = ""
                     row[ERROR_COLUMN] = loaded[i][1]
                 yield row
 
@@ -149,7 +172,10 @@ def predict_files(
     Returns:
         DataFrame with ``Image Index`` (file name), one column per finding
         (Data_Entry spelling, calibrated probability; empty when unreadable),
-        and ``error`` (empty, or why the file could not be read).
+        ``warning`` (empty, or why the image may not be a frontal chest X-ray:
+        the simple rules, the intensity check and the bundle's learned check,
+        joined by " | "; never stops a prediction) and ``error`` (empty, or
+        why the file could not be read).
     """
     rows = iter_predictions(predictor, files, batch_size=batch_size, heatmap_dir=heatmap_dir, workers=workers)
     return pd.DataFrame(list(progress(rows) if progress is not None else rows), columns=COLUMNS)
@@ -243,6 +269,7 @@ def _format_row(row: dict) -> list[str]:
     for finding in FINDINGS:
         v = row[finding]
         values.append("" if v is None or not np.isfinite(v) else f"{v:.6f}")
+    values.append(row.get(WARNING_COLUMN, ""))
     values.append(row[ERROR_COLUMN])
     return values
 

@@ -189,6 +189,7 @@ def evaluate_bundle(
     calibration_method: str = "temperature",
     localization: bool = True,
     expert_labels: str | os.PathLike | bool | None = None,
+    fit_ood: bool = False,
     progress: Callable | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
@@ -206,6 +207,8 @@ def evaluate_bundle(
         expert_labels: the radiologists' label file; None looks for it under
             ``data_root`` (:func:`cxr_core.data.expert_labels.find_expert_labels`),
             False skips the expert reference. A given path must exist.
+        fit_ood: also fit the learned not-a-chest-X-ray check into the bundle
+            (:func:`cxr_core.serving.ood.fit_ood`; fit mode on the bundle itself only).
         progress: wraps iterables with a progress bar (e.g. ``tqdm``).
         log: receives one line per step.
 
@@ -295,5 +298,9 @@ def evaluate_bundle(
             intensity_reference=intensity_reference(train_paths, predictor.reference_size) if train_paths else None,
             metrics_file=METRICS_FILE,
         )
+        if fit_ood:
+            from cxr_core.serving.ood import fit_ood as fit_reference
+
+            fit_reference(bundle_dir, data_root, progress=progress, log=log)
     log(f"mean AUROC {report['macro']['auroc']:.3f}; report in {out / METRICS_FILE} ({report['seconds']} s)")
     return report

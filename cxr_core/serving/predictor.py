@@ -31,11 +31,13 @@ import keras
 import numpy as np
 
 from cxr_core.data.imageio import DecodedImage, ImageSource, decode_image
+from cxr_core.data.input_checks import constant_warning, rule_warnings
 from cxr_core.data.preprocessing import PreprocessConfig, normalize, resize_to_model, to_model_uint8
 from cxr_core.errors import ImageReadError
 from cxr_core.evaluation.calibration import Calibration
 from cxr_core.findings import FINDINGS, canonical_finding
 from cxr_core.serving.explain import HeadGradcamPlusPlus, resize_map, split_model
+from cxr_core.serving.ood import OOD_WARNING, FeatureReference, load_reference, pooled
 
 #: Default operating point when a bundle has no fitted thresholds yet.
 UNFITTED_THRESHOLD = 0.5
@@ -51,7 +53,14 @@ class Analysis:
         positive: {finding: probability >= the finding's operating threshold}.
         heatmaps: {finding: float32 map in [0, 1] at the image's size}.
         image: the decoded image (pixels in [0, 1]).
-        warnings: reasons to doubt the input (from decoding and intensity checks).
+        warnings: reasons to doubt the input: from decoding, the simple rules
+            (size, shape, near-constant), the intensity check and the learned
+            check (features far from the training images').
+        ranked: the findings, most probable first.
+        input_check: the learned check's numbers (None when the bundle has no
+            reference): ``feature_distance`` and ``feature_threshold``,
+            ``layout_correlation`` and ``layout_threshold``, ``unlike_training``
+            (see :meth:`cxr_core.serving.ood.FeatureReference.check`).
     """
 
     probabilities: dict[str, float]
@@ -61,6 +70,7 @@ class Analysis:
     image: DecodedImage
     warnings: tuple[str, ...] = ()
     ranked: tuple[str, ...] = field(default=())
+    input_check: dict | None = None
 
 
 def intensity_warnings(model_input_uint8: np.ndarray, reference: dict | None) -> list[str]:
@@ -192,6 +202,9 @@ class Predictor:
             averaging, for an ensemble), or None.
         thresholds: per-finding operating thresholds on calibrated probabilities, or None.
         metadata: the bundle's metadata (shown by the app; validated sensitivity etc.).
+        ood: the learned not-a-chest-X-ray check's reference
+            (:mod:`cxr_core.serving.ood`; from the bundle's ``"ood"`` key), or
+            None to skip that check (the simple rules still apply).
     """
 
     def __init__(
@@ -204,6 +217,7 @@ class Predictor:
         calibration: Calibration | None = None,
         thresholds: Sequence[float] | None = None,
         metadata: dict | None = None,
+        ood: FeatureReference | None = None,
     ) -> None:
         findings = tuple(findings)
         if findings != FINDINGS:
@@ -231,6 +245,10 @@ class Predictor:
         self.thresholds = np.full(len(findings), UNFITTED_THRESHOLD) if thresholds is None else np.asarray(thresholds, float)
         self.metadata = dict(metadata or {})
         self._runners = tuple(_Runner(m, findings) for m in self.members)
+        names = [m.name for m in self.members]
+        if ood is not None and len(self.members) > 1 and ood.member not in names:
+            ood = None  # a reference fitted on another member's features cannot be used
+        self.ood = ood
         self._lock = threading.Lock()
         self.bundle = None
 
@@ -261,6 +279,9 @@ class Predictor:
                                             explanation=_explanation(meta))],
                             findings=bundle.findings, calibration=calibration, thresholds=thresholds, metadata=meta)
         predictor.bundle = bundle
+        ood = load_reference(bundle.path, meta)
+        if ood is not None and (not predictor.is_ensemble or ood.member in [m.name for m in predictor.members]):
+            predictor.ood = ood
         return predictor
 
     # -- what it is -----------------------------------------------------------
@@ -297,6 +318,15 @@ class Predictor:
         """The size at which the intensity check looks at an image (the first member's)."""
         return int(self.members[0].preprocess.size)
 
+    @property
+    def ood_member_index(self) -> int:
+        """The member whose features the learned check uses: the reference's, else the first."""
+        if self.ood is not None:
+            for i, member in enumerate(self.members):
+                if member.name == self.ood.member:
+                    return i
+        return 0
+
     def split_of(self, image_name: str) -> str | None:
         """The split (train/val/test) an image had in this model's data, or None."""
         return None if self.bundle is None else self.bundle.split_of(image_name)
@@ -328,6 +358,16 @@ class Predictor:
         if len(self.input_sizes) == 1:
             return {self.input_sizes[0]: to_model_uint8(source, self.input_sizes[0])}
         return self.resize_inputs(decode_image(source).pixels)
+
+    def load_checked(self, source: ImageSource) -> tuple[dict[int, np.ndarray], list[str]]:
+        """:meth:`load_inputs` and the warnings that need no model (:meth:`image_warnings`), from one decode.
+
+        Raises:
+            ImageReadError: the image cannot be used.
+        """
+        decoded = decode_image(source)
+        inputs = self.resize_inputs(decoded.pixels)
+        return inputs, self.image_warnings(decoded, inputs[self.reference_size])
 
     def _normalised(self, images_uint8: Mapping[int, np.ndarray]) -> list[np.ndarray]:
         batches = []
@@ -386,6 +426,54 @@ class Predictor:
         raw = self._combine(logits, probabilities)
         return raw, self._calibrate(raw)
 
+    def predict_screened(self, images: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[dict] | None]:
+        """:meth:`predict_uint8` plus the learned check, from the same forward pass.
+
+        Returns:
+            ``(raw, calibrated, checks)``: per image, the learned check's
+            numbers (:meth:`cxr_core.serving.ood.FeatureReference.check`; warn
+            with :meth:`feature_warnings`), or None when the bundle has no reference.
+        """
+        batches = self._normalised(images)
+        if self.ood is None:
+            return (*self.predict_batch(batches), None)
+        logits, probabilities, checks = [], [], None
+        with self._lock:
+            for k, (runner, batch) in enumerate(zip(self._runners, batches)):
+                if k == self.ood_member_index:
+                    features, z, p = runner.features_and_scores(np.asarray(batch, dtype=np.float32))
+                    small = np.asarray(images[int(runner.size)])
+                    checks = self.ood.check(pooled(features), small if small.ndim == 3 else small[np.newaxis])
+                else:
+                    z, p = runner.scores(np.asarray(batch, dtype=np.float32))
+                logits.append(z)
+                probabilities.append(p)
+        raw = self._combine(logits, probabilities)
+        return raw, self._calibrate(raw), checks
+
+    def pooled_features(self, member_index: int, batch: np.ndarray) -> np.ndarray:
+        """Global-average-pooled ``"features"`` (n, D) of one member for its normalised inputs (n, size, size, 1)."""
+        with self._lock:
+            features, _, _ = self._runners[member_index].features_and_scores(np.asarray(batch, dtype=np.float32))
+        return pooled(features)
+
+    def image_warnings(self, decoded: DecodedImage, small_uint8: np.ndarray | None = None) -> list[str]:
+        """Warnings that need no model: decoding's, the simple rules' (size, shape, near-constant) and the intensity check's.
+
+        Args:
+            decoded: the decoded image.
+            small_uint8: the image at :attr:`reference_size` (8-bit), for the intensity check; None skips it.
+        """
+        notes = list(decoded.warnings) + rule_warnings(decoded.pixels, decoded.original_shape)
+        if small_uint8 is not None and constant_warning(decoded.pixels) is None:  # a blank image is already warned
+            notes += intensity_warnings(small_uint8, self.metadata.get("intensity_reference"))
+        return notes
+
+    @staticmethod
+    def feature_warnings(check: dict | None) -> list[str]:
+        """The learned check's warning for one image's numbers (none without a reference)."""
+        return [OOD_WARNING] if check and check.get("unlike_training") else []
+
     def predict_uint8(self, images: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Raw and calibrated probabilities of 8-bit model-size images.
 
@@ -429,10 +517,12 @@ class Predictor:
         batches = self._normalised(smalls)
         wanted = self.findings if explain is None else tuple(canonical_finding(f) for f in explain)
         indices = [self.findings.index(f) for f in wanted]
-        logits, probabilities, cams = [], [], []
+        logits, probabilities, cams, check = [], [], [], None
         with self._lock:
-            for runner, batch in zip(self._runners, batches):
+            for k, (runner, batch) in enumerate(zip(self._runners, batches)):
                 features, z, p = runner.features_and_scores(batch)
+                if self.ood is not None and k == self.ood_member_index:
+                    check = self.ood.check(pooled(features), smalls[int(runner.size)][np.newaxis])[0]
                 cams.append(runner.explainer(features, indices))
                 logits.append(z)
                 probabilities.append(p)
@@ -445,7 +535,7 @@ class Predictor:
             heatmaps[finding] = maps[0] if len(maps) == 1 else np.clip(
                 sum(np.float32(w) * m for w, m in zip(self.map_weights, maps) if w > 0), 0.0, 1.0).astype(np.float32)
         probabilities_by_finding = dict(zip(self.findings, calibrated.tolist()))
-        notes = list(decoded.warnings) + intensity_warnings(smalls[self.reference_size], self.metadata.get("intensity_reference"))
+        notes = self.image_warnings(decoded, smalls[self.reference_size]) + self.feature_warnings(check)
         return Analysis(
             probabilities=probabilities_by_finding,
             raw_probabilities=dict(zip(self.findings, raw[0].tolist())),
@@ -454,4 +544,5 @@ class Predictor:
             image=decoded,
             warnings=tuple(notes),
             ranked=tuple(sorted(self.findings, key=lambda f: -probabilities_by_finding[f])),
+            input_check=check,
         )

@@ -228,16 +228,15 @@ def heatmap_method(meta: Mapping | None) -> str:
 def input_check(analysis: Analysis) -> dict:
     """The not-a-frontal-chest-X-ray check of a report: whether the image was warned, and the learned check's numbers.
 
-    ``feature_distance`` and ``threshold`` are None when the bundle has no
-    fitted reference (only the simple rules ran).
+    ``learned`` is None when the bundle has no fitted reference (only the
+    simple rules and the intensity check ran); else the feature distance and
+    layout correlation with their thresholds (:mod:`cxr_core.serving.ood`).
     """
-    distance, threshold = _number(analysis.ood_distance), _number(analysis.ood_threshold)
-    return {
-        "warned": bool(analysis.warnings),
-        "feature_distance": None if distance is None else round(distance, 3),
-        "threshold": None if threshold is None else round(threshold, 3),
-        "features_unlike_training": bool(distance is not None and threshold is not None and distance > threshold),
-    }
+    learned = analysis.input_check
+    if learned is not None:
+        learned = {k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else (None if isinstance(v, float) else v))
+                   for k, v in learned.items()}
+    return {"warned": bool(analysis.warnings), "learned": learned}
 
 
 def _jpeg(rgb: np.ndarray) -> io.BytesIO:

@@ -1,0 +1,209 @@
+"""The not-a-frontal-chest-X-ray warning: the simple rules, the learned check, its fit command, where it shows.
+
+Images named ``synthetic_*`` are made in the test (noise, blank, strips); the
+in-distribution images are the demo set's real NIH films. The learned check
+runs on a tiny untrained bundle (tests/app_bundle.py), so these tests check
+the plumbing and the direction of the scores, not the shipped model's rates
+(benchmarks/ood.py measures those).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cxr_core.data import NIHDataset, decode_image
+from cxr_core.data.input_checks import ASPECT_RANGE, MIN_SHORT_SIDE, rule_warnings
+from cxr_core.learn.bundle import Bundle, read_metadata
+from cxr_core.serving import Predictor, json_report, predict_to_csv
+from cxr_core.serving.ood import OOD_KEY, OOD_WARNING, fit_ood, fit_reference, load_reference
+from tests.app_bundle import build_tiny_bundle
+
+# -- the simple rules on synthetic images ----------------------------------------
+
+
+def _synthetic_film(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A synthetic film-like image: smooth gradient plus texture, full contrast."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    image = 0.5 + 0.3 * np.sin(x / max(width, 1) * 6) * np.cos(y / max(height, 1) * 4) + 0.1 * rng.random((height, width))
+    return np.clip(image, 0, 1).astype(np.float32)
+
+
+def test_rules_pass_a_synthetic_film_of_chest_proportions():
+    assert rule_warnings(_synthetic_film(1024, 1024)) == []
+    assert rule_warnings(_synthetic_film(320, 320)) == []  # the NIH copies here are 320 px
+    assert rule_warnings(_synthetic_film(1000, 820)) == []  # 14 x 17 in portrait
+
+
+@pytest.mark.parametrize(
+    "name, shape, words",
+    [
+        ("synthetic_thumbnail", (128, 128), "only 128 × 128"),
+        ("synthetic_strip", (300, 1200), "width/height 4.00"),
+        ("synthetic_line", (1, 20_000), "only 20000 × 1"),
+        ("synthetic_tall", (1200, 500), "width/height 0.42"),
+    ],
+)
+def test_rules_warn_about_size_and_shape(name, shape, words):
+    notes = rule_warnings(_synthetic_film(*shape))
+    assert notes and any(words in n for n in notes), (name, notes)
+
+
+def test_rules_warn_about_a_near_constant_synthetic_image():
+    blank = np.full((512, 512), 0.6, dtype=np.float32)
+    faint = blank + np.random.default_rng(0).normal(0, 0.003, blank.shape).astype(np.float32)
+    for image in (blank, faint, np.zeros((400, 400), np.float32)):
+        notes = rule_warnings(image)
+        assert len(notes) == 1 and "nearly uniform" in notes[0]
+    # The rules judge the stored shape, when given, not the array's.
+    assert any("only" in n for n in rule_warnings(_synthetic_film(512, 512), shape=(100, 100)))
+    assert MIN_SHORT_SIDE == 256 and ASPECT_RANGE == (0.6, 1.7)
+
+
+# -- the learned check's fit, on synthetic features -------------------------------
+
+
+def test_fit_reference_thresholds_on_validation_and_flags_far_points():
+    rng = np.random.default_rng(0)
+    basis = rng.normal(size=(6, 40))
+    train = rng.normal(size=(500, 6)) @ basis + 0.1 * rng.normal(size=(500, 40))
+    val = rng.normal(size=(400, 6)) @ basis + 0.1 * rng.normal(size=(400, 40))
+    reference, scores = fit_reference(train, val, components=6, percentile=99.0)
+    assert np.mean(scores["distance"] > reference.threshold) == pytest.approx(0.01, abs=0.005)
+    assert scores["correlation"] is None and reference.template is None
+    # Off the training subspace (isotropic noise of the same size) and far along it are both flagged.
+    off = rng.normal(size=(50, 40)) * np.linalg.norm(basis, axis=1).mean()
+    along = rng.normal(size=(50, 6)) @ basis * 6
+    assert reference.distance(off).min() > reference.threshold
+    assert np.mean(reference.distance(along) > reference.threshold) > 0.9
+
+
+# -- the learned check on a tiny bundle ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory, demo_root):
+    """A tiny bundle with its reference fitted on the demo set's split."""
+    bundle = build_tiny_bundle(tmp_path_factory.mktemp("ood") / "tiny", demo_root)
+    fit_ood(bundle, demo_root, components=8, max_train=None, log=lambda line: None)
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def predictor(fitted):
+    return Predictor.from_bundle(fitted)
+
+
+def _test_images(demo_root, predictor, n: int = 12) -> list[str]:
+    dataset = NIHDataset(demo_root)
+    return [p for name, p in zip(dataset.csv["image"], dataset.csv["path"]) if predictor.split_of(name) == "test"][:n]
+
+
+def test_demo_films_pass_and_noise_and_turned_films_warn(predictor, demo_root):
+    assert predictor.ood is not None and predictor.ood.template is not None
+    films = [decode_image(p).pixels for p in _test_images(demo_root, predictor)]
+    passed = [OOD_WARNING not in predictor.analyze(x, explain=[]).warnings for x in films]
+    assert np.mean(passed) >= 0.9
+    rng = np.random.default_rng(0)
+    synthetic_noise = [rng.random((320, 320)).astype(np.float32) for _ in range(6)]
+    upside_down = [np.ascontiguousarray(x[::-1]) for x in films[:6]]
+    inverted = [1.0 - x for x in films[:6]]
+    rotated = [np.ascontiguousarray(np.rot90(x)) for x in films[:6]]
+    for what, images, rate in (("noise", synthetic_noise, 1.0), ("upside down", upside_down, 1.0),
+                               ("inverted", inverted, 1.0), ("rotated 90°", rotated, 0.5)):
+        analyses = [predictor.analyze(x, explain=[]) for x in images]
+        warned = [OOD_WARNING in a.warnings for a in analyses]
+        assert np.mean(warned) >= rate, (what, [a.input_check for a in analyses])
+        assert all(a.probabilities for a in analyses)  # warned, never blocked
+
+
+def test_a_bundle_without_a_reference_skips_the_learned_check_but_keeps_the_rules(fitted, tmp_path, demo_root):
+    old = tmp_path / "old"
+    shutil.copytree(fitted, old)
+    meta = json.loads((old / "bundle.json").read_text())
+    for name in list(old.glob("ood_reference-*.npz")):
+        name.unlink()
+    del meta[OOD_KEY]
+    (old / "bundle.json").write_text(json.dumps(meta))
+    predictor = Predictor.from_bundle(old)
+    assert predictor.ood is None
+    film = decode_image(_test_images(demo_root, predictor, 1)[0]).pixels
+    analysis = predictor.analyze(np.ascontiguousarray(film[::-1]), explain=[])
+    assert analysis.input_check is None and OOD_WARNING not in analysis.warnings
+    small = predictor.analyze(np.ascontiguousarray(film[:100, :100]), explain=[])
+    assert any("only 100 × 100" in w for w in small.warnings)
+    # A key whose file is gone is skipped the same way, silently.
+    meta[OOD_KEY] = read_metadata(fitted)[OOD_KEY]
+    (old / "bundle.json").write_text(json.dumps(meta))
+    assert load_reference(old, meta) is None and Predictor.from_bundle(old).ood is None
+
+
+def test_fit_command_updates_bundle_json_in_place_keeping_other_keys(fitted, tmp_path, demo_root, monkeypatch):
+    from training import fit_ood as command
+
+    bundle = tmp_path / "b"
+    shutil.copytree(fitted, bundle)
+    before = read_metadata(bundle)
+    old_file = before[OOD_KEY]["file"]
+    assert command.main(["--bundle", str(bundle), "--data", str(demo_root), "--components", "6", "--max-train", "50"]) == 0
+    after = read_metadata(bundle)
+    assert {k: v for k, v in after.items() if k != OOD_KEY} == {k: v for k, v in before.items() if k != OOD_KEY}
+    entry = after[OOD_KEY]
+    assert entry["components"] == 6 and entry["train_images"] == 50 and entry["val_images"] > 20
+    assert entry["file"] != old_file and not (bundle / old_file).exists() and (bundle / entry["file"]).is_file()
+    assert "/" not in entry["file"] and (bundle / entry["file"]).stat().st_size < 100_000
+    assert not list(bundle.glob(".*")), "no temporary files are left"
+    # A failure while writing bundle.json leaves the bundle as it was: old key, old file, no new file.
+    files = sorted(p.name for p in bundle.iterdir())
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Bundle, "update_metadata", staticmethod(fail))
+    with pytest.raises(OSError):
+        fit_ood(bundle, demo_root, components=5, max_train=40, log=lambda line: None)
+    assert read_metadata(bundle) == after and sorted(p.name for p in bundle.iterdir()) == files
+    # Not the bundle's data: a plain error from the command.
+    assert command.main(["--bundle", str(bundle), "--data", str(tmp_path / "nowhere")]) == 2
+
+
+# -- where the warning shows: the predict column, the JSON report ------------------
+
+
+def test_predict_output_has_a_warning_column(predictor, demo_root, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    films = _test_images(demo_root, predictor, 3)
+    for path in films:
+        shutil.copy(path, folder)
+    rng = np.random.default_rng(1)
+    Image.fromarray((rng.random((320, 320)) * 255).astype(np.uint8)).save(folder / "synthetic_noise.png")
+    Image.fromarray((rng.random((300, 1200)) * 255).astype(np.uint8)).save(folder / "synthetic_strip.png")
+    (folder / "synthetic_broken.png").write_bytes(b"not an image")
+    out = tmp_path / "preds.csv"
+    predict_to_csv(predictor, sorted(str(p) for p in folder.iterdir()), out)
+    table = pd.read_csv(out, keep_default_na=False).set_index("Image Index")
+    assert list(table.columns[-2:]) == ["warning", "error"]
+    assert OOD_WARNING in table.at["synthetic_noise.png", "warning"]
+    assert "width/height 4.00" in table.at["synthetic_strip.png", "warning"]
+    assert table.at["synthetic_broken.png", "warning"] == "" and table.at["synthetic_broken.png", "error"]
+    passed = [table.at[Path(p).name, "warning"] == "" for p in films]
+    assert sum(passed) >= 2, table["warning"].to_dict()
+
+
+def test_json_report_carries_the_check(predictor):
+    noise = np.random.default_rng(2).random((320, 320)).astype(np.float32)
+    doc = json.loads(json.dumps(json_report(predictor.analyze(noise, explain=[]), predictor.metadata, source_name="synthetic_noise.png")))
+    assert OOD_WARNING in doc["warnings"]
+    check = doc["input_check"]
+    assert check["warned"] and check["learned"]["unlike_training"]
+    assert check["learned"]["feature_threshold"] == pytest.approx(predictor.ood.threshold, abs=1e-3)
+    assert set(check["learned"]) == {"feature_distance", "feature_threshold", "layout_correlation", "layout_threshold",
+                                     "unlike_training"}
