@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from cxr_core.learn import train
 
     bundle = train(config)
-    print(f"bundle written to {bundle}")
+    print(f"bundle written to {bundle}" if bundle is not None else "worker done (the chief writes the bundle)")
     return 0
 
 

@@ -294,17 +294,19 @@ class Cache:
     def files(self, split: str) -> list[str]:
         return [str(self.root / shard["file"]) for shard in self.manifest["shards"].get(split, [])]
 
-    def records(self, split: str, *, shuffle_files: bool = False, seed: int = 0):
+    def records(self, split: str, *, shuffle_files: bool = False, seed: int = 0, files: list[str] | None = None):
         """Serialized records of ``split``: in index order, or shards shuffled and interleaved.
 
         Args:
             split: split name.
             shuffle_files: shuffle shard order each epoch and read shards in parallel.
             seed: shard shuffle seed.
+            files: read only these shard files of the split (one worker's part, see
+                :func:`cxr_core.learn.pipeline.cache_shard`); default all.
         """
         import tensorflow as tf
 
-        files = self.files(split)
+        files = self.files(split) if files is None else list(files)
         if not files:
             raise CacheError(f"the cache at {self.root} has no {split!r} images")
         if not shuffle_files:

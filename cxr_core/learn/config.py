@@ -10,6 +10,7 @@ import typing
 from dataclasses import dataclass
 
 LR_SCHEDULES = ("cosine", "constant")
+LR_SCALINGS = ("linear", "sqrt", "none")
 #: ``full``: fit the whole network on augmented batches; ``linear_head``: keep the
 #: (pretrained) trunk frozen, compute its features once, fit only the logits
 #: layer on them (:mod:`cxr_core.learn.linear_head`).
@@ -51,10 +52,14 @@ class TrainConfig:
             there, keyed by everything they depend on, so recipes that share a
             trunk (e.g. head settings compared by ``training.experiment``) run
             it once.
-        batch_size: global batch (split across replicas).
+        batch_size: images per replica per step; with several replicas (GPUs,
+            workers) the global batch is ``batch_size * replicas``, split across them.
         epochs, steps_per_epoch: epochs to run; steps default to one pass over train.
         learning_rate, lr_schedule (``cosine``|``constant``), warmup_epochs,
         min_lr_fraction (cosine floor as a fraction of the peak), weight_decay (AdamW).
+        lr_scaling: how ``learning_rate`` (set for one replica) grows with the
+            replicas: ``linear`` (x replicas, Goyal et al. 2017, with the warm-up),
+            ``sqrt`` or ``none``.
         loss: ``weighted_bce`` | ``focal`` | ``bce``; max_pos_weight, focal_gamma,
             focal_alpha, label_smoothing.
         augment_strength, horizontal_flip: see :class:`cxr_core.learn.pipeline.AugmentConfig`.
@@ -96,6 +101,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"
     warmup_epochs: float = 1.0
     min_lr_fraction: float = 0.01
+    lr_scaling: str = "linear"
     weight_decay: float = 1e-4
     loss: str = "weighted_bce"
     max_pos_weight: float = 100.0
@@ -126,6 +132,7 @@ class TrainConfig:
             (self.backbone in BACKBONES, f"backbone must be one of {sorted(BACKBONES)}"),
             (self.loss in LOSS_NAMES, f"loss must be one of {LOSS_NAMES}"),
             (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}"),
+            (self.lr_scaling in LR_SCALINGS, f"lr_scaling must be one of {LR_SCALINGS}"),
             (self.train_mode in TRAIN_MODES, f"train_mode must be one of {TRAIN_MODES}"),
             (self.explanation in ("gradcam++", "gradcam"), "explanation must be gradcam++ or gradcam"),
             (self.head_l2 >= 0 and self.head_steps >= 1 and self.box_loss_weight >= 0,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
@@ -267,6 +268,7 @@ def dataset_from_files(
     repeat: bool = False,
     seed: int = 0,
     drop_remainder: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
     """Input pipeline reading image files (PNG, JPEG, DICOM).
 
@@ -283,11 +285,17 @@ def dataset_from_files(
         repeat: repeat forever (use with ``steps_per_epoch``).
         seed: seed of the shuffle and the augmentation.
         drop_remainder: drop the last partial batch.
+        shard: ``(k, n)``: only every n-th file from offset k (worker k of n
+            in a multi-worker run); default all.
 
     Returns:
         a ``tf.data.Dataset`` of float32 (B, size, size, 1) images [and labels].
     """
     paths = [str(p) for p in paths]
+    if shard is not None:
+        k, n = shard
+        paths = paths[k::n]
+        labels = None if labels is None else np.asarray(labels)[k::n]
     if not paths:
         raise ValueError("no image paths given")
     decode_size = int(decode_size or preprocess.size)
@@ -322,6 +330,7 @@ def dataset_from_cache(
     seed: int = 0,
     limit: int | None = None,
     drop_remainder: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
     """Input pipeline reading a preprocessed cache (:mod:`cxr_core.learn.cache`).
 
@@ -338,16 +347,21 @@ def dataset_from_cache(
             as in :func:`dataset_from_files`.
         shuffle_buffer: records held for shuffling (64 KB each at 256 px).
         limit: use only the first ``limit`` records of the split.
+        shard: ``(k, n)``: worker k of n reads only its part (see :func:`cache_shard`).
 
     Returns:
         a ``tf.data.Dataset`` of float32 (B, size, size, 1) images and labels (B, 14).
     """
     do_shuffle = training if shuffle is None else shuffle
-    dataset = cache.records(split, shuffle_files=do_shuffle and limit is None, seed=seed)
-    count = len(cache.split_index(split))
+    part = cache_shard(cache, split, shard, limit=limit)
+    by_records = part.records is not None
+    # Records are sharded on the in-order stream (so the part is exact), files may be shuffled otherwise.
+    dataset = cache.records(split, shuffle_files=do_shuffle and limit is None and not by_records, seed=seed, files=part.files)
     if limit is not None:
         dataset = dataset.take(int(limit))
-        count = min(count, int(limit))
+    if by_records:
+        dataset = dataset.shard(*part.records)
+    count = len(part.images)
     # TFRecord files have unknown length; stating it lets Keras size progress
     # bars and end predict() without an "input ran out of data" warning.
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(count))
@@ -360,3 +374,46 @@ def dataset_from_cache(
         dataset, preprocess=preprocess, training=training, augment=augment, batch_size=batch_size,
         seed=seed, drop_remainder=drop_remainder,
     )
+
+
+@dataclass(frozen=True)
+class CacheShard:
+    """One worker's part of a cached split.
+
+    Attributes:
+        files: the TFRecord files it reads.
+        records: ``(n, k)`` for ``Dataset.shard(n, k)`` on the in-order record
+            stream, or None when whole files were divided.
+        images: the names of its images, in index order (its size and, for
+            tests and logs, which images it trains on).
+    """
+
+    files: list[str]
+    records: tuple[int, int] | None
+    images: list[str]
+
+
+def cache_shard(cache, split: str, shard: tuple[int, int] | None, *, limit: int | None = None) -> CacheShard:
+    """Which records of ``split`` worker ``k`` of ``n`` reads.
+
+    Whole TFRecord files when the split has at least ``n`` of them (and no
+    ``limit``): each worker opens only its own files (``files[k::n]``), as
+    tf.distribute's FILE auto-sharding would. Otherwise every worker streams
+    the split in index order and keeps every n-th record from offset k
+    before parsing, so a cache written as one file per split (the demo set,
+    any small cache) still divides exactly, and no worker decodes or
+    augments images that another one trains on.
+    """
+    index = cache.split_index(split)
+    names = index["image"].tolist()
+    files = cache.files(split)
+    if limit is not None:
+        names = names[: int(limit)]
+    if shard is None or shard[1] == 1:
+        return CacheShard(files, None, names)
+    k, n = shard
+    if limit is None and len(files) >= n:
+        mine = files[k::n]
+        wanted = {Path(f).name for f in mine}
+        return CacheShard(mine, None, index.loc[index["shard"].isin(wanted), "image"].tolist())
+    return CacheShard(files, (n, k), names[k::n])
