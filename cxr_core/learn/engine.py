@@ -488,7 +488,7 @@ def _synchronize_batch_norm(model: keras.Model) -> None:
         stack.extend(getattr(layer, "layers", []))
 
 
-def _build_before_fit(model: keras.Model, strategy, size: int) -> None:
+def _build_before_fit(model: keras.Model, strategy, size: int, *, multi_worker: bool) -> None:
     """Make Keras 3.15's ``fit`` work with MultiWorkerMirroredStrategy and a per-worker dataset.
 
     Builds the model's metrics, loss and optimizer state from a zero batch, under the strategy.
@@ -508,6 +508,8 @@ def _build_before_fit(model: keras.Model, strategy, size: int) -> None:
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
     model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+    if not multi_worker:
+        return  # one host, several GPUs: Keras averages the local replicas' scalar logs itself
     # Then each step's logs are averaged across workers with
     # strategy.reduce("MEAN", value, axis=0), which fails on scalars ("Invalid
     # reduction dimension 0 for input with 0 dimensions", tensorflow/tensorflow
@@ -824,7 +826,7 @@ def train(config: TrainConfig) -> Path | None:
                 initial_epoch = 0
         if builder is not None:
             _synchronize_batch_norm(model)
-            _build_before_fit(model, strategy, config.input_size)
+            _build_before_fit(model, strategy, config.input_size, multi_worker=multi_worker)
         if restoring and state is None and state_file.is_file():
             state = json.loads(state_file.read_text())  # best score and patience continue with the backup
         checkpoint = ResumableCheckpoint(checkpoints, patience=config.early_stopping_patience, state=state, write=chief)
