@@ -77,7 +77,7 @@ def test_fit_reference_thresholds_on_validation_and_flags_far_points():
     val = rng.normal(size=(400, 6)) @ basis + 0.1 * rng.normal(size=(400, 40))
     reference, scores = fit_reference(train, val, components=6, percentile=99.0)
     assert np.mean(scores["distance"] > reference.threshold) == pytest.approx(0.01, abs=0.005)
-    assert scores["correlation"] is None and reference.template is None
+    assert scores["layout"] is None and reference.template is None
     # Off the training subspace (isotropic noise of the same size) and far along it are both flagged.
     off = rng.normal(size=(50, 40)) * np.linalg.norm(basis, axis=1).mean()
     along = rng.normal(size=(50, 6)) @ basis * 6
@@ -205,5 +205,5 @@ def test_json_report_carries_the_check(predictor):
     check = doc["input_check"]
     assert check["warned"] and check["learned"]["unlike_training"]
     assert check["learned"]["feature_threshold"] == pytest.approx(predictor.ood.threshold, abs=1e-3)
-    assert set(check["learned"]) == {"feature_distance", "feature_threshold", "layout_correlation", "layout_threshold",
+    assert set(check["learned"]) == {"feature_distance", "feature_threshold", "layout_margin", "layout_threshold",
                                      "unlike_training"}

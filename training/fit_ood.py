@@ -6,7 +6,7 @@ The global-average-pooled backbone features of the bundle's TRAINING images
 (of its first member, for an ensemble) give the reference distribution (a
 probabilistic PCA: mean, top components, residual variance) and their
 thumbnails the mean layout of a chest film; the thresholds are percentiles of
-the VALIDATION images' distances and layout correlations. Both go into the bundle:
+the VALIDATION images' distances and layout margins. Both go into the bundle:
 an .npz file named by its content and the "ood" key of bundle.json, updated
 atomically, every other key kept. The app, the reports and training.predict
 then warn about images whose features are beyond the threshold; a bundle
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--components", type=int, default=32, help="principal components kept (default 32)")
     parser.add_argument("--percentile", type=float, default=99.5,
                         help="percentile of the validation distances used as the threshold; the layout threshold is "
-                             "the (100 - P)-th of their correlations (default 99.5)")
+                             "the (100 - P)-th of their layout margins (default 99.5)")
     parser.add_argument("--max-train", type=int, default=1000,
                         help="at most this many training images, a seeded random choice (default 1000; 0: all)")
     parser.add_argument("--seed", type=int, default=0)

@@ -10,13 +10,15 @@ VALIDATION images, and an image is warned when either is beyond its threshold:
 - **feature distance**: the global-average-pooled output of the reference
   member's ``"features"`` layer (the first member of an ensemble), the same
   tensor the prediction's forward pass already computes (no extra pass);
-- **layout correlation**: the correlation of the image's 16 x 16 thumbnail
-  (of the member's 8-bit input, also already at hand) with the training
-  images' mean thumbnail. Global pooling is nearly blind to where things are
-  and a Gaussian model is symmetric about its mean, so an upside-down or an
-  inverted film (1 - x) is close to the training features; a chest film's
-  layout (dark lungs either side of a bright mediastinum, bright abdomen
-  below) correlates strongly with the mean film, and these do not.
+- **layout margin**: how much better the image's 16 x 16 thumbnail (of the
+  member's 8-bit input, also already at hand) correlates with the training
+  images' mean thumbnail upright than turned by 90, 180 or 270 degrees
+  (``corr(upright) - max(0, corr(turned))``). Global pooling is nearly blind
+  to where things are and a Gaussian model is symmetric about its mean, so a
+  rotated, upside-down or inverted film (1 - x) is close to the training
+  features; a chest film's layout (dark lungs either side of a bright
+  mediastinum, bright abdomen below) matches the mean film upright and
+  clearly better than turned, and these do not.
 
 The reference is a probabilistic PCA of the TRAINING images' pooled
 features: their mean, the top ``k`` principal directions with their
@@ -27,7 +29,7 @@ that covariance, i.e. a covariance shrunk towards isotropy outside the top
 noise, photographs and rotated films give) count as well as unusual values
 inside it. The threshold is a percentile (99th by default) of the distances
 of the VALIDATION images (99.5th by default; the layout threshold is the
-0.5th percentile of their correlations), so about 1% of chest films like the
+0.5th percentile of their margins), so about 1% of chest films like the
 training data's are warned by design.
 
 Stored in the bundle: ``bundle.json`` key ``"ood"`` (method, member,
@@ -76,7 +78,7 @@ class FeatureReference:
         member: the name of the member whose features are used.
         template: (THUMB_SIDE**2,) the training images' mean thumbnail,
             standardised (zero mean, unit norm); None skips the layout check.
-        layout_threshold: correlations with ``template`` below it are warned.
+        layout_threshold: layout margins (:meth:`layout`) below it are warned.
         info: the ``bundle.json`` entry (method, counts, percentile ...).
     """
 
@@ -100,22 +102,27 @@ class FeatureReference:
         return np.sqrt(d2)
 
     def layout(self, images_uint8: np.ndarray) -> np.ndarray | None:
-        """Correlation (n,) of each 8-bit image's thumbnail with the training images' mean one (None without a template)."""
+        """Layout margin (n,) of 8-bit images (None without a template): the correlation of each thumbnail with the
+        training images' mean thumbnail upright, minus the largest (if positive) with it turned by 90, 180 or 270 degrees."""
         if self.template is None:
             return None
-        return thumbnails(images_uint8) @ self.template
+        side = int(round(np.sqrt(self.template.size)))
+        square = np.asarray(self.template, dtype=np.float64).reshape(side, side)
+        thumbs = thumbnails(images_uint8, side)
+        turned = np.stack([thumbs @ np.rot90(square, k).ravel() for k in (1, 2, 3)], axis=1).max(axis=1)
+        return thumbs @ square.ravel() - np.maximum(turned, 0.0)
 
     def check(self, pooled: np.ndarray, images_uint8: np.ndarray | None = None) -> list[dict]:
-        """Per image: ``feature_distance``, ``layout_correlation`` (None without template or images), their thresholds
+        """Per image: ``feature_distance``, ``layout_margin`` (None without template or images), their thresholds
         and ``unlike_training`` (either beyond its threshold)."""
         distances = self.distance(pooled)
-        correlations = self.layout(images_uint8) if images_uint8 is not None else None
+        margins = self.layout(images_uint8) if images_uint8 is not None else None
         out = []
         for i, d in enumerate(distances):
-            c = None if correlations is None else float(correlations[i])
+            c = None if margins is None else float(margins[i])
             out.append({
                 "feature_distance": float(d), "feature_threshold": float(self.threshold),
-                "layout_correlation": c, "layout_threshold": None if c is None else float(self.layout_threshold),
+                "layout_margin": c, "layout_threshold": None if c is None else float(self.layout_threshold),
                 "unlike_training": bool(d > self.threshold or (c is not None and c < self.layout_threshold)),
             })
         return out
@@ -168,12 +175,12 @@ def fit_reference(train: np.ndarray, val: np.ndarray, *, components: int = 32, p
     Args:
         train, val: pooled features (n, D).
         percentile: the feature threshold is this percentile of the validation
-            distances, the layout threshold the ``100 - percentile``-th of their correlations.
+            distances, the layout threshold the ``100 - percentile``-th of their layout margins.
         train_images, val_images: the member's 8-bit inputs (n, size, size) for
             the layout check; None fits the feature check alone.
 
     Returns:
-        ``(reference, validation scores {"distance": (n,), "correlation": (n,) or None})``.
+        ``(reference, validation scores {"distance": (n,), "layout": (n,) or None})``.
     """
     mean, vt, variances, residual = fit_ppca(train, components)
     mean, vt = mean.astype(np.float32), vt.astype(np.float16)
@@ -185,12 +192,12 @@ def fit_reference(train: np.ndarray, val: np.ndarray, *, components: int = 32, p
     reference = FeatureReference(mean=mean, components=vt, variances=variances, residual_variance=float(residual),
                                  threshold=np.inf, member=member, template=template)
     val_distances = reference.distance(val)
-    val_correlations = reference.layout(val_images) if template is not None else None
+    val_margins = reference.layout(val_images) if template is not None else None
     threshold = float(np.percentile(val_distances, percentile))
-    layout_threshold = float(np.percentile(val_correlations, 100 - percentile)) if val_correlations is not None else -np.inf
+    layout_threshold = float(np.percentile(val_margins, 100 - percentile)) if val_margins is not None else -np.inf
     fitted = FeatureReference(mean=mean, components=vt, variances=variances, residual_variance=float(residual),
                               threshold=threshold, member=member, template=template, layout_threshold=layout_threshold)
-    return fitted, {"distance": val_distances, "correlation": val_correlations}
+    return fitted, {"distance": val_distances, "layout": val_margins}
 
 
 # -- storage -------------------------------------------------------------------
@@ -228,7 +235,8 @@ def save_reference(bundle_dir: str | os.PathLike, reference: FeatureReference, e
         "components": int(reference.components.shape[0]), "dimensions": int(reference.components.shape[1]),
         "threshold": float(reference.threshold),
         "layout": None if reference.template is None else {
-            "what": f"correlation of the {THUMB_SIDE} x {THUMB_SIDE} thumbnail of the member's input with the training images' mean",
+            "what": (f"correlation of the {THUMB_SIDE} x {THUMB_SIDE} thumbnail of the member's input with the training "
+                     "images' mean thumbnail upright, minus the largest (if positive) with it turned 90, 180 or 270 degrees"),
             "threshold": float(reference.layout_threshold)},
         **entry,
     }
@@ -308,7 +316,7 @@ def fit_ood(
             names the training and validation images).
         components: principal directions kept.
         percentile: of the validation distances, the feature threshold
-            (the layout threshold is the ``100 - percentile``-th of their correlations).
+            (the layout threshold is the ``100 - percentile``-th of their layout margins).
         max_train: at most this many training images (a seeded random
             choice; None: all). A few hundred fix 32 directions well.
 
@@ -350,7 +358,7 @@ def fit_ood(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     record = save_reference(bundle_dir, reference, entry)
-    log(f"thresholds: feature distance {reference.threshold:.2f}, layout correlation {reference.layout_threshold:.3f} "
+    log(f"thresholds: feature distance {reference.threshold:.2f}, layout margin {reference.layout_threshold:.3f} "
         f"({percentile:g}th / {100 - percentile:g}th percentiles on validation; {np.mean(warned):.1%} of validation warned); "
         f"written to {bundle_dir / record['file']} and bundle.json ({time.time() - started:.0f} s)")
     return record

@@ -59,7 +59,7 @@ class Analysis:
         ranked: the findings, most probable first.
         input_check: the learned check's numbers (None when the bundle has no
             reference): ``feature_distance`` and ``feature_threshold``,
-            ``layout_correlation`` and ``layout_threshold``, ``unlike_training``
+            ``layout_margin`` and ``layout_threshold``, ``unlike_training``
             (see :meth:`cxr_core.serving.ood.FeatureReference.check`).
     """
 

@@ -230,7 +230,7 @@ def input_check(analysis: Analysis) -> dict:
 
     ``learned`` is None when the bundle has no fitted reference (only the
     simple rules and the intensity check ran); else the feature distance and
-    layout correlation with their thresholds (:mod:`cxr_core.serving.ood`).
+    layout margin with their thresholds (:mod:`cxr_core.serving.ood`).
     """
     learned = analysis.input_check
     if learned is not None:
