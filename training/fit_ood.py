@@ -24,9 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bundle", default="models/default", help="model bundle folder (default models/default)")
     parser.add_argument("--data", required=True, help="the dataset the bundle was trained on (NIH layout)")
     parser.add_argument("--components", type=int, default=32, help="principal components kept (default 32)")
-    parser.add_argument("--percentile", type=float, default=99.5,
+    parser.add_argument("--percentile", type=float, default=99.75,
                         help="percentile of the validation distances used as the threshold; the layout threshold is "
-                             "the (100 - P)-th of their layout margins (default 99.5)")
+                             "the (100 - P)-th of their layout margins (default 99.75)")
     parser.add_argument("--max-train", type=int, default=1000,
                         help="at most this many training images, a seeded random choice (default 1000; 0: all)")
     parser.add_argument("--seed", type=int, default=0)
