@@ -37,7 +37,8 @@ def results_block(metrics: dict, meta: dict) -> str:
         f"Test split: {counts['test_images']} images of {counts['test_patients']} patients never seen in training "
         f"(validation: {counts['val_images']} images). **Mean AUROC over the 14 findings: {fmt(macro['auroc'])}** "
         f"(mean of the per-finding 95% CI bounds: {fmt(macro['auroc_low'])}–{fmt(macro['auroc_high'])}); "
-        f"target 0.75. Mean AUPRC {fmt(macro['auprc'])}, mean F1 at the validation-fitted thresholds {fmt(macro['f1'])}.",
+        f"target 0.75{_shortfall(macro['auroc'], 0.75)}. Mean AUPRC {fmt(macro['auprc'])}, mean F1 at the validation-fitted "
+        f"thresholds {fmt(macro['f1'])}.",
         "",
         "| finding | test positives | AUROC (95% CI, patient bootstrap) | AUPRC | threshold | sensitivity | specificity | PPV | F1 | Wang 2017 | CheXNet |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -54,8 +55,9 @@ def results_block(metrics: dict, meta: dict) -> str:
         "",
         "The published columns are for orientation only: Wang et al. 2017 (ResNet-50, ImageNet initialisation, "
         "NIH's official split) and CheXNet (DenseNet-121, ImageNet initialisation, its own patient-wise split) "
-        "trained on tens of thousands of images (CheXNet: 98,637); ours trained from scratch on 2,400 images and is tested on a "
-        "different, much smaller test set.",
+        f"trained on tens of thousands of images (CheXNet: 98,637); ours ({describe_model(meta)}) learned from "
+        f"{(meta.get('data') or {}).get('counts', {}).get('train', '?'):,} training images and is tested on a different, much "
+        "smaller test set.",
     ]
     cal = metrics["calibration"]
     ece_b = np.nanmean([v for v in cal["ece_before"] if v is not None])
@@ -70,10 +72,14 @@ def results_block(metrics: dict, meta: dict) -> str:
     loc = metrics.get("localization") or {}
     if loc.get("n_boxes"):
         keys = [k for k in loc["accuracy"][0] if k.startswith("T(IoBB)")]
+        t01 = [row["T(IoBB)=0.1"] for row in loc["accuracy"] if row.get("T(IoBB)=0.1") is not None]
+        mean_t01 = float(np.mean(t01)) if t01 else None
         lines += [
             "",
-            f"Localisation: Grad-CAM++ heatmap boxes against the {loc['n_boxes']} expert boxes on the test images, "
-            "T(IoBB) accuracy (share of boxes hit with IoBB ≥ T) and mean IoU:",
+            f"Localisation: heatmap boxes ({_map_words(meta)}) against the {loc['n_boxes']} expert boxes on the test images, "
+            "T(IoBB) accuracy (share of boxes hit with IoBB ≥ T) and mean IoU. "
+            f"**Mean T(IoBB)=0.1 over the {len(t01)} boxed findings: {fmt(mean_t01, 2)}** (target 0.57, Wang et al. 2017"
+            f"{_shortfall(mean_t01, 0.57, 2)}):",
             "",
             "| finding | boxes | " + " | ".join(keys) + " | mean IoU |",
             "|---|---:|" + "---:|" * (len(keys) + 1),
@@ -93,6 +99,29 @@ def results_block(metrics: dict, meta: dict) -> str:
         for (attribute, group), values in groups.items():
             lines.append(f"| {attribute} | {group} | {np.mean(values):.3f} |")
     return "\n".join(lines)
+
+
+def _shortfall(value, target: float, digits: int = 3) -> str:
+    """``"; short by 0.027"`` when ``value`` misses ``target``, ``"; met"`` otherwise."""
+    if value is None or not np.isfinite(value):
+        return ""
+    return "; met" if value >= target else f"; short by {target - value:.{digits}f}"
+
+
+_METHOD_WORDS = {"gradcam": "Grad-CAM, which for a linear head is the class activation map", "gradcam++": "Grad-CAM++"}
+
+
+def _map_words(meta: dict) -> str:
+    """How the heatmaps are made: the method of each member, and their weights in the averaged map."""
+    members = meta.get("members")
+    if not members:
+        return _METHOD_WORDS[str((meta.get("explanation") or {}).get("method", "gradcam++"))]
+    parts = []
+    for m in members:
+        share = m.get("map_weight", m.get("weight"))
+        method = _METHOD_WORDS[str((m.get("explanation") or {}).get("method", "gradcam++"))]
+        parts.append(f"{method} of `{m['name']}` weighted {share:.2f}")
+    return "the weighted mean of " + " and ".join(parts)
 
 
 def _init_words(weights_init) -> str:
@@ -130,6 +159,10 @@ def main() -> None:
     bundle = Path(args.bundle)
     metrics = json.loads((bundle / "metrics.json").read_text())
     meta = json.loads((bundle / "bundle.json").read_text())
+    for member in meta.get("members") or []:  # ensembles assembled before members listed their heatmap method
+        if "explanation" not in member:
+            own = json.loads((bundle / member["path"] / "bundle.json").read_text())
+            member["explanation"] = own.get("explanation") or {"method": "gradcam++"}
     block = results_block(metrics, meta)
     readme = Path(args.readme)
     text = readme.read_text()
@@ -142,6 +175,7 @@ def main() -> None:
         data = meta.get("data", {})
         split = meta.get("split", {})
         training = meta.get("training", {})
+        history = training.get("history") if isinstance(training.get("history"), dict) else {}
         fields = {
             "{{RESULTS}}": block,
             "{{NETWORK}}": network_text(meta),
@@ -150,9 +184,9 @@ def main() -> None:
             "{{SPLIT_IMAGES}}": ", ".join(f"{k} {v:,}" for k, v in data.get("counts", {}).items()),
             "{{SPLIT_PATIENTS}}": ", ".join(f"{k} {v:,}" for k, v in data.get("patients", {}).items()),
             "{{SPLIT_SEED}}": str(split.get("seed")),
-            "{{EPOCHS_RUN}}": str(training.get("history", {}).get("epochs_run")),
-            "{{BEST_EPOCH}}": str(training.get("history", {}).get("best_epoch")),
-            "{{BEST_VAL_AUROC}}": fmt(training.get("history", {}).get("best_val_mean_auroc")),
+            "{{EPOCHS_RUN}}": str(history.get("epochs_run")),
+            "{{BEST_EPOCH}}": str(history.get("best_epoch")),
+            "{{BEST_VAL_AUROC}}": fmt(history.get("best_val_mean_auroc")),
             "{{TRAIN_MINUTES}}": f"{training_seconds(meta) / 60:.0f}",
             "{{CODE}}": str(meta.get("code", {}).get("git_commit") or meta.get("code", {})),
         }

@@ -573,6 +573,7 @@ class EnsembleMember:
             "preprocessing": self.bundle.preprocessing.to_dict(),
             "weights_init": (self.bundle.model_config or {}).get("weights_init"),
             "weights_dtype": self.bundle.extra.get("weights_dtype", "float32"),
+            "explanation": self.bundle.extra.get("explanation") or {"method": "gradcam++"},
             "training_seconds": history.get("seconds"),
             "best_val_mean_auroc": history.get("best_val_mean_auroc"),
         }
