@@ -207,3 +207,14 @@ def test_json_report_carries_the_check(predictor):
     assert check["learned"]["feature_threshold"] == pytest.approx(predictor.ood.threshold, abs=1e-3)
     assert set(check["learned"]) == {"feature_distance", "feature_threshold", "layout_margin", "layout_threshold",
                                      "unlike_training"}
+
+
+def test_evaluate_fits_the_check_only_when_asked(tmp_path, demo_root):
+    from cxr_core.serving import evaluate_bundle
+
+    bundle = build_tiny_bundle(tmp_path / "b", demo_root)
+    evaluate_bundle(bundle, demo_root, n_boot=10, localization=False, expert_labels=False, log=lambda line: None)
+    assert OOD_KEY not in read_metadata(bundle)  # today's default: unchanged
+    evaluate_bundle(bundle, demo_root, n_boot=10, localization=False, expert_labels=False, fit_ood=True, log=lambda line: None)
+    meta = read_metadata(bundle)
+    assert meta[OOD_KEY]["val_images"] > 20 and "calibration" in meta and Predictor.from_bundle(bundle).ood is not None
