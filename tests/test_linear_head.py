@@ -105,6 +105,11 @@ def test_engine_linear_head_mode_on_demo_images_with_boxes_and_a_feature_cache(d
     second = Bundle.load(train(TrainConfig(out=str(tmp_path / "b"), **{**values, "head_l2": 1.0})))
     assert any("features read from" in r.getMessage() for r in caplog.records)
     assert list((tmp_path / "features").glob("*.npz")) == cached
+    # Its wall time still counts the trunk pass that made the features (a recipe's cost from scratch).
+    first_row, second_row = history["epochs"][0], second.training["history"]["epochs"][0]
+    assert second_row["features_reused"] and not first_row["features_reused"]
+    assert second_row["feature_seconds"] == pytest.approx(first_row["feature_seconds"], abs=0.1)
+    assert second.training["history"]["seconds"] >= first_row["feature_seconds"]
     # Only the head differs: the trunk is the same frozen random-initialised network (seeded).
     for name in ("block1_conv", "block4_conv"):
         np.testing.assert_array_equal(first.model.get_layer(name).get_weights()[0], second.model.get_layer(name).get_weights()[0])
