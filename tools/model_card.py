@@ -56,8 +56,8 @@ def results_block(metrics: dict, meta: dict) -> str:
         "The published columns are for orientation only: Wang et al. 2017 (ResNet-50, ImageNet initialisation, "
         "NIH's official split) and CheXNet (DenseNet-121, ImageNet initialisation, its own patient-wise split) "
         f"trained on tens of thousands of images (CheXNet: 98,637); ours ({describe_model(meta)}) learned from "
-        f"{(meta.get('data') or {}).get('counts', {}).get('train', '?'):,} training images and is tested on a different, much "
-        "smaller test set.",
+        f"{_count((meta.get('data') or {}).get('counts', {}).get('train'))} training images and is tested on a different, "
+        "much smaller test set.",
     ]
     cal = metrics["calibration"]
     ece_b = np.nanmean([v for v in cal["ece_before"] if v is not None])
@@ -99,6 +99,10 @@ def results_block(metrics: dict, meta: dict) -> str:
         for (attribute, group), values in groups.items():
             lines.append(f"| {attribute} | {group} | {np.mean(values):.3f} |")
     return "\n".join(lines)
+
+
+def _count(value) -> str:
+    return f"{int(value):,}" if isinstance(value, (int, float)) else "its"
 
 
 def _shortfall(value, target: float, digits: int = 3) -> str:
