@@ -218,3 +218,17 @@ def test_evaluate_fits_the_check_only_when_asked(tmp_path, demo_root):
     evaluate_bundle(bundle, demo_root, n_boot=10, localization=False, expert_labels=False, fit_ood=True, log=lambda line: None)
     meta = read_metadata(bundle)
     assert meta[OOD_KEY]["val_images"] > 20 and "calibration" in meta and Predictor.from_bundle(bundle).ood is not None
+
+
+def test_the_shipped_model_passes_demo_films_and_warns_turned_ones(demo_root):
+    from tests.app_bundle import shipped_bundle_or_skip
+
+    predictor = Predictor.from_bundle(shipped_bundle_or_skip())
+    if predictor.ood is None:
+        pytest.skip("the shipped bundle has no fitted reference yet (python -m training.fit_ood)")
+    paths = sorted((demo_root / "images").glob("*.png"))[:30]
+    films = [decode_image(p).pixels for p in paths]
+    warned = [OOD_WARNING in predictor.analyze(x, explain=[]).warnings for x in films]
+    assert sum(warned) <= 2, [p.name for p, w in zip(paths, warned) if w]
+    for turned in (np.rot90(films[0]), films[1][::-1], 1.0 - films[2]):
+        assert OOD_WARNING in predictor.analyze(np.ascontiguousarray(turned), explain=[]).warnings

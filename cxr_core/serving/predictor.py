@@ -245,8 +245,7 @@ class Predictor:
         self.thresholds = np.full(len(findings), UNFITTED_THRESHOLD) if thresholds is None else np.asarray(thresholds, float)
         self.metadata = dict(metadata or {})
         self._runners = tuple(_Runner(m, findings) for m in self.members)
-        names = [m.name for m in self.members]
-        if ood is not None and len(self.members) > 1 and ood.member not in names:
+        if ood is not None and self.is_ensemble and ood.member not in [m.name for m in self.members]:
             ood = None  # a reference fitted on another member's features cannot be used
         self.ood = ood
         self._lock = threading.Lock()
@@ -268,20 +267,18 @@ class Predictor:
         thresholds = meta.get("thresholds")
         if isinstance(thresholds, dict):
             thresholds = thresholds.get("values")
+        ood = load_reference(bundle.path, meta)
         if isinstance(bundle, EnsembleBundle):
             members = [Member(model=m.bundle.model, preprocess=m.bundle.preprocessing, weight=m.weight, name=m.name,
                               explanation=_explanation(m.bundle.metadata()), map_weight=m.map_weight)
                        for m in bundle.members]
             predictor = cls(members=members, findings=bundle.findings, calibration=calibration,
-                            thresholds=thresholds, metadata=meta)
+                            thresholds=thresholds, metadata=meta, ood=ood)
         else:
             predictor = cls(members=[Member(model=bundle.model, preprocess=bundle.preprocessing,
                                             explanation=_explanation(meta))],
-                            findings=bundle.findings, calibration=calibration, thresholds=thresholds, metadata=meta)
+                            findings=bundle.findings, calibration=calibration, thresholds=thresholds, metadata=meta, ood=ood)
         predictor.bundle = bundle
-        ood = load_reference(bundle.path, meta)
-        if ood is not None and (not predictor.is_ensemble or ood.member in [m.name for m in predictor.members]):
-            predictor.ood = ood
         return predictor
 
     # -- what it is -----------------------------------------------------------
@@ -417,14 +414,25 @@ class Predictor:
             images = [images]
         if len(images) != len(self.members):
             raise ValueError(f"{len(images)} input arrays for {len(self.members)} members")
-        logits, probabilities = [], []
+        raw, _ = self._forward(images)
+        return raw, self._calibrate(raw)
+
+    def _forward(self, batches: Sequence[np.ndarray], screen: Mapping[int, np.ndarray] | None = None):
+        """``(raw, checks)``: every member once; with ``screen`` (the 8-bit inputs) and a reference, the reference
+        member also gives its features for the learned check (``checks``, else None)."""
+        logits, probabilities, checks = [], [], None
         with self._lock:
-            for runner, batch in zip(self._runners, images):
-                z, p = runner.scores(np.asarray(batch, dtype=np.float32))
+            for k, (runner, batch) in enumerate(zip(self._runners, batches)):
+                batch = np.asarray(batch, dtype=np.float32)
+                if screen is not None and self.ood is not None and k == self.ood_member_index:
+                    features, z, p = runner.features_and_scores(batch)
+                    small = np.asarray(screen[int(runner.size)])
+                    checks = self.ood.check(pooled(features), small if small.ndim == 3 else small[np.newaxis])
+                else:
+                    z, p = runner.scores(batch)
                 logits.append(z)
                 probabilities.append(p)
-        raw = self._combine(logits, probabilities)
-        return raw, self._calibrate(raw)
+        return self._combine(logits, probabilities), checks
 
     def predict_screened(self, images: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[dict] | None]:
         """:meth:`predict_uint8` plus the learned check, from the same forward pass.
@@ -434,21 +442,7 @@ class Predictor:
             numbers (:meth:`cxr_core.serving.ood.FeatureReference.check`; warn
             with :meth:`feature_warnings`), or None when the bundle has no reference.
         """
-        batches = self._normalised(images)
-        if self.ood is None:
-            return (*self.predict_batch(batches), None)
-        logits, probabilities, checks = [], [], None
-        with self._lock:
-            for k, (runner, batch) in enumerate(zip(self._runners, batches)):
-                if k == self.ood_member_index:
-                    features, z, p = runner.features_and_scores(np.asarray(batch, dtype=np.float32))
-                    small = np.asarray(images[int(runner.size)])
-                    checks = self.ood.check(pooled(features), small if small.ndim == 3 else small[np.newaxis])
-                else:
-                    z, p = runner.scores(np.asarray(batch, dtype=np.float32))
-                logits.append(z)
-                probabilities.append(p)
-        raw = self._combine(logits, probabilities)
+        raw, checks = self._forward(self._normalised(images), screen=images)
         return raw, self._calibrate(raw), checks
 
     def pooled_features(self, member_index: int, batch: np.ndarray) -> np.ndarray:
