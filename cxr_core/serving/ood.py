@@ -2,7 +2,7 @@
 
     fit_ood("models/default", "../shared/nih")      # python -m training.fit_ood; writes the reference into the bundle
     reference = load_reference(bundle_dir, meta)    # None for a bundle without one (the check is then skipped)
-    reference.distance(pooled_features)             # (n,) distances; > reference.threshold -> warn
+    reference.check(pooled_features, inputs_uint8)  # per image: both scores, thresholds, "unlike_training"
 
 Two scores, both fitted on the TRAINING images with thresholds on the
 VALIDATION images, and an image is warned when either is beyond its threshold:
