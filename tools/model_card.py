@@ -140,7 +140,9 @@ def network_text(meta: dict) -> str:
         return f"{meta.get('backbone')} {_init_words((meta.get('model') or {}).get('weights_init'))}, grayscale input {size} x {size} px"
     parts = []
     for m in members:
-        minutes = "" if m.get("training_seconds") is None else f", trained in about {m['training_seconds'] / 60:.0f} minutes"
+        # The wall time recorded by the member's own run; a linear head that reused cached trunk
+        # features records only its fit, so the template's Recipe section states the full cost.
+        minutes = "" if m.get("training_seconds") is None else f", its training run {m['training_seconds'] / 60:.0f} min"
         best = "" if m.get("best_val_mean_auroc") is None else f", best validation mean AUROC {fmt(m['best_val_mean_auroc'])}"
         parts.append(f"`{m['name']}` (weight {m['weight']:.2f}): {m.get('backbone')} {_init_words(m.get('weights_init'))}, "
                      f"grayscale input {m.get('input_size')} x {m.get('input_size')} px{minutes}{best}")
