@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_core.evaluation.expert import expert_markdown
-from cxr_core.learn.bundle import describe_model, input_sizes
+from cxr_core.learn.bundle import describe_model, explanation_method, input_sizes
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -119,11 +119,11 @@ def _map_words(meta: dict) -> str:
     """How the heatmaps are made: the method of each member, and their weights in the averaged map."""
     members = meta.get("members")
     if not members:
-        return _METHOD_WORDS[str((meta.get("explanation") or {}).get("method", "gradcam++"))]
+        return _METHOD_WORDS[explanation_method(meta)]
     parts = []
     for m in members:
         share = m.get("map_weight", m.get("weight"))
-        method = _METHOD_WORDS[str((m.get("explanation") or {}).get("method", "gradcam++"))]
+        method = _METHOD_WORDS[explanation_method(m)]
         parts.append(f"{method} of `{m['name']}` weighted {share:.2f}")
     return "the weighted mean of " + " and ".join(parts)
 
@@ -168,7 +168,7 @@ def main() -> None:
     for member in meta.get("members") or []:  # ensembles assembled before members listed their heatmap method
         if "explanation" not in member:
             own = json.loads((bundle / member["path"] / "bundle.json").read_text())
-            member["explanation"] = own.get("explanation") or {"method": "gradcam++"}
+            member["explanation"] = {"method": explanation_method(own)}
     block = results_block(metrics, meta)
     readme = Path(args.readme)
     text = readme.read_text()

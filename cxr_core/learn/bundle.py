@@ -573,10 +573,19 @@ class EnsembleMember:
             "preprocessing": self.bundle.preprocessing.to_dict(),
             "weights_init": (self.bundle.model_config or {}).get("weights_init"),
             "weights_dtype": self.bundle.extra.get("weights_dtype", "float32"),
-            "explanation": self.bundle.extra.get("explanation") or {"method": "gradcam++"},
+            "explanation": {"method": explanation_method(self.bundle.extra)},
             "training_seconds": history.get("seconds"),
             "best_val_mean_auroc": history.get("best_val_mean_auroc"),
         }
+
+
+#: The heatmap method of bundles that record none (made before the key existed).
+DEFAULT_EXPLANATION = "gradcam++"
+
+
+def explanation_method(meta: dict | None) -> str:
+    """The heatmap method a (member) bundle's metadata records: ``"gradcam++"`` or ``"gradcam"``."""
+    return str(((meta or {}).get("explanation") or {}).get("method", DEFAULT_EXPLANATION))
 
 
 def describe_model(meta: dict | None) -> str:

@@ -174,9 +174,12 @@ def _logits_output(model: keras.Model):
     return keras.ops.cast(output, "float32")
 
 
-def _explanation(meta: dict) -> str:
-    """The heatmap method a bundle records; bundles from before the key was added used Grad-CAM++."""
-    return str((meta.get("explanation") or {}).get("method", "gradcam++"))
+def _shares(values, what: str) -> np.ndarray:
+    """``values`` normalised to sum 1; ValueError unless finite, non-negative and not all zero."""
+    weights = np.asarray([float(v) for v in values])
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
+        raise ValueError(f"{what} must be finite, non-negative and not all zero, got {weights.tolist()}")
+    return weights / weights.sum()
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -231,15 +234,9 @@ class Predictor:
         members = list(members)
         if not members:
             raise ValueError("a Predictor needs at least one member")
-        weights = np.asarray([float(m.weight) for m in members])
-        if not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
-            raise ValueError(f"member weights must be finite, non-negative and not all zero, got {weights.tolist()}")
-        map_weights = np.asarray([float(m.weight if m.map_weight is None else m.map_weight) for m in members])
-        if not np.all(np.isfinite(map_weights)) or np.any(map_weights < 0) or map_weights.sum() <= 0:
-            raise ValueError(f"member map weights must be finite, non-negative and not all zero, got {map_weights.tolist()}")
         self.members = tuple(members)
-        self.weights = weights / weights.sum()
-        self.map_weights = map_weights / map_weights.sum()
+        self.weights = _shares([m.weight for m in members], "member weights")
+        self.map_weights = _shares([m.weight if m.map_weight is None else m.map_weight for m in members], "member map weights")
         self.findings = findings
         self.calibration = calibration
         self.thresholds = np.full(len(findings), UNFITTED_THRESHOLD) if thresholds is None else np.asarray(thresholds, float)
@@ -259,7 +256,7 @@ class Predictor:
             BundleError: not a bundle, or its findings order or input size do
                 not match this code or its stored model.
         """
-        from cxr_core.learn.bundle import EnsembleBundle, load_bundle
+        from cxr_core.learn.bundle import EnsembleBundle, explanation_method, load_bundle
 
         bundle = load_bundle(path)
         meta = bundle.metadata()
@@ -270,13 +267,13 @@ class Predictor:
         ood = load_reference(bundle.path, meta)
         if isinstance(bundle, EnsembleBundle):
             members = [Member(model=m.bundle.model, preprocess=m.bundle.preprocessing, weight=m.weight, name=m.name,
-                              explanation=_explanation(m.bundle.metadata()), map_weight=m.map_weight)
+                              explanation=explanation_method(m.bundle.metadata()), map_weight=m.map_weight)
                        for m in bundle.members]
             predictor = cls(members=members, findings=bundle.findings, calibration=calibration,
                             thresholds=thresholds, metadata=meta, ood=ood)
         else:
             predictor = cls(members=[Member(model=bundle.model, preprocess=bundle.preprocessing,
-                                            explanation=_explanation(meta))],
+                                            explanation=explanation_method(meta))],
                             findings=bundle.findings, calibration=calibration, thresholds=thresholds, metadata=meta, ood=ood)
         predictor.bundle = bundle
         return predictor

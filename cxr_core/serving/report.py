@@ -24,7 +24,7 @@ import numpy as np
 from cxr_core import __version__
 from cxr_core.evaluation.localization import heatmap_to_boxes
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
-from cxr_core.learn.bundle import describe_model, input_sizes
+from cxr_core.learn.bundle import describe_model, explanation_method, input_sizes
 from cxr_core.serving.overlays import HEATMAP_BOX_COLOR, blend_heatmap, draw_boxes, fit_to, gray_to_rgb, scale_boxes, window_level
 from cxr_core.serving.predictor import Analysis
 
@@ -219,7 +219,7 @@ def heatmap_method(meta: Mapping | None) -> str:
     words = {"gradcam++": "Grad-CAM++", "gradcam": "Grad-CAM"}
     methods = []
     for entry in entries:
-        method = words.get(str((entry.get("explanation") or {}).get("method", "gradcam++")), "Grad-CAM++")
+        method = words.get(explanation_method(entry), "Grad-CAM++")
         if method not in methods:
             methods.append(method)
     return " + ".join(methods)
