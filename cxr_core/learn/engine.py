@@ -233,6 +233,7 @@ class TrainingData:
         labels: multi-hot (n, 14).
         source: ``"files"`` or ``"cache"``.
         cache: the opened cache, when reading one.
+        dataset: the NIH dataset (labels, boxes), when reading files.
         split_info: strategy, seed and fractions of the split.
         limit: images used per split (None: all).
         location: dataset or cache folder.
@@ -245,6 +246,7 @@ class TrainingData:
     location: str
     cache: object | None = None
     limit: int | None = None
+    dataset: object | None = None
 
     def rows(self, split: str) -> np.ndarray:
         """Row positions of ``split`` actually used (the first ``limit`` of it)."""
@@ -312,7 +314,7 @@ def load_training_data(config: TrainConfig) -> TrainingData:
         table = dataset.csv[["image", "patient_id", "path"]].copy()
         table["split"] = splits
         data = TrainingData(table, dataset.labels.astype(np.float32), "files", {**wanted, "resolved_strategy": resolved},
-                            str(Path(config.data).resolve()), limit=config.limit_per_split)
+                            str(Path(config.data).resolve()), limit=config.limit_per_split, dataset=dataset)
     # Always, whatever produced the split: a leaked patient inflates every metric.
     assert_patient_disjoint(data.table["patient_id"].to_numpy(), data.table["split"].to_numpy())
     for split in ("train", "val"):
@@ -601,11 +603,9 @@ def _history_summary(log_file: Path, checkpoint: ResumableCheckpoint) -> dict:
     }
 
 
-def _boxes_of(config: TrainConfig, images: list[str]) -> list[list[tuple]]:
+def _boxes_of(data: TrainingData, images: list[str]) -> list[list[tuple]]:
     """Expert boxes of ``images`` as (finding, x, y, w, h) fractions of the image side."""
-    from cxr_core.data.dataset import NIHDataset
-
-    dataset = NIHDataset(config.data)
+    dataset = data.dataset  # the files source's dataset, read once by load_training_data
     boxed = set(dataset.boxes["image"])
     # Boxes are given in the 1,024 px release space; width = height = 1 gives fractions.
     return [
@@ -655,7 +655,7 @@ def _box_features(model: keras.Model, config: TrainConfig, data: TrainingData) -
     common = {"preprocess": config.preprocess(), "batch_size": config.batch_size, "training": False}
     arrays: dict = {"box_maps": np.zeros((0,), np.float16)}
     images = data.table["image"].to_numpy()[data.rows("train")]
-    boxes = _boxes_of(config, list(images))
+    boxes = _boxes_of(data, list(images))
     boxed = [i for i, b in enumerate(boxes) if b]
     if boxed:
         paths = data.table["path"].to_numpy()[data.rows("train")][boxed]

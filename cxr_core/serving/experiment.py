@@ -137,23 +137,14 @@ def build_recipe(recipe: Recipe, recipes: dict[str, Recipe], *, runs: Path, retr
     return train(config)
 
 
-def _training_stats(meta: dict) -> tuple[float, float]:
-    """(training images per second, wall seconds) from a bundle's training history (summed over members)."""
-    histories = []
-    if meta.get("members"):
-        for member in meta["members"]:
-            member_meta = json.loads((Path(meta["_path"]) / member["path"] / "bundle.json").read_text())
-            histories.append(member_meta)
-    else:
-        histories.append(meta)
+def _training_stats(bundle) -> tuple[float, float]:
+    """(training images per second, wall seconds) from a loaded bundle's training history (summed over members)."""
+    records = [m.bundle for m in bundle.members] if hasattr(bundle, "members") else [bundle]
     images = seconds = 0.0
-    for m in histories:
-        history = (m.get("training") or {}).get("history") or {}
-        secs = float(history.get("seconds") or 0.0)
-        n_train = float(((m.get("data") or {}).get("counts") or {}).get("train") or 0)
-        epochs = float(history.get("epochs_run") or 0)
-        images += n_train * epochs
-        seconds += secs
+    for record in records:
+        history = (record.training or {}).get("history") or {}
+        seconds += float(history.get("seconds") or 0.0)
+        images += float((record.data or {}).get("counts", {}).get("train") or 0) * float(history.get("epochs_run") or 0)
     return (images / seconds if seconds else float("nan")), seconds
 
 
@@ -185,9 +176,7 @@ def validate_bundle(bundle: str | os.PathLike, data_root: str | os.PathLike, *, 
     ci = bootstrap_ci(labels, raw, groups=dataset.csv.loc[rows, "patient_id"].to_numpy(), n_boot=n_boot)
     records = localization_records(predictor, dataset, dataset.csv.loc[rows, "image"].tolist())
     table = localization_accuracy(records) if len(records) else pd.DataFrame()
-    meta = {**predictor.bundle.metadata(), "_path": str(bundle)}
-    images_per_s, wall = _training_stats(meta)
-    models = [m.model for m in predictor.members] if hasattr(predictor, "members") else [predictor.model]
+    images_per_s, wall = _training_stats(predictor.bundle)
     return {
         "val_mean_auroc": macro_mean(ci.point),
         "val_auroc_ci_low": macro_mean(ci.low),
@@ -196,7 +185,7 @@ def validate_bundle(bundle: str | os.PathLike, data_root: str | os.PathLike, *, 
         "val_boxes": int(len(records)),
         "val_t_iobb_per_finding": {f: float(v) for f, v in table["T(IoBB)=0.1"].items()} if len(table) else {},
         "val_auroc_per_finding": dict(zip(FINDINGS, map(float, ci.point))),
-        "parameters": int(sum(m.count_params() for m in models)),
+        "parameters": int(sum(m.model.count_params() for m in predictor.members)),
         "train_images_per_s": images_per_s,
         "wall_s": wall,
     }
