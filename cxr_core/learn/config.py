@@ -14,7 +14,7 @@ LR_SCALINGS = ("linear", "sqrt", "none")
 #: ``full``: fit the whole network on augmented batches; ``linear_head``: keep the
 #: (pretrained) trunk frozen, compute its features once, fit only the logits
 #: layer on them (:mod:`cxr_core.learn.linear_head`).
-TRAIN_MODES = ("full", "linear_head")
+TRAIN_MODES = ("full", "linear_head", "top_finetune")
 MIXED_PRECISION = ("auto", "on", "off")
 
 
@@ -43,9 +43,13 @@ class TrainConfig:
         preprocess_mean, preprocess_std: the normalisation stored in the bundle.
     Optimisation:
         train_mode: ``full`` | ``linear_head`` (frozen trunk, head fitted on its
-            features computed once; no augmentation, no epochs).
+            features computed once; no augmentation, no epochs) |
+            ``top_finetune`` (the linear head first, then the layers above
+            ``finetune_from`` trained with it for ``epochs`` at
+            ``learning_rate`` over that layer's activations computed once;
+            see :mod:`cxr_core.learn.top_finetune`).
         head_l2, head_steps: L2 strength and full-batch steps of the linear head.
-        box_loss_weight: ``linear_head`` only: weight of the loss that pulls each
+        box_loss_weight: ``linear_head`` and ``top_finetune``: weight of the loss that pulls each
             finding's class activation map into its expert boxes, on training
             images (needs ``data``: the NIH folder with ``BBox_List_2017.csv``).
         feature_cache_dir: ``linear_head`` only: keep the frozen trunk's features
@@ -93,6 +97,7 @@ class TrainConfig:
     head_l2: float = 0.14
     head_steps: int = 500
     box_loss_weight: float = 0.0
+    finetune_from: str = ""
     feature_cache_dir: str | None = None
     batch_size: int = 16
     epochs: int = 10
@@ -137,8 +142,12 @@ class TrainConfig:
             (self.explanation in ("gradcam++", "gradcam"), "explanation must be gradcam++ or gradcam"),
             (self.head_l2 >= 0 and self.head_steps >= 1 and self.box_loss_weight >= 0,
              "head_l2 and box_loss_weight must be >= 0, head_steps >= 1"),
-            (self.box_loss_weight == 0 or (self.train_mode == "linear_head" and self.data is not None),
-             "box_loss_weight needs train_mode = \"linear_head\" and data (the NIH folder with its boxes), not a cache"),
+            (self.box_loss_weight == 0 or (self.train_mode in ("linear_head", "top_finetune") and self.data is not None),
+             "box_loss_weight needs train_mode = \"linear_head\" or \"top_finetune\" and data (the NIH folder with "
+             "its boxes), not a cache"),
+            ((self.train_mode == "top_finetune") == bool(self.finetune_from),
+             "train_mode = \"top_finetune\" needs finetune_from (the layer whose activation is cached, e.g. "
+             "block4_pool), and finetune_from is only for that mode"),
             (self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {MIXED_PRECISION}"),
             (self.split_strategy in ("auto", "official", "patient"), "split_strategy must be auto, official or patient"),
             (len(self.split_fractions) == 3 and math.isclose(sum(self.split_fractions), 1.0), "split_fractions must be 3 numbers summing to 1"),

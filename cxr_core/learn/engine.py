@@ -34,6 +34,7 @@ import pandas as pd
 
 from cxr_core.findings import FINDINGS
 from cxr_core.learn.config import TrainConfig
+from cxr_core.learn.selection import mean_auroc
 
 log = logging.getLogger(__name__)
 
@@ -77,30 +78,6 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self) -> dict:
         return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps, "floor": self.floor}
-
-
-def mean_auroc(y_true, y_score) -> tuple[float, np.ndarray]:
-    """Macro AUROC over the findings that have both positives and negatives.
-
-    Args:
-        y_true: binary (n, k).
-        y_score: scores (n, k).
-
-    Returns:
-        ``(mean, per_finding)``; a finding without both classes is NaN and
-        left out of the mean; the mean is NaN when no finding qualifies.
-    """
-    from sklearn.metrics import roc_auc_score
-
-    y_true = np.asarray(y_true)
-    y_score = np.asarray(y_score, dtype=np.float64)
-    per = np.full(y_true.shape[1], np.nan)
-    for k in range(y_true.shape[1]):
-        column = y_true[:, k] > 0.5
-        if 0 < column.sum() < len(column):
-            per[k] = roc_auc_score(column, y_score[:, k])
-    scored = per[np.isfinite(per)]
-    return (float(scored.mean()) if scored.size else float("nan")), per
 
 
 class ValidationAUROC(keras.callbacks.Callback):
@@ -631,19 +608,22 @@ def _feature_cache_file(config: TrainConfig, data: TrainingData) -> Path | None:
     return Path(config.feature_cache_dir) / f"{config.backbone}-{config.input_size}-{digest}.npz"
 
 
-def _trunk_features(model: keras.Model, config: TrainConfig, data: TrainingData) -> dict:
-    """Pooled features of train and val, and the maps and box masks of boxed training images."""
-    from cxr_core.learn.linear_head import feature_maps
+def _unaugmented_datasets(config: TrainConfig, data: TrainingData):
+    """Train and val images through the validation pipeline (no augmentation, the app's tensors), in split order."""
     from cxr_core.learn.pipeline import dataset_from_cache, dataset_from_files
 
     common = {"preprocess": config.preprocess(), "batch_size": config.batch_size, "training": False}
     if data.cache is not None:
-        train_ds = dataset_from_cache(data.cache, "train", limit=config.limit_per_split, **common)
-        val_ds = dataset_from_cache(data.cache, "val", limit=config.limit_per_split, **common)
-    else:
-        paths = data.table["path"].to_numpy()
-        train_ds = dataset_from_files(paths[data.rows("train")], data.split_labels("train"), **common)
-        val_ds = dataset_from_files(paths[data.rows("val")], data.split_labels("val"), **common)
+        return tuple(dataset_from_cache(data.cache, split, limit=config.limit_per_split, **common) for split in ("train", "val"))
+    paths = data.table["path"].to_numpy()
+    return tuple(dataset_from_files(paths[data.rows(split)], data.split_labels(split), **common) for split in ("train", "val"))
+
+
+def _trunk_features(model: keras.Model, config: TrainConfig, data: TrainingData) -> dict:
+    """Pooled features of train and val."""
+    from cxr_core.learn.linear_head import feature_maps
+
+    train_ds, val_ds = _unaugmented_datasets(config, data)
     return {"train": feature_maps(model, train_ds), "val": feature_maps(model, val_ds)}
 
 
@@ -729,6 +709,61 @@ def _train_linear_head(config: TrainConfig, data: TrainingData, out: Path, *, wr
     return model, history
 
 
+def _train_top_finetune(config: TrainConfig, data: TrainingData, out: Path, *, write: bool) -> tuple[keras.Model, dict]:
+    """``train_mode = "top_finetune"``: the linear head, then the layers above ``finetune_from`` with it.
+
+    The activations of ``finetune_from`` for train and val are computed once
+    (and kept in ``feature_cache_dir`` beside the pooled features); one row
+    per epoch goes to ``log.csv``, epoch 0 being the linear head alone.
+    """
+    from cxr_core.learn.linear_head import box_masks
+    from cxr_core.learn.top_finetune import activations, finetune_top, split_model
+
+    started = time.perf_counter()
+    model, head = _train_linear_head(config, data, out, write=False)
+    lower, upper = split_model(model, config.finetune_from)
+    pooled_cache = _feature_cache_file(config, data)
+    cached = pooled_cache.with_name(f"{pooled_cache.stem}-{config.finetune_from}.npz") if pooled_cache else None
+    if cached is not None and cached.is_file():
+        with np.load(cached) as stored:
+            arrays = {k: stored[k] for k in stored.files}
+        log.info("%s activations read from %s", config.finetune_from, cached)
+    else:
+        lower_started = time.perf_counter()
+        train_ds, val_ds = _unaugmented_datasets(config, data)
+        arrays = {"train": activations(lower, train_ds), "val": activations(lower, val_ds)}
+        arrays["lower_seconds"] = np.asarray(time.perf_counter() - lower_started)
+        if cached is not None:
+            partial = cached.with_name(cached.stem + ".partial.npz")
+            np.savez(partial, **arrays)
+            os.replace(partial, cached)  # never a half-written cache under the real name
+    boxes = _boxes_of(data, list(data.table["image"].to_numpy()[data.rows("train")])) if config.box_loss_weight > 0 else None
+    masks, has_box = box_masks(boxes, tuple(upper.outputs[0].shape[1:3])) if boxes else (None, None)
+    csv_rows: list[dict] = []
+
+    def record(row: dict) -> None:
+        csv_rows.append(row)
+        if write:
+            pd.DataFrame(csv_rows).to_csv(out / "log.csv", index=False)  # rewritten each epoch: a cut-off run keeps its rows
+
+    rows = finetune_top(upper, arrays["train"], data.split_labels("train").astype(np.float32), arrays["val"],
+                        data.split_labels("val"), epochs=config.epochs, batch_size=config.batch_size,
+                        learning_rate=config.learning_rate, weight_decay=config.weight_decay, box_masks=masks,
+                        has_box=has_box, box_loss_weight=config.box_loss_weight, seed=config.seed, on_epoch=record)
+    best = max(rows, key=lambda r: r["val_mean_auroc"] if np.isfinite(r["val_mean_auroc"]) else -1.0)
+    # From scratch: the trunk pass of the pooled features, the head fit, the
+    # pass to finetune_from (measured when its activations were made) and the epochs.
+    seconds = round(float(head["seconds"]) + float(arrays["lower_seconds"]) + sum(r["seconds"] for r in rows), 1)
+    log.info("top fine-tuning above %s: best validation mean AUROC %.4f at epoch %d (linear head alone %.4f); %.0f s "
+             "in this run", config.finetune_from, best["val_mean_auroc"], best["epoch"], rows[0]["val_mean_auroc"],
+             time.perf_counter() - started)
+    history = {"epochs_run": len(rows) - 1, "best_epoch": best["epoch"],
+               "best_val_mean_auroc": best["val_mean_auroc"] if np.isfinite(best["val_mean_auroc"]) else None,
+               "stopped_early": False, "seconds": seconds, "epochs": rows,
+               "linear_head": head["linear_head"], "finetune_from": config.finetune_from}
+    return model, history
+
+
 def _bundle_of(config: TrainConfig, data: TrainingData, model: keras.Model, training: dict):
     """The bundle of a finished run (model, preprocessing, data summary, provenance, explanation method)."""
     from cxr_core.learn.bundle import Bundle, code_version
@@ -801,8 +836,9 @@ def train(config: TrainConfig) -> Path | None:
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
 
     data = load_training_data(config)
-    if config.train_mode == "linear_head":
-        model, history = _train_linear_head(config, data, out, write=chief)
+    if config.train_mode in ("linear_head", "top_finetune"):
+        mode = _train_linear_head if config.train_mode == "linear_head" else _train_top_finetune
+        model, history = mode(config, data, out, write=chief)
         bundle = _bundle_of(config, data, model, {"history": history, "mixed_precision": False,
                                                   "replicas": replicas, "positive_weights": None})
         return _finish(bundle, config, out, workdir, chief)
