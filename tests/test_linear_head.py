@@ -84,6 +84,34 @@ def test_box_loss_moves_the_class_activation_map_into_the_box():
     assert mass_inside(boxed_model) > 0.95
 
 
+def test_label_smoothing_and_feature_mixup_regularise_the_head():
+    maps, y, _ = _synthetic_maps(80)
+    pooled = maps.mean(axis=(1, 2))
+
+    def fitted(**options):
+        model = _head_model(4)
+        fit = fit_linear_head(model, pooled, y, l2=0.001, steps=300, **options)
+        dense = model.get_layer("logits").get_weights()
+        return fit, pooled @ dense[0] + dense[1]
+
+    _, plain = fitted()
+    smooth_fit, smooth = fitted(label_smoothing=0.2)
+    mix_fit, mixed = fitted(mixup_alpha=0.4, seed=3)
+    assert smooth_fit.label_smoothing == 0.2 and mix_fit.mixup_alpha == 0.4
+    # Smoothed targets of 0.1 / 0.9 cap the logits near +-log(9); the plain fit goes further.
+    assert np.abs(smooth[:, MASS]).max() < np.abs(plain[:, MASS]).max()
+    assert np.abs(smooth[:, MASS]).max() < 2.6
+    assert not np.allclose(mixed, plain, atol=1e-3)  # mixup changes the fit ...
+    for logits in (smooth, mixed):  # ... and neither loses the separation of Mass
+        assert logits[y[:, MASS] == 1, MASS].min() > logits[y[:, MASS] == 0, MASS].max()
+    again = fitted(mixup_alpha=0.4, seed=3)[1]
+    np.testing.assert_allclose(again, mixed, atol=1e-5)  # deterministic for a seed
+    with pytest.raises(ValueError, match="label_smoothing must lie in"):
+        fit_linear_head(_head_model(4), pooled, y, label_smoothing=1.0)
+    with pytest.raises(ValueError, match="implemented for train_mode"):
+        TrainConfig(data="somewhere", mixup_alpha=0.2)
+
+
 def test_fit_refuses_features_that_do_not_fit_the_head():
     with pytest.raises(ValueError, match="takes 4 features"):
         fit_linear_head(_head_model(4), np.zeros((5, 3)), np.zeros((5, 14)))

@@ -52,6 +52,8 @@ class TrainConfig:
         box_loss_weight: ``linear_head`` and ``top_finetune``: weight of the loss that pulls each
             finding's class activation map into its expert boxes, on training
             images (needs ``data``: the NIH folder with ``BBox_List_2017.csv``).
+        mixup_alpha: ``linear_head`` only: mixup of the standardised pooled
+            features and their targets, Beta(alpha, alpha) weights (0: off).
         feature_cache_dir: ``linear_head`` only: keep the frozen trunk's features
             there, keyed by everything they depend on, so recipes that share a
             trunk (e.g. head settings compared by ``training.experiment``) run
@@ -98,6 +100,7 @@ class TrainConfig:
     head_steps: int = 500
     box_loss_weight: float = 0.0
     finetune_from: str = ""
+    mixup_alpha: float = 0.0
     feature_cache_dir: str | None = None
     batch_size: int = 16
     epochs: int = 10
@@ -145,6 +148,9 @@ class TrainConfig:
             (self.box_loss_weight == 0 or (self.train_mode in ("linear_head", "top_finetune") and self.data is not None),
              "box_loss_weight needs train_mode = \"linear_head\" or \"top_finetune\" and data (the NIH folder with "
              "its boxes), not a cache"),
+            (self.mixup_alpha >= 0 and (self.mixup_alpha == 0 or self.train_mode == "linear_head"),
+             "mixup_alpha must be >= 0 and is implemented for train_mode = \"linear_head\" only (mixup of the pooled features)"),
+            (0 <= self.label_smoothing < 1, "label_smoothing must lie in [0, 1)"),
             ((self.train_mode == "top_finetune") == bool(self.finetune_from),
              "train_mode = \"top_finetune\" needs finetune_from (the layer whose activation is cached, e.g. "
              "block4_pool), and finetune_from is only for that mode"),

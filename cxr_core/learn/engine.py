@@ -688,7 +688,8 @@ def _train_linear_head(config: TrainConfig, data: TrainingData, out: Path, *, wr
         else:
             log.warning("box_loss_weight is set but no training image has an expert box: fitting without boxes")
     fit = fit_linear_head(model, train_features, data.split_labels("train"), l2=config.head_l2, steps=config.head_steps,
-                          box_loss_weight=config.box_loss_weight, seed=config.seed, **box_args)
+                          box_loss_weight=config.box_loss_weight, label_smoothing=config.label_smoothing,
+                          mixup_alpha=config.mixup_alpha, seed=config.seed, **box_args)
     # Score exactly as full training does: logits of the model's own head on validation.
     kernel, bias = model.get_layer("logits").get_weights()
     val_scores = val_features @ kernel + bias

@@ -51,6 +51,8 @@ class HeadFit:
         train_loss: final mean binary cross-entropy on the training features.
         box_loss: final box loss (NaN without boxes).
         seconds: wall time of the fit (feature extraction excluded).
+        label_smoothing: target smoothing used.
+        mixup_alpha: feature-mixup Beta parameter used (0: none).
     """
 
     steps: int
@@ -60,6 +62,8 @@ class HeadFit:
     train_loss: float
     box_loss: float
     seconds: float
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0
 
 
 def feature_maps(model: keras.Model, batches, *, pooled_only: bool = True):
@@ -130,6 +134,8 @@ def fit_linear_head(
     box_masks_: np.ndarray | None = None,
     has_box: np.ndarray | None = None,
     box_loss_weight: float = 0.0,
+    label_smoothing: float = 0.0,
+    mixup_alpha: float = 0.0,
     seed: int = 0,
 ) -> HeadFit:
     """Fit the model's ``"logits"`` layer on pooled features; write it into the model.
@@ -150,7 +156,14 @@ def fit_linear_head(
         box_masks_: float32 (m, h, w, 14) from :func:`box_masks`.
         has_box: float32 (m, 14) from :func:`box_masks`.
         box_loss_weight: weight of the box loss; 0 ignores the boxes.
-        seed: initialisation seed (the problem is convex without boxes).
+        label_smoothing: targets become ``y * (1 - s) + s / 2`` (NIH's
+            text-mined labels are noisy; this caps the confidence they buy).
+        mixup_alpha: > 0 mixes each step's standardised features and targets
+            with a shuffled copy, weight ~ Beta(alpha, alpha) per row. With a
+            frozen trunk this is mixup on the pooled features (manifold
+            mixup), not on the images, whose features would need a new trunk
+            pass per pair.
+        seed: initialisation and mixup seed (the problem is convex without boxes or mixup).
 
     Returns:
         a :class:`HeadFit` summary.
@@ -164,6 +177,9 @@ def fit_linear_head(
     y = np.asarray(train_labels, np.float32)
     if x.ndim != 2 or len(x) == 0 or y.shape != (len(x), len(FINDINGS)):
         raise ValueError(f"expected features (n, c) and labels (n, 14), got {x.shape} and {y.shape}")
+    if not 0.0 <= label_smoothing < 1.0 or mixup_alpha < 0:
+        raise ValueError(f"label_smoothing must lie in [0, 1) and mixup_alpha be >= 0, got {label_smoothing}, {mixup_alpha}")
+    y = y * (1.0 - label_smoothing) + 0.5 * label_smoothing
     dense = model.get_layer(LOGITS_LAYER)
     kernel_shape = tuple(dense.kernel.shape)
     if kernel_shape != (x.shape[1], len(FINDINGS)):
@@ -186,11 +202,22 @@ def fit_linear_head(
         present = tf.constant(np.asarray(has_box, np.float32))
     optimizer = keras.optimizers.Adam(learning_rate)
 
+    mixing = tf.random.Generator.from_seed(seed)
+
+    def mixed(inputs, targets):
+        # One weight per row, lam ~ Beta(a, a), drawn as G1 / (G1 + G2) from two Gamma(a) draws.
+        gammas = tf.random.stateless_gamma((2, len(x), 1), seed=mixing.make_seeds(1)[:, 0], alpha=mixup_alpha)
+        lam = gammas[0] / (gammas[0] + gammas[1])
+        order = tf.argsort(mixing.uniform((len(x),)))
+        return (lam * inputs + (1 - lam) * tf.gather(inputs, order),
+                lam * targets + (1 - lam) * tf.gather(targets, order))
+
     @tf.function
     def step():
         with tf.GradientTape() as tape:
-            logits = tf.matmul(z, weights) + bias
-            bce = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels, logits))
+            inputs, targets = mixed(z, labels) if mixup_alpha > 0 else (z, labels)
+            logits = tf.matmul(inputs, weights) + bias
+            bce = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(targets, logits))
             # mean over findings of 0.5 * l2 * |w_k|^2: scikit-learn's C is 1 / (l2 * n).
             penalty = 0.5 * l2 * tf.reduce_sum(weights * weights) / len(FINDINGS)
             loss = bce + penalty
@@ -217,6 +244,7 @@ def fit_linear_head(
         steps=int(steps), l2=float(l2), box_loss_weight=float(box_loss_weight if use_boxes else 0.0),
         boxed_images=int(box_maps.shape[0]) if use_boxes else 0, train_loss=float(bce),
         box_loss=float(box) if use_boxes else float("nan"), seconds=round(time.perf_counter() - started, 2),
+        label_smoothing=float(label_smoothing), mixup_alpha=float(mixup_alpha),
     )
     log.info("linear head fitted: %s", fit)
     return fit

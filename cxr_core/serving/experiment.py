@@ -236,9 +236,13 @@ def run_grid(
                "config": recipe.path.as_posix(), "measured_s": round(time.perf_counter() - started, 1)}
         for key in ("val_t_iobb_per_finding", "val_auroc_per_finding"):
             row[key] = json.dumps(row[key])
+        # Re-read before writing: another harness process may have added rows
+        # since this one started (recipes are measured for an hour or more).
+        if results.is_file():
+            done = pd.read_csv(results)
         done = pd.concat([done[done["recipe"] != recipe.name], pd.DataFrame([row])], ignore_index=True)
         results.parent.mkdir(parents=True, exist_ok=True)
-        partial = results.with_name(results.name + ".partial")
+        partial = results.with_name(f"{results.name}.{os.getpid()}.partial")
         done.to_csv(partial, index=False)
         os.replace(partial, results)
         log.info("recipe %s: val mean AUROC %.4f, T(IoBB=0.1) %.3f", recipe.name, row["val_mean_auroc"], row["val_t_iobb_0.1"])
