@@ -14,10 +14,11 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "losses": ("make_loss", "positive_weights", "WeightedBinaryCrossentropy", "BinaryFocalLoss", "LOSS_NAMES"),
     "config": ("TrainConfig", "parse_override"),
     "engine": ("train", "TrainingData", "load_training_data", "make_datasets", "compile_model", "choose_strategy",
-               "use_mixed_precision", "WarmupCosine", "ValidationAUROC", "EpochStats", "ResumableCheckpoint",
-               "MONITOR"),
+               "use_mixed_precision"),
+    "callbacks": ("WarmupCosine", "ValidationAUROC", "EpochStats", "ResumableCheckpoint", "MONITOR"),
     "selection": ("mean_auroc",),
     "top_finetune": ("split_model", "finetune_top"),
+    "pretrained_modes": ("train_linear_head", "train_top_finetune"),
     "bundle": ("Bundle", "BundleError", "load_weights_into", "code_version", "EnsembleBundle", "EnsembleMember",
                "load_bundle", "assemble_ensemble", "describe_model", "input_sizes", "portable_path", "read_metadata"),
 })

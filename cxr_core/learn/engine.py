@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,166 +32,21 @@ import numpy as np
 import pandas as pd
 
 from cxr_core.findings import FINDINGS
+from cxr_core.learn.callbacks import (  # noqa: F401  (WarmupCosine: used by compile_model, re-exported)
+    MONITOR,
+    ChiefBackupAndRestore,
+    EpochStats,
+    ResumableCheckpoint,
+    ValidationAUROC,
+    WarmupCosine,
+)
 from cxr_core.learn.config import TrainConfig
-from cxr_core.learn.selection import mean_auroc
+from cxr_core.learn.selection import mean_auroc  # noqa: F401  (re-exported: cxr_core.learn.engine.mean_auroc)
 
 log = logging.getLogger(__name__)
 
-MONITOR = "val_mean_auroc"
 #: A folder where each worker writes its data part, first batch and final weights (tests).
 DEBUG_DIR_ENV = "CXR_WORKER_DEBUG_DIR"
-
-
-
-# --------------------------------------------------------------------------
-# Schedules, metrics, callbacks
-# --------------------------------------------------------------------------
-
-@keras.saving.register_keras_serializable(package="cxr_core")
-class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up to ``peak``, then cosine decay to ``peak * floor`` at ``total_steps``.
-
-    Args:
-        peak: learning rate after warm-up.
-        total_steps: steps of the whole run.
-        warmup_steps: steps of the linear ramp from ``peak / warmup_steps``.
-        floor: final learning rate as a fraction of ``peak``.
-    """
-
-    def __init__(self, peak: float, total_steps: int, warmup_steps: int = 0, floor: float = 0.01) -> None:
-        self.peak = float(peak)
-        self.total_steps = max(int(total_steps), 1)
-        self.warmup_steps = max(int(warmup_steps), 0)
-        self.floor = float(floor)
-
-    def __call__(self, step):
-        from keras import ops
-
-        step = ops.cast(step, "float32")
-        warm = float(max(self.warmup_steps, 1))
-        warmup = self.peak * ops.minimum(step + 1.0, warm) / warm
-        decay_steps = float(max(self.total_steps - self.warmup_steps, 1))
-        progress = ops.clip((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
-        cosine = self.peak * (self.floor + (1.0 - self.floor) * 0.5 * (1.0 + ops.cos(math.pi * progress)))
-        return ops.where(step < self.warmup_steps, warmup, cosine)
-
-    def get_config(self) -> dict:
-        return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps, "floor": self.floor}
-
-
-class ValidationAUROC(keras.callbacks.Callback):
-    """At each epoch end, predict the validation set and log its mean AUROC.
-
-    Adds to the epoch logs (seen by later callbacks: checkpoint, early
-    stopping, CSV, TensorBoard, keras-tuner): ``val_mean_auroc``,
-    ``val_loss`` (when a loss is given) and ``val_pred_std`` (spread of the
-    predictions across images; near 0 means the model outputs a constant,
-    the symptom of BatchNormalization statistics that never settled).
-    Must come first in the callback list.
-
-    Args:
-        dataset: the validation dataset, in the order of ``labels``.
-        labels: multi-hot validation labels (n, 14).
-        loss: a Keras loss to report ``val_loss`` with.
-    """
-
-    def __init__(self, dataset, labels, *, loss=None, local: bool = False) -> None:
-        super().__init__()
-        self.dataset = dataset
-        self.labels = np.asarray(labels, dtype=np.float32)
-        self.loss = loss
-        self.local = local
-        self._forward = None
-        self.per_finding: dict[str, float] = {}
-
-    def _scores(self) -> np.ndarray:
-        if not self.local:
-            return np.asarray(self.model.predict(self.dataset, verbose=0))
-        # Multi-worker runs: every worker scores the whole validation set with its
-        # own (identical) weights, outside the strategy, so all of them take the
-        # same checkpoint and early-stopping decisions without exchanging scores.
-        import tensorflow as tf
-
-        if self._forward is None:
-            self._forward = tf.function(lambda x: self.model(x, training=False))
-        return np.concatenate([np.asarray(self._forward(x), dtype=np.float32) for x, _ in self.dataset])
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs if logs is not None else {}
-        scores = self._scores()
-        if scores.shape != self.labels.shape:
-            raise RuntimeError(f"validation predictions {scores.shape} do not line up with labels {self.labels.shape}")
-        mean, per = mean_auroc(self.labels, scores)
-        logs[MONITOR] = mean
-        logs["val_pred_std"] = float(scores.std(axis=0).mean())
-        if self.loss is not None:
-            logs["val_loss"] = float(self.loss(self.labels, scores))
-        self.per_finding = {f: float(v) for f, v in zip(FINDINGS, per)}
-        if logs["val_pred_std"] < 1e-4:
-            log.warning("validation predictions are (nearly) constant across images: check BatchNormalization momentum")
-
-
-class EpochStats(keras.callbacks.Callback):
-    """Log the learning rate and the wall time of each epoch."""
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is None:
-            return
-        logs["seconds"] = round(time.perf_counter() - self._start, 2)
-        lr = self.model.optimizer.learning_rate
-        logs["lr"] = float(np.asarray(lr.numpy() if hasattr(lr, "numpy") else lr))
-
-
-class ResumableCheckpoint(keras.callbacks.Callback):
-    """Best-weights checkpoint, early stopping, and a resumable last checkpoint, in one state.
-
-    Keras' ModelCheckpoint and EarlyStopping forget their best score and
-    patience counter when training restarts; this callback writes them to
-    ``state.json`` beside ``last.keras`` (model + optimizer), so a resumed run
-    continues exactly where it stopped.
-
-    Args:
-        directory: checkpoint folder.
-        patience: epochs without improvement before stopping; 0 never stops.
-        state: the saved state to continue from (resume), or None.
-        write: False on non-chief workers of a multi-worker run.
-    """
-
-    def __init__(self, directory: Path, *, patience: int, state: dict | None = None, write: bool = True) -> None:
-        super().__init__()
-        self.directory = Path(directory)
-        self.patience = int(patience)
-        state = state or {}
-        self.best = float(state.get("best", -math.inf) if state.get("best") is not None else -math.inf)
-        self.best_epoch = int(state.get("best_epoch", 0))
-        self.wait = int(state.get("wait", 0))
-        self.stopped = bool(state.get("stopped", False))
-        self.write = write
-
-    def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(MONITOR, float("nan"))
-        improved = value is not None and np.isfinite(value) and value > self.best
-        if improved:
-            self.best, self.best_epoch, self.wait = float(value), epoch + 1, 0
-            if self.write:
-                self.model.save_weights(self.directory / "best.weights.h5")
-        else:
-            self.wait += 1
-        if self.patience and self.wait >= self.patience:
-            self.model.stop_training = True
-            self.stopped = True
-        if self.write:
-            # Save under a temporary name and rename: an interrupted save never
-            # leaves a last.keras newer or older than state.json says.
-            temporary = self.directory / "last.tmp.keras"
-            self.model.save(temporary)
-            os.replace(temporary, self.directory / "last.keras")
-            state = {"epoch": epoch + 1, "best": self.best if np.isfinite(self.best) else None,
-                     "best_epoch": self.best_epoch, "wait": self.wait, "stopped": self.stopped, "monitor": MONITOR}
-            (self.directory / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
 
 
 # --------------------------------------------------------------------------
@@ -425,31 +279,6 @@ def make_distributed_train_dataset(data: TrainingData, config: TrainConfig, stra
     return strategy.distribute_datasets_from_function(builder), steps, builder
 
 
-class ChiefBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """Keras' BackupAndRestore where only the chief writes the backup; every worker restores from it.
-
-    The backup (weights, optimizer state, epoch) is written at each epoch end
-    to ``<out>/backup`` by the chief; a restarted cluster, every worker reading
-    that folder (it must be on storage all workers see, like the run folder),
-    starts again from the last finished epoch with the same weights
-    everywhere. The chief deletes it when training ends.
-    """
-
-    def __init__(self, backup_dir, *, write: bool) -> None:
-        super().__init__(str(backup_dir), delete_checkpoint=write)
-        self.write = write
-
-    def on_train_begin(self, logs=None):
-        restored = Path(self._training_metadata_path).is_file()
-        super().on_train_begin(logs)
-        if restored:
-            log.info("restored from the backup in %s: continuing at epoch %d", self.backup_dir, self.model._initial_epoch + 1)
-
-    def _save_model(self):
-        if self.write:
-            super()._save_model()
-
-
 def _synchronize_batch_norm(model: keras.Model) -> None:
     """BatchNormalization over the global batch: statistics all-reduced across replicas at each step.
 
@@ -580,191 +409,6 @@ def _history_summary(log_file: Path, checkpoint: ResumableCheckpoint) -> dict:
     }
 
 
-def _boxes_of(data: TrainingData, images: list[str]) -> list[list[tuple]]:
-    """Expert boxes of ``images`` as (finding, x, y, w, h) fractions of the image side."""
-    dataset = data.dataset  # the files source's dataset, read once by load_training_data
-    boxed = set(dataset.boxes["image"])
-    # Boxes are given in the 1,024 px release space; width = height = 1 gives fractions.
-    return [
-        [(r.finding, r.x, r.y, r.w, r.h) for r in dataset.boxes_for(image, width=1.0, height=1.0).itertuples(index=False)]
-        if image in boxed else []
-        for image in images
-    ]
-
-
-def _feature_cache_file(config: TrainConfig, data: TrainingData) -> Path | None:
-    """Where the frozen trunk's features of this run live, or None without a cache folder."""
-    if not config.feature_cache_dir:
-        return None
-    import hashlib
-
-    key = {
-        "model": {**config.model_args(), "dropout": None}, "weights": config.weights,
-        "preprocess": config.preprocess().to_dict(),
-        "train": data.table["image"].to_numpy()[data.rows("train")].tolist(),
-        "val": data.table["image"].to_numpy()[data.rows("val")].tolist(),
-    }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=list).encode()).hexdigest()[:16]
-    return Path(config.feature_cache_dir) / f"{config.backbone}-{config.input_size}-{digest}.npz"
-
-
-def _unaugmented_datasets(config: TrainConfig, data: TrainingData):
-    """Train and val images through the validation pipeline (no augmentation, the app's tensors), in split order."""
-    from cxr_core.learn.pipeline import dataset_from_cache, dataset_from_files
-
-    common = {"preprocess": config.preprocess(), "batch_size": config.batch_size, "training": False}
-    if data.cache is not None:
-        return tuple(dataset_from_cache(data.cache, split, limit=config.limit_per_split, **common) for split in ("train", "val"))
-    paths = data.table["path"].to_numpy()
-    return tuple(dataset_from_files(paths[data.rows(split)], data.split_labels(split), **common) for split in ("train", "val"))
-
-
-def _trunk_features(model: keras.Model, config: TrainConfig, data: TrainingData) -> dict:
-    """Pooled features of train and val."""
-    from cxr_core.learn.linear_head import feature_maps
-
-    train_ds, val_ds = _unaugmented_datasets(config, data)
-    return {"train": feature_maps(model, train_ds), "val": feature_maps(model, val_ds)}
-
-
-def _box_features(model: keras.Model, config: TrainConfig, data: TrainingData) -> dict:
-    """Feature maps and box masks of the TRAINING images that have expert boxes."""
-    from cxr_core.learn.linear_head import box_masks, feature_maps
-    from cxr_core.learn.pipeline import dataset_from_files
-
-    common = {"preprocess": config.preprocess(), "batch_size": config.batch_size, "training": False}
-    arrays: dict = {"box_maps": np.zeros((0,), np.float16)}
-    images = data.table["image"].to_numpy()[data.rows("train")]
-    boxes = _boxes_of(data, list(images))
-    boxed = [i for i, b in enumerate(boxes) if b]
-    if boxed:
-        paths = data.table["path"].to_numpy()[data.rows("train")][boxed]
-        boxed_ds = dataset_from_files(paths, data.split_labels("train")[boxed], **common)
-        _, maps = feature_maps(model, boxed_ds, pooled_only=False)
-        masks, has_box = box_masks([boxes[i] for i in boxed], maps.shape[1:3])
-        arrays.update(box_maps=maps, box_masks=masks, has_box=has_box)
-    return arrays
-
-
-def _train_linear_head(config: TrainConfig, data: TrainingData, out: Path, *, write: bool) -> tuple[keras.Model, dict]:
-    """``train_mode = "linear_head"``: frozen trunk, features once, logits layer fitted.
-
-    Train and validation images go through the validation pipeline (no
-    augmentation: the same tensors the app makes); the fitted model is scored
-    on validation with the same macro mean AUROC as full training, and one
-    row is written to ``log.csv`` so runs of both modes read alike.
-    """
-    from cxr_core.learn.linear_head import fit_linear_head
-    from cxr_core.learn.models import build_model
-
-    started = time.perf_counter()
-    model = build_model(**config.model_args(), weights=config.weights, preprocess=config.preprocess())
-    cached = _feature_cache_file(config, data)
-    arrays: dict = {}
-    if cached is not None and cached.is_file():
-        with np.load(cached) as stored:
-            arrays = {k: stored[k] for k in stored.files}
-        log.info("frozen-trunk features read from %s", cached)
-    reused = bool(arrays)
-    missing = {} if arrays else _trunk_features(model, config, data)
-    if config.box_loss_weight > 0 and "box_maps" not in arrays:
-        missing.update(_box_features(model, config, data))
-    if missing:
-        # What running the trunk cost, kept with the features so that a run
-        # reusing them still reports the wall time of a run from scratch.
-        missing["trunk_seconds"] = np.asarray(float(arrays.get("trunk_seconds", 0.0)) + time.perf_counter() - started)
-        arrays.update(missing)
-        if cached is not None:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            partial = cached.with_name(cached.stem + ".partial.npz")
-            np.savez(partial, **arrays)
-            os.replace(partial, cached)  # never a half-written cache under the real name
-    extracted = time.perf_counter() - started
-    train_features, val_features = arrays["train"], arrays["val"]
-    box_args: dict = {}
-    if config.box_loss_weight > 0:
-        if len(arrays.get("box_maps", ())):
-            box_args = {"box_maps": arrays["box_maps"], "box_masks_": arrays["box_masks"], "has_box": arrays["has_box"]}
-        else:
-            log.warning("box_loss_weight is set but no training image has an expert box: fitting without boxes")
-    fit = fit_linear_head(model, train_features, data.split_labels("train"), l2=config.head_l2, steps=config.head_steps,
-                          box_loss_weight=config.box_loss_weight, label_smoothing=config.label_smoothing,
-                          mixup_alpha=config.mixup_alpha, seed=config.seed, **box_args)
-    # Score exactly as full training does: logits of the model's own head on validation.
-    kernel, bias = model.get_layer("logits").get_weights()
-    val_scores = val_features @ kernel + bias
-    score, _ = mean_auroc(data.split_labels("val"), val_scores)
-    trunk_seconds = float(arrays.get("trunk_seconds", extracted))
-    # Wall time of this recipe from scratch: the trunk pass (measured when the
-    # features were made, even if this run reused them) plus the head fit.
-    seconds = round(trunk_seconds + (time.perf_counter() - started - extracted), 1)
-    row = {"epoch": 0, "loss": fit.train_loss, "box_loss": fit.box_loss, "val_mean_auroc": score,
-           "feature_seconds": round(trunk_seconds, 1), "features_reused": reused, "head_seconds": fit.seconds,
-           "seconds": seconds}
-    if write:
-        pd.DataFrame([row]).to_csv(out / "log.csv", index=False)
-    log.info("linear head: validation mean AUROC %.4f (%.0f s features, %.1f s head)", score, extracted, fit.seconds)
-    history = {"epochs_run": 1, "best_epoch": 1, "best_val_mean_auroc": score if np.isfinite(score) else None,
-               "stopped_early": False, "seconds": seconds, "epochs": [row],
-               "linear_head": dataclasses.asdict(fit)}
-    return model, history
-
-
-def _train_top_finetune(config: TrainConfig, data: TrainingData, out: Path, *, write: bool) -> tuple[keras.Model, dict]:
-    """``train_mode = "top_finetune"``: the linear head, then the layers above ``finetune_from`` with it.
-
-    The activations of ``finetune_from`` for train and val are computed once
-    (and kept in ``feature_cache_dir`` beside the pooled features); one row
-    per epoch goes to ``log.csv``, epoch 0 being the linear head alone.
-    """
-    from cxr_core.learn.linear_head import box_masks
-    from cxr_core.learn.top_finetune import activations, finetune_top, split_model
-
-    started = time.perf_counter()
-    model, head = _train_linear_head(config, data, out, write=False)
-    lower, upper = split_model(model, config.finetune_from)
-    pooled_cache = _feature_cache_file(config, data)
-    cached = pooled_cache.with_name(f"{pooled_cache.stem}-{config.finetune_from}.npz") if pooled_cache else None
-    if cached is not None and cached.is_file():
-        with np.load(cached) as stored:
-            arrays = {k: stored[k] for k in stored.files}
-        log.info("%s activations read from %s", config.finetune_from, cached)
-    else:
-        lower_started = time.perf_counter()
-        train_ds, val_ds = _unaugmented_datasets(config, data)
-        arrays = {"train": activations(lower, train_ds), "val": activations(lower, val_ds)}
-        arrays["lower_seconds"] = np.asarray(time.perf_counter() - lower_started)
-        if cached is not None:
-            partial = cached.with_name(cached.stem + ".partial.npz")
-            np.savez(partial, **arrays)
-            os.replace(partial, cached)  # never a half-written cache under the real name
-    boxes = _boxes_of(data, list(data.table["image"].to_numpy()[data.rows("train")])) if config.box_loss_weight > 0 else None
-    masks, has_box = box_masks(boxes, tuple(upper.outputs[0].shape[1:3])) if boxes else (None, None)
-    csv_rows: list[dict] = []
-
-    def record(row: dict) -> None:
-        csv_rows.append(row)
-        if write:
-            pd.DataFrame(csv_rows).to_csv(out / "log.csv", index=False)  # rewritten each epoch: a cut-off run keeps its rows
-
-    rows = finetune_top(upper, arrays["train"], data.split_labels("train").astype(np.float32), arrays["val"],
-                        data.split_labels("val"), epochs=config.epochs, batch_size=config.batch_size,
-                        learning_rate=config.learning_rate, weight_decay=config.weight_decay, box_masks=masks,
-                        has_box=has_box, box_loss_weight=config.box_loss_weight, seed=config.seed, on_epoch=record)
-    best = max(rows, key=lambda r: r["val_mean_auroc"] if np.isfinite(r["val_mean_auroc"]) else -1.0)
-    # From scratch: the trunk pass of the pooled features, the head fit, the
-    # pass to finetune_from (measured when its activations were made) and the epochs.
-    seconds = round(float(head["seconds"]) + float(arrays["lower_seconds"]) + sum(r["seconds"] for r in rows), 1)
-    log.info("top fine-tuning above %s: best validation mean AUROC %.4f at epoch %d (linear head alone %.4f); %.0f s "
-             "in this run", config.finetune_from, best["val_mean_auroc"], best["epoch"], rows[0]["val_mean_auroc"],
-             time.perf_counter() - started)
-    history = {"epochs_run": len(rows) - 1, "best_epoch": best["epoch"],
-               "best_val_mean_auroc": best["val_mean_auroc"] if np.isfinite(best["val_mean_auroc"]) else None,
-               "stopped_early": False, "seconds": seconds, "epochs": rows,
-               "linear_head": head["linear_head"], "finetune_from": config.finetune_from}
-    return model, history
-
-
 def _bundle_of(config: TrainConfig, data: TrainingData, model: keras.Model, training: dict):
     """The bundle of a finished run (model, preprocessing, data summary, provenance, explanation method)."""
     from cxr_core.learn.bundle import Bundle, code_version
@@ -838,7 +482,9 @@ def train(config: TrainConfig) -> Path | None:
 
     data = load_training_data(config)
     if config.train_mode in ("linear_head", "top_finetune"):
-        mode = _train_linear_head if config.train_mode == "linear_head" else _train_top_finetune
+        from cxr_core.learn.pretrained_modes import train_linear_head, train_top_finetune
+
+        mode = train_linear_head if config.train_mode == "linear_head" else train_top_finetune
         model, history = mode(config, data, out, write=chief)
         bundle = _bundle_of(config, data, model, {"history": history, "mixed_precision": False,
                                                   "replicas": replicas, "positive_weights": None})
