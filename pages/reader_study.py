@@ -5,7 +5,7 @@ import time
 import streamlit as st
 
 from cxr_core.data import decode_image
-from cxr_core.findings import DISPLAY_NAMES, FINDINGS, to_multi_hot
+from cxr_core.findings import DISPLAY_NAMES, FINDINGS, from_multi_hot, to_multi_hot
 from cxr_core.reader_study import REFERENCE_NAMES, REFERENCES, MissingCasesError
 from cxr_core.serving import overlays, report
 from pages import common
@@ -85,9 +85,14 @@ if case.phase == "aided":
     for column, row in zip(st.columns(4), rows[:4]):
         column.image(report.heatmap_picture(analysis, row["finding"], max_side=384), caption=f"{row['name']} ({row['probability']:.2f})", width="stretch")
 
-with right, st.form(f"rs_{case.phase}", clear_on_submit=True):
-    unaided_key = f"rs_unaided_{study.id}_{reader.id}_{case.position}"  # the aided form starts from the unaided answers
-    ticked = st.multiselect("Findings you see (none = No Finding)", FINDINGS, default=st.session_state.get(unaided_key, []) if case.phase == "aided" else [],
+# Not clear_on_submit: the browser would clear the form at the first click of a double-click, and the second
+# click's submission (no findings ticked) would replace the first before it was saved. The form's widgets
+# start empty at the next case anyway: each phase's widgets leave the page (and their state) in between.
+with right, st.form(f"rs_{case.phase}"):
+    # The aided form starts from the unaided answers as stored, not as this session remembers them: a page run
+    # stopped right after the save (by a double-click's second submission) would not remember, nor would another browser.
+    unaided = store.get_read(study.id, reader.id, case.position, "unaided") if case.phase == "aided" else None
+    ticked = st.multiselect("Findings you see (none = No Finding)", FINDINGS, default=list(from_multi_hot(unaided.findings)) if unaided else [],
                             format_func=DISPLAY_NAMES.get, key=f"rs_{case.phase}_findings")
     confidence = st.slider("Confidence (1 = guessing, 5 = certain)", 1, 5, 3, key=f"rs_{case.phase}_confidence")
     if st.form_submit_button(f"Save {case.phase} read"):
@@ -98,5 +103,4 @@ with right, st.form(f"rs_{case.phase}", clear_on_submit=True):
             st.error(str(exc))
         else:
             st.session_state["rs_message"] = result.message
-            st.session_state[unaided_key] = list(ticked) if case.phase == "unaided" else []
             st.rerun()

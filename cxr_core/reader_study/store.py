@@ -61,6 +61,7 @@ from cxr_core.reader_study.records import (
     REFERENCES,
     MissingCasesError,
     NextCase,
+    Read,
     Reader,
     ReaderStudyError,
     ReadOrderError,
@@ -517,6 +518,30 @@ class ReaderStudyStore:
             return None
         return NextCase(position=int(row[0]), image=row[1], patient_id=row[2], phase="aided" if row[3] else "unaided")
 
+    def get_read(self, study_id: int, reader_id: int, position: int, phase: str) -> Read | None:
+        """The stored read of one case by one reader in one phase; None if not made yet.
+
+        The page starts the aided form from the stored unaided answers (not
+        from its own memory of them, which an interrupted page run can miss and
+        another browser never had).
+
+        Raises:
+            ValueError: bad phase.
+            UnknownStudyError, UnknownReaderError: no such study or reader.
+        """
+        if phase not in PHASES:
+            raise ValueError(f"phase must be 'unaided' or 'aided', got {phase!r}")
+        with self._read() as con:
+            return self._stored_read(con, self._study(con, study_id).id, int(position), self._reader(con, reader_id).id, phase)
+
+    @staticmethod
+    def _stored_read(con: sqlite3.Connection, study_id: int, position: int, reader_id: int, phase: str) -> Read | None:
+        row = con.execute(
+            f"SELECT {quoted(READ_COLUMNS)} FROM reads WHERE study_id = ? AND position = ? AND reader_id = ? AND phase = ?",
+            (study_id, position, reader_id, phase),
+        ).fetchone()
+        return None if row is None else row_to_read(row)
+
     def progress(self, study_id: int, reader_id: int) -> tuple[int, int]:
         """(cases with both reads done, cases in the study) for one reader."""
         with self._read() as con:
@@ -587,12 +612,8 @@ class ReaderStudyStore:
             if not 0 <= int(position) < study.n_cases:
                 raise UnknownStudyError(f"study {study.name!r} has no case at position {position} (0 to {study.n_cases - 1})")
             key = (study.id, int(position), reader.id)
-            existing = con.execute(
-                f"SELECT {quoted(READ_COLUMNS)} FROM reads WHERE study_id = ? AND position = ? AND reader_id = ? AND phase = ?",
-                (*key, phase),
-            ).fetchone()
-            if existing is not None:
-                read = row_to_read(existing)
+            read = self._stored_read(con, *key, phase)
+            if read is not None:
                 differs = read.findings != bits or read.confidence != confidence
                 message = f"The {phase} read of case {position + 1} was already saved"
                 message += "; it is final, so the answers saved first are kept." if differs else "; nothing new was written."
