@@ -25,31 +25,25 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, free_port, settle, wait_healthy
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_seconds(pids: set[int] | None = None, names: tuple[str, ...] = ()) -> float:
-    """User + system CPU seconds of the given processes and of every process whose name starts with one of ``names``."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        pid, rest = int(text.split(" ", 1)[0]), text.rsplit(")", 1)
-        name = text[text.index("(") + 1 : text.rindex(")")]
-        if (pids and pid in pids) or name.startswith(names):
-            fields = rest[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+from benchmarks.app_driver import (
+    ANALYSED,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    FINDINGS_SHOWN_JS,
+    REPO_ROOT,
+    SETTLE_PAUSE_S,
+    VIEWPORT,
+    cpu_seconds,
+    free_port,
+    settle,
+    start_streamlit,
+    stop_streamlit,
+    wait_healthy,
+)
 
 
 def run(bundle: Path, n_images: int, repeats: int) -> dict:
@@ -67,11 +61,7 @@ def run(bundle: Path, n_images: int, repeats: int) -> dict:
             env = {**os.environ, "CXR_ASSIST_BUNDLE": str(bundle), "TF_CPP_MIN_LOG_LEVEL": "2"}
             page = browser.new_page(viewport=VIEWPORT)
             started = time.perf_counter()
-            process = subprocess.Popen(
-                [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
-                 "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-                cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
+            process = start_streamlit(port, env)
             try:
                 url = f"http://127.0.0.1:{port}"
                 wait_healthy(url, process)
@@ -88,22 +78,17 @@ def run(bundle: Path, n_images: int, repeats: int) -> dict:
                     t0 = time.perf_counter()
                     server_cpu, browser_cpu = cpu_seconds({process.pid}), cpu_seconds(names=("chrom",))
                     file_input.set_input_files(str(demo / "images" / name))
-                    page.locator('[data-testid="stCaptionContainer"]', has_text=f"Analysed {name}").wait_for(timeout=120_000)
-                    page.wait_for_function(
-                        "() => document.querySelectorAll('[data-testid=\"stImage\"] img').length >= 6"
-                        " && [...document.querySelectorAll('[data-testid=\"stImage\"] img')].every(i => i.complete && i.naturalWidth > 0)",
-                        timeout=60_000,
-                    )
+                    page.locator(ANALYSED, has_text=f"Analysed {name}").wait_for(timeout=120_000)
+                    page.wait_for_function(FINDINGS_SHOWN_JS, timeout=60_000)
                     settle(page)
-                    elapsed = time.perf_counter() - t0 - 0.3  # settle() waits 300 ms before it looks
+                    elapsed = time.perf_counter() - t0 - SETTLE_PAUSE_S  # settle() pauses before it looks
                     results["first_upload_s" if i == 0 else "upload_s"].append(elapsed)
                     if i:
                         results["server_cpu_s"].append(cpu_seconds({process.pid}) - server_cpu)
                         results["browser_cpu_s"].append(cpu_seconds(names=("chrom",)) - browser_cpu)
             finally:
                 page.close()
-                process.terminate()
-                process.wait(timeout=30)
+                stop_streamlit(process)
         browser.close()
     return results
 
