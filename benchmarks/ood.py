@@ -21,8 +21,16 @@ The corpus (all made here, seeded):
 - ``text``: rendered text pages (PIL), dark on light and light on dark.
 
 Per category: images, warned by anything (the rules, the intensity check, the
-learned check), by the simple rules, by the learned check. Goals: >= 95% of the
-non-chest corpus warned, <= 2% of NIH test films.
+learned check), by the simple rules, by the learned check and by each of its
+four scores. Goals: >= 95% of the non-chest corpus warned, <= 2% of NIH test films.
+
+This script only reads the bundle's check: its thresholds were fitted on the
+validation split by ``python -m training.fit_ood`` beforehand. Run it once per
+fitted bundle and do not refit after looking at its test numbers (that would
+choose thresholds on the test split). For a new bundle::
+
+    python -m training.fit_ood --bundle models/default --data ../shared/nih
+    python -m benchmarks.ood --bundle models/default --data ../shared/nih --out benchmarks/OOD_RESULTS.md
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from cxr_core.serving.ood import SCORE_KEYS, SCORES
 
 GOAL_DETECTION, GOAL_FALSE_ALARM = 0.95, 0.02
 
@@ -178,11 +188,8 @@ def screen(predictor, images: list[tuple[str, np.ndarray]], batch_size: int = 16
         for (name, _, notes, rules), check in zip(loaded, checks or [None] * len(loaded)):
             learned = predictor.feature_warnings(check)
             rows.append({"name": name, "warned": bool(notes or learned), "rules": bool(rules), "learned": bool(learned),
-                         "feature_distance": check["feature_distance"] if check else None,
-                         "layout_margin": check["layout_margin"] if check else None,
-                         "feature": bool(check and check["feature_distance"] > check["feature_threshold"]),
-                         "layout": bool(check and check["layout_margin"] is not None
-                                        and check["layout_margin"] < check["layout_threshold"])})
+                         **{key: (check or {}).get(key) for key in SCORE_KEYS.values()},
+                         **{score: bool(check and score in check.get("beyond", ())) for score in SCORES}})
     return rows
 
 
@@ -198,7 +205,6 @@ def main() -> None:
     parser.add_argument("--noise", type=int, default=40)
     parser.add_argument("--photo-crops", type=int, default=12, help="random crops per sample photograph")
     parser.add_argument("--text", type=int, default=20)
-    parser.add_argument("--test-limit", type=int, help="at most this many NIH test films (default: all; for trial runs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write the Markdown results here (e.g. benchmarks/OOD_RESULTS.md)")
     parser.add_argument("--scores", help="write every image's row (category, scores, what warned it) to this CSV")
@@ -228,7 +234,7 @@ def main() -> None:
         results[category] = screen(predictor, images)
         print(f"{category}: {len(images)} images, {_rate(results[category], 'warned'):.1%} warned", flush=True)
     # The real films, read from their files as training.predict reads them.
-    nih = [(Path(p).name, decode_image(p).pixels) for p in test[: args.test_limit]]
+    nih = [(Path(p).name, decode_image(p).pixels) for p in test]
     results["nih_test"] = screen(predictor, nih)
     print(f"nih_test: {len(nih)} images, {_rate(results['nih_test'], 'warned'):.1%} warned", flush=True)
 
@@ -247,42 +253,69 @@ def main() -> None:
         print(f"written to {args.out}")
 
 
+def _fmt(value, pattern: str) -> str:
+    return "n/a" if value is None else pattern.format(value)
+
+
 def _markdown(args, predictor, results, detection, false_alarm, n_ood, seconds) -> str:
     from cxr_core.learn.bundle import describe_model
 
-    entry = (predictor.metadata.get("ood") or {})
-    layout = entry.get("layout") or {}
+    entry = predictor.metadata.get("ood") or {}
+    parts = {key: entry.get(key) or {} for key in ("grid", "layout", "scale")}
+    bounds = entry.get("bound_per_score") or {}
     lines = [
         "# Not-a-frontal-chest-X-ray warning: detection and false-alarm rates",
         "",
-        f"`python -m benchmarks.ood --bundle {args.bundle} --data {Path(args.data).as_posix()} --per-transform {args.per_transform}` "
-        f"({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, {seconds:.0f} s). Model: {describe_model(predictor.metadata)}.",
-        "",
-        f"Learned check: {entry.get('method', 'none fitted')} on the pooled features of member `{entry.get('member')}` "
-        f"({entry.get('components')} components of {entry.get('dimensions')}), fitted on {entry.get('train_images')} training "
-        f"images (of {entry.get('train_images_in_split')}); thresholds on {entry.get('val_images')} validation images: "
-        f"feature distance > {entry.get('threshold', float('nan')):.2f} ({entry.get('percentile')}th percentile) or layout "
-        f"margin < {layout.get('threshold', float('nan')):.3f}; {entry.get('val_warned', float('nan')):.1%} of "
-        "validation images warned by it. Simple rules: short side < 256 px, width/height outside 0.6-1.7, nearly uniform.",
+        f"`python -m benchmarks.ood --bundle {args.bundle} --data {Path(args.data).as_posix()} --per-transform {args.per_transform} "
+        f"--out benchmarks/OOD_RESULTS.md` ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, {seconds:.0f} s). "
+        f"Model: {describe_model(predictor.metadata)}.",
         "",
         f"**Detection: {detection:.1%} of {n_ood} non-chest-film images warned** (goal >= {GOAL_DETECTION:.0%}). "
         f"**False alarms: {false_alarm:.1%} of {len(results['nih_test'])} NIH test films warned** (goal <= {GOAL_FALSE_ALARM:.0%}).",
         "",
-        "| category | images | warned | by the simple rules | by the learned check | (feature distance) | (layout) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "## How the check was fitted (`python -m training.fit_ood`, before this run; no test image was used)",
+        "",
+        f"Learned check ({entry.get('method', 'none fitted')}, member `{entry.get('member')}`, fitted {entry.get('created')}): "
+        f"the reference is {entry.get('train_images')} training images (of {entry.get('train_images_in_split')}), the "
+        f"thresholds come from the {entry.get('val_images')} VALIDATION images of the bundle's split. Four scores, from the "
+        "prediction's own forward pass and the member's 8-bit input:",
+        "",
+        "| score | what | warned when | threshold |",
+        "|---|---|---|---:|",
+        f"| feature | Mahalanobis distance of the globally pooled features ({entry.get('components')} PPCA components of "
+        f"{entry.get('dimensions')}) | above | {_fmt(entry.get('threshold'), '{:.2f}')} |",
+        f"| grid | the same for the 2 x 2 pooled features ({parts['grid'].get('components')} of {parts['grid'].get('dimensions')}) "
+        f"| above | {_fmt(parts['grid'].get('threshold'), '{:.2f}')} |",
+        "| layout | thumbnail's correlation with the mean training film upright minus turned 90/180/270 degrees "
+        f"| below | {_fmt(parts['layout'].get('threshold'), '{:.3f}')} |",
+        f"| scale | Mahalanobis distance of the radial power spectrum profile ({parts['scale'].get('bands')} bands, "
+        f"{parts['scale'].get('components')} components) | above | {_fmt(parts['scale'].get('threshold'), '{:.2f}')} |",
+        "",
+        f"Threshold rule: false-alarm budget {_fmt(entry.get('false_alarm_budget'), '{:.1%}')} split evenly, "
+        f"alpha = {_fmt(entry.get('alpha_per_score'), '{:.2%}')} per score; {entry.get('threshold_rule', 'n/a')}. A film "
+        "exchangeable with the validation films is beyond a threshold with probability at most "
+        + (", ".join(f"{k} {v:.2%}" for k, v in bounds.items()) or "n/a")
+        + f" (<= {sum(bounds.values()):.2%} for the check by the union bound); "
+        f"{_fmt(entry.get('val_warned'), '{:.1%}')} of the validation images are warned. "
+        "Simple rules (cxr_core.data.input_checks): short side < 256 px, width/height outside 0.6-1.7, nearly uniform.",
+        "",
+        "## Per category",
+        "",
+        "| category | images | warned | by the simple rules | by the learned check | (feature) | (grid) | (layout) | (scale) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for category, rows in results.items():
         lines.append(f"| {category} | {len(rows)} | {_rate(rows, 'warned'):.1%} | {_rate(rows, 'rules'):.1%} | "
-                     f"{_rate(rows, 'learned'):.1%} | {_rate(rows, 'feature'):.1%} | {_rate(rows, 'layout'):.1%} |")
+                     f"{_rate(rows, 'learned'):.1%} | " + " | ".join(f"{_rate(rows, k):.1%}" for k in SCORES) + " |")
     missed = [f"{c}: {r['name']}" for c, rows in results.items() if c != "nih_test" for r in rows if not r["warned"]]
     alarms = [r["name"] for r in results["nih_test"] if r["warned"]]
     lines += [
         "",
         "\"warned\" is what the app, the reports and `training.predict`'s `warning` column show (any rule, the intensity "
-        "check, or the learned check); a row can be warned by several. The corpus is described in `benchmarks/ood.py`; "
-        "the transformed NIH films are test-split films of the bundle's split, the cropped ones scaled back to the "
-        "film's size (so the size rule cannot catch them); `ct_mr` are pydicom's CT/MR/NM test slices (few, and "
-        "small: the size rule catches them as stored; `ct_mr_512` shows the learned check on them alone).",
+        "check, or the learned check); a row can be warned by several scores. The corpus is described in "
+        "`benchmarks/ood.py`; the transformed NIH films are test-split films of the bundle's split, the cropped ones "
+        "scaled back to the film's size (so the size rule cannot catch them); `ct_mr` are pydicom's CT/MR/NM test "
+        "slices (few, and small: the size rule catches them as stored; `ct_mr_512` shows the learned check on them alone).",
         "",
         f"Missed ({len(missed)}): " + (", ".join(missed[:40]) + (" ..." if len(missed) > 40 else "") if missed else "none") + ".",
         "",

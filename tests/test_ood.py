@@ -1,10 +1,13 @@
 """The not-a-frontal-chest-X-ray warning: the simple rules, the learned check, its fit command, where it shows.
 
 Images named ``synthetic_*`` are made in the test (noise, blank, strips); the
-in-distribution images are the demo set's real NIH films. The learned check
-runs on a tiny untrained bundle (tests/app_bundle.py), so these tests check
-the plumbing and the direction of the scores, not the shipped model's rates
-(benchmarks/ood.py measures those).
+in-distribution images are the demo set's real NIH films, and the cropped
+ones are crops of them (a third of the side, enlarged back, as
+benchmarks/ood.py makes them). The learned check runs on a tiny untrained
+bundle (tests/app_bundle.py), so those tests check the plumbing and the
+direction of the scores; the scale score needs no model and is tested on the
+real films at the shipped model's 224 px; the shipped model's own check is
+tested last (skipped without it). benchmarks/ood.py measures the rates.
 """
 
 from __future__ import annotations
@@ -22,7 +25,18 @@ from cxr_core.data import NIHDataset, decode_image
 from cxr_core.data.input_checks import ASPECT_RANGE, MIN_SHORT_SIDE, rule_warnings
 from cxr_core.learn.bundle import Bundle, read_metadata
 from cxr_core.serving import Predictor, json_report, predict_to_csv
-from cxr_core.serving.ood import OOD_KEY, OOD_WARNING, fit_ood, fit_reference, load_reference
+from cxr_core.serving.ood import (
+    OOD_KEY,
+    OOD_WARNING,
+    PPCA,
+    conformal_threshold,
+    fit_ood,
+    fit_reference,
+    global_average,
+    load_reference,
+    pooled,
+    spectrum_profile,
+)
 from tests.app_bundle import build_tiny_bundle
 
 # -- the simple rules on synthetic images ----------------------------------------
@@ -75,14 +89,71 @@ def test_fit_reference_thresholds_on_validation_and_flags_far_points():
     basis = rng.normal(size=(6, 40))
     train = rng.normal(size=(500, 6)) @ basis + 0.1 * rng.normal(size=(500, 40))
     val = rng.normal(size=(400, 6)) @ basis + 0.1 * rng.normal(size=(400, 40))
-    reference, scores = fit_reference(train, val, components=6, percentile=99.0)
-    assert np.mean(scores["distance"] > reference.threshold) == pytest.approx(0.01, abs=0.005)
-    assert scores["layout"] is None and reference.template is None
+    reference, fit = fit_reference(train, val, components=6, false_alarm=0.01)
+    # (n, D) features and no images: the feature score alone, with the whole budget.
+    assert fit["alpha"] == 0.01 and set(fit["bounds"]) == {"feature"}
+    assert fit["scores"]["layout"] is None and fit["scores"]["grid"] is None and fit["scores"]["scale"] is None
+    assert reference.template is None and reference.grid is None and reference.scale is None
+    # ceil(401 * 0.99) = 397th of 400: 3 validation values above it.
+    assert np.sum(fit["scores"]["feature"] > reference.threshold) == 3
     # Off the training subspace (isotropic noise of the same size) and far along it are both flagged.
     off = rng.normal(size=(50, 40)) * np.linalg.norm(basis, axis=1).mean()
     along = rng.normal(size=(50, 6)) @ basis * 6
     assert reference.distance(off).min() > reference.threshold
     assert np.mean(reference.distance(along) > reference.threshold) > 0.9
+
+
+def test_conformal_threshold_is_the_order_statistic_with_its_bound():
+    values = np.random.default_rng(1).permutation(np.arange(1.0, 100.0))  # 1 .. 99
+    assert conformal_threshold(values, 0.05) == (95.0, 0.05)  # ceil(100 * 0.95) = 95th smallest
+    assert conformal_threshold(values, 0.05, below=True) == (5.0, 0.05)  # 95th largest
+    assert conformal_threshold(values, 0.001) == (99.0, 0.01)  # capped at the maximum: bound 1 / (n + 1)
+    assert conformal_threshold(values, 0.001, below=True) == (1.0, 0.01)
+    with pytest.raises(ValueError):
+        conformal_threshold([], 0.05)
+
+
+def test_pooled_grid_averages_quarters_and_keeps_the_global_average():
+    rng = np.random.default_rng(2)
+    even = rng.random((3, 14, 14, 5))
+    grid = pooled(even)
+    assert grid.shape == (3, 2, 2, 5)
+    assert np.allclose(grid[:, 0, 1], even[:, :7, 7:].mean(axis=(1, 2)))
+    assert np.allclose(grid[:, 1, 0], even[:, 7:, :7].mean(axis=(1, 2)))
+    for shape in ((5, 5), (7, 3), (1, 1)):  # sides not a multiple of 2: a pixel is split between cells
+        odd = rng.random((2, *shape, 4))
+        assert np.allclose(global_average(pooled(odd)), odd.mean(axis=(1, 2))), shape
+    flat = rng.random((4, 5))
+    assert pooled(flat) is not None and np.array_equal(global_average(pooled(flat)), flat)  # (n, D) passes through
+
+
+def _crop(film: np.ndarray, side: float, rng) -> np.ndarray:
+    """A ``side`` fraction of the film's side at a random place, enlarged back to the film's size (as benchmarks/ood.py)."""
+    import cv2
+
+    h, w = film.shape
+    ch, cw = int(h * side), int(w * side)
+    y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    return np.clip(cv2.resize(np.ascontiguousarray(film[y : y + ch, x : x + cw]), (w, h), interpolation=cv2.INTER_CUBIC), 0, 1)
+
+
+def test_scale_score_flags_cropped_real_films_and_passes_the_whole_ones(demo_root):
+    """The scale score on the demo set's real NIH films at 224 px: fitted on 3 in 5 of them, thresholded on 1 in 5
+    (budget 1%: the validation maximum), tried on the other 1 in 5, whole and cropped to a third of their side."""
+    from cxr_core.data.preprocessing import resize_to_model
+
+    films = [decode_image(p).pixels for p in sorted((demo_root / "images").glob("*.png"))]
+    inputs = np.stack([resize_to_model(x, 224) for x in films])
+    fold = np.arange(len(films)) % 5
+    model = PPCA.fit(spectrum_profile(inputs[fold < 3]), 4)
+    threshold, _ = conformal_threshold(model.distance(spectrum_profile(inputs[fold == 3])), 0.01)
+    held_out = np.flatnonzero(fold == 4)
+    whole = model.distance(spectrum_profile(inputs[held_out]))
+    rng = np.random.default_rng(3)
+    cropped = model.distance(spectrum_profile(np.stack([resize_to_model(_crop(films[i], 0.33, rng), 224) for i in held_out])))
+    assert np.mean(whole > threshold) <= 0.05, whole.round(2)
+    assert np.mean((cropped > threshold) & (whole <= threshold)) >= 0.6, cropped.round(2)  # cropped flagged, whole not
+    assert np.mean(cropped > whole) >= 0.9 and np.median(cropped) > 2 * np.median(whole)
 
 
 # -- the learned check on a tiny bundle ---------------------------------------------
@@ -145,6 +216,23 @@ def test_a_bundle_without_a_reference_skips_the_learned_check_but_keeps_the_rule
     assert load_reference(old, meta) is None and Predictor.from_bundle(old).ood is None
 
 
+def test_a_reference_fitted_before_the_grid_and_scale_scores_still_loads(fitted, tmp_path, demo_root):
+    """An "ood" entry without "grid" and "scale" (as fitted before they existed) loads with those two scores skipped."""
+    old = tmp_path / "old"
+    shutil.copytree(fitted, old)
+    meta = json.loads((old / "bundle.json").read_text())
+    for key in ("grid", "scale"):
+        del meta[OOD_KEY][key]
+    (old / "bundle.json").write_text(json.dumps(meta))
+    predictor = Predictor.from_bundle(old)
+    assert predictor.ood is not None and predictor.ood.grid is None and predictor.ood.scale is None
+    film = decode_image(_test_images(demo_root, predictor, 1)[0]).pixels
+    check = predictor.analyze(np.ascontiguousarray(film[::-1]), explain=[]).input_check
+    assert check["grid_distance"] is None and check["scale_distance"] is None and check["grid_threshold"] is None
+    assert check["layout_margin"] is not None and check["unlike_training"] and "layout" in check["beyond"]
+    assert set(check["beyond"]) <= {"feature", "layout"}
+
+
 def test_fit_command_updates_bundle_json_in_place_keeping_other_keys(fitted, tmp_path, demo_root, monkeypatch):
     from training import fit_ood as command
 
@@ -205,8 +293,40 @@ def test_json_report_carries_the_check(predictor):
     check = doc["input_check"]
     assert check["warned"] and check["learned"]["unlike_training"]
     assert check["learned"]["feature_threshold"] == pytest.approx(predictor.ood.threshold, abs=1e-3)
-    assert set(check["learned"]) == {"feature_distance", "feature_threshold", "layout_margin", "layout_threshold",
-                                     "unlike_training"}
+    assert set(check["learned"]) == {"feature_distance", "feature_threshold", "grid_distance", "grid_threshold",
+                                     "layout_margin", "layout_threshold", "scale_distance", "scale_threshold",
+                                     "beyond", "unlike_training"}
+    assert check["learned"]["beyond"] and set(check["learned"]["beyond"]) <= {"feature", "grid", "layout", "scale"}
+
+
+def test_pdf_report_shows_the_learned_warning(predictor):
+    from cxr_core.serving import pdf_report
+    from tests.test_report import _pdf_text
+
+    noise = np.random.default_rng(4).random((320, 320)).astype(np.float32)
+    analysis = predictor.analyze(noise, explain=[])
+    assert OOD_WARNING in analysis.warnings
+    text = " ".join(_pdf_text(pdf_report(analysis, predictor.metadata, source_name="synthetic_noise.png")).split())
+    assert "Warning" in text and "does not look like the chest X-rays" in text
+
+
+def test_analyze_page_shows_the_learned_warning_and_the_findings(monkeypatch, tmp_path_factory, demo_root):
+    from tests.app_bundle import tiny_app_bundle
+    from tests.test_app_pages import app, assert_findings_shown, png_bytes
+
+    bundle = tmp_path_factory.mktemp("ood_app") / "tiny"
+    shutil.copytree(tiny_app_bundle(tmp_path_factory, demo_root), bundle)
+    fit_ood(bundle, demo_root, components=8, max_train=None, log=lambda line: None)
+    monkeypatch.setenv("CXR_ASSIST_WARM", "0")  # as tests/test_app_pages.py runs the app
+    monkeypatch.delenv("CXR_ASSIST_DATA_ROOTS", raising=False)
+    monkeypatch.delenv("CXR_ASSIST_DEMO", raising=False)
+    monkeypatch.setenv("CXR_READER_STUDY_DB", str(tmp_path_factory.mktemp("ood_app_env") / "reader_study.sqlite3"))
+    at = app(monkeypatch, bundle, "analyze")
+    noise = (np.random.default_rng(5).random((320, 320)) * 255).astype(np.uint8)
+    at.file_uploader(key="analyze_upload").upload("synthetic_noise.png", png_bytes(noise), "image/png").run()
+    assert not at.exception, at.exception
+    assert any("does not look like the chest X-rays" in w.value for w in at.warning)
+    assert_findings_shown(at, "synthetic_noise.png")  # warned, never blocked
 
 
 def test_evaluate_fits_the_check_only_when_asked(tmp_path, demo_root):
@@ -232,3 +352,9 @@ def test_the_shipped_model_passes_demo_films_and_warns_turned_ones(demo_root):
     assert sum(warned) <= 2, [p.name for p, w in zip(paths, warned) if w]
     for turned in (np.rot90(films[0]), films[1][::-1], 1.0 - films[2]):
         assert OOD_WARNING in predictor.analyze(np.ascontiguousarray(turned), explain=[]).warnings
+    # Cropped to a third of the side and enlarged back: a real film whose whole passes is warned once cropped.
+    rng = np.random.default_rng(0)
+    cropped = [predictor.analyze(_crop(x, 0.33, rng), explain=[]) for x in films[:10]]
+    warned_cropped = [OOD_WARNING in a.warnings for a in cropped]
+    assert sum(warned_cropped) >= 8, [(p.name, a.input_check) for p, a in zip(paths, cropped)]
+    assert paths[0].name == "00000007_000.png" and not warned[0] and warned_cropped[0]

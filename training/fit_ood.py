@@ -2,14 +2,22 @@
 
     python -m training.fit_ood --bundle models/default --data ../shared/nih
 
-The global-average-pooled backbone features of the bundle's TRAINING images
-(of its first member, for an ensemble) give the reference distribution (a
-probabilistic PCA: mean, top components, residual variance) and their
-thumbnails the mean layout of a chest film; the thresholds are percentiles of
-the VALIDATION images' distances and layout margins. Both go into the bundle:
-an .npz file named by its content and the "ood" key of bundle.json, updated
-atomically, every other key kept. The app, the reports and training.predict
-then warn about images whose features are beyond the threshold; a bundle
+Run it again whenever models/default is replaced (then python -m benchmarks.ood
+to measure it). It reads the bundle's TRAINING images (of its recorded split;
+a random 1,000 by default) for the reference and its VALIDATION images for
+the thresholds, never its test images. From the first member's forward pass
+(for an ensemble) and its 8-bit input, four scores: the distance of the
+globally pooled features and of the 2 x 2 pooled features to the training
+images' (a probabilistic PCA of each), the layout margin (the thumbnail
+matches the mean training film upright better than turned) and the scale
+distance (the radial power spectrum's shape: a heavily cropped, enlarged film
+has its detail at lower frequencies). Each score's threshold: the false-alarm
+budget (--false-alarm, default 1.2%) is split evenly over the four, and the
+threshold is the ceil((n + 1)(1 - alpha))-th of the n validation values: a
+film like the validation films is beyond it with probability <= alpha. Both
+go into the bundle: an .npz file named by its content and the "ood" key of
+bundle.json, updated atomically, every other key kept. The app, the reports
+and training.predict then warn about images beyond any threshold; a bundle
 without the key gets the simple rules only. See cxr_core/serving/ood.py.
 """
 
@@ -23,10 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.fit_ood", description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", default="models/default", help="model bundle folder (default models/default)")
     parser.add_argument("--data", required=True, help="the dataset the bundle was trained on (NIH layout)")
-    parser.add_argument("--components", type=int, default=32, help="principal components kept (default 32)")
-    parser.add_argument("--percentile", type=float, default=99.75,
-                        help="percentile of the validation distances used as the threshold; the layout threshold is "
-                             "the (100 - P)-th of their layout margins (default 99.75)")
+    parser.add_argument("--components", type=int, default=32,
+                        help="principal components kept for the pooled and the 2 x 2 pooled features (default 32)")
+    parser.add_argument("--false-alarm", type=float, default=0.012,
+                        help="false-alarm budget on films like the validation films, split evenly over the four scores "
+                             "(default 0.012: with 342 validation films each threshold is the validation extreme)")
     parser.add_argument("--max-train", type=int, default=1000,
                         help="at most this many training images, a seeded random choice (default 1000; 0: all)")
     parser.add_argument("--seed", type=int, default=0)
@@ -42,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from cxr_core.serving.ood import fit_ood
 
     try:
-        fit_ood(args.bundle, args.data, components=args.components, percentile=args.percentile,
+        fit_ood(args.bundle, args.data, components=args.components, false_alarm=args.false_alarm,
                 max_train=args.max_train or None, seed=args.seed,
                 progress=lambda items: tqdm(items, unit="batch", leave=False))
     except (BundleError, DataFormatError, FileNotFoundError, ValueError) as exc:

@@ -1,50 +1,57 @@
-"""The learned not-a-chest-X-ray check: how far an image's backbone features are from the training images'.
+"""The learned not-a-chest-X-ray check: how far an image is from the training images, four ways.
 
     fit_ood("models/default", "../shared/nih")      # python -m training.fit_ood; writes the reference into the bundle
     reference = load_reference(bundle_dir, meta)    # None for a bundle without one (the check is then skipped)
-    reference.check(pooled_features, inputs_uint8)  # per image: both scores, thresholds, "unlike_training"
+    reference.check(pooled(features), inputs_uint8) # per image: the scores, thresholds, "unlike_training"
 
-Two scores, both fitted on the TRAINING images with thresholds on the
-VALIDATION images, and an image is warned when either is beyond its threshold:
+Four scores, each from what the prediction already has at hand (the
+reference member's ``"features"`` output and its 8-bit input: no extra
+forward pass), each modelled on the TRAINING images and thresholded on the
+VALIDATION images; an image is warned when any score is beyond its threshold:
 
-- **feature distance**: the global-average-pooled output of the reference
-  member's ``"features"`` layer (the first member of an ensemble), the same
-  tensor the prediction's forward pass already computes (no extra pass);
-- **layout margin**: how much better the image's 16 x 16 thumbnail (of the
-  member's 8-bit input, also already at hand) correlates with the training
-  images' mean thumbnail upright than turned by 90, 180 or 270 degrees
-  (``corr(upright) - max(0, corr(turned))``). Global pooling is nearly blind
-  to where things are and a Gaussian model is symmetric about its mean, so a
-  rotated, upside-down or inverted film (1 - x) is close to the training
-  features; a chest film's layout (dark lungs either side of a bright
-  mediastinum, bright abdomen below) matches the mean film upright and
-  clearly better than turned, and these do not.
+- **feature distance**: the global average of the ``"features"`` map;
+- **grid distance**: the same map averaged over a 2 x 2 grid (what is in
+  each quarter of the image: global pooling hardly sees where things are);
+- **layout margin**: how much better the image's 16 x 16 thumbnail
+  correlates with the training images' mean thumbnail upright than turned by
+  90, 180 or 270 degrees (``corr(upright) - max(0, corr(turned))``; a
+  Gaussian model is symmetric about its mean, so an inverted film ``1 - x``
+  lands near the training features, but not near their layout);
+- **scale distance**: the shape of the image's radial power spectrum (log
+  power in :data:`SPECTRUM_BANDS` log-spaced frequency bands, relative to the
+  total): a film cropped to a third of its side and enlarged has its ribs,
+  vessels and edges two to three times larger, i.e. its power moved to lower
+  frequencies (and, for a crop of a small copy, the enlargement's blur).
 
-The reference is a probabilistic PCA of the TRAINING images' pooled
-features: their mean, the top ``k`` principal directions with their
-variances, and one variance for everything outside them (the mean of the
-discarded eigenvalues). An image's distance is its Mahalanobis distance under
-that covariance, i.e. a covariance shrunk towards isotropy outside the top
-``k`` directions, so that features far outside the training subspace (what
-noise, photographs and rotated films give) count as well as unusual values
-inside it. The threshold is a percentile of the distances of the VALIDATION
-images (99.75th by default; the layout threshold is the 0.25th percentile of
-their margins), so about 0.5% of validation films are warned by design. (At
-99.5 / 0.5, a trial run on 300 of the shipped model's test films warned 2.7%
-of them, over the 2% goal: test films have heavier tails than the 342
-validation films show; benchmarks/OOD_RESULTS.md.)
+The three distances are Mahalanobis distances under a probabilistic PCA of
+the training images' values (:class:`PPCA`: mean, top ``k`` principal
+directions with their variances, one variance for everything outside them),
+so values far outside the training subspace count as well as unusual values
+inside it.
+
+Thresholds (:func:`conformal_threshold`): the false-alarm budget
+(``false_alarm``, default 1.2%) is split evenly over the scores, and each
+score's threshold is the ``ceil((n + 1)(1 - alpha))``-th smallest of its ``n``
+validation values (for the layout margin, the same from below): a new film
+from the validation films' distribution is beyond it with probability at most
+``alpha`` (exchangeability; capped at the validation maximum, whose bound is
+``1 / (n + 1)``). With the shipped bundle's 342 validation films and four
+scores this is each score's validation maximum (0.29% each, <= 1.2% together).
+No test image is used.
 
 Stored in the bundle: ``bundle.json`` key ``"ood"`` (method, member,
-threshold, counts, the file's name) and the arrays in an ``.npz`` beside it,
+thresholds, counts, the file's name) and the arrays in an ``.npz`` beside it,
 named by a hash of its content, so a reader never pairs a new file with an
 old threshold: the file is written first, then ``bundle.json`` (atomically),
-then the file it replaced is removed.
+then the file it replaced is removed. A reference fitted before the grid and
+scale scores existed loads with those two skipped.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -56,52 +63,118 @@ import numpy as np
 OOD_KEY = "ood"
 METHOD = "ppca-mahalanobis"
 FEATURES_NOTE = "global average of the member's 'features' layer output"
+GRID_NOTE = "the member's 'features' layer output averaged over a 2 x 2 grid (4 x channels values)"
 FILE_PREFIX = "ood_reference"
 #: The layout thumbnail's side, in pixels.
 THUMB_SIDE = 16
+#: The grid the feature map is pooled over (:func:`pooled`); its mean is the global average.
+GRID = 2
+#: Log-spaced radial frequency bands of the scale score, from 1 cycle per image to the Nyquist frequency.
+SPECTRUM_BANDS = 10
+#: The whole check's false-alarm budget on films like the validation films, split evenly over the scores.
+FALSE_ALARM = 0.012
+#: Principal directions kept: pooled features, grid features, spectrum.
+COMPONENTS, GRID_COMPONENTS, SCALE_COMPONENTS = 32, 32, 4
+#: How the thresholds are fitted, in words (recorded in the bundle).
+THRESHOLD_RULE = ("each score's threshold is the k-th smallest of its n validation values, k = ceil((n + 1)(1 - alpha)) "
+                  "capped at n (the k-th largest for the layout margin, where lower is worse), "
+                  "alpha = false_alarm_budget / number of scores")
+#: The scores, in the order of :meth:`FeatureReference.check`'s keys, and the key of each one's value there.
+SCORES = ("feature", "grid", "layout", "scale")
+SCORE_KEYS = {"feature": "feature_distance", "grid": "grid_distance", "layout": "layout_margin", "scale": "scale_distance"}
 
 OOD_WARNING = (
-    "This image does not look like the chest X-rays the model was trained on (its features are far from theirs: "
-    "it may not be a frontal chest X-ray, or it may be rotated, inverted, cropped or a photograph of a film). "
-    "The findings may be meaningless: read them with care."
+    "This image does not look like the chest X-rays the model was trained on (its features, layout or scale of detail "
+    "are far from theirs: it may not be a frontal chest X-ray, or it may be rotated, inverted, heavily cropped or a "
+    "photograph of a film). The findings may be meaningless: read them with care."
 )
 
 
 @dataclass(frozen=True)
-class FeatureReference:
-    """The training images' pooled-feature distribution and the warning threshold.
+class PPCA:
+    """A probabilistic PCA of vectors (n, D): their mean, ``k`` principal directions and variances, a residual variance.
 
     Attributes:
-        mean: (D,) mean pooled feature of the training images.
-        components: (k, D) principal directions (rows, orthonormal up to storage precision).
+        mean: (D,) float32.
+        components: (k, D) principal directions (rows, orthonormal up to float16 storage).
         variances: (k,) the variance along each direction.
         residual_variance: the variance assumed in every other direction.
-        threshold: distances above it are warned.
-        member: the name of the member whose features are used.
-        template: (THUMB_SIDE**2,) the training images' mean thumbnail,
-            standardised (zero mean, unit norm); None skips the layout check.
-        layout_threshold: layout margins (:meth:`layout`) below it are warned.
-        info: the ``bundle.json`` entry (method, counts, percentile ...).
     """
 
     mean: np.ndarray
     components: np.ndarray
     variances: np.ndarray
     residual_variance: float
-    threshold: float
-    member: str = "model"
-    template: np.ndarray | None = None
-    layout_threshold: float = -np.inf
-    info: dict | None = None
 
-    def distance(self, pooled: np.ndarray) -> np.ndarray:
-        """Mahalanobis distance (n,) of pooled features (n, D) under the reference's covariance."""
-        x = np.atleast_2d(np.asarray(pooled, dtype=np.float64)) - self.mean
+    @classmethod
+    def fit(cls, x: np.ndarray, components: int) -> PPCA:
+        """Fitted on vectors (n, D); stored at the precision it is saved with, so scores do not change on reload."""
+        mean, vt, variances, residual = fit_ppca(x, components)
+        return cls(mean.astype(np.float32), vt.astype(np.float16), variances, residual)
+
+    def distance(self, x: np.ndarray) -> np.ndarray:
+        """Mahalanobis distance (n,) of vectors (n, D) under the fitted covariance."""
+        x = np.atleast_2d(np.asarray(x, dtype=np.float64)) - self.mean
         components = self.components.astype(np.float64)
         z = x @ components.T
         residual = x - z @ components
         d2 = (z**2 / self.variances).sum(axis=1) + (residual**2).sum(axis=1) / self.residual_variance
         return np.sqrt(d2)
+
+    def arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        """The arrays to store, their names prefixed (``""`` for the feature score, as older files have them)."""
+        return {f"{prefix}mean": self.mean.astype(np.float32), f"{prefix}components": self.components.astype(np.float16),
+                f"{prefix}variances": np.asarray(self.variances, np.float64),
+                f"{prefix}residual_variance": np.float64(self.residual_variance)}
+
+    @classmethod
+    def from_arrays(cls, z, prefix: str = "") -> PPCA | None:
+        """Read back what :meth:`arrays` stored (None when ``z`` holds none under ``prefix``)."""
+        if f"{prefix}mean" not in z:
+            return None
+        return cls(z[f"{prefix}mean"].astype(np.float64), z[f"{prefix}components"],
+                   z[f"{prefix}variances"].astype(np.float64), float(z[f"{prefix}residual_variance"]))
+
+
+@dataclass(frozen=True)
+class FeatureReference:
+    """The training images' distributions of the four scores (module docstring) and the thresholds.
+
+    Attributes:
+        features: the PPCA of globally pooled features.
+        threshold: feature distances above it are warned.
+        member: the name of the member whose features and inputs are used.
+        template: (THUMB_SIDE**2,) the training images' mean thumbnail,
+            standardised (zero mean, unit norm); None skips the layout check.
+        layout_threshold: layout margins (:meth:`layout`) below it are warned.
+        grid: the PPCA of 2 x 2 pooled features (None skips the grid score).
+        grid_threshold: grid distances above it are warned.
+        scale: the PPCA of radial spectrum profiles (:func:`spectrum_profile`; None skips the scale score).
+        scale_threshold: scale distances above it are warned.
+        info: the ``bundle.json`` entry (method, counts, budget ...).
+    """
+
+    features: PPCA
+    threshold: float
+    member: str = "model"
+    template: np.ndarray | None = None
+    layout_threshold: float = -np.inf
+    grid: PPCA | None = None
+    grid_threshold: float = np.inf
+    scale: PPCA | None = None
+    scale_threshold: float = np.inf
+    info: dict | None = None
+
+    def distance(self, pooled_features: np.ndarray) -> np.ndarray:
+        """Feature distance (n,) of pooled features: (n, D), or (n, g, g, D) as :func:`pooled` gives them."""
+        return self.features.distance(global_average(pooled_features))
+
+    def grid_distance(self, pooled_features: np.ndarray) -> np.ndarray | None:
+        """Grid distance (n,) of :func:`pooled` features (n, g, g, D); None without a grid model or for (n, D) input."""
+        x = np.asarray(pooled_features)
+        if self.grid is None or x.ndim != 4:
+            return None
+        return self.grid.distance(x.reshape(len(x), -1))
 
     def layout(self, images_uint8: np.ndarray) -> np.ndarray | None:
         """Layout margin (n,) of 8-bit images (None without a template): the correlation of each thumbnail with the
@@ -114,43 +187,130 @@ class FeatureReference:
         turned = np.stack([thumbs @ np.rot90(square, k).ravel() for k in (1, 2, 3)], axis=1).max(axis=1)
         return thumbs @ square.ravel() - np.maximum(turned, 0.0)
 
-    def check(self, pooled: np.ndarray, images_uint8: np.ndarray | None = None) -> list[dict]:
-        """Per image: ``feature_distance``, ``layout_margin`` (None without template or images), their thresholds
-        and ``unlike_training`` (either beyond its threshold)."""
-        distances = self.distance(pooled)
-        margins = self.layout(images_uint8) if images_uint8 is not None else None
+    def scale_distance(self, images_uint8: np.ndarray) -> np.ndarray | None:
+        """Scale distance (n,) of 8-bit images (None without a scale model)."""
+        return None if self.scale is None else self.scale.distance(spectrum_profile(images_uint8))
+
+    def scores(self, pooled_features: np.ndarray, images_uint8: np.ndarray | None = None) -> dict[str, np.ndarray | None]:
+        """Every score (n,) by name (:data:`SCORES`); None for one that is not fitted or lacks its input."""
+        images = None if images_uint8 is None else _stack(images_uint8)
+        return {"feature": self.distance(pooled_features), "grid": self.grid_distance(pooled_features),
+                "layout": None if images is None else self.layout(images),
+                "scale": None if images is None else self.scale_distance(images)}
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """Each score's threshold by name (a score not fitted has an infinite one)."""
+        return {"feature": self.threshold, "grid": self.grid_threshold, "layout": self.layout_threshold,
+                "scale": self.scale_threshold}
+
+    def beyond(self, name: str, values: np.ndarray) -> np.ndarray:
+        """Whether each value of score ``name`` is beyond its threshold (below it for the layout margin)."""
+        values = np.asarray(values, dtype=np.float64)
+        threshold = self.thresholds[name]
+        return values < threshold if name == "layout" else values > threshold
+
+    def check(self, pooled_features: np.ndarray, images_uint8: np.ndarray | None = None) -> list[dict]:
+        """Per image: ``feature_distance``, ``grid_distance``, ``layout_margin``, ``scale_distance`` (None for a
+        score not fitted or without its input), their ``*_threshold``, ``beyond`` (the scores beyond their
+        thresholds) and ``unlike_training`` (any is)."""
+        values = self.scores(pooled_features, images_uint8)
+        flags = {k: None if v is None else self.beyond(k, v) for k, v in values.items()}
+        thresholds = self.thresholds
         out = []
-        for i, d in enumerate(distances):
-            c = None if margins is None else float(margins[i])
-            out.append({
-                "feature_distance": float(d), "feature_threshold": float(self.threshold),
-                "layout_margin": c, "layout_threshold": None if c is None else float(self.layout_threshold),
-                "unlike_training": bool(d > self.threshold or (c is not None and c < self.layout_threshold)),
-            })
+        for i in range(len(values["feature"])):
+            row, beyond = {}, []
+            for name in SCORES:
+                v = values[name]
+                row[SCORE_KEYS[name]] = None if v is None else float(v[i])
+                row[name + "_threshold"] = None if v is None else float(thresholds[name])
+                if v is not None and flags[name][i]:
+                    beyond.append(name)
+            out.append({**row, "beyond": beyond, "unlike_training": bool(beyond)})
         return out
+
+
+def _stack(images_uint8: np.ndarray) -> np.ndarray:
+    images = np.asarray(images_uint8)
+    return images[np.newaxis] if images.ndim == 2 else images
 
 
 def thumbnails(images_uint8: np.ndarray, side: int = THUMB_SIDE) -> np.ndarray:
     """(n, side * side) standardised thumbnails (zero mean, unit norm) of 8-bit images (n, h, w) or (h, w)."""
     import cv2
 
-    images = np.asarray(images_uint8)
-    if images.ndim == 2:
-        images = images[np.newaxis]
+    images = _stack(images_uint8)
     small = np.stack([cv2.resize(np.asarray(im, dtype=np.float32), (side, side), interpolation=cv2.INTER_AREA) for im in images])
     flat = small.reshape(len(images), -1).astype(np.float64)
     flat -= flat.mean(axis=1, keepdims=True)
     return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-9)
 
 
-def pooled(features: np.ndarray) -> np.ndarray:
-    """Global average over the spatial axes: (n, h, w, c) -> (n, c) float64 (2-D input is returned as is)."""
-    features = np.asarray(features, dtype=np.float64)
-    return features if features.ndim == 2 else features.mean(axis=tuple(range(1, features.ndim - 1)))
+def _spectrum_bands(height: int, width: int, bands: int) -> np.ndarray:
+    """Band index of every ``rfft2`` bin of an (height, width) image: 0 .. bands - 1 by log radius (cycles per
+    image) from 1 to half the shorter side, -1 outside (the DC term, the corners); edges are nudged off exact
+    integers, so a bin's band does not depend on rounding."""
+    ky = np.fft.fftfreq(height) * height
+    kx = np.fft.rfftfreq(width) * width
+    r2 = ky[:, np.newaxis] ** 2 + kx[np.newaxis, :] ** 2
+    top = min(height, width) / 2
+    edges2 = (np.geomspace(1.0, top, bands + 1) ** 2) * (1 + 1e-6)
+    index = np.clip(np.searchsorted(edges2[1:-1], r2, side="right"), 0, bands - 1)
+    return np.where((r2 < 1) | (r2 > edges2[-1]), -1, index)
 
 
-def fit_ppca(train: np.ndarray, components: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """``(mean, components (k, D), variances (k,), residual variance)`` of pooled training features (n, D)."""
+def spectrum_profile(images_uint8: np.ndarray, bands: int = SPECTRUM_BANDS) -> np.ndarray:
+    """(n, bands) radial power spectrum profile of 8-bit images: log mean power per band minus log total power.
+
+    Each image is centred and Hann-windowed first (no edge artefacts); a band
+    with no frequency bin (very small images) is left at 0.
+    """
+    images = _stack(images_uint8).astype(np.float64)
+    n, height, width = images.shape
+    index = _spectrum_bands(height, width, bands).ravel()
+    keep = index >= 0
+    counts = np.bincount(index[keep], minlength=bands).astype(np.float64)
+    window = np.outer(np.hanning(height), np.hanning(width))
+    out = np.zeros((n, bands))
+    for i, image in enumerate(images):
+        power = np.abs(np.fft.rfft2((image - image.mean()) * window)) ** 2
+        per_band = np.bincount(index[keep], weights=power.ravel()[keep], minlength=bands)
+        mean = per_band / np.maximum(counts, 1)
+        total = max(float(per_band.sum()), 1e-12)
+        out[i] = np.where(counts > 0, np.log(np.maximum(mean, 1e-12)) - np.log(total), 0.0)
+    return out
+
+
+def pooled(features: np.ndarray, grid: int = GRID) -> np.ndarray:
+    """A feature map (n, h, w, c) averaged over a ``grid`` x ``grid`` grid of equal areas: (n, grid, grid, c) float64.
+
+    Cells split pixels fractionally where the map's side is not a multiple of
+    ``grid``, so the cells' mean is exactly the global average
+    (:func:`global_average`). 2-D input (already pooled, (n, c)) is returned as is.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim == 2:
+        return x
+    weights = [_cell_weights(x.shape[axis], grid) for axis in (1, 2)]
+    return np.einsum("ay,bx,nyxc->nabc", weights[0], weights[1], x)
+
+
+def _cell_weights(length: int, grid: int) -> np.ndarray:
+    """(grid, length): row i averages the pixels of [i, i + 1) * length / grid, splitting a pixel that a cell edge crosses."""
+    edges = np.arange(grid + 1) * length / grid
+    start, stop = np.arange(length), np.arange(length) + 1
+    overlap = np.clip(np.minimum(stop, edges[1:, None]) - np.maximum(start, edges[:-1, None]), 0, None)
+    return overlap / (length / grid)
+
+
+def global_average(pooled_features: np.ndarray) -> np.ndarray:
+    """(n, c): the global average of :func:`pooled` output (n, g, g, c), or (n, c) input as is."""
+    x = np.asarray(pooled_features, dtype=np.float64)
+    return x if x.ndim == 2 else x.mean(axis=(1, 2))
+
+
+def fit_ppca(train: np.ndarray, components: int = COMPONENTS) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """``(mean, components (k, D), variances (k,), residual variance)`` of training vectors (n, D)."""
     x = np.asarray(train, dtype=np.float64)
     n, dim = x.shape
     k = int(min(components, dim - 1, n - 2))
@@ -166,40 +326,62 @@ def fit_ppca(train: np.ndarray, components: int = 32) -> tuple[np.ndarray, np.nd
     return mean, vt[:k], np.maximum(eigen[:k], floor), max(residual, floor)
 
 
-def fit_reference(train: np.ndarray, val: np.ndarray, *, components: int = 32, percentile: float = 99.75,
-                  member: str = "model", train_images: np.ndarray | None = None,
-                  val_images: np.ndarray | None = None) -> tuple[FeatureReference, dict]:
-    """The reference fitted on training features (and 8-bit images, for the layout), its thresholds on validation's.
+def conformal_threshold(values: np.ndarray, alpha: float, *, below: bool = False) -> tuple[float, float]:
+    """A threshold that a new value exchangeable with ``values`` is beyond with probability at most ``alpha``.
 
-    Components are stored as float16 and the thresholds are computed with the
-    stored values, so the file gives exactly the scores they were fitted on.
-
-    Args:
-        train, val: pooled features (n, D).
-        percentile: the feature threshold is this percentile of the validation
-            distances, the layout threshold the ``100 - percentile``-th of their layout margins.
-        train_images, val_images: the member's 8-bit inputs (n, size, size) for
-            the layout check; None fits the feature check alone.
+    The ``k = ceil((n + 1)(1 - alpha))``-th smallest of the ``n`` values (the
+    k-th largest with ``below``), capped at the extreme; a new value is beyond
+    it with probability at most ``(n + 1 - k) / (n + 1)`` (ties aside), which is
+    <= ``alpha`` unless capped.
 
     Returns:
-        ``(reference, validation scores {"distance": (n,), "layout": (n,) or None})``.
+        ``(threshold, that probability bound)``.
     """
-    mean, vt, variances, residual = fit_ppca(train, components)
-    mean, vt = mean.astype(np.float32), vt.astype(np.float16)
-    template = None
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    n = v.size
+    if n == 0:
+        raise ValueError("no validation values to fit a threshold on")
+    k = min(max(math.ceil((n + 1) * (1 - alpha) - 1e-9), 1), n)
+    return (float(v[n - k]) if below else float(v[k - 1])), (n + 1 - k) / (n + 1)
+
+
+def fit_reference(train: np.ndarray, val: np.ndarray, *, components: int = COMPONENTS, grid_components: int = GRID_COMPONENTS,
+                  scale_components: int = SCALE_COMPONENTS, false_alarm: float = FALSE_ALARM, member: str = "model",
+                  train_images: np.ndarray | None = None, val_images: np.ndarray | None = None,
+                  ) -> tuple[FeatureReference, dict]:
+    """The reference fitted on training features and 8-bit images, its thresholds on validation's (module docstring).
+
+    Args:
+        train, val: pooled features, (n, g, g, D) as :func:`pooled` gives them
+            (the grid score is fitted too) or (n, D) (the feature score only).
+        false_alarm: the budget split evenly over the scores fitted (:func:`conformal_threshold`).
+        train_images, val_images: the member's 8-bit inputs (n, size, size) for
+            the layout and scale scores; None fits the feature scores alone.
+
+    Returns:
+        ``(reference, validation {"scores": {name: (n,) or None}, "alpha": per score, "bounds": {name: bound}})``.
+    """
+    train, val = np.asarray(train, dtype=np.float64), np.asarray(val, dtype=np.float64)
+    features = PPCA.fit(global_average(train), components)
+    grid = PPCA.fit(train.reshape(len(train), -1), grid_components) if train.ndim == 4 else None
+    template = scale = None
     if train_images is not None and val_images is not None:
         t = thumbnails(train_images).mean(axis=0)
         t -= t.mean()
         template = (t / max(np.linalg.norm(t), 1e-9)).astype(np.float32)
-    reference = FeatureReference(mean=mean, components=vt, variances=variances, residual_variance=float(residual),
-                                 threshold=np.inf, member=member, template=template)
-    val_distances = reference.distance(val)
-    val_margins = reference.layout(val_images) if template is not None else None
-    threshold = float(np.percentile(val_distances, percentile))
-    layout_threshold = float(np.percentile(val_margins, 100 - percentile)) if val_margins is not None else -np.inf
-    fitted = FeatureReference(mean=mean, components=vt, variances=variances, residual_variance=float(residual),
-                              threshold=threshold, member=member, template=template, layout_threshold=layout_threshold)
-    return fitted, {"distance": val_distances, "layout": val_margins}
+        scale = PPCA.fit(spectrum_profile(train_images), scale_components)
+    unfitted = FeatureReference(features=features, threshold=np.inf, member=member, template=template, grid=grid, scale=scale)
+    scores = unfitted.scores(val, val_images)
+    fitted = [name for name in SCORES if scores[name] is not None]
+    alpha = false_alarm / len(fitted)
+    thresholds, bounds = {}, {}
+    for name in fitted:
+        thresholds[name], bounds[name] = conformal_threshold(scores[name], alpha, below=name == "layout")
+    reference = FeatureReference(
+        features=features, threshold=thresholds["feature"], member=member, template=template,
+        layout_threshold=thresholds.get("layout", -np.inf), grid=grid, grid_threshold=thresholds.get("grid", np.inf),
+        scale=scale, scale_threshold=thresholds.get("scale", np.inf))
+    return reference, {"scores": scores, "alpha": alpha, "bounds": bounds}
 
 
 # -- storage -------------------------------------------------------------------
@@ -207,10 +389,13 @@ def fit_reference(train: np.ndarray, val: np.ndarray, *, components: int = 32, p
 
 def _npz_bytes(reference: FeatureReference) -> bytes:
     buffer = io.BytesIO()
-    np.savez(buffer, mean=reference.mean.astype(np.float32), components=reference.components.astype(np.float16),
-             variances=np.asarray(reference.variances, np.float64),
-             residual_variance=np.float64(reference.residual_variance),
-             **({} if reference.template is None else {"template": reference.template.astype(np.float32)}))
+    arrays = reference.features.arrays()
+    for prefix, model in (("grid_", reference.grid), ("scale_", reference.scale)):
+        if model is not None:
+            arrays.update(model.arrays(prefix))
+    if reference.template is not None:
+        arrays["template"] = reference.template.astype(np.float32)
+    np.savez(buffer, **arrays)
     return buffer.getvalue()
 
 
@@ -218,7 +403,7 @@ def save_reference(bundle_dir: str | os.PathLike, reference: FeatureReference, e
     """Write the reference into a bundle: the ``.npz`` first, then ``bundle.json``'s ``"ood"`` key (atomic), then drop the old file.
 
     Args:
-        entry: what else to record under ``"ood"`` (counts, percentile ...).
+        entry: what else to record under ``"ood"`` (counts, budget ...).
 
     Returns:
         the ``"ood"`` entry written.
@@ -234,12 +419,20 @@ def save_reference(bundle_dir: str | os.PathLike, reference: FeatureReference, e
     os.replace(partial, bundle_dir / name)
     record = {
         "method": METHOD, "features": FEATURES_NOTE, "member": reference.member, "file": name,
-        "components": int(reference.components.shape[0]), "dimensions": int(reference.components.shape[1]),
+        "components": int(reference.features.components.shape[0]), "dimensions": int(reference.features.components.shape[1]),
         "threshold": float(reference.threshold),
+        "grid": None if reference.grid is None else {
+            "what": GRID_NOTE, "components": int(reference.grid.components.shape[0]),
+            "dimensions": int(reference.grid.components.shape[1]), "threshold": float(reference.grid_threshold)},
         "layout": None if reference.template is None else {
             "what": (f"correlation of the {THUMB_SIDE} x {THUMB_SIDE} thumbnail of the member's input with the training "
                      "images' mean thumbnail upright, minus the largest (if positive) with it turned 90, 180 or 270 degrees"),
             "threshold": float(reference.layout_threshold)},
+        "scale": None if reference.scale is None else {
+            "what": (f"radial power spectrum profile of the member's input ({reference.scale.mean.size} log-spaced bands, "
+                     "log power relative to the total)"),
+            "bands": int(reference.scale.mean.size), "components": int(reference.scale.components.shape[0]),
+            "threshold": float(reference.scale_threshold)},
         **entry,
     }
     try:
@@ -261,15 +454,22 @@ def load_reference(bundle_dir: str | os.PathLike | None, meta: dict | None) -> F
     name = str(entry.get("file", ""))
     if not name or Path(name).name != name:
         return None
-    layout = entry.get("layout") if isinstance(entry.get("layout"), dict) else None
+    parts = {key: entry.get(key) if isinstance(entry.get(key), dict) else None for key in ("grid", "layout", "scale")}
     try:
         with np.load(Path(bundle_dir) / name, allow_pickle=False) as z:
+            grid = PPCA.from_arrays(z, "grid_") if parts["grid"] else None
+            scale = PPCA.from_arrays(z, "scale_") if parts["scale"] else None
+            layout = parts["layout"] if "template" in z.files else None
+            features = PPCA.from_arrays(z)
+            if features is None:
+                return None
             return FeatureReference(
-                mean=z["mean"].astype(np.float64), components=z["components"], variances=z["variances"].astype(np.float64),
-                residual_variance=float(z["residual_variance"]), threshold=float(entry["threshold"]),
-                member=str(entry.get("member", "model")), info=dict(entry),
-                template=z["template"].astype(np.float64) if "template" in z.files and layout else None,
-                layout_threshold=float(layout["threshold"]) if "template" in z.files and layout else -np.inf,
+                features=features, threshold=float(entry["threshold"]), member=str(entry.get("member", "model")),
+                template=z["template"].astype(np.float64) if layout else None,
+                layout_threshold=float(layout["threshold"]) if layout else -np.inf,
+                grid=grid, grid_threshold=float(parts["grid"]["threshold"]) if grid else np.inf,
+                scale=scale, scale_threshold=float(parts["scale"]["threshold"]) if scale else np.inf,
+                info=dict(entry),
             )
     except (OSError, KeyError, ValueError, TypeError):
         return None
@@ -280,7 +480,8 @@ def load_reference(bundle_dir: str | os.PathLike | None, meta: dict | None) -> F
 
 def member_features(predictor, member_index: int, paths: Sequence[str], *, batch_size: int = 16, workers: int = 2,
                     progress: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled ``"features"`` (n, D) of one member for image files and their 8-bit inputs (n, size, size), through the one preprocessing."""
+    """:func:`pooled` ``"features"`` (n, 2, 2, D) of one member for image files and their 8-bit inputs (n, size, size),
+    through the one preprocessing (the same numbers :meth:`FeatureReference.check` gets at prediction)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from cxr_core.data.preprocessing import normalize, to_model_uint8
@@ -295,7 +496,7 @@ def member_features(predictor, member_index: int, paths: Sequence[str], *, batch
             out.append(predictor.pooled_features(member_index, normalize(images, member.preprocess)[..., np.newaxis]))
             inputs.append(images)
     if not out:
-        return np.zeros((0, 0)), np.zeros((0, size, size), np.uint8)
+        return np.zeros((0, GRID, GRID, 0)), np.zeros((0, size, size), np.uint8)
     return np.concatenate(out), np.concatenate(inputs)
 
 
@@ -303,8 +504,8 @@ def fit_ood(
     bundle_dir: str | os.PathLike,
     data_root: str | os.PathLike,
     *,
-    components: int = 32,
-    percentile: float = 99.75,
+    components: int = COMPONENTS,
+    false_alarm: float = FALSE_ALARM,
     max_train: int | None = 1000,
     seed: int = 0,
     batch_size: int = 16,
@@ -313,12 +514,15 @@ def fit_ood(
 ) -> dict:
     """Fit the learned check of ``bundle_dir`` on its own data and store it in the bundle (see module docstring).
 
+    Reads the bundle's TRAINING images (the reference) and VALIDATION images
+    (the thresholds) of its recorded split, nothing else.
+
     Args:
-        data_root: the dataset the bundle was trained on (its ``splits.csv``
+        data_root: the dataset the bundle was trained on (its recorded split
             names the training and validation images).
-        components: principal directions kept.
-        percentile: of the validation distances, the feature threshold
-            (the layout threshold is the ``100 - percentile``-th of their layout margins).
+        components: principal directions kept for the pooled and the grid features.
+        false_alarm: the budget on validation-like films, split evenly over
+            the scores (:func:`conformal_threshold`).
         max_train: at most this many training images (a seeded random
             choice; None: all). A few hundred fix 32 directions well.
 
@@ -350,17 +554,23 @@ def fit_ood(
         f"{len(train)} of {total_train} training and {len(val)} validation images")
     f_train, x_train = member_features(predictor, index, list(train), batch_size=batch_size, progress=progress)
     f_val, x_val = member_features(predictor, index, list(val), batch_size=batch_size, progress=progress)
-    reference, val_scores = fit_reference(f_train, f_val, components=components, percentile=percentile, member=name,
-                                          train_images=x_train, val_images=x_val)
+    reference, fit = fit_reference(f_train, f_val, components=components, grid_components=components,
+                                   false_alarm=false_alarm, member=name, train_images=x_train, val_images=x_val)
     warned = [c["unlike_training"] for c in reference.check(f_val, x_val)]
     entry = {
-        "percentile": float(percentile), "fitted_on": "training split (reference), validation split (threshold)",
+        "false_alarm_budget": float(false_alarm), "alpha_per_score": float(fit["alpha"]),
+        "bound_per_score": {k: float(v) for k, v in fit["bounds"].items()},
+        "threshold_rule": THRESHOLD_RULE,
+        "fitted_on": "training split (reference), validation split (thresholds); no test image",
         "train_images": int(len(train)), "train_images_in_split": int(total_train), "val_images": int(len(val)),
         "val_warned": float(np.mean(warned)), "seed": int(seed),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     record = save_reference(bundle_dir, reference, entry)
-    log(f"thresholds: feature distance {reference.threshold:.2f}, layout margin {reference.layout_threshold:.3f} "
-        f"({percentile:g}th / {100 - percentile:g}th percentiles on validation; {np.mean(warned):.1%} of validation warned); "
-        f"written to {bundle_dir / record['file']} and bundle.json ({time.time() - started:.0f} s)")
+    bound = sum(fit["bounds"].values())
+    log(f"thresholds: feature distance {reference.threshold:.2f}, grid distance {reference.grid_threshold:.2f}, "
+        f"layout margin {reference.layout_threshold:.3f}, scale distance {reference.scale_threshold:.2f} "
+        f"(budget {false_alarm:.2%}: {fit['alpha']:.2%} per score, bound {bound:.2%} in all; "
+        f"{np.mean(warned):.1%} of validation warned); written to {bundle_dir / record['file']} and bundle.json "
+        f"({time.time() - started:.0f} s)")
     return record
