@@ -14,6 +14,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
                "model_summary", "pdf_report"),
     "batch": ("predict_files", "predict_to_csv", "iter_predictions", "list_image_files", "stable_listing", "Listing",
               "parse_shard", "merge_shards", "ShardMergeError", "run_record_path", "errors_path", "IMAGE_COLUMN", "ERROR_COLUMN", "WARNING_COLUMN"),
-    "ood": ("FeatureReference", "fit_ood", "fit_reference", "load_reference", "save_reference", "OOD_WARNING", "OOD_KEY"),
+    "ood": ("FeatureReference", "PPCA", "conformal_threshold", "fit_ood", "fit_reference", "load_reference", "save_reference",
+            "OOD_WARNING", "OOD_KEY"),
     "bundle_evaluation": ("evaluate_bundle", "predict_rows", "intensity_reference", "localization_records"),
 })

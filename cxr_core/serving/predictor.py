@@ -58,9 +58,11 @@ class Analysis:
             check (features far from the training images').
         ranked: the findings, most probable first.
         input_check: the learned check's numbers (None when the bundle has no
-            reference): ``feature_distance`` and ``feature_threshold``,
-            ``layout_margin`` and ``layout_threshold``, ``unlike_training``
-            (see :meth:`cxr_core.serving.ood.FeatureReference.check`).
+            reference): ``feature_distance``, ``grid_distance``,
+            ``layout_margin`` and ``scale_distance``, each with its
+            ``*_threshold`` (None for a score the reference lacks), ``beyond``
+            (the scores past their threshold) and ``unlike_training`` (any is;
+            see :meth:`cxr_core.serving.ood.FeatureReference.check`).
     """
 
     probabilities: dict[str, float]
@@ -443,7 +445,12 @@ class Predictor:
         return raw, self._calibrate(raw), checks
 
     def pooled_features(self, member_index: int, batch: np.ndarray) -> np.ndarray:
-        """Global-average-pooled ``"features"`` (n, D) of one member for its normalised inputs (n, size, size, 1)."""
+        """One member's ``"features"`` for its normalised inputs (n, size, size, 1), averaged over a 2 x 2 grid.
+
+        Returns (n, 2, 2, D) float64 (:func:`cxr_core.serving.ood.pooled`): the
+        grid score reads the cells, the feature score their mean, which is the
+        global average pool.
+        """
         with self._lock:
             features, _, _ = self._runners[member_index].features_and_scores(np.asarray(batch, dtype=np.float32))
         return pooled(features)

@@ -229,8 +229,9 @@ def input_check(analysis: Analysis) -> dict:
     """The not-a-frontal-chest-X-ray check of a report: whether the image was warned, and the learned check's numbers.
 
     ``learned`` is None when the bundle has no fitted reference (only the
-    simple rules and the intensity check ran); else the feature distance and
-    layout margin with their thresholds (:mod:`cxr_core.serving.ood`).
+    simple rules and the intensity check ran); else the feature and grid
+    distances, the layout margin and the scale distance with their
+    thresholds, and which of them went past (``beyond``; :mod:`cxr_core.serving.ood`).
     """
     learned = analysis.input_check
     if learned is not None:
