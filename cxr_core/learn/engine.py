@@ -2,7 +2,8 @@
 
 ``train(TrainConfig(...))`` runs one training and returns the bundle folder.
 The same steps are exposed for the tuner: :func:`load_training_data`,
-:func:`make_datasets`, :func:`compile_model`, :class:`ValidationAUROC`.
+:func:`make_datasets`, :func:`compile_model` (its callbacks are in
+:mod:`cxr_core.learn.callbacks`).
 
 Run folder (``config.out``)::
 
@@ -32,8 +33,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_core.findings import FINDINGS
-from cxr_core.learn.callbacks import (  # noqa: F401  (WarmupCosine: used by compile_model, re-exported)
-    MONITOR,
+from cxr_core.learn.callbacks import (
     ChiefBackupAndRestore,
     EpochStats,
     ResumableCheckpoint,
@@ -41,7 +41,6 @@ from cxr_core.learn.callbacks import (  # noqa: F401  (WarmupCosine: used by com
     WarmupCosine,
 )
 from cxr_core.learn.config import TrainConfig
-from cxr_core.learn.selection import mean_auroc  # noqa: F401  (re-exported: cxr_core.learn.engine.mean_auroc)
 
 log = logging.getLogger(__name__)
 

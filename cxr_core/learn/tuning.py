@@ -131,7 +131,8 @@ def make_hypermodel(base: TrainConfig, data, space: dict, *, eager: bool = False
     """
     import keras_tuner as kt
 
-    from cxr_core.learn.engine import EpochStats, ValidationAUROC, compile_model, make_datasets
+    from cxr_core.learn.callbacks import EpochStats, ValidationAUROC
+    from cxr_core.learn.engine import compile_model, make_datasets
 
     class CXRHyperModel(kt.HyperModel):
         def trial_config(self, hp) -> TrainConfig:
@@ -372,7 +373,8 @@ def run_search(config: TrainConfig, space: dict, *, trials: int, tuner: str | No
     import keras
     import keras_tuner as kt
 
-    from cxr_core.learn.engine import MONITOR, load_training_data
+    from cxr_core.learn.callbacks import MONITOR
+    from cxr_core.learn.engine import load_training_data
 
     keras.utils.set_random_seed(config.seed)
     data = load_training_data(config)
