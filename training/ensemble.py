@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", nargs="+", type=float, help="one weight per member (normalised to sum 1; default equal)")
     parser.add_argument("--map-weights", nargs="+", type=float,
                         help="one weight per member for the averaged heatmaps (default: --weights; 0 leaves a member out)")
+    parser.add_argument("--tta-views", nargs="+", type=int,
+                        help="one per member: 1, or 6 to average its scores over the image and five crops (default 1)")
     parser.add_argument("--names", nargs="+", help="one folder name per member (default m1_<backbone>_<size> ...)")
     parser.add_argument("--float16", action="store_true", help="store float32 member weights as float16 (about half the size)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle in --out")
@@ -35,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         out = assemble_ensemble(args.members, args.out, weights=args.weights, names=args.names, float16=args.float16,
-                                overwrite=args.overwrite, map_weights=args.map_weights)
+                                overwrite=args.overwrite, map_weights=args.map_weights,
+                                tta_views=args.tta_views)
     except (BundleError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -15,7 +15,9 @@ An ensemble bundle (format version 2, :class:`EnsembleBundle`) holds several
 full classifiers, each with its own input size, preprocessing and backbone::
 
     bundle.json    findings order, ``members`` (name, folder, weight, backbone,
-                   input size, preprocessing of each), ``combine``
+                   input size, preprocessing of each; optional ``map_weight``
+                   and ``tta_views``, 6 for test-time augmentation of that
+                   member's scores), ``combine``
                    (``"logit_mean"``: the weighted mean of the members' logits,
                    then the sigmoid), the split they all share, and the keys
                    evaluation adds (calibration and thresholds fitted AFTER
@@ -72,6 +74,16 @@ SPLITS_FILE = "splits.csv"
 MEMBERS_DIR = "members"
 #: How an ensemble combines its members: weighted mean of the logits, then the sigmoid.
 COMBINE_LOGIT_MEAN = "logit_mean"
+#: Views a member may score (``tta_views``): 1 (the image alone) or 6 (the image and five
+#: crops; test-time augmentation, applied by :mod:`cxr_core.serving.tta`).
+TTA_CHOICES = (1, 6)
+
+
+def check_tta_views(views) -> int:
+    """``views`` as an int, or ValueError unless it is one of :data:`TTA_CHOICES`."""
+    if isinstance(views, bool) or not isinstance(views, (int, np.integer)) or int(views) not in TTA_CHOICES:
+        raise ValueError(f"test-time views must be one of {TTA_CHOICES}, got {views!r}")
+    return int(views)
 
 #: Keys that describe the stored model itself; update_metadata refuses to change them.
 CORE_KEYS = frozenset({"format", "format_version", "findings", "input_size", "preprocessing", "model_file", "weights_dtype",
@@ -553,12 +565,15 @@ class EnsembleMember:
         map_weight: its share of the averaged heatmaps (None: same as ``weight``).
         bundle: the member as a single-model :class:`Bundle` (own model, input
             size, preprocessing, backbone and training provenance).
+        tta_views: 1, or 6 when the member's scores average the image and
+            five crops of it (:mod:`cxr_core.serving.tta`).
     """
 
     name: str
     weight: float
     bundle: Bundle
     map_weight: float | None = None
+    tta_views: int = 1
 
     def summary(self) -> dict:
         """The member's entry in the ensemble's ``bundle.json``."""
@@ -568,6 +583,7 @@ class EnsembleMember:
             "path": f"{MEMBERS_DIR}/{self.name}",
             "weight": float(self.weight),
             **({} if self.map_weight is None else {"map_weight": float(self.map_weight)}),
+            **({} if self.tta_views == 1 else {"tta_views": int(self.tta_views)}),
             "backbone": self.bundle.backbone,
             "input_size": int(self.bundle.input_size),
             "preprocessing": self.bundle.preprocessing.to_dict(),
@@ -581,6 +597,14 @@ class EnsembleMember:
 
 #: The heatmap method of bundles that record none (made before the key existed).
 DEFAULT_EXPLANATION = "gradcam++"
+
+
+def _tta_views(value, where) -> int:
+    """A member's test-time views, or BundleError naming ``where``."""
+    try:
+        return check_tta_views(value)
+    except ValueError as exc:
+        raise BundleError(f"{where}: {exc}") from None
 
 
 def explanation_method(meta: dict | None) -> str:
@@ -697,7 +721,8 @@ class EnsembleBundle(_Records):
                                  load_model=load_model)
             map_weight = entry.get("map_weight")
             members.append(EnsembleMember(name=name, weight=float(entry.get("weight", 1.0)), bundle=member,
-                                          map_weight=None if map_weight is None else float(map_weight)))
+                                          map_weight=None if map_weight is None else float(map_weight),
+                                          tta_views=_tta_views(entry.get("tta_views", 1), directory)))
         weights = _normalised_weights([m.weight for m in members], len(members))
         for member, weight in zip(members, weights):
             member.weight = weight
@@ -774,6 +799,7 @@ def assemble_ensemble(
     overwrite: bool = False,
     expected_findings=FINDINGS,
     map_weights: list[float] | None = None,
+    tta_views: list[int] | None = None,
 ) -> Path:
     """Build an ensemble bundle from trained single-model bundles.
 
@@ -797,6 +823,8 @@ def assemble_ensemble(
         map_weights: one non-negative weight per member for the averaged
             heatmaps (normalised; default: ``weights``); 0 keeps a member's
             maps out, e.g. when they measured worse on the validation boxes.
+        tta_views: one per member, 1 or 6 (test-time augmentation of its
+            scores, :mod:`cxr_core.serving.tta`); default 1 for all.
 
     Returns:
         the ensemble folder.
@@ -817,6 +845,9 @@ def assemble_ensemble(
     bundles = [Bundle.load(source, expected_findings=expected_findings, load_model=False) for source in sources]
     shares = _normalised_weights(weights, len(bundles))
     map_shares = [None] * len(bundles) if map_weights is None else _normalised_weights(map_weights, len(bundles))
+    views = [1] * len(bundles) if tta_views is None else [_tta_views(v, out) for v in tta_views]
+    if len(views) != len(bundles):
+        raise BundleError(f"need one tta_views per member ({len(bundles)}), got {len(views)}")
     if names is None:
         names = [f"m{i + 1}_{b.backbone or 'model'}_{b.input_size}" for i, b in enumerate(bundles)]
     names = [_check_member_name(n) for n in names]
@@ -832,7 +863,7 @@ def assemble_ensemble(
                 stale.unlink()
     out.mkdir(parents=True, exist_ok=True)
     ensemble_members = []
-    for source, bundle, name, share, map_share in zip(sources, bundles, names, shares, map_shares):
+    for source, bundle, name, share, map_share, view in zip(sources, bundles, names, shares, map_shares, views):
         folder = out / MEMBERS_DIR / name
         folder.mkdir(parents=True, exist_ok=True)
         meta = json.loads((source / METADATA_FILE).read_text(encoding="utf-8"))
@@ -847,7 +878,8 @@ def assemble_ensemble(
         meta["assembled_from"] = {"bundle": portable_path(source.resolve()), "weight": share}
         _write_json_atomic(folder / METADATA_FILE, meta)
         member_bundle = Bundle.load(folder, expected_findings=expected_findings, load_model=False)
-        ensemble_members.append(EnsembleMember(name=name, weight=share, bundle=member_bundle, map_weight=map_share))
+        ensemble_members.append(EnsembleMember(name=name, weight=share, bundle=member_bundle, map_weight=map_share,
+                                               tta_views=view))
 
     summaries = [b.data for b in bundles]
     comparable = [{k: v for k, v in d.items() if k != "location"} for d in summaries]

@@ -58,6 +58,7 @@ class Recipe:
         members: recipe names averaged by an ``ensemble``.
         weights: their weights (default equal).
         map_weights: their weights in the averaged heatmaps (default: ``weights``).
+        tta_views: their test-time views, 1 or 6 each (default 1).
         bundle: the bundle a ``bundle`` row scores.
         out: the run folder of a ``train`` recipe (its ``out`` key).
     """
@@ -69,6 +70,7 @@ class Recipe:
     members: tuple[str, ...] = ()
     weights: tuple[float, ...] = ()
     map_weights: tuple[float, ...] = ()
+    tta_views: tuple[int, ...] = ()
     bundle: str | None = None
     out: str | None = None
     extra: dict = field(default_factory=dict)
@@ -100,6 +102,7 @@ def read_recipe(path: str | os.PathLike) -> Recipe:
         name=str(table.get("name", path.stem)), path=path, kind=kind, description=str(table.get("description", "")),
         members=members, weights=tuple(float(w) for w in table.get("weights", ())),
         map_weights=tuple(float(w) for w in table.get("map_weights", ())), bundle=table.get("bundle"),
+        tta_views=tuple(table.get("tta_views", ())),
         out=values.get("out", table.get("out")),
     )
 
@@ -132,7 +135,8 @@ def build_recipe(recipe: Recipe, recipes: dict[str, Recipe], *, runs: Path, retr
             raise ValueError(f"recipe {recipe.name}: members {missing} are not recipes of this grid")
         sources = [build_recipe(recipes[m], recipes, runs=runs, retrain=False) for m in recipe.members]
         return assemble_ensemble(sources, target, weights=list(recipe.weights) or None, names=list(recipe.members),
-                                 map_weights=list(recipe.map_weights) or None, overwrite=True)
+                                 map_weights=list(recipe.map_weights) or None, tta_views=list(recipe.tta_views) or None,
+                                 overwrite=True)
     config = TrainConfig.from_toml(recipe.path)
     return train(config)
 

@@ -38,6 +38,7 @@ from cxr_core.evaluation.calibration import Calibration
 from cxr_core.findings import FINDINGS, canonical_finding
 from cxr_core.serving.explain import HeadGradcamPlusPlus, resize_map, split_model
 from cxr_core.serving.ood import OOD_WARNING, FeatureReference, load_reference, pooled
+from cxr_core.serving.tta import check_tta_views, crop_views, mean_over_views
 
 #: Default operating point when a bundle has no fitted thresholds yet.
 UNFITTED_THRESHOLD = 0.5
@@ -111,6 +112,9 @@ class Member:
         map_weight: its share of the averaged heatmaps (default: ``weight``); 0
             keeps a member out of the maps, e.g. one whose maps measured worse
             on the validation boxes.
+        tta_views: 1, or 6 for test-time augmentation: its logits are the
+            mean over the image and five crops (:mod:`cxr_core.serving.tta`);
+            its maps stay those of the image.
     """
 
     model: keras.Model
@@ -119,6 +123,10 @@ class Member:
     name: str = "model"
     explanation: str = "gradcam++"
     map_weight: float | None = None
+    tta_views: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tta_views", check_tta_views(self.tta_views))
 
 
 class _Runner:
@@ -148,8 +156,7 @@ class _Runner:
         self._has_logits = logits is not None
         self.explainer = HeadGradcamPlusPlus(head, method=member.explanation)
 
-    def scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(logits, probabilities)`` (n, 14) float64 for normalised inputs."""
+    def _view_scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = self._scores(batch)
         if self._has_logits:
             logits, probabilities = out
@@ -157,12 +164,24 @@ class _Runner:
         probabilities = np.asarray(out, dtype=np.float64)
         return _logit(probabilities), probabilities
 
+    def _with_crops(self, batch: np.ndarray, logits: np.ndarray, probabilities: np.ndarray):
+        """With test-time augmentation: the full view's scores averaged (in logits) with the crops'."""
+        if self.member.tta_views == 1:
+            return logits, probabilities
+        crop_logits, _ = self._view_scores(crop_views(batch))
+        logits = mean_over_views(logits, crop_logits)
+        return logits, _sigmoid(logits)
+
+    def scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(logits, probabilities)`` (n, 14) float64 for normalised inputs."""
+        return self._with_crops(batch, *self._view_scores(batch))
+
     def features_and_scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(features, logits, probabilities)`` from one forward pass."""
+        """``(features, logits, probabilities)``: features of the full image, from the same forward pass as its scores."""
         out = self._both(batch)
         features, probabilities = np.asarray(out[0]), np.asarray(out[1], dtype=np.float64)
         logits = np.asarray(out[2], dtype=np.float64) if self._has_logits else _logit(probabilities)
-        return features, logits, probabilities
+        return (features, *self._with_crops(batch, logits, probabilities))
 
 
 def _logits_output(model: keras.Model):
@@ -269,7 +288,8 @@ class Predictor:
         ood = load_reference(bundle.path, meta)
         if isinstance(bundle, EnsembleBundle):
             members = [Member(model=m.bundle.model, preprocess=m.bundle.preprocessing, weight=m.weight, name=m.name,
-                              explanation=explanation_method(m.bundle.metadata()), map_weight=m.map_weight)
+                              explanation=explanation_method(m.bundle.metadata()), map_weight=m.map_weight,
+                              tta_views=m.tta_views)
                        for m in bundle.members]
             predictor = cls(members=members, findings=bundle.findings, calibration=calibration,
                             thresholds=thresholds, metadata=meta, ood=ood)
