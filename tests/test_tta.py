@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from cxr_core.data import NIHDataset, preprocess
-from cxr_core.learn import Bundle, BundleError, assemble_ensemble
+from cxr_core.learn import Bundle, BundleError, assemble_ensemble, describe_model
 from cxr_core.serving import Predictor
 from cxr_core.serving.experiment import read_recipe
 from cxr_core.serving.predictor import Member
@@ -86,6 +86,7 @@ def test_member_scores_average_the_six_views_and_maps_do_not(tta_ensemble, demo_
 def test_bundle_records_views_and_refuses_bad_ones(tta_ensemble, tmp_path):
     meta = json.loads((tta_ensemble / "bundle.json").read_text())
     assert [m.get("tta_views", 1) for m in meta["members"]] == [6, 1]
+    assert describe_model(meta) == "ensemble of 2: small_cnn 64 px x 6 views + small_cnn 48 px"
     sources = [tta_ensemble.parent / "runs" / name for name, *_ in TINY_MEMBERS]
     with pytest.raises(BundleError, match="test-time views must be one of"):
         assemble_ensemble(sources, tmp_path / "bad", tta_views=[3, 1])

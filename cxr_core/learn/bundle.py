@@ -618,12 +618,14 @@ def describe_model(meta: dict | None) -> str:
     ``"mobilenetv2, 160 px"`` for one model; ``"ensemble of 2: vgg16 224 px +
     mobilenetv2 160 px"`` for an ensemble (shown by the app, the reports and
     the model card, so none of them claims one backbone and one input size
-    for an ensemble).
+    for an ensemble). A member with test-time augmentation reads
+    ``"vgg16 224 px x 6 views"``.
     """
     meta = meta or {}
     members = meta.get("members")
     if members:
-        parts = " + ".join(f"{m.get('backbone', '?')} {m.get('input_size', '?')} px" for m in members)
+        parts = " + ".join(f"{m.get('backbone', '?')} {m.get('input_size', '?')} px"
+                           + (f" x {m['tta_views']} views" if m.get("tta_views", 1) != 1 else "") for m in members)
         return f"ensemble of {len(members)}: {parts}"
     return f"{meta.get('backbone') or '?'}, {meta.get('input_size', '?')} px"
 

@@ -176,6 +176,10 @@ class _Runner:
         """``(logits, probabilities)`` (n, 14) float64 for normalised inputs."""
         return self._with_crops(batch, *self._view_scores(batch))
 
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        """The full image's ``"features"`` alone: no test-time views, which only the scores use."""
+        return np.asarray(self._both(batch)[0])
+
     def features_and_scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(features, logits, probabilities)``: features of the full image, from the same forward pass as its scores."""
         out = self._both(batch)
@@ -472,7 +476,7 @@ class Predictor:
         global average pool.
         """
         with self._lock:
-            features, _, _ = self._runners[member_index].features_and_scores(np.asarray(batch, dtype=np.float32))
+            features = self._runners[member_index].features(np.asarray(batch, dtype=np.float32))
         return pooled(features)
 
     def image_warnings(self, decoded: DecodedImage, small_uint8: np.ndarray | None = None) -> list[str]:
