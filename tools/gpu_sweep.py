@@ -41,7 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr_core.data.preprocessing import PreprocessConfig, normalize
+from cxr_core.findings import FINDINGS
 from cxr_core.learn.augment import AugmentConfig
+from cxr_core.learn.selection import mean_auroc
 
 STORED_SIZE = 192
 INPUT_SIZE = 160
@@ -159,8 +162,8 @@ def eval_views(images: np.ndarray, *, tta: bool, size: int = INPUT_SIZE) -> list
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
-    """0-255 -> the model's input (PreprocessConfig mean 0.5, std 0.25), with a channel axis."""
-    return ((x / 255.0 - 0.5) / 0.25)[..., None].astype(np.float32)
+    """0-255 -> the model's input (the one preprocessing's :func:`normalize`), with a channel axis."""
+    return normalize(x, PreprocessConfig(INPUT_SIZE))[..., None]
 
 
 def mix(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, *, mixup: float, cutmix: float):
@@ -234,14 +237,6 @@ QUEUES = [
     ["sweep_base_s1", "sweep_mixup02", "sweep_cutmix", "sweep_ema", "sweep_smallcnn64"],
     ["sweep_base_s2", "sweep_ep60", "sweep_effb0", "sweep_densenet121"],
 ]
-
-
-def _mean_auroc(labels: np.ndarray, logits: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    scores = [roc_auc_score(labels[:, j], logits[:, j]) for j in range(labels.shape[1])
-              if 0 < labels[:, j].sum() < len(labels)]
-    return float(np.mean(scores))
 
 
 def _classifier(recipe: Recipe):
@@ -349,9 +344,9 @@ def train_recipe(recipe: Recipe, data: dict, log) -> dict:
             for var, value in zip(model.trainable_variables, swapped):
                 var.assign(value)
         centre, tta = logits[0], np.mean(logits, axis=0)
-        auroc = _mean_auroc(y_val, centre)
+        auroc = mean_auroc(y_val, centre)[0]
         history.append({"epoch": epoch + 1, "loss": float(hist.history["loss"][-1]), "val_mean_auroc": auroc,
-                        "val_mean_auroc_tta": _mean_auroc(y_val, tta)})
+                        "val_mean_auroc_tta": mean_auroc(y_val, tta)[0]})
         if auroc > best["auroc"]:
             best, waited = {"auroc": auroc, "epoch": epoch + 1, "centre": centre, "tta": tta}, 0
         else:
@@ -360,7 +355,7 @@ def train_recipe(recipe: Recipe, data: dict, log) -> dict:
             break
     seconds = time.perf_counter() - start
     return {
-        "recipe": recipe.name, "what": recipe.what, "config": _jsonable(asdict(recipe)),
+        "recipe": recipe.name, "what": recipe.what, "config": asdict(recipe),
         "best_epoch": best["epoch"], "epochs_run": len(history), "history": history,
         "train_seconds": seconds, "ssl_seconds": ssl_seconds,
         "images_per_s": len(history) * steps * recipe.batch_size / seconds, "parameters": int(model.count_params()),
@@ -380,12 +375,6 @@ def _swap_ema(model, optimizer):
     for var, avg in zip(model.trainable_variables, averages):
         var.assign(keras.ops.convert_to_numpy(avg.value))
     return raw
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value
 
 
 def run_worker(pack_path: str, out: str, names: list[str], worker: int, deadline: float, smoke: bool) -> None:
@@ -447,9 +436,17 @@ def run(pack_path: str, out: str, *, seconds: float, workers: int, smoke: bool, 
 
 # ------------------------------------------------------------ score (here)
 
+def _auroc_columns(labels: np.ndarray, logits: np.ndarray, patients: np.ndarray, n_boot: int) -> dict:
+    """Mean AUROC and the means of the per-finding patient-bootstrap bounds, as the harness reports them."""
+    from cxr_core.evaluation.metrics import bootstrap_ci, macro_mean
+
+    ci = bootstrap_ci(labels, logits, groups=patients, n_boot=n_boot)
+    return {"val_mean_auroc": macro_mean(ci.point), "val_auroc_ci_low": macro_mean(ci.low),
+            "val_auroc_ci_high": macro_mean(ci.high)}
+
+
 def score(results_dir: str, cache: str, *, n_boot: int = 1000) -> list[dict]:
     """Validation mean AUROC with the harness's patient-bootstrap bounds, for every returned recipe."""
-    from cxr_core.evaluation.metrics import bootstrap_ci, macro_mean
     from cxr_core.learn.cache import open_cache
 
     index = open_cache(cache).split_index("val").set_index("image")
@@ -458,15 +455,15 @@ def score(results_dir: str, cache: str, *, n_boot: int = 1000) -> list[dict]:
         for line in path.read_text().splitlines():
             row = json.loads(line)
             frame = index.loc[row["val_image"]]
-            labels = frame[list(_findings())].to_numpy(np.float32)
+            labels = frame[list(FINDINGS)].to_numpy(np.float32)
             for variant, key in (("", "val_logits"), ("+tta", "val_logits_tta")):
                 logits = np.asarray(row[key], np.float32)
-                ci = bootstrap_ci(labels, logits, groups=frame["patient_id"].to_numpy(), n_boot=n_boot)
+                patients = frame["patient_id"].to_numpy()
                 rows.append({"recipe": row["recipe"] + variant, "what": row["what"] + (" (6-view TTA)" if variant else ""),
-                             "val_mean_auroc": macro_mean(ci.point), "val_auroc_ci_low": macro_mean(ci.low),
-                             "val_auroc_ci_high": macro_mean(ci.high), "best_epoch": row["best_epoch"], "images_per_s": row["images_per_s"],
+                             **_auroc_columns(labels, logits, patients, n_boot),
+                             "best_epoch": row["best_epoch"], "images_per_s": row["images_per_s"],
                              "minutes": (row["train_seconds"] + row["ssl_seconds"]) / 60, "parameters": row["parameters"],
-                             "logits": logits, "labels": labels, "patients": frame["patient_id"].to_numpy()})
+                             "logits": logits, "labels": labels, "patients": patients})
     return rows
 
 
@@ -477,8 +474,6 @@ TABLE_END = "<!-- gpu-sweep:end -->"
 
 def add_seed_ensemble(rows: list[dict], *, n_boot: int = 1000) -> list[dict]:
     """Append the logit mean of the baseline's seeds (with and without TTA) when all of them came back."""
-    from cxr_core.evaluation.metrics import bootstrap_ci, macro_mean
-
     by_name = {r["recipe"]: r for r in rows}
     for variant in ("", "+tta"):
         members = [by_name.get(m + variant) for m in SEED_MEMBERS]
@@ -486,11 +481,9 @@ def add_seed_ensemble(rows: list[dict], *, n_boot: int = 1000) -> list[dict]:
             continue
         logits = np.mean([m["logits"] for m in members], axis=0)
         ref = members[0]
-        ci = bootstrap_ci(ref["labels"], logits, groups=ref["patients"], n_boot=n_boot)
         rows.append({"recipe": "sweep_base_seeds3" + variant,
                      "what": "logit mean of the baseline's 3 seeds" + (" (6-view TTA)" if variant else ""),
-                     "val_mean_auroc": macro_mean(ci.point), "val_auroc_ci_low": macro_mean(ci.low),
-                     "val_auroc_ci_high": macro_mean(ci.high), "best_epoch": None,
+                     **_auroc_columns(ref["labels"], logits, ref["patients"], n_boot), "best_epoch": None,
                      "images_per_s": np.mean([m["images_per_s"] for m in members]),
                      "minutes": sum(m["minutes"] for m in members), "parameters": sum(m["parameters"] for m in members)})
     return rows
@@ -522,12 +515,6 @@ def write_sweep_table(rows: list[dict], document: str, device: str) -> Path:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text)
     return path
-
-
-def _findings():
-    from cxr_core.findings import FINDINGS
-
-    return FINDINGS
 
 
 def main(argv: list[str] | None = None) -> int:
