@@ -71,11 +71,41 @@ def test_one_recipe_trains_and_scores(pack_file, tmp_path):
     (tmp_path / "results_w0.jsonl").write_text(json.dumps(row) + "\n")
     with pytest.warns(Warning):  # findings absent from the tiny validation split are NaN, with a warning
         rows = gpu_sweep.score(str(tmp_path), str(root / "cache"), n_boot=20)
-    assert [r["recipe"] for r in rows] == ["sweep_ema", "sweep_ema+tta"]
+    # An EMA run also returns its own raw weights' scores, the paired reference.
+    assert [r["recipe"] for r in rows] == ["sweep_ema", "sweep_ema+tta", "sweep_ema_raw", "sweep_ema_raw+tta"]
+    assert not np.allclose(row["val_logits"], row["val_logits_raw"])
     assert all(0.0 <= r["val_mean_auroc"] <= 1.0 for r in rows)
     doc = tmp_path / "experiments.md"
     doc.write_text("# Experiments\n")
     gpu_sweep.write_sweep_table(rows, str(doc), "a test CPU")
     gpu_sweep.write_sweep_table(rows, str(doc), "a test CPU")  # rewritten between its markers, not appended twice
-    assert doc.read_text().count(gpu_sweep.TABLE_START) == 1
-    assert "sweep_ema+tta" in doc.read_text()
+    gpu_sweep.write_sweep_table(rows, str(doc), "a test CPU", table="cpu-sweep", reference="sweep_ema_raw")
+    text = doc.read_text()
+    assert text.count("<!-- gpu-sweep:start -->") == 1 and text.count("<!-- cpu-sweep:start -->") == 1
+    assert "sweep_ema+tta" in text
+    raw = next(r["val_mean_auroc"] for r in rows if r["recipe"] == "sweep_ema_raw")
+    assert f"baseline = sweep_ema_raw, {raw:.3f}" in text
+
+
+def test_weight_average_is_the_moving_average_of_every_step():
+    import keras
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    seen = []
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: seen.append([np.array(v.numpy()) for v in model.trainable_variables]))
+    average = gpu_sweep.weight_average(0.5)
+    rng = np.random.default_rng(0)
+    model.fit(rng.random((16, 3)), rng.random((16, 2)), batch_size=4, epochs=1, verbose=0, callbacks=[record, average])
+    expected = seen[0]
+    for step in seen[1:]:
+        expected = [0.5 * e + 0.5 * s for e, s in zip(expected, step)]
+    raw = average.swap_in()
+    # The averages are in the model now, the last step's weights were handed back.
+    for var, want, last, back in zip(model.trainable_variables, expected, seen[-1], raw):
+        np.testing.assert_allclose(var.numpy(), want, rtol=1e-6)
+        np.testing.assert_allclose(back, last)
+    assert not np.allclose(expected[0], seen[-1][0])
+    with pytest.raises(ValueError, match="momentum"):
+        gpu_sweep.weight_average(1.0)

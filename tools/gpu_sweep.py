@@ -327,54 +327,95 @@ def train_recipe(recipe: Recipe, data: dict, log) -> dict:
         model.set_weights(weights)
 
     steps = len(x_train) // recipe.batch_size
-    optimizer = keras.optimizers.AdamW(_schedule(recipe.learning_rate, steps, recipe.epochs), weight_decay=1e-4,
-                                       use_ema=recipe.ema > 0, ema_momentum=recipe.ema or 0.99)
+    optimizer = keras.optimizers.AdamW(_schedule(recipe.learning_rate, steps, recipe.epochs), weight_decay=1e-4)
+    # Not the optimizer's own use_ema: Keras's fit() ends by writing the averages
+    # into the model (finalize_variable_values), and this loop calls fit() once
+    # an epoch, so raw and averaged weights would never be told apart.
+    average = weight_average(recipe.ema) if recipe.ema else None
     model.compile(optimizer=optimizer, loss=make_loss(recipe.loss, train_labels=y_train, from_logits=True))
-    best = {"auroc": -1.0}
+    # An EMA recipe also scores the raw weights of the same run each epoch: a
+    # paired comparison (same seed, same batches), free of seed noise.
+    best = {"": {"auroc": -1.0}, **({"raw": {"auroc": -1.0}} if recipe.ema else {})}
     history, start, waited = [], time.perf_counter(), 0
     for epoch in range(recipe.epochs):
         x = augment_parallel(x_train, rng, recipe.augment)
         y = y_train
         if recipe.mixup or recipe.cutmix:
             x, y = mix(x, y, rng, mixup=recipe.mixup, cutmix=recipe.cutmix)
-        hist = model.fit(normalise(x), y, batch_size=recipe.batch_size, epochs=1, shuffle=True, verbose=0)
-        swapped = _swap_ema(model, optimizer) if recipe.ema else None
-        logits = [model.predict(v, batch_size=128, verbose=0) for v in val_views]
-        if swapped is not None:
-            for var, value in zip(model.trainable_variables, swapped):
-                var.assign(value)
-        centre, tta = logits[0], np.mean(logits, axis=0)
-        auroc = mean_auroc(y_val, centre)[0]
-        history.append({"epoch": epoch + 1, "loss": float(hist.history["loss"][-1]), "val_mean_auroc": auroc,
-                        "val_mean_auroc_tta": mean_auroc(y_val, tta)[0]})
-        if auroc > best["auroc"]:
-            best, waited = {"auroc": auroc, "epoch": epoch + 1, "centre": centre, "tta": tta}, 0
-        else:
-            waited += 1
+        hist = model.fit(normalise(x), y, batch_size=recipe.batch_size, epochs=1, shuffle=True, verbose=0,
+                         callbacks=[average] if average else None)
+        row = {"epoch": epoch + 1, "loss": float(hist.history["loss"][-1])}
+        improved = False
+        for variant in best:
+            swapped = average.swap_in() if average and variant == "" else None
+            centre = model.predict(val_views[0], batch_size=128, verbose=0)
+            auroc = mean_auroc(y_val, centre)[0]
+            row["val_mean_auroc" + (f"_{variant}" if variant else "")] = auroc
+            if auroc > best[variant]["auroc"]:
+                # The extra views only matter for the epoch kept: scored only there.
+                tta = np.mean([centre] + [model.predict(v, batch_size=128, verbose=0) for v in val_views[1:]], axis=0)
+                best[variant] = {"auroc": auroc, "epoch": epoch + 1, "centre": centre, "tta": tta}
+                row["val_mean_auroc" + (f"_{variant}" if variant else "") + "_tta"] = mean_auroc(y_val, tta)[0]
+                improved = improved or variant == ""
+            if swapped is not None:
+                for var, value in zip(model.trainable_variables, swapped):
+                    var.assign(value)
+        history.append(row)
+        waited = 0 if improved else waited + 1
         if waited >= recipe.patience:
             break
     seconds = time.perf_counter() - start
-    return {
+    result = {
         "recipe": recipe.name, "what": recipe.what, "config": asdict(recipe),
-        "best_epoch": best["epoch"], "epochs_run": len(history), "history": history,
+        "best_epoch": best[""]["epoch"], "epochs_run": len(history), "history": history,
         "train_seconds": seconds, "ssl_seconds": ssl_seconds,
         "images_per_s": len(history) * steps * recipe.batch_size / seconds, "parameters": int(model.count_params()),
         "val_image": [str(n) for n in data["image"][val]],
-        "val_logits": best["centre"].round(5).tolist(), "val_logits_tta": best["tta"].round(5).tolist(),
+        "val_logits": best[""]["centre"].round(5).tolist(), "val_logits_tta": best[""]["tta"].round(5).tolist(),
     }
+    if "raw" in best:
+        result.update(best_epoch_raw=best["raw"]["epoch"], val_logits_raw=best["raw"]["centre"].round(5).tolist(),
+                      val_logits_raw_tta=best["raw"]["tta"].round(5).tolist())
+    return result
 
 
-def _swap_ema(model, optimizer):
-    """Put the optimizer's moving averages into the model; return the raw weights to restore."""
+def weight_average(momentum: float):
+    """A Keras callback keeping an exponential moving average of the trainable weights, updated every step.
+
+    The average lives in NumPy, so it behaves the same on every backend;
+    ``swap_in()`` puts it into the model and returns the raw weights to restore.
+
+    Args:
+        momentum: the average's decay per step (0.998: about 500 steps, 7 epochs here).
+    """
     import keras
 
-    raw = [keras.ops.convert_to_numpy(v.value) for v in model.trainable_variables]
-    averages = getattr(optimizer, "_model_variables_moving_average", None)
-    if not averages:
-        return None
-    for var, avg in zip(model.trainable_variables, averages):
-        var.assign(keras.ops.convert_to_numpy(avg.value))
-    return raw
+    if not 0.0 < momentum < 1.0:
+        raise ValueError(f"momentum must be in (0, 1), got {momentum}")
+
+    class WeightAverage(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.values: list[np.ndarray] | None = None
+
+        def on_train_batch_end(self, batch, logs=None):
+            current = [keras.ops.convert_to_numpy(v.value).astype(np.float32) for v in self.model.trainable_variables]
+            if self.values is None:
+                self.values = current
+                return
+            for average, value in zip(self.values, current):
+                average *= momentum
+                average += (1.0 - momentum) * value
+
+        def swap_in(self) -> list[np.ndarray] | None:
+            if self.values is None:
+                return None
+            raw = [keras.ops.convert_to_numpy(v.value) for v in self.model.trainable_variables]
+            for var, value in zip(self.model.trainable_variables, self.values):
+                var.assign(value)
+            return raw
+
+    return WeightAverage()
 
 
 def run_worker(pack_path: str, out: str, names: list[str], worker: int, deadline: float, smoke: bool) -> None:
@@ -456,20 +497,22 @@ def score(results_dir: str, cache: str, *, n_boot: int = 1000) -> list[dict]:
             row = json.loads(line)
             frame = index.loc[row["val_image"]]
             labels = frame[list(FINDINGS)].to_numpy(np.float32)
-            for variant, key in (("", "val_logits"), ("+tta", "val_logits_tta")):
+            variants = [("", "", "val_logits", "best_epoch"), ("+tta", " (6-view TTA)", "val_logits_tta", "best_epoch")]
+            if "val_logits_raw" in row:  # an EMA run's own raw weights, the paired reference
+                variants += [("_raw", ": the same run's raw weights", "val_logits_raw", "best_epoch_raw"),
+                             ("_raw+tta", ": the same run's raw weights (6-view TTA)", "val_logits_raw_tta", "best_epoch_raw")]
+            for variant, said, key, epoch_key in variants:
                 logits = np.asarray(row[key], np.float32)
                 patients = frame["patient_id"].to_numpy()
-                rows.append({"recipe": row["recipe"] + variant, "what": row["what"] + (" (6-view TTA)" if variant else ""),
+                rows.append({"recipe": row["recipe"] + variant, "what": row["what"] + said,
                              **_auroc_columns(labels, logits, patients, n_boot),
-                             "best_epoch": row["best_epoch"], "images_per_s": row["images_per_s"],
+                             "best_epoch": row[epoch_key], "images_per_s": row["images_per_s"],
                              "minutes": (row["train_seconds"] + row["ssl_seconds"]) / 60, "parameters": row["parameters"],
                              "logits": logits, "labels": labels, "patients": patients})
     return rows
 
 
 SEED_MEMBERS = ("sweep_base_s0", "sweep_base_s1", "sweep_base_s2")
-TABLE_START = "<!-- gpu-sweep:start -->"
-TABLE_END = "<!-- gpu-sweep:end -->"
 
 
 def add_seed_ensemble(rows: list[dict], *, n_boot: int = 1000) -> list[dict]:
@@ -489,28 +532,42 @@ def add_seed_ensemble(rows: list[dict], *, n_boot: int = 1000) -> list[dict]:
     return rows
 
 
-def sweep_markdown(rows: list[dict], device: str) -> str:
-    """The GPU sweep's table, best first, each row's gain over the same run's baseline seeds."""
-    base = [r["val_mean_auroc"] for r in rows if r["recipe"] in SEED_MEMBERS]
-    reference = float(np.mean(base)) if base else float("nan")
-    lines = [f"Measured on {device} (Keras on JAX); baseline = mean of the seeds' rows, {reference:.3f}.", "",
+def sweep_markdown(rows: list[dict], device: str, *, reference: str | None = None) -> str:
+    """The sweep's table, best first, each row's gain over the same run's baseline.
+
+    Args:
+        rows: scored rows (:func:`score`).
+        device: where it ran, with the Keras backend, for the table's first line.
+        reference: the recipe row the gains are read against; by default the
+            mean of the baseline seeds' rows.
+    """
+    if reference is None:
+        base = [r["val_mean_auroc"] for r in rows if r["recipe"] in SEED_MEMBERS]
+        value, said = (float(np.mean(base)) if base else float("nan")), "mean of the seeds' rows"
+    else:
+        value, said = next((r["val_mean_auroc"] for r in rows if r["recipe"] == reference), float("nan")), reference
+    reference_value = value
+    lines = [f"Measured on {device}; baseline = {said}, {reference_value:.3f}.", "",
              "| recipe | what | val mean AUROC (95% CI) | vs baseline | best epoch | train img/s | minutes | parameters |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: -r["val_mean_auroc"]):
         epoch = "" if r["best_epoch"] is None else str(r["best_epoch"])
         lines.append(f"| {r['recipe']} | {r['what']} | {r['val_mean_auroc']:.3f} ({r['val_auroc_ci_low']:.3f}–"
-                     f"{r['val_auroc_ci_high']:.3f}) | {r['val_mean_auroc'] - reference:+.3f} | {epoch} | "
+                     f"{r['val_auroc_ci_high']:.3f}) | {r['val_mean_auroc'] - reference_value:+.3f} | {epoch} | "
                      f"{r['images_per_s']:.0f} | {r['minutes']:.1f} | {r['parameters']:,} |")
     return "\n".join(lines)
 
 
-def write_sweep_table(rows: list[dict], document: str, device: str) -> Path:
+def write_sweep_table(rows: list[dict], document: str, device: str, *, table: str = "gpu-sweep",
+                      reference: str | None = None) -> Path:
+    """Write the table between ``<!-- {table}:start -->`` and its end marker (appended the first time)."""
     path = Path(document)
     text = path.read_text()
-    block = f"{TABLE_START}\n{sweep_markdown(rows, device)}\n{TABLE_END}"
-    if TABLE_START in text and TABLE_END in text:
-        head, rest = text.split(TABLE_START, 1)
-        text = head + block + rest.split(TABLE_END, 1)[1]
+    start, end = f"<!-- {table}:start -->", f"<!-- {table}:end -->"
+    block = f"{start}\n{sweep_markdown(rows, device, reference=reference)}\n{end}"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text)
@@ -534,7 +591,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", required=True, help="folder with the run's results_w*.jsonl")
     p.add_argument("--cache", required=True, help="the cache the pack was made from (validation labels, patients)")
     p.add_argument("--doc", default="docs/experiments.md")
-    p.add_argument("--device", default="one NVIDIA H200")
+    p.add_argument("--device", default="one NVIDIA H200 (Keras on JAX)", help="where it ran, with the Keras backend")
+    p.add_argument("--table", default="gpu-sweep", help="the marker name of the table in --doc")
+    p.add_argument("--reference", help="the row gains are read against (default: the mean of the baseline seeds)")
     p = sub.add_parser("worker")
     p.add_argument("--pack", required=True)
     p.add_argument("--out", required=True)
@@ -548,8 +607,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "score":
         rows = add_seed_ensemble(score(args.results, args.cache))
-        print(sweep_markdown(rows, args.device))
-        print(write_sweep_table(rows, args.doc, args.device))
+        print(sweep_markdown(rows, args.device, reference=args.reference))
+        print(write_sweep_table(rows, args.doc, args.device, table=args.table, reference=args.reference))
         return 0
     if args.command == "run":
         return run(args.pack, args.out, seconds=args.seconds, workers=args.workers, smoke=args.smoke, only=args.only)
