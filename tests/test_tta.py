@@ -87,6 +87,11 @@ def test_bundle_records_views_and_refuses_bad_ones(tta_ensemble, tmp_path):
     meta = json.loads((tta_ensemble / "bundle.json").read_text())
     assert [m.get("tta_views", 1) for m in meta["members"]] == [6, 1]
     assert describe_model(meta) == "ensemble of 2: small_cnn 64 px x 6 views + small_cnn 48 px"
+    from tools.model_card import network_text
+
+    card = network_text(meta)  # the model card names the views of the member that has them, only
+    assert card.count("scored over 6 views") == 1
+    assert card.index("scored over 6 views") < card.index(f"`{meta['members'][1]['name']}`")
     sources = [tta_ensemble.parent / "runs" / name for name, *_ in TINY_MEMBERS]
     with pytest.raises(BundleError, match="test-time views must be one of"):
         assemble_ensemble(sources, tmp_path / "bad", tta_views=[3, 1])

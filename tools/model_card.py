@@ -144,8 +144,10 @@ def network_text(meta: dict) -> str:
         # features records only its fit, so the template's Recipe section states the full cost.
         minutes = "" if m.get("training_seconds") is None else f", its training run {m['training_seconds'] / 60:.0f} min"
         best = "" if m.get("best_val_mean_auroc") is None else f", best validation mean AUROC {fmt(m['best_val_mean_auroc'])}"
+        views = int(m.get("tta_views") or 1)
+        scored = f", scored over {views} views (the image and {views - 1} crops; heatmap from the image)" if views > 1 else ""
         parts.append(f"`{m['name']}` (weight {m['weight']:.2f}): {m.get('backbone')} {_init_words(m.get('weights_init'))}, "
-                     f"grayscale input {m.get('input_size')} x {m.get('input_size')} px{minutes}{best}")
+                     f"grayscale input {m.get('input_size')} x {m.get('input_size')} px{scored}{minutes}{best}")
     return (f"{describe_model(meta)}, whose logits are averaged with the weights given per member before the sigmoid; calibration "
             "and thresholds are fitted on validation after averaging. Members: " + "; ".join(parts))
 

@@ -142,7 +142,8 @@ def _summary_markdown(report: dict, title: str) -> str:
     lines += ["", f"Calibration ({cal['method']} scaling fitted on {cal['fitted_on']}): mean ECE {ece_b:.3f} before, {ece_a:.3f} after."]
     loc = report.get("localization", {})
     if loc.get("n_boxes"):
-        lines += ["", f"Localisation: Grad-CAM++ boxes against {loc['n_boxes']} expert boxes, T(IoBB) accuracy:", ""]
+        lines += ["", f"Localisation: boxes drawn from the heatmaps the app shows (each member's own method, Grad-CAM or "
+                  f"Grad-CAM++, weighted as the bundle says) against {loc['n_boxes']} expert boxes, T(IoBB) accuracy:", ""]
         keys = [k for k in loc["accuracy"][0] if k.startswith("T(IoBB)")]
         lines += ["| finding | boxes | " + " | ".join(keys) + " | mean IoU |", "|---|---:|" + "---:|" * (len(keys) + 1)]
         for row in loc["accuracy"]:
@@ -203,7 +204,7 @@ def evaluate_bundle(
         n_boot: bootstrap resamples for the confidence intervals.
         threshold_method: see :func:`cxr_core.evaluation.thresholds.fit_thresholds`.
         calibration_method: ``"temperature"`` or ``"platt"``.
-        localization: also score Grad-CAM++ boxes against the expert boxes.
+        localization: also score the heatmaps' boxes against the expert boxes.
         expert_labels: the radiologists' label file; None looks for it under
             ``data_root`` (:func:`cxr_core.data.expert_labels.find_expert_labels`),
             False skips the expert reference. A given path must exist.
