@@ -1,4 +1,4 @@
-"""Learning: the tf.data pipeline and its TFRecord cache, model builders, losses, the training configuration and engine, and model bundles.
+"""Learning: the tf.data pipeline and its TFRecord cache, model builders, losses, the training configuration and engine, model bundles and ensembles of them.
 
 Uses the data layer only; evaluation, serving and the reader study sit above it.
 """
@@ -19,6 +19,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "selection": ("mean_auroc",),
     "top_finetune": ("split_model", "finetune_top"),
     "pretrained_modes": ("train_linear_head", "train_top_finetune"),
-    "bundle": ("Bundle", "BundleError", "load_weights_into", "code_version", "EnsembleBundle", "EnsembleMember",
-               "load_bundle", "assemble_ensemble", "describe_model", "input_sizes", "portable_path", "read_metadata"),
+    "bundle": ("Bundle", "BundleError", "load_weights_into", "code_version", "describe_model", "input_sizes",
+               "explanation_method", "portable_path", "read_metadata"),
+    "ensemble": ("EnsembleBundle", "EnsembleMember", "load_bundle", "assemble_ensemble"),
 })

@@ -281,7 +281,8 @@ class Predictor:
             BundleError: not a bundle, or its findings order or input size do
                 not match this code or its stored model.
         """
-        from cxr_core.learn.bundle import EnsembleBundle, explanation_method, load_bundle
+        from cxr_core.learn.bundle import explanation_method
+        from cxr_core.learn.ensemble import EnsembleBundle, load_bundle
 
         bundle = load_bundle(path)
         meta = bundle.metadata()
