@@ -287,8 +287,39 @@ def _check_model(model, findings, input_size: int, where: str) -> None:
         raise BundleError(f"{where}: the model has {outputs} outputs but the bundle lists {len(findings)} findings")
 
 
+@dataclass(kw_only=True)
 class _Records:
-    """What both kinds of bundle share: provenance keys, extra keys, lookups (fields of the dataclasses below)."""
+    """What both kinds of bundle share: provenance fields, extra keys, lookups.
+
+    Attributes (keyword-only, after each kind's own fields):
+        data: training data summary (source, counts per split and finding).
+        split: split strategy, seed and fractions.
+        splits: table ``image, patient_id, split`` (``splits.csv``) or ``None``.
+        code: :func:`code_version` when the bundle was made.
+        created: ISO time the bundle was first saved.
+        training: how it was trained (or assembled).
+        extra: any other ``bundle.json`` keys (thresholds, calibration,
+            metrics ...), kept as they are.
+        path: folder the bundle was loaded from or saved to.
+    """
+
+    data: dict = field(default_factory=dict)
+    split: dict = field(default_factory=dict)
+    splits: pd.DataFrame | None = None
+    code: dict = field(default_factory=dict)
+    created: str = ""
+    training: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    @staticmethod
+    def _records_from(meta: dict, directory: Path) -> dict:
+        """The shared fields of a bundle folder, but ``extra`` (each kind knows its own keys)."""
+        splits = None
+        if (directory / SPLITS_FILE).is_file():
+            splits = pd.read_csv(directory / SPLITS_FILE, dtype={"image": str, "split": str})
+        return {"data": meta.get("data", {}), "split": meta.get("split", {}), "splits": splits, "code": meta.get("code", {}),
+                "created": meta.get("created", ""), "training": meta.get("training", {}), "path": directory}
 
     def _shared_metadata(self) -> dict:
         return {
@@ -327,15 +358,10 @@ class Bundle(_Records):
         backbone: backbone name (``"densenet121"`` ...).
         findings: output column order; always :data:`FINDINGS` for new bundles.
         model_config: arguments of :func:`cxr_core.learn.models.build_model` that rebuild the architecture.
-        data: training data summary (source, counts per split and finding).
-        split: split strategy, seed and fractions.
-        splits: table ``image, patient_id, split`` (``splits.csv``) or ``None``.
-        code: :func:`code_version` at training time.
-        created: ISO time the bundle was first saved.
-        training: training configuration and history summary.
-        extra: any other ``bundle.json`` keys (thresholds, calibration,
-            metrics ...), kept as they are.
-        path: folder the bundle was loaded from or saved to.
+
+    and the shared provenance fields of ``_Records`` (``data``, ``split``,
+    ``splits``, ``code``, ``created``, ``training``: its configuration and
+    history summary, ``extra``, ``path``).
     """
 
     model: object | None
@@ -344,14 +370,6 @@ class Bundle(_Records):
     backbone: str
     findings: tuple[str, ...] = FINDINGS
     model_config: dict = field(default_factory=dict)
-    data: dict = field(default_factory=dict)
-    split: dict = field(default_factory=dict)
-    splits: pd.DataFrame | None = None
-    code: dict = field(default_factory=dict)
-    created: str = ""
-    training: dict = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)
-    path: Path | None = None
 
     def __post_init__(self) -> None:
         self.findings = tuple(self.findings)
@@ -461,16 +479,11 @@ class Bundle(_Records):
 
             model = keras.models.load_model(directory / meta.get("model_file", MODEL_FILE), compile=False)
             _check_model(model, findings, input_size, str(directory))
-        splits = None
-        if (directory / SPLITS_FILE).is_file():
-            splits = pd.read_csv(directory / SPLITS_FILE, dtype={"image": str, "split": str})
         extra = {k: v for k, v in meta.items() if k not in CORE_KEYS and k not in _FIELD_KEYS}
         extra["weights_dtype"] = meta.get("weights_dtype", "float32")
         return cls(
             model=model, input_size=input_size, preprocessing=preprocessing, backbone=str(meta.get("backbone", "")),
-            findings=findings, model_config=meta.get("model", {}), data=meta.get("data", {}), split=meta.get("split", {}),
-            splits=splits, code=meta.get("code", {}), created=meta.get("created", ""), training=meta.get("training", {}),
-            extra=extra, path=directory,
+            findings=findings, model_config=meta.get("model", {}), extra=extra, **cls._records_from(meta, directory),
         )
 
     @staticmethod

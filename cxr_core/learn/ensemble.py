@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -125,28 +125,17 @@ class EnsembleBundle(_Records):
         findings: output column order, shared by every member.
         combine: how outputs combine; only ``"logit_mean"`` (weighted mean of
             logits, then sigmoid).
-        data: training data summary shared by the members.
-        split: split strategy, seed and fractions (identical for all members).
-        splits: the shared ``splits.csv`` table, or ``None``.
-        code: :func:`code_version` when the ensemble was assembled.
-        created: ISO time the ensemble was assembled.
-        training: how the ensemble was assembled (each member's own history
-            is in its ``members/<name>/bundle.json``).
-        extra: other ``bundle.json`` keys (thresholds, calibration, metrics ...).
-        path: the bundle folder.
+
+    and the shared provenance fields of ``_Records``: the members' shared
+    ``data`` summary, ``split`` and ``splits`` (identical for all members),
+    ``code`` and ``created`` of the assembly, ``training`` (how the ensemble
+    was assembled; each member's own history is in its
+    ``members/<name>/bundle.json``), ``extra``, ``path``.
     """
 
     members: list[EnsembleMember]
     findings: tuple[str, ...] = FINDINGS
     combine: str = COMBINE_LOGIT_MEAN
-    data: dict = field(default_factory=dict)
-    split: dict = field(default_factory=dict)
-    splits: pd.DataFrame | None = None
-    code: dict = field(default_factory=dict)
-    created: str = ""
-    training: dict = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)
-    path: Path | None = None
 
     @property
     def backbone(self) -> str:
@@ -206,15 +195,9 @@ class EnsembleBundle(_Records):
         weights = _normalised_weights([m.weight for m in members], len(members))
         for member, weight in zip(members, weights):
             member.weight = weight
-        splits = None
-        if (directory / SPLITS_FILE).is_file():
-            splits = pd.read_csv(directory / SPLITS_FILE, dtype={"image": str, "split": str})
         known = CORE_KEYS | {"backbone", "data", "split", "code", "created", "training"}
-        return cls(
-            members=members, findings=findings, combine=combine, data=meta.get("data", {}), split=meta.get("split", {}),
-            splits=splits, code=meta.get("code", {}), created=meta.get("created", ""), training=meta.get("training", {}),
-            extra={k: v for k, v in meta.items() if k not in known}, path=directory,
-        )
+        return cls(members=members, findings=findings, combine=combine, extra={k: v for k, v in meta.items() if k not in known},
+                   **cls._records_from(meta, directory))
 
 
 def load_bundle(directory: str | os.PathLike, *, expected_findings=FINDINGS, load_model: bool = True) -> Bundle | EnsembleBundle:
