@@ -62,7 +62,9 @@ def test_one_recipe_trains_and_scores(pack_file, tmp_path):
     root, path = pack_file
     data = gpu_sweep.load_pack(str(path))
     recipe = replace(gpu_sweep.RECIPES["sweep_ema"], backbone="small_cnn", epochs=2, batch_size=8)
-    row = gpu_sweep.train_recipe(recipe, data, lambda message: None)
+    messages = []
+    row = gpu_sweep.train_recipe(recipe, data, messages.append)
+    assert [m.split()[2] for m in messages if ": epoch " in m] == ["1", "2"]  # a long run can be followed
     n_val = int((data["split"] == "val").sum())
     assert np.asarray(row["val_logits"]).shape == (n_val, 14)
     assert np.asarray(row["val_logits_tta"]).shape == (n_val, 14)

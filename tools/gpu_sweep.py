@@ -361,6 +361,8 @@ def train_recipe(recipe: Recipe, data: dict, log) -> dict:
                 for var, value in zip(model.trainable_variables, swapped):
                     var.assign(value)
         history.append(row)
+        log(f"{recipe.name}: epoch {epoch + 1} " + " ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "epoch")
+            + f" {time.perf_counter() - start:.0f}s")
         waited = 0 if improved else waited + 1
         if waited >= recipe.patience:
             break
