@@ -55,6 +55,8 @@ def test_densenet121_features_are_its_last_relu_and_every_bn_gets_the_momentum()
         ({"backbone": "small_cnn", "dropout": 1.0}, "dropout"),
         ({"backbone": "small_cnn", "bn_momentum": 1.0}, "bn_momentum"),
         ({"backbone": "mobilenetv2", "weights": "/nonexistent/weights.h5"}, "weights must be"),
+        ({"backbone": "mobilenetv2", "width_multiplier": 0}, "width_multiplier must be a positive"),
+        ({"backbone": "small_cnn", "width_multiplier": 0.5}, "mobilenetv2 only"),
     ],
 )
 def test_builder_validates_arguments(kwargs, message):
@@ -138,3 +140,11 @@ def test_multi_scale_features_concatenate_maps_of_one_size():
     assert model.get_layer("features").output.shape[1:] == (4, 4, 1024)
     with pytest.raises(ValueError, match="one spatial size"):
         build_model("vgg16", 64, features_layer=("block4_conv3", "block5_conv3"))
+
+
+def test_mobilenetv2_width_multiplier_scales_every_layer():
+    full = build_model("mobilenetv2", 96)
+    half = build_model("mobilenetv2", 96, width_multiplier=0.5)
+    assert half.get_layer("Conv1").filters == full.get_layer("Conv1").filters // 2
+    assert half.count_params() < 0.5 * full.count_params()
+    assert [layer.name for layer in half.layers[-5:]] == [layer.name for layer in full.layers[-5:]]  # same contract

@@ -195,6 +195,7 @@ class Recipe:
     what: str
     backbone: str = "mobilenetv2"
     small_cnn_width: int = 16
+    width_multiplier: float = 1.0
     seed: int = 0
     epochs: int = 30
     batch_size: int = 32
@@ -224,6 +225,7 @@ RECIPES = {r.name: r for r in [
     replace(BASE, name="sweep_densenet121", what="DenseNet-121 from scratch", backbone="densenet121"),
     replace(BASE, name="sweep_smallcnn32", what="small CNN built here, width 32", backbone="small_cnn", small_cnn_width=32),
     replace(BASE, name="sweep_smallcnn64", what="small CNN built here, width 64", backbone="small_cnn", small_cnn_width=64),
+    replace(BASE, name="sweep_mnv2_w05", what="MobileNetV2 at width multiplier 0.5", width_multiplier=0.5),
     replace(BASE, name="sweep_simclr", what="SimCLR pretraining (100 ep, all 3,426 images, labels unused), then the baseline",
             ssl_epochs=100),
     replace(BASE, name="sweep_simclr_lr3e4", what="SimCLR pretraining, then the baseline at lr 3e-4",
@@ -235,7 +237,7 @@ QUEUES = [
     ["sweep_simclr", "sweep_simclr_lr3e4"],
     ["sweep_base_s0", "sweep_bce", "sweep_aug05", "sweep_aug20", "sweep_smallcnn32"],
     ["sweep_base_s1", "sweep_mixup02", "sweep_cutmix", "sweep_ema", "sweep_smallcnn64"],
-    ["sweep_base_s2", "sweep_ep60", "sweep_effb0", "sweep_densenet121"],
+    ["sweep_base_s2", "sweep_ep60", "sweep_effb0", "sweep_densenet121", "sweep_mnv2_w05"],
 ]
 
 
@@ -245,7 +247,7 @@ def _classifier(recipe: Recipe):
     from cxr_core.learn.models import build_model
 
     full = build_model(recipe.backbone, INPUT_SIZE, weights=None, dropout=0.2, bn_momentum=0.9,
-                       small_cnn_width=recipe.small_cnn_width)
+                       small_cnn_width=recipe.small_cnn_width, width_multiplier=recipe.width_multiplier)
     return keras.Model(full.inputs, full.get_layer("logits").output, name=full.name)
 
 

@@ -245,6 +245,7 @@ def build_model(
     bn_momentum: float = 0.9,
     preprocess: PreprocessConfig | None = None,
     small_cnn_width: int = 16,
+    width_multiplier: float = 1.0,
     num_findings: int = len(FINDINGS),
     features_layer: str | Sequence[str] | None = None,
 ) -> keras.Model:
@@ -271,6 +272,10 @@ def build_model(
             are needed to undo it for ImageNet weights); default
             ``PreprocessConfig(input_size)``.
         small_cnn_width: filters of the first ``small_cnn`` block.
+        width_multiplier: ``mobilenetv2`` only: scales the filters of every
+            layer (Keras's ``alpha``; 0.5 halves them). Random initialisation
+            takes any positive value; ImageNet weights exist for 0.35, 0.5,
+            0.75, 1.0, 1.3 and 1.4.
         num_findings: output columns; 14 except in special experiments.
         features_layer: backbone layer whose activation becomes ``"features"``
             (what Grad-CAM++ explains); default the backbone's last conv
@@ -303,6 +308,10 @@ def build_model(
         )
     if packaged is not None and PACKAGED_WEIGHTS[packaged] != backbone:
         raise ValueError(f"weights={packaged!r} are for the {PACKAGED_WEIGHTS[packaged]} backbone, not {backbone}")
+    if not (isinstance(width_multiplier, (int, float)) and not isinstance(width_multiplier, bool) and width_multiplier > 0):
+        raise ValueError(f"width_multiplier must be a positive number, got {width_multiplier!r}")
+    if float(width_multiplier) != 1.0 and backbone != "mobilenetv2":
+        raise ValueError(f"width_multiplier is implemented for mobilenetv2 only, not {backbone}")
     if spec.constructor is None and weights is not None:
         raise ValueError(f"{backbone} has no pretrained weights; use weights=None")
     if rgb_stem is None:
@@ -326,11 +335,13 @@ def build_model(
         else:
             x = inputs
         channels = 3 if rgb_stem else 1
+        width = {"alpha": float(width_multiplier)} if backbone == "mobilenetv2" else {}
         base = spec.constructor(
             include_top=False,
             weights=weights if weights in (None, "imagenet") or packaged else os.fspath(weights),
             input_tensor=x,
             input_shape=(input_size, input_size, channels),
+            **width,
         ) if packaged is None else spec.constructor(
             include_top=False, weights=None, input_tensor=x, input_shape=(input_size, input_size, channels)
         )
