@@ -6,6 +6,7 @@ the TensorFlow backend, which exercises the same Keras code path.
 
 from __future__ import annotations
 
+import gzip
 import json
 from dataclasses import replace
 
@@ -77,6 +78,12 @@ def test_one_recipe_trains_and_scores(pack_file, tmp_path):
     assert [r["recipe"] for r in rows] == ["sweep_ema", "sweep_ema+tta", "sweep_ema_raw", "sweep_ema_raw+tta"]
     assert not np.allclose(row["val_logits"], row["val_logits_raw"])
     assert all(0.0 <= r["val_mean_auroc"] <= 1.0 for r in rows)
+    stored = tmp_path / "stored"  # the repository keeps a run's results merged and gzipped
+    stored.mkdir()
+    (stored / "results.jsonl.gz").write_bytes(gzip.compress((json.dumps(row) + "\n").encode()))
+    with pytest.warns(Warning):
+        again = gpu_sweep.score(str(stored), str(root / "cache"), n_boot=20)
+    assert [(r["recipe"], r["val_mean_auroc"]) for r in again] == [(r["recipe"], r["val_mean_auroc"]) for r in rows]
     doc = tmp_path / "experiments.md"
     doc.write_text("# Experiments\n")
     gpu_sweep.write_sweep_table(rows, str(doc), "a test CPU")

@@ -31,6 +31,7 @@ image (labels unused).
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import os
@@ -496,8 +497,11 @@ def score(results_dir: str, cache: str, *, n_boot: int = 1000) -> list[dict]:
 
     index = open_cache(cache).split_index("val").set_index("image")
     rows = []
-    for path in sorted(Path(results_dir).glob("results_w*.jsonl")):
-        for line in path.read_text().splitlines():
+    folder = Path(results_dir)
+    # A worker's own file, or a run's files merged and gzipped for the repository.
+    for path in sorted(folder.glob("results_w*.jsonl")) + sorted(folder.glob("results*.jsonl.gz")):
+        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+        for line in text.splitlines():
             row = json.loads(line)
             frame = index.loc[row["val_image"]]
             labels = frame[list(FINDINGS)].to_numpy(np.float32)
@@ -592,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="+")
     p.add_argument("--smoke", action="store_true", help="48 images per split, 2 epochs: a check of the code path")
     p = sub.add_parser("score")
-    p.add_argument("--results", required=True, help="folder with the run's results_w*.jsonl")
+    p.add_argument("--results", required=True, help="folder with the run's results_w*.jsonl or results*.jsonl.gz")
     p.add_argument("--cache", required=True, help="the cache the pack was made from (validation labels, patients)")
     p.add_argument("--doc", default="docs/experiments.md")
     p.add_argument("--device", default="one NVIDIA H200 (Keras on JAX)", help="where it ran, with the Keras backend")
