@@ -116,5 +116,7 @@ def test_weight_average_is_the_moving_average_of_every_step():
         np.testing.assert_allclose(var.numpy(), want, rtol=1e-6)
         np.testing.assert_allclose(back, last)
     assert not np.allclose(expected[0], seen[-1][0])
+    average.restore(raw)
+    np.testing.assert_allclose(model.trainable_variables[0].numpy(), seen[-1][0])
     with pytest.raises(ValueError, match="momentum"):
         gpu_sweep.weight_average(1.0)

@@ -361,8 +361,7 @@ def train_recipe(recipe: Recipe, data: dict, log) -> dict:
                 row["val_mean_auroc" + (f"_{variant}" if variant else "") + "_tta"] = mean_auroc(y_val, tta)[0]
                 improved = improved or variant == ""
             if swapped is not None:
-                for var, value in zip(model.trainable_variables, swapped):
-                    var.assign(value)
+                average.restore(swapped)
         history.append(row)
         log(f"{recipe.name}: epoch {epoch + 1} " + " ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "epoch")
             + f" {time.perf_counter() - start:.0f}s")
@@ -388,7 +387,8 @@ def weight_average(momentum: float):
     """A Keras callback keeping an exponential moving average of the trainable weights, updated every step.
 
     The average lives in NumPy, so it behaves the same on every backend;
-    ``swap_in()`` puts it into the model and returns the raw weights to restore.
+    ``swap_in()`` puts it into the model and returns the raw weights, which
+    ``restore()`` puts back.
 
     Args:
         momentum: the average's decay per step (0.998: about 500 steps, 7 epochs here).
@@ -416,9 +416,13 @@ def weight_average(momentum: float):
             if self.values is None:
                 return None
             raw = [keras.ops.convert_to_numpy(v.value) for v in self.model.trainable_variables]
-            for var, value in zip(self.model.trainable_variables, self.values):
-                var.assign(value)
+            self.restore(self.values)
             return raw
+
+        def restore(self, values: list[np.ndarray]) -> None:
+            """Assign ``values`` (e.g. what :meth:`swap_in` handed back) to the trainable weights."""
+            for var, value in zip(self.model.trainable_variables, values):
+                var.assign(value)
 
     return WeightAverage()
 
