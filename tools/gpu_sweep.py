@@ -353,12 +353,13 @@ def train_recipe(recipe: Recipe, data: dict, log) -> dict:
             swapped = average.swap_in() if average and variant == "" else None
             centre = model.predict(val_views[0], batch_size=128, verbose=0)
             auroc = mean_auroc(y_val, centre)[0]
-            row["val_mean_auroc" + (f"_{variant}" if variant else "")] = auroc
+            key = "val_mean_auroc" + (f"_{variant}" if variant else "")
+            row[key] = auroc
             if auroc > best[variant]["auroc"]:
                 # The extra views only matter for the epoch kept: scored only there.
                 tta = np.mean([centre] + [model.predict(v, batch_size=128, verbose=0) for v in val_views[1:]], axis=0)
                 best[variant] = {"auroc": auroc, "epoch": epoch + 1, "centre": centre, "tta": tta}
-                row["val_mean_auroc" + (f"_{variant}" if variant else "") + "_tta"] = mean_auroc(y_val, tta)[0]
+                row[key + "_tta"] = mean_auroc(y_val, tta)[0]
                 improved = improved or variant == ""
             if swapped is not None:
                 average.restore(swapped)
@@ -509,13 +510,13 @@ def score(results_dir: str, cache: str, *, n_boot: int = 1000) -> list[dict]:
             row = json.loads(line)
             frame = index.loc[row["val_image"]]
             labels = frame[list(FINDINGS)].to_numpy(np.float32)
+            patients = frame["patient_id"].to_numpy()
             variants = [("", "", "val_logits", "best_epoch"), ("+tta", " (6-view TTA)", "val_logits_tta", "best_epoch")]
             if "val_logits_raw" in row:  # an EMA run's own raw weights, the paired reference
                 variants += [("_raw", ": the same run's raw weights", "val_logits_raw", "best_epoch_raw"),
                              ("_raw+tta", ": the same run's raw weights (6-view TTA)", "val_logits_raw_tta", "best_epoch_raw")]
             for variant, said, key, epoch_key in variants:
                 logits = np.asarray(row[key], np.float32)
-                patients = frame["patient_id"].to_numpy()
                 rows.append({"recipe": row["recipe"] + variant, "what": row["what"] + said,
                              **_auroc_columns(labels, logits, patients, n_boot),
                              "best_epoch": row[epoch_key], "images_per_s": row["images_per_s"],
@@ -555,10 +556,10 @@ def sweep_markdown(rows: list[dict], device: str, *, reference: str | None = Non
     """
     if reference is None:
         base = [r["val_mean_auroc"] for r in rows if r["recipe"] in SEED_MEMBERS]
-        value, said = (float(np.mean(base)) if base else float("nan")), "mean of the seeds' rows"
+        reference_value, said = (float(np.mean(base)) if base else float("nan")), "mean of the seeds' rows"
     else:
-        value, said = next((r["val_mean_auroc"] for r in rows if r["recipe"] == reference), float("nan")), reference
-    reference_value = value
+        reference_value = next((r["val_mean_auroc"] for r in rows if r["recipe"] == reference), float("nan"))
+        said = reference
     lines = [f"Measured on {device}; baseline = {said}, {reference_value:.3f}.", "",
              "| recipe | what | val mean AUROC (95% CI) | vs baseline | best epoch | train img/s | minutes | parameters |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
@@ -573,16 +574,11 @@ def sweep_markdown(rows: list[dict], device: str, *, reference: str | None = Non
 def write_sweep_table(rows: list[dict], document: str, device: str, *, table: str = "gpu-sweep",
                       reference: str | None = None) -> Path:
     """Write the table between ``<!-- {table}:start -->`` and its end marker (appended the first time)."""
+    from cxr_core.serving.experiment import put_between_markers
+
     path = Path(document)
-    text = path.read_text()
-    start, end = f"<!-- {table}:start -->", f"<!-- {table}:end -->"
-    block = f"{start}\n{sweep_markdown(rows, device, reference=reference)}\n{end}"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
+    path.write_text(put_between_markers(path.read_text(), f"<!-- {table}:start -->", f"<!-- {table}:end -->",
+                                        sweep_markdown(rows, device, reference=reference)))
     return path
 
 

@@ -278,14 +278,23 @@ def results_markdown(results: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def put_between_markers(text: str, start: str, end: str, block: str) -> str:
+    """``text`` with ``block`` between its ``start`` and ``end`` markers (both appended first if either is missing).
+
+    Everything outside the markers is kept as it is: the tables of
+    ``docs/experiments.md`` are regenerated, the prose around them is not.
+    """
+    if start not in text or end not in text:
+        text = text.rstrip("\n") + f"\n\n{start}\n{end}\n"
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{block}\n{end}{tail}"
+
+
 def write_table(results: pd.DataFrame, document: str | os.PathLike) -> Path:
     """Put the table between the markers of ``document`` (created with them if missing)."""
     document = Path(document)
     text = document.read_text(encoding="utf-8") if document.is_file() else f"# Experiments\n\n{TABLE_START}\n{TABLE_END}\n"
-    if TABLE_START not in text or TABLE_END not in text:
-        text += f"\n{TABLE_START}\n{TABLE_END}\n"
-    head, rest = text.split(TABLE_START, 1)
-    _, tail = rest.split(TABLE_END, 1)
     document.parent.mkdir(parents=True, exist_ok=True)
-    document.write_text(f"{head}{TABLE_START}\n{results_markdown(results)}\n{TABLE_END}{tail}", encoding="utf-8")
+    document.write_text(put_between_markers(text, TABLE_START, TABLE_END, results_markdown(results)), encoding="utf-8")
     return document
