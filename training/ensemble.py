@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from training._errors import USER_ERRORS, report_user_error
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.ensemble", description=__doc__.split("\n\n")[0])
@@ -33,15 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from cxr_core.learn import BundleError, assemble_ensemble, describe_model, read_metadata
+    from cxr_core.learn import assemble_ensemble, describe_model, read_metadata
 
     try:
         out = assemble_ensemble(args.members, args.out, weights=args.weights, names=args.names, float16=args.float16,
                                 overwrite=args.overwrite, map_weights=args.map_weights,
                                 tta_views=args.tta_views)
-    except (BundleError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return report_user_error(exc)
     meta = read_metadata(out)
     weights = ", ".join(f"{m['name']} {m['weight']:.3f}" for m in meta["members"])
     print(f"{describe_model(meta)} -> {out} (weights: {weights}); "

@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from training._errors import USER_ERRORS, report_user_error
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
@@ -42,8 +44,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tqdm import tqdm
 
-    from cxr_core.errors import DataFormatError
-    from cxr_core.learn import BundleError
     from cxr_core.serving import evaluate_bundle
 
     try:
@@ -53,9 +53,8 @@ def main(argv: list[str] | None = None) -> int:
             expert_labels=False if args.no_expert_labels else args.expert_labels, fit_ood=args.fit_ood,
             progress=lambda items: tqdm(items, unit="batch", leave=False),
         )
-    except (BundleError, DataFormatError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return report_user_error(exc)
     return 0
 
 

@@ -16,6 +16,8 @@ import argparse
 import logging
 import sys
 
+from training._errors import USER_ERRORS, report_user_error
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.experiment", description=__doc__.split("\n\n")[0])
@@ -35,9 +37,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         results = run_grid(args.grid, data_root=args.data, runs=args.runs, retrain=args.retrain, only=args.only)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return report_user_error(exc)
     print(f"{len(results)} recipes measured -> {write_table(results, args.doc)}")
     return 0
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from training._errors import USER_ERRORS, report_user_error
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.fit_ood", description=__doc__.split("\n\n")[0])
@@ -46,17 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tqdm import tqdm
 
-    from cxr_core.errors import DataFormatError
-    from cxr_core.learn import BundleError
     from cxr_core.serving.ood import fit_ood
 
     try:
         fit_ood(args.bundle, args.data, components=args.components, false_alarm=args.false_alarm,
                 max_train=args.max_train or None, seed=args.seed,
                 progress=lambda items: tqdm(items, unit="batch", leave=False))
-    except (BundleError, DataFormatError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return report_user_error(exc)
     return 0
 
 

@@ -27,6 +27,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from training._errors import USER_ERRORS, report_user_error
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.predict", description=__doc__.split("\n\n")[0])
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--merge joins shard outputs; it takes no --shard")
     if not args.merge and not args.images:
         parser.error("--images is required (or --merge SHARD_CSV ...)")
-    from cxr_core.serving import ShardMergeError, merge_shards
+    from cxr_core.serving import merge_shards
 
     def log(line: str) -> None:
         print(line, file=sys.stderr)
@@ -55,9 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         try:
             merge_shards(args.merge, args.out, images=args.images, log=log)
-        except ShardMergeError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        except USER_ERRORS as exc:
+            return report_user_error(exc)
         return 0
     return _predict(args, log)
 
@@ -65,8 +66,6 @@ def main(argv: list[str] | None = None) -> int:
 def _predict(args, log) -> int:
     from tqdm import tqdm
 
-    from cxr_core.errors import DataFormatError
-    from cxr_core.learn import BundleError
     from cxr_core.serving import Predictor, errors_path, list_image_files, parse_shard, predict_to_csv, stable_listing
 
     try:
@@ -74,9 +73,8 @@ def _predict(args, log) -> int:
         listing = stable_listing(args.images) if args.shard else None
         files = listing.shard(*shard) if listing is not None else list_image_files(args.images)
         predictor = Predictor.from_bundle(args.bundle)
-    except (BundleError, DataFormatError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return report_user_error(exc)
     if not files and (listing is None or not listing.total):
         print(f"error: no PNG, JPEG or DICOM files found in {args.images}", file=sys.stderr)
         return 2

@@ -14,6 +14,8 @@ import logging
 import os
 import sys
 
+from training._errors import USER_ERRORS, report_user_error
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.prepare", description=__doc__.split("\n\n")[0])
@@ -34,16 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    from cxr_core.learn import CacheError, prepare_cache
+    from cxr_core.learn import prepare_cache
 
     try:
         cache = prepare_cache(
             args.data, args.out, size=args.size, split_strategy=args.split_strategy, split_seed=args.split_seed,
             fractions=tuple(args.fractions), workers=args.workers, shard_size=args.shard_size, overwrite=args.overwrite,
         )
-    except (CacheError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return report_user_error(exc)
     manifest = cache.manifest
     print(f"cache written to {cache.root}: {manifest['count']} images at {manifest['size']} px "
           f"({', '.join(f'{k} {v}' for k, v in manifest['counts'].items())}) in {manifest['seconds']} s "

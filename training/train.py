@@ -14,6 +14,8 @@ import argparse
 import logging
 import sys
 
+from training._errors import USER_ERRORS, report_user_error
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0],
@@ -62,9 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         config = config_from_args(args)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return report_user_error(exc)
     from cxr_core.learn import train
 
     bundle = train(config)

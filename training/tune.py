@@ -21,6 +21,8 @@ import argparse
 import logging
 import sys
 
+from training._errors import USER_ERRORS, report_user_error
+
 EPILOG = ("Distributed search: set KERASTUNER_TUNER_ID (chief, or tuner0, tuner1 ... on the workers), "
           "KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT; see docs/tuning.md.")
 
@@ -58,9 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args).with_overrides(out=args.out)
         outcome = run_search(config, space, trials=args.trials, tuner=args.tuner, overwrite=args.overwrite,
                              wait_for_workers=args.wait_for_workers, eager=args.eager)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return report_user_error(exc)
     if outcome.table is None:
         print(f"worker {outcome.role.tuner_id} done: ran trials {', '.join(outcome.trials_run) or 'none'}; "
               "the chief writes the results")
