@@ -1,12 +1,14 @@
 """Cost of a full analysis (14 calibrated probabilities + 14 Grad-CAM++ maps)
 against one forward pass, and against the naive per-finding tf-keras-vis loop.
 
-    python -m benchmarks.explain [--bundle models/default] [--backbone mobilenetv2 --size 160] [--repeats 10]
+    python -m benchmarks.explain [--bundle models/default] [--compute auto] [--backbone mobilenetv2 --size 160] [--repeats 10]
 
 Same process, same image, after warm-up; medians of ``--repeats`` runs. Goal:
 the full analysis costs at most 1.5x one forward pass. For an ensemble bundle
 "one forward pass" is the bundle's own: every member once, over each of its
-test-time views where it has them (``tta_views``).
+test-time views where it has them (``tta_views``). ``--compute`` loads the
+bundle as the app serves it (``auto``: bfloat16 trunks where the CPU has
+them, :mod:`cxr_core.serving.precision`); the default is float32.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ def main() -> None:
     parser.add_argument("--backbone", default="mobilenetv2")
     parser.add_argument("--size", type=int, default=160)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--compute", default="float32", choices=["float32", "bfloat16", "auto"],
+                        help="how the bundle computes (the app serves auto)")
     parser.add_argument("--naive-repeats", type=int, default=2)
     args = parser.parse_args()
 
@@ -43,10 +47,11 @@ def main() -> None:
     from cxr_core.serving import Predictor, gradcam_plus_plus_per_finding
 
     if args.bundle:
-        predictor = Predictor.from_bundle(args.bundle)
+        predictor = Predictor.from_bundle(args.bundle, compute=args.compute)
         from cxr_core.learn.bundle import describe_model
 
-        label = f"bundle {args.bundle} ({describe_model(predictor.metadata)})"
+        dtypes = ", ".join(f"{name} {dtype}" for name, dtype in predictor.compute_dtypes.items())
+        label = f"bundle {args.bundle} ({describe_model(predictor.metadata)}; {dtypes})"
     else:
         from cxr_core.learn import build_model
 

@@ -17,7 +17,7 @@ DISPLAY_SIDE = 768  # pictures are drawn at most this size (the model saw far le
 st.title("Analyze an image")
 st.caption("Research tool, **not for clinical use**.")
 predictor = common.require_predictor()
-bundle, stamp = common.current_bundle()
+model_key = common.current_bundle()
 
 source = st.radio("Image source", ["Upload a file", "Demo image"], horizontal=True, key="analyze_source")
 if source == "Upload a file":
@@ -32,14 +32,14 @@ else:
     data = Path(dataset.csv.set_index("image").at[name, "path"]).read_bytes()
 
 try:
-    analysis = common.analyze_bytes(bundle, stamp, common.digest(data), data)
+    analysis = common.analyze_bytes(*model_key, common.digest(data), data)
 except ImageReadError as exc:
     st.error(f"**{name}** cannot be analysed. {exc}")
     st.stop()
 for note in analysis.warnings:
     st.warning(note)
 st.caption(f"Analysed **{name}**: {analysis.image.source_format}, {analysis.image.original_shape[1]} × {analysis.image.original_shape[0]} px. "
-           f"Model: {describe_model(predictor.metadata)}.")
+           f"Model: {describe_model(predictor.metadata)}." + common.compute_note(predictor))
 
 rows = pd.DataFrame(report.findings_rows(analysis, predictor.metadata, predictor.thresholds))
 pixels, _ = overlays.fit_to(analysis.image.pixels, DISPLAY_SIDE)

@@ -6,7 +6,10 @@ Not a page (app.py lists the pages). Environment:
 * ``CXR_ASSIST_DEMO``: the demo data set (default ``data/demo``);
 * ``CXR_ASSIST_DATA_ROOTS``: further dataset folders the Browse page may open,
   separated by ``os.pathsep``;
-* ``CXR_ASSIST_WARM=0``: do not load the model in the background at start.
+* ``CXR_ASSIST_WARM=0``: do not load the model in the background at start;
+* ``CXR_ASSIST_COMPUTE``: ``auto`` (default: bfloat16 trunks where the CPU
+  computes them natively and the backbone gains, see
+  ``cxr_core.serving.precision``), ``float32`` or ``bfloat16``.
 
 TensorFlow is imported only when a page needs the model, so the home page
 renders without waiting for it; app.py starts loading the model in a
@@ -50,6 +53,7 @@ _leave_pages_folder_mode()
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE_ENV, DEMO_ENV, ROOTS_ENV, WARM_ENV = "CXR_ASSIST_BUNDLE", "CXR_ASSIST_DEMO", "CXR_ASSIST_DATA_ROOTS", "CXR_ASSIST_WARM"
+COMPUTE_ENV = "CXR_ASSIST_COMPUTE"
 
 NO_BUNDLE_HELP = """No model bundle was found at `{path}`.
 
@@ -112,10 +116,10 @@ def bundle_metrics() -> dict | None:
     return _read_json(str(file), file.stat().st_mtime) if file.is_file() else None
 
 
-# One predictor per (bundle, version) per process, shared by all sessions. A plain
+# One predictor per (bundle, version, compute mode) per process, shared by all sessions. A plain
 # lock-protected dict (not only st.cache_resource) so the warm-up thread, which has
 # no Streamlit script context, fills the same store the pages read.
-_PREDICTORS: dict[tuple[str, float], object] = {}
+_PREDICTORS: dict[tuple[str, float, str], object] = {}
 _PREDICTOR_LOCK = threading.Lock()
 _WARMING: set[str] = set()
 WARM_UP_DELAY_S = 1.0
@@ -170,22 +174,27 @@ def _keep_keras_session() -> None:
         pass
 
 
-def _load_predictor(path: str, stamp: float):
+def compute_mode() -> str:
+    """How the model computes, from ``CXR_ASSIST_COMPUTE`` (default ``auto``; checked when the model loads)."""
+    return os.environ.get(COMPUTE_ENV, "").strip() or "auto"
+
+
+def _load_predictor(path: str, stamp: float, compute: str):
     with _PREDICTOR_LOCK:
-        key = (path, stamp)
+        key = (path, stamp, compute)
         if key not in _PREDICTORS:
             from cxr_core.serving import Predictor  # imports TensorFlow: only when needed
 
             _keep_keras_session()
 
             _PREDICTORS.clear()  # a replaced bundle frees the old model
-            _PREDICTORS[key] = Predictor.from_bundle(path)
+            _PREDICTORS[key] = Predictor.from_bundle(path, compute=compute)
         return _PREDICTORS[key]
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=2)
-def load_predictor(path: str, stamp: float):
-    return _load_predictor(path, stamp)
+def load_predictor(path: str, stamp: float, compute: str):
+    return _load_predictor(path, stamp, compute)
 
 
 def warm_up() -> None:
@@ -204,7 +213,7 @@ def warm_up() -> None:
     def work():
         time.sleep(WARM_UP_DELAY_S)  # let the browser draw the first page before TensorFlow takes the CPU
         try:
-            predictor = _load_predictor(str(path), _stamp(path))
+            predictor = _load_predictor(str(path), _stamp(path), compute_mode())
             # Trace the compiled graphs on the model thread with a plain gray image.
             on_model_thread(predictor.analyze, np.full((256, 256), 0.5, dtype=np.float32))
         except Exception:  # noqa: BLE001 - the page that needs the model reports the error
@@ -220,10 +229,19 @@ def require_predictor():
         st.error(NO_BUNDLE_HELP.format(path=path))
         st.stop()
     try:
-        return load_predictor(str(path), _stamp(path))
+        return load_predictor(str(path), _stamp(path), compute_mode())
     except Exception as exc:  # BundleError, a truncated model file ...: never a traceback
         st.error(f"The model bundle at `{path}` could not be loaded: {exc}")
         st.stop()
+
+
+def compute_note(predictor) -> str:
+    """" Trunk of ... in bfloat16 (...)." for the members that run in bfloat16; "" when all run in float32."""
+    fast = [name for name, dtype in predictor.compute_dtypes.items() if dtype == "bfloat16"]
+    if not fast:
+        return ""
+    return (f" Computed with the trunk of {', '.join(fast)} in bfloat16 on this CPU (probabilities within about 0.01 "
+            f"of float32; set {COMPUTE_ENV}=float32 for the evaluated numerics).")
 
 
 def optional_predictor():
@@ -232,7 +250,7 @@ def optional_predictor():
     if not bundle_present(path):
         return None
     try:
-        return load_predictor(str(path), _stamp(path))
+        return load_predictor(str(path), _stamp(path), compute_mode())
     except Exception:  # noqa: BLE001 - pages that only enrich with predictions carry on
         return None
 
@@ -269,19 +287,20 @@ def digest(data: bytes) -> str:
 
 
 @st.cache_resource(show_spinner=False, max_entries=16, ttl=3600)
-def analyze_bytes(bundle: str, stamp: float, key: str, _data: bytes):
+def analyze_bytes(bundle: str, stamp: float, compute: str, key: str, _data: bytes):
     """Analyse uploaded bytes once (by content hash); the Analysis is shared read-only."""
-    return on_model_thread(load_predictor(bundle, stamp).analyze, _data)
+    return on_model_thread(load_predictor(bundle, stamp, compute).analyze, _data)
 
 
 @st.cache_resource(show_spinner=False, max_entries=32, ttl=3600)
-def analyze_path(bundle: str, stamp: float, path: str, mtime: float):
-    return on_model_thread(load_predictor(bundle, stamp).analyze, path)
+def analyze_path(bundle: str, stamp: float, compute: str, path: str, mtime: float):
+    return on_model_thread(load_predictor(bundle, stamp, compute).analyze, path)
 
 
-def current_bundle() -> tuple[str, float]:
+def current_bundle() -> tuple[str, float, str]:
+    """``(bundle folder, its version stamp, compute mode)``: the key of the loaded model and its cached analyses."""
     path = bundle_dir()
-    return str(path), _stamp(path)
+    return str(path), _stamp(path), compute_mode()
 
 
 def allowed_roots() -> list[Path]:

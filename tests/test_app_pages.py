@@ -122,6 +122,28 @@ def test_analyze_an_uploaded_demo_image(monkeypatch, bundle, demo_root):
     assert not at.error
 
 
+@pytest.mark.parametrize("compute", ["bfloat16", "float32"])
+def test_analyze_says_when_a_trunk_computes_in_bfloat16(monkeypatch, demo_root, compute):
+    monkeypatch.setenv("CXR_ASSIST_COMPUTE", compute)
+    at = app(monkeypatch, shipped_bundle_or_skip(), "analyze")
+    name, data = demo_image(demo_root, with_box=False)
+    at.file_uploader(key="analyze_upload").upload(name, data, "image/png").run()
+    assert_findings_shown(at, name)
+    said = [c.value for c in at.caption if name in c.value][0]
+    # Only the VGG16 member of the shipped ensemble gains from bfloat16, so only it is named.
+    assert ("vgg16_hed_ms_box in bfloat16" in said) == (compute == "bfloat16")
+    assert ("Computed with" in said) == (compute == "bfloat16")
+    assert "mobilenetv2" not in said.partition("Computed with")[2]
+
+
+def test_analyze_refuses_an_unknown_compute_mode_with_a_message(monkeypatch, tiny):
+    monkeypatch.setenv("CXR_ASSIST_COMPUTE", "half")
+    at = app(monkeypatch, tiny, "analyze")
+    assert not at.exception
+    assert len(at.error) == 1 and "unknown compute mode 'half'" in at.error[0].value
+    assert not at.file_uploader
+
+
 @pytest.mark.parametrize(
     "filename, data, message",
     [

@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output CSV")
     parser.add_argument("--heatmaps", help="folder for Grad-CAM++ maps (.npz) and overlays (.png)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--compute", default="float32", choices=["float32", "bfloat16", "auto"],
+                        help="float32 (default: the evaluated numerics), or bfloat16 trunks where the backbone gains "
+                             "(auto: only on a CPU with native bfloat16); see cxr_core.serving.precision")
     parser.add_argument("--shard", metavar="K/N", help="predict only every N-th image from offset K (0 <= K < N)")
     parser.add_argument("--merge", nargs="+", metavar="SHARD_CSV", help="join the outputs of --shard 0/N ... N-1/N into --out")
     return parser
@@ -72,7 +75,7 @@ def _predict(args, log) -> int:
         shard = parse_shard(args.shard) if args.shard else (0, 1)
         listing = stable_listing(args.images) if args.shard else None
         files = listing.shard(*shard) if listing is not None else list_image_files(args.images)
-        predictor = Predictor.from_bundle(args.bundle)
+        predictor = Predictor.from_bundle(args.bundle, compute=args.compute)
     except USER_ERRORS as exc:
         return report_user_error(exc)
     if not files and (listing is None or not listing.total):

@@ -38,6 +38,7 @@ from cxr_core.evaluation.calibration import Calibration
 from cxr_core.findings import FINDINGS, canonical_finding
 from cxr_core.serving.explain import HeadGradcamPlusPlus, resize_map, split_model
 from cxr_core.serving.ood import OOD_WARNING, FeatureReference, load_reference, pooled
+from cxr_core.serving.precision import check_compute_mode, member_compute_dtype, with_bfloat16_trunk
 from cxr_core.serving.tta import check_tta_views, crop_views, mean_over_views
 
 #: Default operating point when a bundle has no fitted thresholds yet.
@@ -115,6 +116,9 @@ class Member:
         tta_views: 1, or 6 for test-time augmentation: its logits are the
             mean over the image and five crops (:mod:`cxr_core.serving.tta`);
             its maps stay those of the image.
+        compute_dtype: ``"float32"``, or ``"bfloat16"`` to run its trunk (up to
+            ``"features"``) in bfloat16 on a CPU that computes it natively
+            (:mod:`cxr_core.serving.precision`); the head stays float32.
     """
 
     model: keras.Model
@@ -124,9 +128,12 @@ class Member:
     explanation: str = "gradcam++"
     map_weight: float | None = None
     tta_views: int = 1
+    compute_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tta_views", check_tta_views(self.tta_views))
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"{self.name}: compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
 
 
 class _Runner:
@@ -143,6 +150,8 @@ class _Runner:
             raise ValueError(f"{member.name}: the model has {model.outputs[0].shape[-1]} outputs, expected {len(findings)}")
         self.member = member
         self.size = int(member.preprocess.size)
+        if member.compute_dtype == "bfloat16":
+            model = with_bfloat16_trunk(model)
         backbone, head = split_model(model)
         logits = _logits_output(model)
         if logits is None:
@@ -274,8 +283,15 @@ class Predictor:
         self.bundle = None
 
     @classmethod
-    def from_bundle(cls, path: str | Path) -> "Predictor":
+    def from_bundle(cls, path: str | Path, *, compute: str = "float32") -> "Predictor":
         """Load a model bundle folder, one model or an ensemble (see :mod:`cxr_core.learn.bundle`).
+
+        Args:
+            path: the bundle folder.
+            compute: ``"float32"`` (the reference the bundle was evaluated
+                with), ``"bfloat16"`` or ``"auto"``: trunks of the backbones
+                that gain from it in bfloat16, ``"auto"`` only on a CPU that
+                computes it natively (:mod:`cxr_core.serving.precision`).
 
         Raises:
             BundleError: not a bundle, or its findings order or input size do
@@ -291,16 +307,18 @@ class Predictor:
         if isinstance(thresholds, dict):
             thresholds = thresholds.get("values")
         ood = load_reference(bundle.path, meta)
+        check_compute_mode(compute)
         if isinstance(bundle, EnsembleBundle):
             members = [Member(model=m.bundle.model, preprocess=m.bundle.preprocessing, weight=m.weight, name=m.name,
                               explanation=explanation_method(m.bundle.metadata()), map_weight=m.map_weight,
-                              tta_views=m.tta_views)
+                              tta_views=m.tta_views, compute_dtype=member_compute_dtype(compute, m.bundle.backbone))
                        for m in bundle.members]
             predictor = cls(members=members, findings=bundle.findings, calibration=calibration,
                             thresholds=thresholds, metadata=meta, ood=ood)
         else:
             predictor = cls(members=[Member(model=bundle.model, preprocess=bundle.preprocessing,
-                                            explanation=explanation_method(meta))],
+                                            explanation=explanation_method(meta),
+                                            compute_dtype=member_compute_dtype(compute, bundle.backbone))],
                             findings=bundle.findings, calibration=calibration, thresholds=thresholds, metadata=meta, ood=ood)
         predictor.bundle = bundle
         return predictor
@@ -310,6 +328,11 @@ class Predictor:
     @property
     def is_ensemble(self) -> bool:
         return len(self.members) > 1
+
+    @property
+    def compute_dtypes(self) -> dict[str, str]:
+        """``{member name: "float32" or "bfloat16"}``: what each member's trunk computes in."""
+        return {m.name: m.compute_dtype for m in self.members}
 
     def _single(self, what: str) -> Member:
         if self.is_ensemble:
