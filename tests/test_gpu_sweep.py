@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from cxr_core.learn.augment import AugmentConfig
-from tools import gpu_sweep
+from tools import gpu_sweep, sweep_score
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_one_recipe_trains_and_scores(pack_file, tmp_path):
     assert 1 <= row["best_epoch"] <= row["epochs_run"] == 2
     (tmp_path / "results_w0.jsonl").write_text(json.dumps(row) + "\n")
     with pytest.warns(Warning):  # findings absent from the tiny validation split are NaN, with a warning
-        rows = gpu_sweep.score(str(tmp_path), str(root / "cache"), n_boot=20)
+        rows = sweep_score.score(str(tmp_path), str(root / "cache"), n_boot=20)
     # An EMA run also returns its own raw weights' scores, the paired reference.
     assert [r["recipe"] for r in rows] == ["sweep_ema", "sweep_ema+tta", "sweep_ema_raw", "sweep_ema_raw+tta"]
     assert not np.allclose(row["val_logits"], row["val_logits_raw"])
@@ -82,13 +82,13 @@ def test_one_recipe_trains_and_scores(pack_file, tmp_path):
     stored.mkdir()
     (stored / "results.jsonl.gz").write_bytes(gzip.compress((json.dumps(row) + "\n").encode()))
     with pytest.warns(Warning):
-        again = gpu_sweep.score(str(stored), str(root / "cache"), n_boot=20)
+        again = sweep_score.score(str(stored), str(root / "cache"), n_boot=20)
     assert [(r["recipe"], r["val_mean_auroc"]) for r in again] == [(r["recipe"], r["val_mean_auroc"]) for r in rows]
     doc = tmp_path / "experiments.md"
     doc.write_text("# Experiments\n")
-    gpu_sweep.write_sweep_table(rows, str(doc), "a test CPU")
-    gpu_sweep.write_sweep_table(rows, str(doc), "a test CPU")  # rewritten between its markers, not appended twice
-    gpu_sweep.write_sweep_table(rows, str(doc), "a test CPU", table="cpu-sweep", reference="sweep_ema_raw")
+    sweep_score.write_sweep_table(rows, str(doc), "a test CPU")
+    sweep_score.write_sweep_table(rows, str(doc), "a test CPU")  # rewritten between its markers, not appended twice
+    sweep_score.write_sweep_table(rows, str(doc), "a test CPU", table="cpu-sweep", reference="sweep_ema_raw")
     text = doc.read_text()
     assert text.count("<!-- gpu-sweep:start -->") == 1 and text.count("<!-- cpu-sweep:start -->") == 1
     assert "sweep_ema+tta" in text

@@ -9,7 +9,7 @@ on a GPU machine that has Keras but no TensorFlow, in three steps::
 
     python -m tools.gpu_sweep pack --cache cache/nih192 --out .sweep/pack.npz           # here
     KERAS_BACKEND=jax python -m tools.gpu_sweep run --pack .sweep/pack.npz --out $OUT   # on the GPU
-    python -m tools.gpu_sweep score --results DIR --cache cache/nih192                   # here
+    python -m tools.gpu_sweep score --results DIR --cache cache/nih192                   # here (tools/sweep_score.py)
 
 ``run`` uses cxr-assist's own builder (:func:`cxr_core.learn.models.build_model`),
 loss, split, augmentation magnitudes and schedule, written with Keras ops and
@@ -31,7 +31,6 @@ image (labels unused).
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 import os
@@ -43,7 +42,6 @@ from pathlib import Path
 import numpy as np
 
 from cxr_core.data.preprocessing import PreprocessConfig, normalize
-from cxr_core.findings import FINDINGS
 from cxr_core.learn.augment import AugmentConfig
 from cxr_core.learn.selection import mean_auroc
 
@@ -231,6 +229,12 @@ RECIPES = {r.name: r for r in [
             ssl_epochs=100),
     replace(BASE, name="sweep_simclr_lr3e4", what="SimCLR pretraining, then the baseline at lr 3e-4",
             ssl_epochs=100, learning_rate=3e-4),
+    # The 2-core CPU's versions: width 0.5 (1.7x faster, within seed noise of
+    # width 1.0), each read against sweep_mnv2_w05 trained the same way.
+    replace(BASE, name="sweep_cutmix_w05", what="CutMix alpha 1.0, MobileNetV2 at width 0.5", cutmix=1.0,
+            width_multiplier=0.5),
+    replace(BASE, name="sweep_simclr_w05", what="SimCLR pretraining (20 ep, all 3,426 images, labels unused), "
+            "then MobileNetV2 at width 0.5", ssl_epochs=20, width_multiplier=0.5),
 ]}
 
 #: Worker queues: the self-supervised run alone on one, the rest spread by cost.
@@ -288,7 +292,8 @@ def simclr_pretrain(model, images: np.ndarray, recipe: Recipe, rng: np.random.Ge
 
     batch = min(256, len(images) // 2)
     steps = len(images) // batch
-    ssl.compile(optimizer=keras.optimizers.AdamW(_schedule(1e-3, steps, recipe.ssl_epochs, 5.0), weight_decay=1e-4),
+    warmup = min(5.0, max(1.0, recipe.ssl_epochs / 10))  # 5 of 100 epochs; 2 of a short run's 20
+    ssl.compile(optimizer=keras.optimizers.AdamW(_schedule(1e-3, steps, recipe.ssl_epochs, warmup), weight_decay=1e-4),
                 loss=nt_xent)
     strong = AugmentConfig(strength=2.0)
     start = time.perf_counter()
@@ -297,8 +302,7 @@ def simclr_pretrain(model, images: np.ndarray, recipe: Recipe, rng: np.random.Ge
         views = np.stack([normalise(augment_parallel(images[order], rng, strong, blur=0.5)),
                           normalise(augment_parallel(images[order], rng, strong, blur=0.5))], 1)
         hist = ssl.fit(views, np.zeros(len(views), np.float32), batch_size=batch, epochs=1, shuffle=False, verbose=0)
-        if epoch % 10 == 0 or epoch == recipe.ssl_epochs - 1:
-            log(f"{recipe.name}: simclr epoch {epoch + 1}/{recipe.ssl_epochs} loss {hist.history['loss'][-1]:.3f} "
+        log(f"{recipe.name}: simclr epoch {epoch + 1}/{recipe.ssl_epochs} loss {hist.history['loss'][-1]:.3f} "
                 f"{time.perf_counter() - start:.0f}s")
     return time.perf_counter() - start
 
@@ -322,7 +326,7 @@ def train_recipe(recipe: Recipe, data: dict, log) -> dict:
     ssl_seconds = 0.0
     if recipe.ssl_epochs:
         # Recipes that differ only after pretraining share one pretraining run.
-        key = (recipe.backbone, recipe.ssl_epochs, recipe.seed)
+        key = (recipe.backbone, recipe.width_multiplier, recipe.ssl_epochs, recipe.seed)
         if key not in _PRETRAINED:
             seconds = simclr_pretrain(model, images, recipe, rng, log)
             _PRETRAINED[key] = (model.get_weights(), seconds)
@@ -485,103 +489,6 @@ def run(pack_path: str, out: str, *, seconds: float, workers: int, smoke: bool, 
     return 0
 
 
-# ------------------------------------------------------------ score (here)
-
-def _auroc_columns(labels: np.ndarray, logits: np.ndarray, patients: np.ndarray, n_boot: int) -> dict:
-    """Mean AUROC and the means of the per-finding patient-bootstrap bounds, as the harness reports them."""
-    from cxr_core.evaluation.metrics import bootstrap_ci, macro_mean
-
-    ci = bootstrap_ci(labels, logits, groups=patients, n_boot=n_boot)
-    return {"val_mean_auroc": macro_mean(ci.point), "val_auroc_ci_low": macro_mean(ci.low),
-            "val_auroc_ci_high": macro_mean(ci.high)}
-
-
-def score(results_dir: str, cache: str, *, n_boot: int = 1000) -> list[dict]:
-    """Validation mean AUROC with the harness's patient-bootstrap bounds, for every returned recipe."""
-    from cxr_core.learn.cache import open_cache
-
-    index = open_cache(cache).split_index("val").set_index("image")
-    rows = []
-    folder = Path(results_dir)
-    # A worker's own file, or a run's files merged and gzipped for the repository.
-    for path in sorted(folder.glob("results_w*.jsonl")) + sorted(folder.glob("results*.jsonl.gz")):
-        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
-        for line in text.splitlines():
-            row = json.loads(line)
-            frame = index.loc[row["val_image"]]
-            labels = frame[list(FINDINGS)].to_numpy(np.float32)
-            patients = frame["patient_id"].to_numpy()
-            variants = [("", "", "val_logits", "best_epoch"), ("+tta", " (6-view TTA)", "val_logits_tta", "best_epoch")]
-            if "val_logits_raw" in row:  # an EMA run's own raw weights, the paired reference
-                variants += [("_raw", ": the same run's raw weights", "val_logits_raw", "best_epoch_raw"),
-                             ("_raw+tta", ": the same run's raw weights (6-view TTA)", "val_logits_raw_tta", "best_epoch_raw")]
-            for variant, said, key, epoch_key in variants:
-                logits = np.asarray(row[key], np.float32)
-                rows.append({"recipe": row["recipe"] + variant, "what": row["what"] + said,
-                             **_auroc_columns(labels, logits, patients, n_boot),
-                             "best_epoch": row[epoch_key], "images_per_s": row["images_per_s"],
-                             "minutes": (row["train_seconds"] + row["ssl_seconds"]) / 60, "parameters": row["parameters"],
-                             "logits": logits, "labels": labels, "patients": patients})
-    return rows
-
-
-SEED_MEMBERS = ("sweep_base_s0", "sweep_base_s1", "sweep_base_s2")
-
-
-def add_seed_ensemble(rows: list[dict], *, n_boot: int = 1000) -> list[dict]:
-    """Append the logit mean of the baseline's seeds (with and without TTA) when all of them came back."""
-    by_name = {r["recipe"]: r for r in rows}
-    for variant in ("", "+tta"):
-        members = [by_name.get(m + variant) for m in SEED_MEMBERS]
-        if any(m is None for m in members):
-            continue
-        logits = np.mean([m["logits"] for m in members], axis=0)
-        ref = members[0]
-        rows.append({"recipe": "sweep_base_seeds3" + variant,
-                     "what": "logit mean of the baseline's 3 seeds" + (" (6-view TTA)" if variant else ""),
-                     **_auroc_columns(ref["labels"], logits, ref["patients"], n_boot), "best_epoch": None,
-                     "images_per_s": np.mean([m["images_per_s"] for m in members]),
-                     "minutes": sum(m["minutes"] for m in members), "parameters": sum(m["parameters"] for m in members)})
-    return rows
-
-
-def sweep_markdown(rows: list[dict], device: str, *, reference: str | None = None) -> str:
-    """The sweep's table, best first, each row's gain over the same run's baseline.
-
-    Args:
-        rows: scored rows (:func:`score`).
-        device: where it ran, with the Keras backend, for the table's first line.
-        reference: the recipe row the gains are read against; by default the
-            mean of the baseline seeds' rows.
-    """
-    if reference is None:
-        base = [r["val_mean_auroc"] for r in rows if r["recipe"] in SEED_MEMBERS]
-        reference_value, said = (float(np.mean(base)) if base else float("nan")), "mean of the seeds' rows"
-    else:
-        reference_value = next((r["val_mean_auroc"] for r in rows if r["recipe"] == reference), float("nan"))
-        said = reference
-    lines = [f"Measured on {device}; baseline = {said}, {reference_value:.3f}.", "",
-             "| recipe | what | val mean AUROC (95% CI) | vs baseline | best epoch | train img/s | minutes | parameters |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
-    for r in sorted(rows, key=lambda r: -r["val_mean_auroc"]):
-        epoch = "" if r["best_epoch"] is None else str(r["best_epoch"])
-        lines.append(f"| {r['recipe']} | {r['what']} | {r['val_mean_auroc']:.3f} ({r['val_auroc_ci_low']:.3f}–"
-                     f"{r['val_auroc_ci_high']:.3f}) | {r['val_mean_auroc'] - reference_value:+.3f} | {epoch} | "
-                     f"{r['images_per_s']:.0f} | {r['minutes']:.1f} | {r['parameters']:,} |")
-    return "\n".join(lines)
-
-
-def write_sweep_table(rows: list[dict], document: str, device: str, *, table: str = "gpu-sweep",
-                      reference: str | None = None) -> Path:
-    """Write the table between ``<!-- {table}:start -->`` and its end marker (appended the first time)."""
-    from cxr_core.serving.experiment import put_between_markers
-
-    path = Path(document)
-    path.write_text(put_between_markers(path.read_text(), f"<!-- {table}:start -->", f"<!-- {table}:end -->",
-                                        sweep_markdown(rows, device, reference=reference)))
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.gpu_sweep", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -614,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
         print(pack(args.cache, args.out))
         return 0
     if args.command == "score":
+        from tools.sweep_score import add_seed_ensemble, score, sweep_markdown, write_sweep_table
+
         rows = add_seed_ensemble(score(args.results, args.cache))
         print(sweep_markdown(rows, args.device, reference=args.reference))
         print(write_sweep_table(rows, args.doc, args.device, table=args.table, reference=args.reference))
