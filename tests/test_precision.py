@@ -48,12 +48,14 @@ def test_bfloat16_trunk_keeps_layers_weights_and_a_float32_head():
     copy = with_bfloat16_trunk(model)
     assert [layer.name for layer in copy.layers] == [layer.name for layer in model.layers]
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), copy.get_weights()))
-    assert copy.get_layer("features").compute_dtype == "bfloat16"
+    before = copy.layers[[layer.name for layer in copy.layers].index("features") - 1]
+    assert before.compute_dtype == "bfloat16" and copy.get_layer("features").compute_dtype == "float32"
+    assert copy.get_layer("features").output.dtype == "float32"  # float32 maps for Grad-CAM++ and NumPy
     assert copy.get_layer("logits").compute_dtype == "float32"
     assert copy.outputs[0].dtype == "float32"
     x = np.random.default_rng(0).random((2, 64, 64, 1), np.float32)
     assert np.allclose(copy(x), model(x), atol=0.02)
-    assert model.get_layer("features").compute_dtype == "float32"  # the original is untouched
+    assert before.name != "image" and model.get_layer(before.name).compute_dtype == "float32"  # the original is untouched
     with pytest.raises(ValueError, match="no layer 'nope'"):
         with_bfloat16_trunk(model, features_layer="nope")
 
