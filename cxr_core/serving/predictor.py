@@ -116,9 +116,10 @@ class Member:
         tta_views: 1, or 6 for test-time augmentation: its logits are the
             mean over the image and five crops (:mod:`cxr_core.serving.tta`);
             its maps stay those of the image.
-        compute_dtype: ``"float32"``, or ``"bfloat16"`` to run its trunk (up to
-            ``"features"``) in bfloat16 on a CPU that computes it natively
-            (:mod:`cxr_core.serving.precision`); the head stays float32.
+        compute_dtype: ``"float32"``, or ``"bfloat16"`` to run its trunk (the
+            layers before ``"features"``) in bfloat16; the features and the
+            head stay float32. :meth:`Predictor.from_bundle` chooses it per
+            backbone and CPU (:mod:`cxr_core.serving.precision`).
     """
 
     model: keras.Model
@@ -300,6 +301,7 @@ class Predictor:
         from cxr_core.learn.bundle import explanation_method
         from cxr_core.learn.ensemble import EnsembleBundle, load_bundle
 
+        check_compute_mode(compute)  # before the (slow) model load
         bundle = load_bundle(path)
         meta = bundle.metadata()
         calibration = Calibration.from_dict(meta["calibration"]) if meta.get("calibration") else None
@@ -307,7 +309,6 @@ class Predictor:
         if isinstance(thresholds, dict):
             thresholds = thresholds.get("values")
         ood = load_reference(bundle.path, meta)
-        check_compute_mode(compute)
         if isinstance(bundle, EnsembleBundle):
             members = [Member(model=m.bundle.model, preprocess=m.bundle.preprocessing, weight=m.weight, name=m.name,
                               explanation=explanation_method(m.bundle.metadata()), map_weight=m.map_weight,
