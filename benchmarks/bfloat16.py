@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -46,6 +45,7 @@ def _t_iobb(records) -> float:
 
 
 def measure(bundle: str, data: str, *, compute: str, repeats: int) -> dict:
+    from benchmarks.resources import machine
     from cxr_core.data import NIHDataset
     from cxr_core.evaluation.metrics import auroc, macro_mean
     from cxr_core.serving import Predictor, localization_records
@@ -63,7 +63,7 @@ def measure(bundle: str, data: str, *, compute: str, repeats: int) -> dict:
     labels = dataset.labels[rows]
     image = sorted((ROOT / "data" / "demo" / "images").glob("*.png"))[0]
     result = {"bundle": bundle, "compute": compute, "members": fast.compute_dtypes,
-              "cpu_native_bfloat16": cpu_has_native_bfloat16(), "machine": platform.processor() or platform.machine(),
+              "cpu_native_bfloat16": cpu_has_native_bfloat16(), "machine": machine()["cpu"],
               "validation_images": int(len(rows)), "load_average_before": round(os.getloadavg()[0], 2)}
     outputs = {}
     for tag, predictor in (("float32", reference), ("served", fast)):

@@ -56,15 +56,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import random
 import re
 import shlex
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -82,19 +79,18 @@ from benchmarks.app_driver import (
     SETTLE_PAUSE_S,
     VIEWPORT,
     free_port,
-    proc_stats,
     process_tree,
     start_streamlit,
     stop_streamlit,
     wait_healthy,
 )
+from benchmarks.load_report import GOAL_P95_UPLOAD_S, write_report
+from benchmarks.resources import Sampler, busy_processes, machine
 
-GOAL_P95_UPLOAD_S = 5.0
 CASES = 60  # cases in the benchmark's study: more than a session reads in a few minutes
 ERRORS_SHOWN = '[data-testid="stException"], [data-testid="stAlertContentError"]'
 CASE_HEADING = re.compile(r"Case (\d+) of (\d+): (unaided|aided) read")
 ALL_READ = "You have read every case of this study"
-KEPT_SECTION = "## What the load test found"  # this section of --out, written by hand, is kept when the numbers are rewritten
 
 
 @dataclass
@@ -133,114 +129,6 @@ class Session:
 
 class ShownError(RuntimeError):
     """The page shows an exception or an error box."""
-
-
-# ---------------------------------------------------------------- the machine
-
-
-def machine() -> dict:
-    model = ""
-    try:
-        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), "")
-    except OSError:
-        pass
-    memory = 0
-    try:
-        memory = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))) * 1024
-    except (OSError, StopIteration):
-        pass
-    return {"cores": os.cpu_count(), "cpu": model, "memory_gib": round(memory / 2**30, 1), "platform": platform.platform(),
-            "python": platform.python_version()}
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        text = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
-    return text if len(text) <= 160 else text[:157] + "..."
-
-
-def busy_processes(seconds: float = 3.0, exclude: set[int] = frozenset(), min_cores: float = 0.05) -> list[dict]:
-    """Processes that used at least ``min_cores`` of a core over ``seconds`` (the other jobs on the machine)."""
-    before = proc_stats()
-    time.sleep(seconds)
-    after = proc_stats()
-    busy = []
-    for pid, (name, _, cpu, rss) in after.items():
-        if pid in exclude or pid not in before:
-            continue
-        cores = (cpu - before[pid][2]) / seconds
-        if cores >= min_cores:
-            busy.append({"pid": pid, "name": name, "cores": round(cores, 2), "rss_mib": round(rss / 2**20), "command": _cmdline(pid)})
-    return sorted(busy, key=lambda p: -p["cores"])
-
-
-def _machine_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]  # guest time is already in user
-    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
-    return sum(values) - idle, sum(values)
-
-
-class Sampler(threading.Thread):
-    """Every ``interval`` s: CPU and resident memory of the server's process tree, the client's (this process,
-    the Playwright driver, chromium) and the whole machine's CPU."""
-
-    def __init__(self, server_pid: int | None, interval: float = 1.0) -> None:
-        super().__init__(name="load-sampler", daemon=True)
-        self.server_pid, self.interval = server_pid, interval
-        self.samples: list[dict] = []
-        self._halt = threading.Event()
-        # CPU seconds last seen per process of each side: chromium starts and ends renderer
-        # processes as pages change, and a process that has exited must keep counting.
-        self._seen: dict[str, dict[int, float]] = {"server": {}, "client": {}}
-
-    def snapshot(self) -> dict:
-        stats = proc_stats()
-        server = process_tree(self.server_pid, stats) if self.server_pid else set()
-        client = process_tree(os.getpid(), stats) - server
-        for side, pids in (("server", server), ("client", client)):
-            self._seen[side].update({p: stats[p][2] for p in pids})
-        busy, total = _machine_ticks()
-        tick = os.sysconf("SC_CLK_TCK")
-        return {"t": time.monotonic(), "server_cpu_s": sum(self._seen["server"].values()), "server_rss": sum(stats[p][3] for p in server),
-                "server_processes": len(server), "client_cpu_s": sum(self._seen["client"].values()),
-                "client_rss": sum(stats[p][3] for p in client), "machine_busy_s": busy / tick, "machine_total_s": total / tick}
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            self.samples.append(self.snapshot())
-            self._halt.wait(self.interval)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(timeout=5)
-        self.samples.append(self.snapshot())
-
-    def summary(self) -> dict:
-        s = self.samples
-        if len(s) < 2:
-            return {}
-        wall = s[-1]["t"] - s[0]["t"]
-        server_rate = [(b["server_cpu_s"] - a["server_cpu_s"]) / max(b["t"] - a["t"], 1e-6) for a, b in zip(s, s[1:])]
-        machine = s[-1]["machine_busy_s"] - s[0]["machine_busy_s"]  # CPU seconds, all CPUs together
-        server = s[-1]["server_cpu_s"] - s[0]["server_cpu_s"]
-        client = s[-1]["client_cpu_s"] - s[0]["client_cpu_s"]
-        return {
-            "wall_s": round(wall, 1),
-            "server_cpu_cores_mean": round(server / wall, 2),
-            "server_cpu_cores_p95_1s": round(float(np.percentile(server_rate, 95)), 2),
-            "server_rss_mib_start": round(s[0]["server_rss"] / 2**20),
-            "server_rss_mib_peak": round(max(x["server_rss"] for x in s) / 2**20),
-            "server_rss_mib_end": round(s[-1]["server_rss"] / 2**20),
-            "server_processes_max": max(x["server_processes"] for x in s),
-            "client_cpu_cores_mean": round(client / wall, 2),
-            "client_rss_mib_peak": round(max(x["client_rss"] for x in s) / 2**20),
-            "machine_cpu_cores_mean": round(machine / wall, 2),
-            "other_cpu_cores_mean": round(max(machine - server - client, 0.0) / wall, 2),
-        }
 
 
 # ---------------------------------------------------------------- the page
@@ -512,120 +400,6 @@ def server_log_errors(log: Path | None) -> list[str]:
             last = next((x for x in lines[i + 1:] if x and not x[0].isspace() and not x.startswith("Traceback")), "")
             errors.append(last.strip()[:300] or "a traceback without an exception line")
     return errors
-
-
-def write_report(out: Path, result: dict) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    lat, db, cpu, m = result["summary"]["latency"], result["reads"], result["resources"], result["machine"]
-    cores = m["cores"] or 1
-    load = result["load_before"]
-    others = result["other_jobs_before"]
-    # What other processes used is measured before and during the run; the load average is
-    # not the test (it lags by minutes: a benchmark that just ended still shows in it).
-    busy = any(p["cores"] >= 0.25 for p in others) or cpu.get("other_cpu_cores_mean", 0) >= 0.25
-    up = lat["upload"]
-    met = up.get("n") and up["p95_s"] <= GOAL_P95_UPLOAD_S
-    n_errors = len(result["summary"]["errors"]) + len(result["server_log_errors"])
-
-    def row(name: str, key: str) -> str:
-        v = lat[key]
-        if not v.get("n"):
-            return f"| {name} | 0 | | | |"
-        return f"| {name} | {v['n']} | {v['p50_s']:.2f} s | **{v['p95_s']:.2f} s** | {v['max_s']:.2f} s |"
-
-    n = result["double_click_every"]
-    doubles = f"every {n}{'st' if n == 1 else 'nd' if n == 2 else 'rd' if n == 3 else 'th'} Save a double-click" if n else "no double-clicks"
-    lines = [
-        "# Many users on one app (benchmarks/load.py)",
-        "",
-        f"`{result['command']}`",
-        "",
-        f"{result['sessions']} simultaneous browser sessions (one chromium, one Playwright context each) against one "
-        f"`streamlit run app.py` for {result['seconds']:.0f} s (ran {result['elapsed_s']:.0f} s), think time {result['think_s']:g} s, "
-        f"{doubles}. Each session loops: upload a real NIH image on Analyze (its own images, each once, so never from the analysis cache) "
-        "and wait for the findings, 6 pictures and the end of the script run; open *Read cases* and enter its reader name; "
-        "save the unaided read of the next case (one finding ticked) and wait for the aided read with the AI panel; save the aided read "
-        "and wait for the next case; back to Analyze. The reader study is the benchmark's own, in a temporary database. "
-        "Method in the module docstring.",
-        "",
-        f"## {result['date']}",
-        "",
-    ]
-    if busy:
-        lines += [
-            f"**Measured on a busy machine: the timings are distorted.** Load average before the run "
-            f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} on {cores} cores; other processes used "
-            f"{cpu.get('other_cpu_cores_mean', float('nan')):.2f} cores on average during the run. Rerun on a quiet machine for the final numbers.",
-            "",
-        ]
-    lines += [
-        f"Machine: {cores} cores ({m['cpu'] or 'unknown CPU'}), {m['memory_gib']} GiB, {m['platform']}, Python {m['python']}. "
-        f"Load average before the run (1 / 5 / 15 min): **{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}**.",
-        "",
-        "Other jobs running before the run (processes using >= 5% of a core over 3 s): "
-        + ("none." if not others else "; ".join(f"`{p['command'][:100] or p['name']}` ({p['cores']:.2f} cores)" for p in others[:5]) + "."),
-        "",
-        f"Model bundle: `{result['bundle']}`. Server: {result['server']}.",
-        "",
-        f"### Latency per action (goal: p95 upload to findings <= {GOAL_P95_UPLOAD_S:g} s: "
-        + ("**met**" if met else "**missed**") + (", on a busy machine" if busy else "") + ")",
-        "",
-        "| action | n | p50 | p95 | max |",
-        "|---|---:|---:|---:|---:|",
-        row("upload to findings", "upload"),
-        row("reader-study read (unaided + aided save)", "reader_study_read"),
-        row("&nbsp; unaided read saved, aided read with AI panel shown", "unaided_read"),
-        row("&nbsp; aided read saved, next case shown", "aided_read"),
-        row("open the study (sidebar link, reader name, case shown)", "open_study"),
-        row("back to Analyze (sidebar link)", "open_analyze"),
-        row("a session's first page (goto /analyze, until rendered)", "first_visit"),
-        "",
-        "Warm-up upload (not counted; the server's first upload, which may wait for the model): "
-        + ", ".join(f"{a['seconds']:.2f} s" if a["seconds"] is not None else f"failed ({a['error']})" for a in result["warm_up"] if a["kind"] == "upload") + ".",
-        "",
-        f"### Errors: {n_errors} (goal 0)",
-        "",
-    ]
-    lines += [f"* {e}" for e in result["summary"]["errors"][:30]] + [f"* server log: {e}" for e in result["server_log_errors"][:10]]
-    if n_errors:
-        lines.append("")
-    lines += [
-        f"### Reads in the study database: {len(db['lost'])} lost, {len(db['duplicated'])} duplicated (goal 0)",
-        "",
-        f"{db['confirmed']} reads confirmed on the page ({db['submitted']} submitted), {db['stored']} rows in the database; "
-        f"lost or changed: {len(db['lost'])}, duplicated: {len(db['duplicated'])}, in the database but never submitted: {len(db['unexpected'])}; "
-        f"submitted but not confirmed (an action that failed): {db['unconfirmed_stored']} stored, {db['unconfirmed_absent']} not stored.",
-        "",
-    ]
-    lines += [f"* {e}" for e in (db["lost"] + db["duplicated"] + db["unexpected"])[:20]]
-    lines += [
-        "### Server and client resources (sampled every second from /proc)",
-        "",
-        "| | CPU (cores, mean) | CPU (cores, p95 of 1 s) | memory (RSS) |",
-        "|---|---:|---:|---:|",
-        (f"| server: streamlit and its children ({cpu.get('server_processes_max', '?')} processes) | {cpu.get('server_cpu_cores_mean', float('nan')):.2f} "
-         f"| {cpu.get('server_cpu_cores_p95_1s', float('nan')):.2f} | {cpu.get('server_rss_mib_start', 0)} MiB at start, "
-         f"{cpu.get('server_rss_mib_peak', 0)} MiB peak, {cpu.get('server_rss_mib_end', 0)} MiB at the end |" if result["server_sampled"] else
-         "| server: started elsewhere (--url), not sampled; its CPU counts under other processes | | | |"),
-        f"| client: this script, Playwright, chromium with {result['sessions']} sessions | {cpu.get('client_cpu_cores_mean', float('nan')):.2f} | "
-        f"| {cpu.get('client_rss_mib_peak', 0)} MiB peak |",
-        f"| other processes on the machine | {cpu.get('other_cpu_cores_mean', float('nan')):.2f} | | |",
-        f"| whole machine ({cores} cores) | {cpu.get('machine_cpu_cores_mean', float('nan')):.2f} | | |",
-        "",
-        "The browsers run on the same cores as the server: on a 2-core machine they compete with it, so these latencies "
-        "include the client's cost.",
-        "",
-        "Per session: " + ", ".join(f"{p['session']}: {p['uploads']} uploads, {p['reads']} reads, {p['errors']} errors"
-                                    for p in result["summary"]["per_session"]) + ".",
-        "",
-        f"Load average after the run: {result['load_after'][0]:.2f} / {result['load_after'][1]:.2f} / {result['load_after'][2]:.2f}. "
-        f"Raw numbers, every action with its latency: `{out.with_suffix('.json').name}`.",
-        "",
-    ]
-    # A hand-written section about what the load test found and what was fixed survives a rerun.
-    kept = out.read_text().split(KEPT_SECTION, 1) if out.is_file() else []
-    out.write_text("\n".join(lines) + (f"\n{KEPT_SECTION}{kept[1]}" if len(kept) == 2 else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
