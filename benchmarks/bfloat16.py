@@ -9,8 +9,10 @@ the largest and mean change of a calibrated probability, how many calls at
 the operating thresholds flip, how many images the learned input check
 flags differently, T(IoBB)=0.1 on the validation images with expert boxes,
 and the median time of one full analysis (14 probabilities + 14 maps) of a
-demo image. Writes ``benchmarks/BFLOAT16_RESULTS.md`` (appends a section)
-and ``benchmarks/results/bfloat16.json``.
+demo image. Appends a section to ``--out`` (default
+``benchmarks/BFLOAT16_RESULTS.md``) and writes the run's numbers beside it
+(the same name with ``.json``), so a run with another ``--out`` leaves the
+committed record alone.
 """
 
 from __future__ import annotations
@@ -18,23 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _median_analysis_seconds(predictor, image: Path, repeats: int) -> float:
-    predictor.analyze(image)  # warm-up: graph tracing
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        predictor.analyze(image)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _t_iobb(records) -> float:
@@ -45,6 +36,7 @@ def _t_iobb(records) -> float:
 
 
 def measure(bundle: str, data: str, *, compute: str, repeats: int) -> dict:
+    from benchmarks.explain import median_seconds
     from benchmarks.resources import machine
     from cxr_core.data import NIHDataset
     from cxr_core.evaluation.metrics import auroc, macro_mean
@@ -80,7 +72,7 @@ def measure(bundle: str, data: str, *, compute: str, repeats: int) -> dict:
         outputs[tag] = {"calibrated": calibrated, "flagged": flagged, "records": records}
         result[tag] = {"val_mean_auroc": round(macro_mean(auroc(labels, raw)), 4),
                        "val_t_iobb_0.1": round(_t_iobb(records), 4), "val_boxes": int(len(records)),
-                       "analysis_seconds": round(_median_analysis_seconds(predictor, image, repeats), 4),
+                       "analysis_seconds": round(median_seconds(lambda: predictor.analyze(image), repeats), 4),
                        "validation_seconds": round(time.perf_counter() - started, 1)}
     a, b = outputs["float32"]["calibrated"], outputs["served"]["calibrated"]
     thresholds = reference.thresholds
@@ -128,13 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = measure(args.bundle, args.data, compute=args.compute, repeats=args.repeats)
     out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     if not out.exists():
         out.write_text("# bfloat16 trunks against float32 (benchmarks/bfloat16.py)\n\n", encoding="utf-8")
     with out.open("a", encoding="utf-8") as fh:
         fh.write(markdown(result) + "\n")
-    results = ROOT / "benchmarks" / "results"
-    results.mkdir(exist_ok=True)
-    (results / "bfloat16.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(markdown(result))
     return 0
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 
-def _median_seconds(fn, repeats: int) -> float:
+def median_seconds(fn, repeats: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls, after one warm-up call."""
     fn()  # warm-up: graph tracing, allocation
     times = []
     for _ in range(repeats):
@@ -65,9 +66,9 @@ def main() -> None:
 
     # The bundle's own forward pass: every member's scores (compiled; with its test-time views where it has
     # them), nothing else.
-    forward = _median_seconds(lambda: [r.scores(b) for r, b in zip(predictor._runners, batches)], args.repeats)
-    analysis = _median_seconds(lambda: predictor.analyze(decoded), args.repeats)
-    naive = _median_seconds(
+    forward = median_seconds(lambda: [r.scores(b) for r, b in zip(predictor._runners, batches)], args.repeats)
+    analysis = median_seconds(lambda: predictor.analyze(decoded), args.repeats)
+    naive = median_seconds(
         lambda: [gradcam_plus_plus_per_finding(m.model, b, i)
                  for m, b in zip(predictor.members, batches) for i in range(len(FINDINGS))],
         args.naive_repeats,

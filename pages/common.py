@@ -236,7 +236,7 @@ def require_predictor():
 
 
 def compute_note(predictor) -> str:
-    """" Trunk of ... in bfloat16 (...)." for the members that run in bfloat16; "" when all run in float32."""
+    """The Analyze caption's " Computed with the trunk of <members> in bfloat16 ..." sentence; "" when all run in float32."""
     fast = [name for name, dtype in predictor.compute_dtypes.items() if dtype == "bfloat16"]
     if not fast:
         return ""

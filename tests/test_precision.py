@@ -58,6 +58,11 @@ def test_bfloat16_trunk_keeps_layers_weights_and_a_float32_head():
     assert before.name != "image" and model.get_layer(before.name).compute_dtype == "float32"  # the original is untouched
     with pytest.raises(ValueError, match="no layer 'nope'"):
         with_bfloat16_trunk(model, features_layer="nope")
+    from cxr_core.data import PreprocessConfig
+    from cxr_core.serving import Member
+
+    with pytest.raises(ValueError, match="compute_dtype must be one of float32, bfloat16, got 'float16'"):
+        Member(model=model, preprocess=PreprocessConfig(size=64), compute_dtype="float16")
 
 
 @pytest.fixture(scope="module")

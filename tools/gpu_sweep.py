@@ -303,7 +303,7 @@ def simclr_pretrain(model, images: np.ndarray, recipe: Recipe, rng: np.random.Ge
                           normalise(augment_parallel(images[order], rng, strong, blur=0.5))], 1)
         hist = ssl.fit(views, np.zeros(len(views), np.float32), batch_size=batch, epochs=1, shuffle=False, verbose=0)
         log(f"{recipe.name}: simclr epoch {epoch + 1}/{recipe.ssl_epochs} loss {hist.history['loss'][-1]:.3f} "
-                f"{time.perf_counter() - start:.0f}s")
+            f"{time.perf_counter() - start:.0f}s")
     return time.perf_counter() - start
 
 
@@ -357,13 +357,13 @@ def train_recipe(recipe: Recipe, data: dict, log) -> dict:
             swapped = average.swap_in() if average and variant == "" else None
             centre = model.predict(val_views[0], batch_size=128, verbose=0)
             auroc = mean_auroc(y_val, centre)[0]
-            key = "val_mean_auroc" + (f"_{variant}" if variant else "")
-            row[key] = auroc
+            auroc_key = "val_mean_auroc" + (f"_{variant}" if variant else "")
+            row[auroc_key] = auroc
             if auroc > best[variant]["auroc"]:
                 # The extra views only matter for the epoch kept: scored only there.
                 tta = np.mean([centre] + [model.predict(v, batch_size=128, verbose=0) for v in val_views[1:]], axis=0)
                 best[variant] = {"auroc": auroc, "epoch": epoch + 1, "centre": centre, "tta": tta}
-                row[key + "_tta"] = mean_auroc(y_val, tta)[0]
+                row[auroc_key + "_tta"] = mean_auroc(y_val, tta)[0]
                 improved = improved or variant == ""
             if swapped is not None:
                 average.restore(swapped)

@@ -16,7 +16,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
               "parse_shard", "merge_shards", "ShardMergeError", "run_record_path", "errors_path", "IMAGE_COLUMN", "ERROR_COLUMN", "WARNING_COLUMN"),
     "ood": ("FeatureReference", "PPCA", "conformal_threshold", "fit_ood", "fit_reference", "load_reference", "save_reference",
             "OOD_WARNING", "OOD_KEY"),
-    "precision": ("COMPUTE_MODES", "BFLOAT16_BACKBONES", "cpu_has_native_bfloat16", "member_compute_dtype",
+    "precision": ("COMPUTE_MODES", "COMPUTE_DTYPES", "BFLOAT16_BACKBONES", "cpu_has_native_bfloat16", "member_compute_dtype",
                   "with_bfloat16_trunk"),
     "bundle_evaluation": ("evaluate_bundle", "predict_rows", "intensity_reference", "localization_records"),
 })

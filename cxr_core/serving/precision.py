@@ -32,6 +32,9 @@ import keras
 #: the backbone gains from it, or ``"auto"``: bfloat16 only on a CPU that has it natively.
 COMPUTE_MODES = ("float32", "bfloat16", "auto")
 
+#: What one member's trunk computes in (:func:`member_compute_dtype` picks one).
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
 #: Backbones measured faster with a bfloat16 trunk on an AMX CPU (see the module docstring).
 BFLOAT16_BACKBONES = frozenset({"vgg16"})
 

@@ -38,7 +38,7 @@ from cxr_core.evaluation.calibration import Calibration
 from cxr_core.findings import FINDINGS, canonical_finding
 from cxr_core.serving.explain import HeadGradcamPlusPlus, resize_map, split_model
 from cxr_core.serving.ood import OOD_WARNING, FeatureReference, load_reference, pooled
-from cxr_core.serving.precision import check_compute_mode, member_compute_dtype, with_bfloat16_trunk
+from cxr_core.serving.precision import COMPUTE_DTYPES, check_compute_mode, member_compute_dtype, with_bfloat16_trunk
 from cxr_core.serving.tta import check_tta_views, crop_views, mean_over_views
 
 #: Default operating point when a bundle has no fitted thresholds yet.
@@ -133,8 +133,9 @@ class Member:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tta_views", check_tta_views(self.tta_views))
-        if self.compute_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"{self.name}: compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"{self.name}: compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, "
+                             f"got {self.compute_dtype!r}")
 
 
 class _Runner:
