@@ -14,6 +14,8 @@ def _cases(tmp):
     return {
         "prepare": ["--data", missing, "--out", str(tmp / "cache")],
         "train": ["--config", missing + ".toml"],
+        "train_init": ["--set", f"init_from={missing}", "--out", str(tmp / "run")],
+        "pretrain": ["--cache", missing, "--set", "epochs=1", "--out", str(tmp / "pretrain")],
         "tune": ["--config", missing + ".toml", "--data", missing, "--out", str(tmp / "tune")],
         "ensemble": ["--members", missing, missing + "2", "--out", str(tmp / "ens")],
         "evaluate": ["--bundle", missing, "--data", missing],
@@ -24,15 +26,15 @@ def _cases(tmp):
     }
 
 
-@pytest.mark.parametrize("command", ["prepare", "train", "tune", "ensemble", "evaluate", "fit_ood", "predict", "predict_merge",
+@pytest.mark.parametrize("command", ["prepare", "pretrain", "train", "train_init", "tune", "ensemble", "evaluate", "fit_ood", "predict", "predict_merge",
                                      "experiment"])
 def test_missing_input_is_one_line_and_status_2(command, tmp_path, capsys):
-    main = importlib.import_module(f"training.{command.removesuffix('_merge')}").main
+    main = importlib.import_module(f"training.{command.removesuffix('_merge').removesuffix('_init')}").main
     assert main(_cases(tmp_path)[command]) == USER_ERROR_STATUS == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err and err[-1].startswith("error: ") and "does-not-exist" in err[-1]
     assert not any("Traceback" in line for line in err)
-    assert not (tmp_path / "out.csv").exists() and not (tmp_path / "ens").exists()
+    assert not (tmp_path / "out.csv").exists() and not (tmp_path / "ens").exists() and not (tmp_path / "run").exists()
 
 
 def test_user_errors_are_value_and_os_errors_only(capsys):

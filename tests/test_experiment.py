@@ -73,6 +73,21 @@ def test_the_table_is_written_between_markers_and_a_rerun_skips_measured_recipes
     assert (root / "runs" / "results.csv").stat().st_mtime_ns == before and len(again) == 3
 
 
+def test_rows_measured_elsewhere_stay_in_the_table_and_measured_recipes_replace_theirs(grid):
+    """results.csv is not committed: a run on a fresh machine adds to the document's record, never erases it."""
+    root, _, results = grid
+    doc = root / "record.md"
+    header = "| recipe | what | val mean AUROC (95% CI) | x |\n|---|---|---|---|\n"
+    doc.write_text("<!-- experiments:start -->\n" + header
+                   + "| earlier_recipe | measured on another machine | 0.999 (0.9–1.0) | x |\n"
+                   + "| tiny_box | a stale row | 0.001 (0.0–0.1) | x |\n<!-- experiments:end -->\n")
+    write_table(results, doc)
+    rows = [line for line in doc.read_text().splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert rows[0].startswith("| earlier_recipe |")  # best validation AUROC first, whoever measured it
+    assert sum(r.startswith("| tiny_box |") for r in rows) == 1 and "a stale row" not in doc.read_text()
+    assert len(rows) == 4
+
+
 def test_ensemble_maps_follow_the_map_weights_and_each_members_method(grid, demo_root):
     root, _, _ = grid
     predictor = Predictor.from_bundle(root / "runs" / "tiny_ensemble" / "bundle")

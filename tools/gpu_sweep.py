@@ -269,6 +269,8 @@ def simclr_pretrain(model, images: np.ndarray, recipe: Recipe, rng: np.random.Ge
     import keras
     from keras import layers, ops
 
+    from cxr_core.learn.pretrain import nt_xent
+
     encoder = keras.Model(model.inputs, model.get_layer("pool").output)
     pairs = keras.Input((2, INPUT_SIZE, INPUT_SIZE, 1), name="pairs")
     # Explicit output shapes: JAX cannot infer a Lambda's shape by tracing as TensorFlow does.
@@ -280,21 +282,16 @@ def simclr_pretrain(model, images: np.ndarray, recipe: Recipe, rng: np.random.Ge
     ssl = keras.Model(pairs, out)
     temperature = 0.2
 
-    def nt_xent(_, y_pred):
+    def pair_loss(_, y_pred):
         b = ops.shape(y_pred)[0]
-        z = ops.concatenate([y_pred[:, 0], y_pred[:, 1]], 0)
-        z = z / (ops.norm(z, axis=1, keepdims=True) + 1e-8)
-        sim = ops.matmul(z, ops.transpose(z)) / temperature
-        sim = sim - 1e9 * ops.eye(2 * b, dtype=sim.dtype)
-        positive = ops.sum(z * ops.concatenate([z[b:], z[:b]], 0), axis=1) / temperature
-        per_row = ops.logsumexp(sim, axis=1) - positive
+        per_row = nt_xent(ops.concatenate([y_pred[:, 0], y_pred[:, 1]], 0), temperature)
         return ops.mean(ops.reshape(per_row, (2, b)), axis=0)
 
     batch = min(256, len(images) // 2)
     steps = len(images) // batch
     warmup = min(5.0, max(1.0, recipe.ssl_epochs / 10))  # 5 of 100 epochs; 2 of a short run's 20
     ssl.compile(optimizer=keras.optimizers.AdamW(_schedule(1e-3, steps, recipe.ssl_epochs, warmup), weight_decay=1e-4),
-                loss=nt_xent)
+                loss=pair_loss)
     strong = AugmentConfig(strength=2.0)
     start = time.perf_counter()
     for epoch in range(recipe.ssl_epochs):

@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         config = config_from_args(args)
+        if config.init_from:
+            from cxr_core.learn.pretrain import read_record
+
+            read_record(config.init_from)  # a missing or unfinished trunk is the user's to fix, before any training
     except USER_ERRORS as exc:
         return report_user_error(exc)
     from cxr_core.learn import train

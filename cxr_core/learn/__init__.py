@@ -18,6 +18,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "callbacks": ("WarmupCosine", "ValidationAUROC", "EpochStats", "ResumableCheckpoint", "MONITOR"),
     "selection": ("mean_auroc",),
     "top_finetune": ("split_model", "finetune_top"),
+    "pretrain": ("PretrainConfig", "pretrain_simclr", "load_trunk", "save_trunk"),
     "pretrained_modes": ("train_linear_head", "train_top_finetune"),
     "bundle": ("Bundle", "BundleError", "load_weights_into", "code_version", "describe_model", "input_sizes",
                "explanation_method", "portable_path", "read_metadata"),

@@ -33,8 +33,12 @@ class TrainConfig:
         decode_size: side files are decoded to before augmentation
             (default: ``input_size``; a cache decides it itself).
     Model:
-        backbone, weights, input_size, dropout, bn_momentum: as
+        backbone, weights, input_size, width_multiplier, dropout, bn_momentum: as
             :func:`cxr_core.learn.models.build_model`.
+        init_from: a folder written by ``python -m training.pretrain`` (a
+            self-supervised trunk, :mod:`cxr_core.learn.pretrain`): the
+            network starts from it instead of a random initialisation
+            (``weights`` must then be none; the architecture must match).
         features_layer: backbone layer(s) whose activation is ``"features"``
             (empty: the backbone's last conv activation; several: concatenated).
         explanation: ``gradcam++`` | ``gradcam``: the heatmap method the bundle
@@ -88,6 +92,8 @@ class TrainConfig:
     backbone: str = "mobilenetv2"
     weights: str | None = None
     input_size: int = 224
+    width_multiplier: float = 1.0
+    init_from: str | None = None
     dropout: float = 0.2
     bn_momentum: float = 0.9
     features_layer: tuple[str, ...] = ()
@@ -150,6 +156,10 @@ class TrainConfig:
              "its boxes), not a cache"),
             (self.mixup_alpha >= 0 and (self.mixup_alpha == 0 or self.train_mode == "linear_head"),
              "mixup_alpha must be >= 0 and is implemented for train_mode = \"linear_head\" only (mixup of the pooled features)"),
+            (self.width_multiplier > 0 and (self.width_multiplier == 1.0 or self.backbone == "mobilenetv2"),
+             "width_multiplier must be > 0 and differs from 1 for mobilenetv2 only"),
+            (self.init_from is None or (self.weights is None and self.train_mode == "full"),
+             "init_from (a self-supervised trunk) needs weights = \"none\" and train_mode = \"full\""),
             (0 <= self.label_smoothing < 1, "label_smoothing must lie in [0, 1)"),
             ((self.train_mode == "top_finetune") == bool(self.finetune_from),
              "train_mode = \"top_finetune\" needs finetune_from (the layer whose activation is cached, e.g. "
@@ -216,7 +226,7 @@ class TrainConfig:
     def model_args(self) -> dict:
         """Arguments of build_model that rebuild this run's architecture without downloading weights."""
         return {"backbone": self.backbone, "input_size": self.input_size, "rgb_stem": self.weights is not None,
-                "dropout": self.dropout, "bn_momentum": self.bn_momentum,
+                "width_multiplier": self.width_multiplier, "dropout": self.dropout, "bn_momentum": self.bn_momentum,
                 "features_layer": tuple(self.features_layer) or None}
 
 

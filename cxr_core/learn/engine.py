@@ -374,8 +374,13 @@ def compile_model(config: TrainConfig, train_labels, steps_per_epoch: int, *, in
     size = int(input_size or config.input_size)
     model = build_model(
         config.backbone, size, weights=config.weights, dropout=config.dropout, bn_momentum=config.bn_momentum,
-        preprocess=dataclasses.replace(config.preprocess(), size=size),
+        preprocess=dataclasses.replace(config.preprocess(), size=size), width_multiplier=config.width_multiplier,
     )
+    if config.init_from:
+        from cxr_core.learn.pretrain import load_trunk
+
+        load_trunk(model, config.init_from, architecture={"backbone": config.backbone, "input_size": size,
+                                                          "width_multiplier": config.width_multiplier})
     peak = config.learning_rate * float(lr_multiplier)
     if config.lr_schedule == "cosine":
         learning_rate = WarmupCosine(peak, config.epochs * steps_per_epoch,
@@ -412,12 +417,20 @@ def _bundle_of(config: TrainConfig, data: TrainingData, model: keras.Model, trai
     """The bundle of a finished run (model, preprocessing, data summary, provenance, explanation method)."""
     from cxr_core.learn.bundle import Bundle, code_version
 
+    if config.init_from:
+        from cxr_core.learn.pretrain import read_record
+
+        record = read_record(config.init_from)
+        # What the trunk's pretraining was, so the member's cost and data are known without its folder.
+        training = {**training, "pretraining": {key: record.get(key) for key in
+                                                ("method", "architecture", "images", "labels_used", "seconds")}
+                    | {"epochs": record.get("config", {}).get("epochs"), "final_loss": (record.get("loss") or [None])[-1]}}
     return Bundle(
         model=model,
         input_size=config.input_size,
         preprocessing=config.preprocess(),
         backbone=config.backbone,
-        model_config={**config.model_args(), "weights_init": config.weights},
+        model_config={**config.model_args(), "weights_init": config.weights or ("simclr" if config.init_from else None)},
         data=data.summary(),
         split=data.split_info,
         splits=data.splits_table(),

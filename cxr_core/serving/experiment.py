@@ -291,10 +291,36 @@ def put_between_markers(text: str, start: str, end: str, block: str) -> str:
     return f"{head}{start}\n{block}\n{end}{tail}"
 
 
+def _table_rows(text: str) -> dict[str, str]:
+    """The rows of the table between the markers of ``text``, by recipe name (first cell)."""
+    if TABLE_START not in text or TABLE_END not in text:
+        return {}
+    block = text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0]
+    rows = [line for line in block.splitlines() if line.startswith("| ")][1:]  # [0] is the header
+    return {line.split("|")[1].strip(): line for line in rows}
+
+
+def _row_auroc(line: str) -> float:
+    try:
+        return float(line.split("|")[3].split()[0])
+    except (IndexError, ValueError):
+        return float("nan")
+
+
 def write_table(results: pd.DataFrame, document: str | os.PathLike) -> Path:
-    """Put the table between the markers of ``document`` (created with them if missing)."""
+    """Put the table between the markers of ``document`` (created with them if missing).
+
+    Rows of ``results`` replace the document's rows of the same recipes; the
+    document's other rows stay. ``results.csv`` lives in the run folder, which
+    is not committed: a harness run on another machine, or after the runs
+    were cleared, adds its rows to the measured record instead of erasing it.
+    """
     document = Path(document)
     text = document.read_text(encoding="utf-8") if document.is_file() else f"# Experiments\n\n{TABLE_START}\n{TABLE_END}\n"
+    fresh = results_markdown(results).splitlines()
+    header, rows = fresh[:2], fresh[2:]
+    kept = {name: line for name, line in _table_rows(text).items() if name not in set(results["recipe"].astype(str))}
+    rows = sorted(rows + list(kept.values()), key=lambda line: -np.nan_to_num(_row_auroc(line), nan=-1.0))
     document.parent.mkdir(parents=True, exist_ok=True)
-    document.write_text(put_between_markers(text, TABLE_START, TABLE_END, results_markdown(results)), encoding="utf-8")
+    document.write_text(put_between_markers(text, TABLE_START, TABLE_END, "\n".join(header + rows)), encoding="utf-8")
     return document

@@ -1,0 +1,49 @@
+"""Pretrain a trunk without labels (SimCLR) on every image of a cache.
+
+    python -m training.pretrain --config configs/pretrain/simclr_mnv2_w05.toml [--cache cache/nih192] [--set epochs=40]
+
+Writes ``trunk.npz``, ``pretrain.json`` and ``log.csv`` into ``out``; a
+training run starts from it with ``init_from = "<out>"`` (see
+docs/training.md). Labels are never read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from training._errors import USER_ERRORS, report_user_error
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.pretrain", description=__doc__.split("\n\n")[0],
+                                     epilog="Configuration keys: cxr_core.learn.pretrain.PretrainConfig.")
+    parser.add_argument("--config", help="TOML file with PretrainConfig keys")
+    parser.add_argument("--cache", help="cache folder made by python -m training.prepare")
+    parser.add_argument("--epochs", type=int, help="number of epochs")
+    parser.add_argument("--out", help="output folder")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any configuration key (repeatable), e.g. --set temperature=0.1")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        from cxr_core.learn.config import parse_override
+        from cxr_core.learn.pretrain import PretrainConfig, pretrain_simclr
+
+        overrides = {key: getattr(args, key) for key in ("cache", "epochs", "out") if getattr(args, key) is not None}
+        overrides.update(parse_override(item) for item in args.set)
+        config = PretrainConfig.from_toml(args.config, overrides)
+        out = pretrain_simclr(config)
+    except USER_ERRORS as exc:
+        return report_user_error(exc)
+    print(f"pretrained trunk written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
