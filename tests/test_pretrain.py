@@ -135,6 +135,14 @@ def test_pretraining_writes_a_trunk_that_training_starts_from(demo_cache, trunk,
     assert bundle.model_config["weights_init"] == "simclr"
     assert bundle.model_config["width_multiplier"] == 0.35
     assert bundle.training["pretraining"]["labels_used"] is False
+    from cxr_core.learn import assemble_ensemble
+    from tools.model_card import network_text
+
+    ensemble = assemble_ensemble([bundle_dir, bundle_dir], tmp_path / "ens", names=["ssl_a", "ssl_b"])
+    meta = json.loads((ensemble / "bundle.json").read_text())
+    assert meta["members"][0]["weights_init"] == "simclr"
+    assert meta["members"][0]["pretraining_seconds"] == record["seconds"]
+    assert network_text(meta).count("pretrained here by SimCLR") == 2
     # The bundle moves between machines: the trunk's folder is recorded without this machine's path.
     assert not Path(json.loads((bundle_dir / "bundle.json").read_text())["training"]["config"]["init_from"]).is_absolute()
 

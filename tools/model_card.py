@@ -129,7 +129,11 @@ def _map_words(meta: dict) -> str:
 
 
 def _init_words(weights_init) -> str:
-    return "from scratch (no pretrained weights)" if not weights_init else f"initialised from `{weights_init}`"
+    if not weights_init:
+        return "from scratch (no pretrained weights)"
+    if weights_init == "simclr":
+        return "initialised from a trunk pretrained here by SimCLR on the sample's images, labels unused"
+    return f"initialised from `{weights_init}`"
 
 
 def network_text(meta: dict) -> str:
@@ -143,6 +147,8 @@ def network_text(meta: dict) -> str:
         # The wall time recorded by the member's own run; a linear head that reused cached trunk
         # features records only its fit, so the template's Recipe section states the full cost.
         minutes = "" if m.get("training_seconds") is None else f", its training run {m['training_seconds'] / 60:.0f} min"
+        if m.get("pretraining_seconds"):
+            minutes += f" after {m['pretraining_seconds'] / 60:.0f} min of pretraining"
         best = "" if m.get("best_val_mean_auroc") is None else f", best validation mean AUROC {fmt(m['best_val_mean_auroc'])}"
         views = int(m.get("tta_views") or 1)
         scored = f", scored over {views} views (the image and {views - 1} crops; heatmap from the image)" if views > 1 else ""

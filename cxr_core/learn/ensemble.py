@@ -91,6 +91,7 @@ class EnsembleMember:
     def summary(self) -> dict:
         """The member's entry in the ensemble's ``bundle.json``."""
         history = (self.bundle.training or {}).get("history") or {}
+        pretraining = (self.bundle.training or {}).get("pretraining") or {}
         return {
             "name": self.name,
             "path": f"{MEMBERS_DIR}/{self.name}",
@@ -104,6 +105,7 @@ class EnsembleMember:
             "weights_dtype": self.bundle.extra.get("weights_dtype", "float32"),
             "explanation": {"method": explanation_method(self.bundle.extra)},
             "training_seconds": history.get("seconds"),
+            **({"pretraining_seconds": pretraining.get("seconds")} if pretraining else {}),
             "best_val_mean_auroc": history.get("best_val_mean_auroc"),
         }
 

@@ -393,7 +393,7 @@ def pretrain_simclr(config: PretrainConfig) -> Path:
              config.backbone, config.width_multiplier, config.input_size, count, list(config.splits), steps,
              config.batch_size, config.epochs)
     start = time.perf_counter()
-    history = contrastive.fit(dataset, epochs=config.epochs, steps_per_epoch=steps, verbose=config.verbose,
+    history = contrastive.fit(dataset, epochs=config.epochs, steps_per_epoch=steps, verbose=config.verbose, shuffle=False,
                               callbacks=[keras.callbacks.CSVLogger(str(out / "log.csv"))])
     seconds = time.perf_counter() - start
     return save_trunk(classifier, out, {
