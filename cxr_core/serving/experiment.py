@@ -142,14 +142,20 @@ def build_recipe(recipe: Recipe, recipes: dict[str, Recipe], *, runs: Path, retr
 
 
 def _training_stats(bundle) -> tuple[float, float]:
-    """(training images per second, wall seconds) from a loaded bundle's training history (summed over members)."""
+    """(training images per second, wall seconds) from a loaded bundle's training history (summed over members).
+
+    A member started from a self-supervised trunk adds its pretraining's
+    seconds to the wall time (what the row costs from scratch), not to the
+    images per second of its supervised training.
+    """
     records = [m.bundle for m in bundle.members] if hasattr(bundle, "members") else [bundle]
-    images = seconds = 0.0
+    images = seconds = pretraining = 0.0
     for record in records:
         history = (record.training or {}).get("history") or {}
         seconds += float(history.get("seconds") or 0.0)
+        pretraining += float(((record.training or {}).get("pretraining") or {}).get("seconds") or 0.0)
         images += float((record.data or {}).get("counts", {}).get("train") or 0) * float(history.get("epochs_run") or 0)
-    return (images / seconds if seconds else float("nan")), seconds
+    return (images / seconds if seconds else float("nan")), seconds + pretraining
 
 
 def validate_bundle(bundle: str | os.PathLike, data_root: str | os.PathLike, *, n_boot: int = 1000) -> dict:
