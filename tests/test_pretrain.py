@@ -160,6 +160,8 @@ def test_a_trunk_of_another_architecture_is_refused_with_a_clear_message(demo_ca
         compile_model(config, np.zeros((8, 14), np.float32), 1)
     from cxr_core.learn.models import build_model
 
+    with pytest.raises(ValueError, match="already holds a pretrained trunk"):
+        pretrain_simclr(tiny(demo_cache, out))  # an hour of CPU is not overwritten by a repeated command
     with pytest.raises(ValueError, match="holds no pretrained trunk"):
         load_trunk(build_model("mobilenetv2", SIZE), tmp_path / "nothing", architecture={})
 

@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache", help="cache folder made by python -m training.prepare")
     parser.add_argument("--epochs", type=int, help="number of epochs")
     parser.add_argument("--out", help="output folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace a trunk already in the output folder")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any configuration key (repeatable), e.g. --set temperature=0.1")
     return parser
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {key: getattr(args, key) for key in ("cache", "epochs", "out") if getattr(args, key) is not None}
         overrides.update(parse_override(item) for item in args.set)
         config = PretrainConfig.from_toml(args.config, overrides)
-        out = pretrain_simclr(config)
+        out = pretrain_simclr(config, overwrite=args.overwrite)
     except USER_ERRORS as exc:
         return report_user_error(exc)
     print(f"pretrained trunk written to {out}")

@@ -360,14 +360,20 @@ def simclr_model(config: PretrainConfig):
     return classifier, keras.Model(classifier.inputs, projection, name="simclr")
 
 
-def pretrain_simclr(config: PretrainConfig) -> Path:
+def pretrain_simclr(config: PretrainConfig, *, overwrite: bool = False) -> Path:
     """Pretrain a trunk with SimCLR on the images of ``config.splits`` of ``config.cache``.
+
+    Args:
+        config: the run.
+        overwrite: replace a trunk already in ``config.out`` (an hour of CPU:
+            refused by default).
 
     Returns:
         the output folder, holding ``trunk.npz``, ``pretrain.json`` and ``log.csv``.
 
     Raises:
-        ValueError: a cache without images in a named split, or too few images for one batch.
+        ValueError: a trunk already there, a cache without images in a named
+            split, or too few images for one batch.
     """
     import keras
 
@@ -375,6 +381,8 @@ def pretrain_simclr(config: PretrainConfig) -> Path:
     from cxr_core.learn.cache import open_cache
     from cxr_core.learn.callbacks import WarmupCosine
 
+    if (Path(config.out) / TRUNK_FILE).exists() and not overwrite:
+        raise ValueError(f"{config.out} already holds a pretrained trunk; choose another out or pass overwrite")
     keras.utils.set_random_seed(config.seed)
     cache = open_cache(config.cache)
     images, count = image_stream(cache, config.splits, seed=config.seed)
