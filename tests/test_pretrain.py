@@ -140,10 +140,12 @@ def test_pretraining_writes_a_trunk_that_training_starts_from(demo_cache, trunk,
     fine_tune = bundle.training["history"]["seconds"]
     assert _training_stats(bundle)[1] == pytest.approx(fine_tune + record["seconds"])  # the harness's wall column
 
-    from cxr_core.learn import assemble_ensemble
+    from cxr_core.learn import assemble_ensemble, load_bundle
     from tools.model_card import network_text
 
     ensemble = assemble_ensemble([bundle_dir, bundle_dir], tmp_path / "ens", names=["ssl_a", "ssl_b"])
+    assert _training_stats(load_bundle(ensemble))[1] == pytest.approx(
+        2 * fine_tune + record["seconds"])  # two members of one trunk: its pretraining counted once
     meta = json.loads((ensemble / "bundle.json").read_text())
     assert meta["members"][0]["weights_init"] == "simclr"
     assert meta["members"][0]["pretraining_seconds"] == record["seconds"]

@@ -145,17 +145,20 @@ def _training_stats(bundle) -> tuple[float, float]:
     """(training images per second, wall seconds) from a loaded bundle's training history (summed over members).
 
     A member started from a self-supervised trunk adds its pretraining's
-    seconds to the wall time (what the row costs from scratch), not to the
-    images per second of its supervised training.
+    seconds to the wall time (what the row costs from scratch), once per
+    trunk however many members share it, and not to the images per second
+    of its supervised training.
     """
     records = [m.bundle for m in bundle.members] if hasattr(bundle, "members") else [bundle]
-    images = seconds = pretraining = 0.0
+    images = seconds = 0.0
+    trunks: dict[str, float] = {}  # members fine-tuned from one trunk share its pretraining: counted once
     for record in records:
         history = (record.training or {}).get("history") or {}
         seconds += float(history.get("seconds") or 0.0)
-        pretraining += float(((record.training or {}).get("pretraining") or {}).get("seconds") or 0.0)
+        pretrained = (record.training or {}).get("pretraining") or {}
+        trunks[json.dumps(pretrained, sort_keys=True)] = float(pretrained.get("seconds") or 0.0)
         images += float((record.data or {}).get("counts", {}).get("train") or 0) * float(history.get("epochs_run") or 0)
-    return (images / seconds if seconds else float("nan")), seconds + pretraining
+    return (images / seconds if seconds else float("nan")), seconds + sum(trunks.values())
 
 
 def validate_bundle(bundle: str | os.PathLike, data_root: str | os.PathLike, *, n_boot: int = 1000) -> dict:
