@@ -32,16 +32,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        from cxr_core.learn.config import parse_override
-        from cxr_core.learn.pretrain import PretrainConfig, pretrain_simclr
+    from cxr_core.learn.config import parse_override
+    from cxr_core.learn.pretrain import PretrainConfig, check_pretraining, pretrain_simclr
 
+    try:
         overrides = {key: getattr(args, key) for key in ("cache", "epochs", "out") if getattr(args, key) is not None}
         overrides.update(parse_override(item) for item in args.set)
         config = PretrainConfig.from_toml(args.config, overrides)
-        out = pretrain_simclr(config, overwrite=args.overwrite)
+        check_pretraining(config, overwrite=args.overwrite)
     except USER_ERRORS as exc:
         return report_user_error(exc)
+    out = pretrain_simclr(config, overwrite=args.overwrite)
     print(f"pretrained trunk written to {out}")
     return 0
 

@@ -325,8 +325,19 @@ class Cache:
             serialized,
             {"image": tf.io.FixedLenFeature([], tf.string), "labels": tf.io.FixedLenFeature([len(FINDINGS)], tf.float32)},
         )
-        image = tf.reshape(tf.io.decode_raw(parsed["image"], tf.uint8), (self.size, self.size, 1))
-        return image, parsed["labels"]
+        return self._image(parsed["image"]), parsed["labels"]
+
+    def parse_image(self, serialized):
+        """One serialized record -> uint8 image (S, S, 1), its labels not parsed (self-supervised use)."""
+        import tensorflow as tf
+
+        parsed = tf.io.parse_single_example(serialized, {"image": tf.io.FixedLenFeature([], tf.string)})
+        return self._image(parsed["image"])
+
+    def _image(self, raw):
+        import tensorflow as tf
+
+        return tf.reshape(tf.io.decode_raw(raw, tf.uint8), (self.size, self.size, 1))
 
     def read_split(self, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """All images of ``split`` as uint8 (n, S, S), labels (n, 14) and names (for checks, small caches)."""

@@ -188,21 +188,12 @@ class TrainConfig:
         Raises:
             ValueError: unknown keys (listed with the valid ones) or bad values.
         """
-        hints = typing.get_type_hints(cls)
-        unknown = sorted(set(values) - set(hints))
-        if unknown:
-            raise ValueError(f"unknown configuration keys {unknown}; valid keys: {', '.join(hints)}")
-        return cls(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
+        return dataclass_from_dict(cls, values, what="configuration")
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike | None, overrides: dict | None = None) -> "TrainConfig":
         """Read a TOML file of flat keys (tables such as ``[tune]`` are ignored), then apply ``overrides``."""
-        values: dict = {}
-        if path is not None:
-            with open(path, "rb") as handle:
-                values = {k: v for k, v in tomllib.load(handle).items() if not isinstance(v, dict)}
-        values.update(overrides or {})
-        return cls.from_dict(values)
+        return cls.from_dict({**read_flat_toml(path), **(overrides or {})})
 
     def with_overrides(self, **values) -> "TrainConfig":
         return TrainConfig.from_dict({**self.to_dict(), **values})
@@ -228,6 +219,32 @@ class TrainConfig:
         return {"backbone": self.backbone, "input_size": self.input_size, "rgb_stem": self.weights is not None,
                 "width_multiplier": self.width_multiplier, "dropout": self.dropout, "bn_momentum": self.bn_momentum,
                 "features_layer": tuple(self.features_layer) or None}
+
+
+def read_flat_toml(path: str | os.PathLike | None) -> dict:
+    """The top-level keys of a TOML file (tables such as ``[experiment]`` are left out); {} for no file."""
+    if path is None:
+        return {}
+    with open(path, "rb") as handle:
+        return {k: v for k, v in tomllib.load(handle).items() if not isinstance(v, dict)}
+
+
+def dataclass_from_dict(cls, values: dict, *, what: str):
+    """``cls(**values)`` with each value converted to its field's type (TOML and the command line give loose types).
+
+    Args:
+        cls: a dataclass whose ``__post_init__`` checks the values.
+        values: flat keys.
+        what: names the settings in the message about unknown keys.
+
+    Raises:
+        ValueError: unknown keys (listed with the valid ones) or bad values.
+    """
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ValueError(f"unknown {what} keys {unknown}; valid keys: {', '.join(hints)}")
+    return cls(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
 
 
 def parse_override(text: str) -> tuple[str, object]:

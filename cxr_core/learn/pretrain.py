@@ -34,7 +34,6 @@ import logging
 import math
 import os
 import time
-import tomllib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,18 +122,9 @@ class PretrainConfig:
         Raises:
             ValueError: unknown keys (listed with the valid ones) or bad values.
         """
-        from cxr_core.learn.config import _coerce
+        from cxr_core.learn.config import dataclass_from_dict, read_flat_toml
 
-        values: dict = {}
-        if path is not None:
-            with open(path, "rb") as handle:
-                values = {k: v for k, v in tomllib.load(handle).items() if not isinstance(v, dict)}
-        values.update(overrides or {})
-        hints = typing.get_type_hints(cls)
-        unknown = sorted(set(values) - set(hints))
-        if unknown:
-            raise ValueError(f"unknown pretraining keys {unknown}; valid keys: {', '.join(hints)}")
-        return cls(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
+        return dataclass_from_dict(cls, {**read_flat_toml(path), **(overrides or {})}, what="pretraining")
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -190,17 +180,13 @@ def image_stream(cache, splits: typing.Sequence[str], *, seed: int):
     """Every image of ``splits`` of ``cache`` as uint8 (S, S, 1), shuffled, repeated; labels never parsed."""
     import tensorflow as tf
 
-    def image_only(serialized):
-        parsed = tf.io.parse_single_example(serialized, {"image": tf.io.FixedLenFeature([], tf.string)})
-        return tf.reshape(tf.io.decode_raw(parsed["image"], tf.uint8), (cache.size, cache.size, 1))
-
     streams = [cache.records(split, shuffle_files=True, seed=seed) for split in splits]
     records = streams[0]
     for stream in streams[1:]:
         records = records.concatenate(stream)
     count = sum(len(cache.split_index(split)) for split in splits)
     return records.shuffle(min(count, 4096), seed=seed, reshuffle_each_iteration=True).repeat().map(
-        image_only, num_parallel_calls=tf.data.AUTOTUNE), count
+        cache.parse_image, num_parallel_calls=tf.data.AUTOTUNE), count
 
 
 def view_pairs(images, *, config: PretrainConfig, batch_size: int, seed: int):
@@ -360,6 +346,30 @@ def simclr_model(config: PretrainConfig):
     return classifier, keras.Model(classifier.inputs, projection, name="simclr")
 
 
+def check_pretraining(config: PretrainConfig, *, overwrite: bool = False):
+    """What a pretraining run checks before it starts; the opened cache.
+
+    Apart from the run so that a command can tell the user's mistakes (these)
+    from failures during the hour of training, which keep their traceback.
+
+    Raises:
+        ValueError: a trunk already in ``config.out`` (unless ``overwrite``), no
+            cache there, a named split without images, or fewer images than one batch.
+    """
+    from cxr_core.learn.cache import open_cache
+
+    if (Path(config.out) / TRUNK_FILE).exists() and not overwrite:
+        raise ValueError(f"{config.out} already holds a pretrained trunk; choose another out or pass overwrite")
+    cache = open_cache(config.cache)
+    for split in config.splits:
+        cache.records(split)  # raises the cache's own message for a split without images
+    count = sum(len(cache.split_index(split)) for split in config.splits)
+    if count < config.batch_size:
+        raise ValueError(f"the cache has {count} images in {list(config.splits)}, fewer than one batch of "
+                         f"{config.batch_size}; lower batch_size")
+    return cache
+
+
 def pretrain_simclr(config: PretrainConfig, *, overwrite: bool = False) -> Path:
     """Pretrain a trunk with SimCLR on the images of ``config.splits`` of ``config.cache``.
 
@@ -372,23 +382,16 @@ def pretrain_simclr(config: PretrainConfig, *, overwrite: bool = False) -> Path:
         the output folder, holding ``trunk.npz``, ``pretrain.json`` and ``log.csv``.
 
     Raises:
-        ValueError: a trunk already there, a cache without images in a named
-            split, or too few images for one batch.
+        ValueError: as :func:`check_pretraining`.
     """
     import keras
 
     from cxr_core.learn.bundle import code_version, portable_path
-    from cxr_core.learn.cache import open_cache
     from cxr_core.learn.callbacks import WarmupCosine
 
-    if (Path(config.out) / TRUNK_FILE).exists() and not overwrite:
-        raise ValueError(f"{config.out} already holds a pretrained trunk; choose another out or pass overwrite")
+    cache = check_pretraining(config, overwrite=overwrite)
     keras.utils.set_random_seed(config.seed)
-    cache = open_cache(config.cache)
     images, count = image_stream(cache, config.splits, seed=config.seed)
-    if count < config.batch_size:
-        raise ValueError(f"the cache has {count} images in {list(config.splits)}, fewer than one batch of "
-                         f"{config.batch_size}; lower batch_size")
     steps = count // config.batch_size
     dataset = view_pairs(images, config=config, batch_size=config.batch_size, seed=config.seed)
     classifier, contrastive = simclr_model(config)
