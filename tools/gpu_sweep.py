@@ -430,6 +430,7 @@ def weight_average(momentum: float):
 
 
 def run_worker(pack_path: str, out: str, names: list[str], worker: int, deadline: float, smoke: bool) -> None:
+    Path(out).mkdir(parents=True, exist_ok=True)  # a worker started alone has no `run` to make it
     results = Path(out) / f"results_w{worker}.jsonl"
     log_file = open(Path(out) / f"log_w{worker}.txt", "a", buffering=1)
 
