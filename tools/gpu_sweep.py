@@ -430,7 +430,7 @@ def weight_average(momentum: float):
 
 
 def run_worker(pack_path: str, out: str, names: list[str], worker: int, deadline: float, smoke: bool) -> None:
-    Path(out).mkdir(parents=True, exist_ok=True)  # a worker started alone has no `run` to make it
+    Path(out).mkdir(parents=True, exist_ok=True)  # each worker makes it: one may be started alone, without `run`
     results = Path(out) / f"results_w{worker}.jsonl"
     log_file = open(Path(out) / f"log_w{worker}.txt", "a", buffering=1)
 
@@ -471,7 +471,6 @@ def run_worker(pack_path: str, out: str, names: list[str], worker: int, deadline
 def run(pack_path: str, out: str, *, seconds: float, workers: int, smoke: bool, only: list[str] | None) -> int:
     import subprocess
 
-    Path(out).mkdir(parents=True, exist_ok=True)
     deadline = time.time() + seconds
     queues = [[n for n in q if not only or n in only] for q in QUEUES][:workers]
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", XLA_PYTHON_CLIENT_MEM_FRACTION="0.2")
