@@ -35,6 +35,10 @@ class TrainConfig:
     Model:
         backbone, weights, input_size, width_multiplier, dropout, bn_momentum: as
             :func:`cxr_core.learn.models.build_model`.
+        freeze_batchnorm: ``full`` training: every BatchNormalization layer is
+            made non-trainable (:func:`cxr_core.learn.models.freeze_batchnorm`):
+            its scale and offset stay fixed and it normalises with its moving
+            statistics (the pretrained ones), never updating them.
         init_from: a folder written by ``python -m training.pretrain`` (a
             self-supervised trunk, :mod:`cxr_core.learn.pretrain`): the
             network starts from it instead of a random initialisation
@@ -96,6 +100,7 @@ class TrainConfig:
     init_from: str | None = None
     dropout: float = 0.2
     bn_momentum: float = 0.9
+    freeze_batchnorm: bool = False
     features_layer: tuple[str, ...] = ()
     explanation: str = "gradcam++"
     preprocess_mean: float = 0.5

