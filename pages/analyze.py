@@ -1,4 +1,4 @@
-"""Analyze one image: calibrated findings with thresholds, heatmap overlays, PDF and JSON reports."""
+"""Analyze one image: the triage first, findings flagged at validated operating points, heatmaps, PDF and JSON reports."""
 
 import json
 from pathlib import Path
@@ -10,14 +10,21 @@ from cxr_core.errors import ImageReadError
 from cxr_core.findings import DISPLAY_NAMES
 from cxr_core.learn.bundle import describe_model
 from cxr_core.serving import overlays, report
+from cxr_core.serving.reading import WITHHELD_NOTE, triage_words
 from pages import common
 
 DISPLAY_SIDE = 768  # pictures are drawn at most this size (the model saw far less)
+OPERATING_POINTS = {
+    "specificity": "Flags at validated specificity 0.95 (default)",
+    "youden": "Youden's J per finding (earlier design: many flags on normal films)",
+}
+VERDICT_STYLE = {"abnormal": ("ABNORMAL", st.error), "no finding likely": ("NO FINDING LIKELY", st.success)}
 
 st.title("Analyze an image")
 st.caption("Research tool, **not for clinical use**.")
 predictor = common.require_predictor()
 model_key = common.current_bundle()
+policy = predictor.policy
 
 source = st.radio("Image source", ["Upload a file", "Demo image"], horizontal=True, key="analyze_source")
 if source == "Upload a file":
@@ -41,16 +48,54 @@ for note in analysis.warnings:
 st.caption(f"Analysed **{name}**: {analysis.image.source_format}, {analysis.image.original_shape[1]} × {analysis.image.original_shape[0]} px. "
            f"Model: {describe_model(predictor.metadata)}." + common.compute_note(predictor))
 
-rows = pd.DataFrame(report.findings_rows(analysis, predictor.metadata, predictor.thresholds))
-pixels, _ = overlays.fit_to(analysis.image.pixels, DISPLAY_SIDE)
+choices = [p for p in OPERATING_POINTS if p == "youden" or policy.flags is not None]
+point = st.radio("Operating point of the flags", choices, format_func=OPERATING_POINTS.get, horizontal=True,
+                 key="analyze_operating_point")
+show_anyway = False
+if analysis.withheld_because:
+    st.error(WITHHELD_NOTE)
+    show_anyway = st.checkbox("Show the model's output anyway", key="analyze_show_anyway")
+reading = policy.read(analysis.probabilities, withheld_because=analysis.withheld_because, show_anyway=show_anyway,
+                      operating_point=point)
+stem = Path(name).stem or "image"
 
+
+def downloads(alpha=0.45, level=0.5, width=1.0):
+    doc = report.json_report(analysis, predictor.metadata, source_name=name, thresholds=predictor.thresholds, reading=reading)
+    first, second = st.columns(2)
+    first.download_button(
+        "Download PDF report", key="analyze_pdf", file_name=f"{stem}_cxr-assist.pdf", mime="application/pdf", on_click="ignore",
+        data=lambda: report.pdf_report(analysis, predictor.metadata, source_name=name, thresholds=predictor.thresholds,
+                                       alpha=alpha, level=level, width=width, reading=reading),
+    )
+    second.download_button(
+        "Download JSON report", key="analyze_json", file_name=f"{stem}_cxr-assist.json", mime="application/json",
+        data=json.dumps(doc, indent=1), on_click="ignore",
+    )
+
+
+pixels, _ = overlays.fit_to(analysis.image.pixels, DISPLAY_SIDE)
+if reading.withheld:
+    st.image(overlays.window_level(pixels, 0.5, 1.0), caption="The image as received (no findings shown)", width=480,
+             output_format="JPEG")
+    downloads()
+    st.stop()
+
+label, box = VERDICT_STYLE.get(reading.triage, (reading.triage.upper(), st.info))
+box(f"**Triage: {label}** — {triage_words(reading, policy)}")
+flagged = ", ".join(DISPLAY_NAMES[f] for f in reading.flagged)
+possible = ", ".join(DISPLAY_NAMES[f] for f in reading.possible)
+st.markdown(f"**Flagged:** {flagged or 'none'}" + (f" · *possible:* {possible}" if possible else ""))
+
+rows = pd.DataFrame(report.findings_rows(analysis, predictor.metadata, predictor.thresholds, reading=reading))
 left, right = st.columns(2)
 with left:
     level = st.slider("Window level", 0.0, 1.0, 0.5, 0.01, key="analyze_level")
     width = st.slider("Window width", 0.05, 1.0, 1.0, 0.01, key="analyze_width")
     st.image(overlays.window_level(pixels, level, width), caption="Image (window/level)", width="stretch", output_format="JPEG")
+order = [*reading.flagged, *(f for f in rows["finding"] if f not in reading.flagged)]
 with right:
-    finding = st.selectbox("Heatmap of", rows["finding"], format_func=DISPLAY_NAMES.get, key="analyze_finding")
+    finding = st.selectbox("Heatmap of", order, format_func=DISPLAY_NAMES.get, key="analyze_finding")
     alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key="analyze_alpha")
 
 
@@ -60,35 +105,34 @@ def overlay(finding_name: str):
 
 with right:
     p = analysis.probabilities[finding]
-    st.image(overlay(finding), caption=f"{report.heatmap_method(predictor.metadata)}: {DISPLAY_NAMES[finding]} (p = {p:.2f}); boxes: strongest regions", width="stretch", output_format="JPEG")
+    st.image(overlay(finding), caption=f"{report.heatmap_method(predictor.metadata)}: {DISPLAY_NAMES[finding]} (p = {p:.2f}); "
+             "boxes: strongest regions", width="stretch", output_format="JPEG")
 
 st.subheader("Findings, most probable first")
-table = rows.assign(call=rows["positive"].map({True: "POSITIVE", False: "negative"}))
+table = rows.assign(band=rows["band"].map(lambda b: report.BAND_WORDS.get(b, b)))
 st.dataframe(
-    table[["name", "probability", "threshold", "call", "val_sensitivity", "val_specificity"]],
+    table[["name", "probability", "band", "ppv", "lift", "meaning"]],
     hide_index=True, width="stretch", height=35 * 15 + 3, key="analyze_findings",
     column_config={
         "name": "Finding",
         "probability": st.column_config.ProgressColumn("Calibrated probability", format="%.3f", min_value=0.0, max_value=1.0),
-        "threshold": st.column_config.NumberColumn("Operating threshold", format="%.3f"),
-        "call": "At threshold",
-        "val_sensitivity": st.column_config.NumberColumn("Sensitivity (validation)", format="%.2f"),
-        "val_specificity": st.column_config.NumberColumn("Specificity (validation)", format="%.2f"),
+        "band": "Flag",
+        "ppv": st.column_config.NumberColumn("Flag PPV (validation)", format="%.2f"),
+        "lift": st.column_config.NumberColumn("Lift (validation)", format="%.1f×"),
+        "meaning": st.column_config.TextColumn("What the flag means", width="large"),
     },
 )
+burden = ((common.bundle_metrics() or {}).get("reading") or {}).get("burden") or {}
+per_normal = (burden.get("flags" if reading.operating_point == "specificity" else "youden") or {}).get("flags_per_no_finding_film")
+st.caption(("Probabilities are calibrated on the model's validation split. PPV: share of flagged validation films that had the "
+            "finding (NIH labels); lift: PPV over the finding's validation prevalence."
+            if reading.operating_point == "specificity" else
+            "Youden's J cuts per finding, fitted on validation.")
+           + (f" At this operating point a No-Finding film of the test split got {per_normal:.2f} flags on average."
+              if per_normal is not None else ""))
 
-st.subheader("Heatmaps of the 4 most probable findings")
-for column, top in zip(st.columns(4), rows["finding"][:4]):
+st.subheader("Heatmaps: flagged findings first, then the most probable")
+for column, top in zip(st.columns(4), order[:4]):
     column.image(overlay(top), caption=f"{DISPLAY_NAMES[top]} (p = {analysis.probabilities[top]:.2f})", width="stretch", output_format="JPEG")
 
-stem = Path(name).stem or "image"
-doc = report.json_report(analysis, predictor.metadata, source_name=name, thresholds=predictor.thresholds)
-first, second = st.columns(2)
-first.download_button(
-    "Download PDF report", key="analyze_pdf", file_name=f"{stem}_cxr-assist.pdf", mime="application/pdf", on_click="ignore",
-    data=lambda: report.pdf_report(analysis, predictor.metadata, source_name=name, thresholds=predictor.thresholds, alpha=alpha, level=level, width=width),
-)
-second.download_button(
-    "Download JSON report", key="analyze_json", file_name=f"{stem}_cxr-assist.json", mime="application/json",
-    data=json.dumps(doc, indent=1), on_click="ignore",
-)
+downloads(alpha, level, width)

@@ -77,22 +77,28 @@ def test_predictor_refuses_bad_images(predictor, tmp_path):
         predictor.predict(bad)
 
 
-def test_predict_command_lists_unreadable_files(tiny_bundle, demo_root, tmp_path):
-    from training.predict import main
-
+def folder_with_a_broken_file(demo_root, tmp_path, n: int):
+    """A folder of the first ``n`` demo images and ``broken.png`` (not an image); ``(folder, image names)``."""
     folder = tmp_path / "images"
     folder.mkdir()
-    names = sorted(p.name for p in (demo_root / "images").glob("*.png"))[:5]
+    names = sorted(p.name for p in (demo_root / "images").glob("*.png"))[:n]
     for name in names:
         (folder / name).write_bytes((demo_root / "images" / name).read_bytes())
     (folder / "broken.png").write_bytes(b"not a png")
+    return folder, names
+
+
+def test_predict_command_lists_unreadable_files(tiny_bundle, demo_root, tmp_path):
+    from training.predict import main
+
+    folder, names = folder_with_a_broken_file(demo_root, tmp_path, 5)
     out = tmp_path / "preds.csv"
     assert main(["--bundle", str(tiny_bundle), "--images", str(folder), "--out", str(out), "--heatmaps", str(tmp_path / "maps")]) == 0
     table = pd.read_csv(out, keep_default_na=False)
-    assert list(table.columns) == ["Image Index", *FINDINGS, "warning", "error"]
+    assert list(table.columns) == ["Image Index", *FINDINGS, "abnormal", "triage", "flagged", "warning", "error"]
     assert sorted(table["Image Index"]) == sorted(names + ["broken.png"])
     broken = table[table["Image Index"] == "broken.png"].iloc[0]
-    assert broken["error"] and broken["Atelectasis"] == ""
+    assert broken["error"] and broken["Atelectasis"] == "" and broken["triage"] == "not assessed" and broken["abnormal"] == ""
     good = table[table["error"] == ""]
     assert len(good) == 5 and good[list(FINDINGS)].astype(float).apply(lambda c: c.between(0, 1)).all().all()
     assert pd.read_csv(tmp_path / "preds.errors.csv")["Image Index"].tolist() == ["broken.png"]
@@ -109,6 +115,11 @@ def test_evaluate_fits_on_validation_then_applies_elsewhere(tiny_bundle, demo_ro
     stored = json.loads((tiny_bundle / "bundle.json").read_text())
     assert len(stored["thresholds"]["values"]) == 14 and stored["calibration"]["method"] == "temperature"
     assert stored["intensity_reference"]["n_images"] > 50
+    # The flags and the triage fitted on validation; the raw probabilities they were fitted and measured on kept.
+    assert len(stored["flags"]["findings"]) == 14 and stored["flags"]["fitted_on"] == "validation"
+    assert "reading" in json.loads((tiny_bundle / "metrics.json").read_text())
+    stored_predictions = pd.read_csv(tiny_bundle / "predictions.csv.gz")
+    assert set(stored_predictions["split"]) == {"val", "test"} and list(FINDINGS) <= list(stored_predictions.columns)
     metrics = json.loads((tiny_bundle / "metrics.json").read_text())
     assert metrics["localization"]["n_boxes"] > 0 and len(metrics["roc"]) == 14
     assert "| Atelectasis |" in (tiny_bundle / "summary.md").read_text()
@@ -127,3 +138,56 @@ def test_evaluate_fits_on_validation_then_applies_elsewhere(tiny_bundle, demo_ro
     applied = evaluate_bundle(tiny_bundle, other, out_dir=tmp_path / "eval", n_boot=20, localization=False, log=lambda line: None)
     assert applied["data"]["mode"] == "apply"
     assert applied["thresholds"]["values"] == stored["thresholds"]["values"]
+
+
+def test_predict_writes_the_reading_columns_and_a_worklist(tiny_bundle, demo_root, tmp_path):
+    """abnormal/triage/flagged follow the bundle's reading policy; the worklist puts not-assessed films first, then
+    the most abnormal."""
+    from cxr_core.serving import evaluate_bundle
+    from cxr_core.serving.reading import ReadingPolicy
+    from training.predict import main
+
+    if "triage" not in json.loads((tiny_bundle / "bundle.json").read_text()):  # run alone: fit what evaluation fits
+        evaluate_bundle(tiny_bundle, demo_root, n_boot=20, localization=False, log=lambda line: None)
+    folder, _ = folder_with_a_broken_file(demo_root, tmp_path, 12)
+    out, worklist = tmp_path / "preds.csv", tmp_path / "worklist.csv"
+    assert main(["--bundle", str(tiny_bundle), "--images", str(folder), "--out", str(out), "--worklist", str(worklist)]) == 0
+    table = pd.read_csv(out, keep_default_na=False)
+    assessed = table[table["triage"] != "not assessed"]
+    policy = ReadingPolicy.from_metadata(json.loads((tiny_bundle / "bundle.json").read_text()))
+    cuts = policy.cuts().flag
+    for row in assessed.itertuples(index=False):
+        probabilities = [float(getattr(row, f)) for f in FINDINGS]
+        reading = policy.read(probabilities)
+        assert float(row.abnormal) == pytest.approx(reading.triage_probability, abs=1e-5)
+        # The CSV holds 6 decimals; an untrained model's outputs sit close together, so skip findings at their cut.
+        clear = {f for f, p, cut in zip(FINDINGS, probabilities, cuts) if not abs(p - cut) < 1e-5}
+        assert set(row.flagged.split("|")) & clear == set(reading.flagged) & clear
+    assert set(table["triage"]) <= {"abnormal", "no finding likely", "not assessed"}
+    ordered = pd.read_csv(worklist, keep_default_na=False)
+    assert sorted(ordered["Image Index"]) == sorted(table["Image Index"])
+    assert ordered["Image Index"].iloc[0] == "broken.png" and ordered["triage"].iloc[0] == "not assessed"
+    scores = pd.to_numeric(ordered.loc[ordered["triage"] != "not assessed", "abnormal"])
+    assert scores.is_monotonic_decreasing
+    # The Youden operating point flags at the bundle's per-finding cuts.
+    youden = tmp_path / "youden.csv"
+    assert main(["--bundle", str(tiny_bundle), "--images", str(folder), "--out", str(youden), "--operating-point", "youden"]) == 0
+    cuts = json.loads((tiny_bundle / "bundle.json").read_text())["thresholds"]["values"]
+    for row in pd.read_csv(youden, keep_default_na=False).query("triage != 'not assessed'").itertuples(index=False):
+        clear = {f for f, cut in zip(FINDINGS, cuts) if not abs(float(getattr(row, f)) - cut) < 1e-5}
+        expected = {f for f, cut in zip(FINDINGS, cuts) if float(getattr(row, f)) >= cut}
+        assert set(filter(None, row.flagged.split("|"))) & clear == expected & clear
+
+
+def test_worklist_refuses_a_file_that_is_not_a_prediction_csv(tmp_path):
+    from training.predict import main
+
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    # --merge of a non-shard fails first with its own message; the worklist reader is tested directly
+    from cxr_core.errors import DataFormatError
+    from cxr_core.serving import write_worklist
+
+    with pytest.raises(DataFormatError, match="not a prediction CSV"):
+        write_worklist(other, tmp_path / "w.csv")
+    assert main(["--images", str(tmp_path / "missing"), "--out", str(tmp_path / "p.csv"), "--worklist", str(tmp_path / "w.csv")]) == 2

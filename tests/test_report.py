@@ -48,15 +48,53 @@ METADATA = {
 }
 
 
+def fitted_metadata() -> dict:
+    """METADATA plus a triage and flags fitted on named synthetic validation scores (tests/test_reading_fit.py)."""
+    from cxr_core.evaluation.flags import fit_flags
+    from cxr_core.evaluation.triage import fit_triage
+    from tests.test_reading_fit import synthetic_split
+
+    y, c, groups = synthetic_split(400, 11, hernia_positives=6)
+    return {**METADATA, "triage": fit_triage(y, c, groups=groups).to_dict(), "flags": fit_flags(y, c).to_dict()}
+
+
 def test_findings_rows_are_ranked_with_operating_points(analysis):
+    # A bundle evaluated before the flags existed: its Youden cuts are the flags, and it says so.
     rows = findings_rows(analysis, METADATA)
     assert [r["finding"] for r in rows] == list(analysis.ranked) and len(rows) == 14
-    assert rows[0]["finding"] == "Hernia" and rows[0]["positive"] and not rows[-1]["positive"]
-    assert rows[0]["val_sensitivity"] == 0.8 and rows[0]["threshold"] == 0.5
+    assert rows[0]["finding"] == "Hernia" and rows[0]["band"] == "flag" and rows[-1]["band"] == "below"
+    assert rows[0]["val_sensitivity"] == 0.8 and rows[0]["youden_threshold"] == 0.5 and rows[0]["at_youden"]
+    assert "Youden" in rows[0]["meaning"]
     assert {r["name"] for r in rows} >= {"Pleural Thickening"}
     # Thresholds passed explicitly win; a bundle without operating points gives None, not an error.
     bare = findings_rows(analysis, {}, thresholds=[0.3] * 14)
-    assert bare[0]["threshold"] == 0.3 and bare[0]["val_sensitivity"] is None
+    assert bare[0]["youden_threshold"] == 0.3 and bare[0]["val_sensitivity"] is None
+
+
+def test_findings_rows_with_fitted_flags_say_what_a_flag_is_worth(analysis):
+    meta = fitted_metadata()
+    rows = {r["finding"]: r for r in findings_rows(analysis, meta)}
+    hernia = rows["Hernia"]  # 6 validation positives: no flag, whatever its probability (0.90 here)
+    assert hernia["band"] == "no flag set" and hernia["flag_threshold"] is None and "too few positives" in hernia["meaning"]
+    flagged = [r for r in rows.values() if r["band"] == "flag"]
+    assert flagged and all(r["probability"] >= r["flag_threshold"] for r in flagged)
+    assert all("PPV" in r["meaning"] and r["ppv_low"] <= r["ppv"] <= r["ppv_high"] for r in flagged)
+    doc = json_report(analysis, meta, source_name="scan.png")
+    assert doc["triage"]["verdict"] in ("abnormal", "no finding likely") and 0 <= doc["triage"]["probability"] <= 1
+    assert doc["flagged_findings"] == [r["finding"] for r in doc["findings"] if r["band"] == "flag"]
+    assert "Hernia" not in doc["flagged_findings"] and doc["operating_point"] == "specificity"
+
+
+def test_withheld_output_is_said_in_both_reports(analysis):
+    withheld = Analysis(**{**analysis.__dict__, "withheld_because": analysis.warnings})
+    doc = json_report(withheld, fitted_metadata(), source_name="cat.jpg")
+    assert doc["withheld"] and doc["withheld_because"] == list(analysis.warnings)
+    assert doc["findings"] == [] and doc["flagged_findings"] == [] and doc["triage"]["verdict"] == "not assessed"
+    assert doc["triage"]["probability"] is None and "withheld" in doc["notes"]
+    pdf = pdf_report(withheld, fitted_metadata(), source_name="cat.jpg")
+    assert len(re.findall(rb"/Type /Page\b", pdf)) == 1
+    text = _pdf_text(pdf)
+    assert "Output withheld" in text and "FLAG" not in text and "Findings" not in text
 
 
 def test_json_report_lists_the_14_findings(analysis):
@@ -67,7 +105,8 @@ def test_json_report_lists_the_14_findings(analysis):
     assert doc["disclaimer"] == DISCLAIMER and "NOT for clinical use" in doc["disclaimer"]
     assert doc["image"] == {"name": "scan.png", "format": "PNG", "original_height": 300, "original_width": 240, "bit_depth": 8}
     assert doc["warnings"] == list(analysis.warnings)
-    assert doc["positive_findings"] == [r["finding"] for r in doc["findings"] if r["probability"] >= 0.5]
+    assert doc["flagged_findings"] == [r["finding"] for r in doc["findings"] if r["probability"] >= 0.5]
+    assert not doc["withheld"] and doc["operating_point"] == "youden" and doc["format_version"] == 2
     assert doc["model"]["test_mean_auroc"] == 0.71 and doc["model"]["training_images"] == 2400
     box = doc["findings"][0]["heatmap_boxes"][0]
     assert box["x"] == pytest.approx(50, abs=1) and box["w"] == pytest.approx(70, abs=1) and box["h"] == pytest.approx(60, abs=1)
@@ -93,7 +132,8 @@ def test_pdf_report_pages_and_text(analysis):
     assert pdf.startswith(b"%PDF")
     assert len(re.findall(rb"/Type /Page\b", pdf)) == 2  # /Type /Pages does not match
     text = _pdf_text(pdf)
-    for expected in ("cxr-assist report", "NOT for clinical use", "scan.png", "Findings", "Pleural Thickening", "POSITIVE", "Hernia", "Warning"):
+    for expected in ("cxr-assist report", "NOT for clinical use", "scan.png", "Findings", "Pleural Thickening", "FLAG", "Hernia",
+                     "Warning", "Triage"):
         assert expected in text, expected
     # A shorter overlay list and an empty warning list still make a valid 2-page report.
     plain = Analysis(**{**analysis.__dict__, "warnings": ()})

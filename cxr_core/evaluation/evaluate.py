@@ -21,6 +21,8 @@ from cxr_core.evaluation.calibration import (
     fit_calibration,
     reliability_curve,
 )
+from cxr_core.evaluation.clinical import flag_burden, rates
+from cxr_core.evaluation.flags import FindingFlags, fit_flags
 from cxr_core.evaluation.localization import localization_accuracy
 from cxr_core.evaluation.metrics import (
     age_band,
@@ -32,6 +34,7 @@ from cxr_core.evaluation.metrics import (
     subgroup_auroc,
 )
 from cxr_core.evaluation.thresholds import apply_thresholds, fit_thresholds
+from cxr_core.evaluation.triage import Triage, abnormal_labels, fit_triage
 from cxr_core.findings import FINDINGS
 
 #: Published anchors, for display beside ours (different data sizes and splits).
@@ -195,6 +198,86 @@ def evaluate_predictions(
         "published_auroc": {name: list(values) for name, values in PUBLISHED_AUROC.items()},
     }
     return _json(report), calibration, np.asarray(thresholds, dtype=float)
+
+
+def reading_report(
+    *,
+    y_test: np.ndarray,
+    c_test: np.ndarray,
+    test_groups,
+    youden_thresholds: Sequence[float],
+    y_val: np.ndarray | None = None,
+    c_val: np.ndarray | None = None,
+    val_groups=None,
+    triage: Triage | None = None,
+    flags: FindingFlags | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> tuple[dict, Triage | None, FindingFlags | None]:
+    """The triage and the finding flags: fitted on validation (unless given), measured on test.
+
+    Args:
+        y_test, c_test: test labels and CALIBRATED probabilities, (n_test, 14).
+        test_groups: patient id per test film (the AUROC's bootstrap groups).
+        youden_thresholds: the per-finding Youden cuts: the baseline row.
+        y_val, c_val, val_groups: validation labels, calibrated probabilities
+            and patients, to fit the triage and flags (when not given).
+        triage, flags: already fitted ones, applied unchanged (apply mode).
+        n_boot, seed: the triage AUROC's patient bootstrap.
+
+    Returns:
+        ``(report, triage, flags)``: ``report`` has ``triage`` (test AUROC
+        with 95% CI, and at the rule-out and balanced points sensitivity,
+        specificity, PPV, NPV with Wilson 95% intervals and the share of films
+        set aside), ``flags`` (per finding: cuts, validation worth and test
+        rates) and ``burden`` (flags per No-Finding film ... for the new flags
+        and the Youden baseline, :func:`cxr_core.evaluation.clinical.flag_burden`).
+        A part that cannot be fitted (too few validation films) is None with a ``note``.
+    """
+    report: dict = {"fitted_on": "validation", "measured_on": "test"}
+    has_val = y_val is not None and c_val is not None and len(y_val) > 0
+    if triage is None and has_val:
+        try:
+            triage = fit_triage(y_val, c_val, groups=val_groups)
+        except ValueError as exc:
+            report["triage_note"] = str(exc)
+    if flags is None and has_val:
+        flags = fit_flags(y_val, c_val)
+    y_abnormal = abnormal_labels(y_test)
+    if triage is not None:
+        p = np.atleast_1d(triage.probability(c_test))
+        ci = bootstrap_ci(y_abnormal, p, groups=test_groups, metric="auroc", n_boot=n_boot, seed=seed)
+        block = {
+            "method": triage.method, "selection": triage.selection, "rule_out": triage.rule_out,
+            "balanced": triage.balanced, "validation": triage.validation,
+            "test_films": int(len(y_abnormal)), "test_abnormal_films": int(y_abnormal.sum()),
+            "auroc": float(ci.point[0]), "auroc_low": float(ci.low[0]), "auroc_high": float(ci.high[0]),
+            "at_rule_out": rates(y_abnormal, p >= triage.rule_out),
+            "at_balanced": rates(y_abnormal, p >= triage.balanced),
+            "roc": roc_curve_points(y_abnormal[:, None], p[:, None], findings=("abnormal",))[0],
+        }
+        block["at_rule_out"]["set_aside_share"] = 1 - block["at_rule_out"]["decided_share"]
+        report["triage"] = block
+    else:
+        report["triage"] = None
+    baseline = apply_thresholds(c_test, youden_thresholds).astype(bool)
+    report["burden"] = {"youden": flag_burden(y_test, baseline)}
+    if flags is not None:
+        flagged = flags.flagged(c_test)
+        report["burden"]["flags"] = flag_burden(y_test, flagged)
+        report["flags"] = {
+            "target_specificity": flags.target_specificity, "possible_specificity": flags.possible_specificity,
+            "min_val_positives": flags.min_val_positives,
+            "per_finding": [
+                {"finding": f, "flag": flags.flag[i], "possible": flags.possible[i], "reason": flags.reasons[i],
+                 "validation": flags.validation[i],
+                 "test": rates(y_test[:, i], flagged[:, i]) if np.isfinite(flags.flag[i]) else None}
+                for i, f in enumerate(flags.findings)
+            ],
+        }
+    else:
+        report["flags"] = None
+    return _json(report), triage, flags
 
 
 def localization_report(records: pd.DataFrame) -> dict:

@@ -16,7 +16,10 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from cxr_core.evaluation.metrics import UndefinedMetricWarning, _check_targets, _column_labels
 
-__all__ = ["THRESHOLD_METHODS", "DEFAULT_THRESHOLD", "fit_thresholds", "apply_thresholds"]
+__all__ = [
+    "THRESHOLD_METHODS", "DEFAULT_THRESHOLD", "fit_thresholds", "apply_thresholds", "youden_threshold",
+    "threshold_at_sensitivity", "threshold_at_specificity",
+]
 
 THRESHOLD_METHODS: tuple[str, ...] = ("youden", "max_f1", "target_sensitivity")
 
@@ -32,6 +35,50 @@ def _youden(y: np.ndarray, s: np.ndarray) -> float:
     # argmax takes the first maximum, i.e. the highest threshold among ties:
     # equal Youden index, fewer false alarms.
     return float(thresholds[1:][np.argmax(j)])
+
+
+def youden_threshold(y_true, y_score) -> float:
+    """The cut that maximises sensitivity + specificity - 1 for one binary column (ties: the highest).
+
+    Args:
+        y_true: 0/1 labels, shape (n,), with both classes.
+        y_score: scores, shape (n,).
+    """
+    return _youden(np.asarray(y_true, dtype=bool), np.asarray(y_score, dtype=float))
+
+
+def threshold_at_sensitivity(y_true, y_score, target: float) -> float:
+    """The highest cut whose sensitivity (``score >= cut`` among positives) is at least ``target``.
+
+    Args:
+        y_true: 0/1 labels, shape (n,), with both classes.
+        y_score: scores, shape (n,).
+        target: in (0, 1].
+    """
+    if not 0 < target <= 1:
+        raise ValueError(f"target sensitivity must be in (0, 1], got {target}")
+    return _target_sensitivity(np.asarray(y_true, dtype=bool), np.asarray(y_score, dtype=float), target)
+
+
+def threshold_at_specificity(y_true, y_score, target: float) -> float:
+    """The lowest cut whose specificity (``score < cut`` among negatives) is at least ``target``.
+
+    The lowest such cut is the most sensitive one. Every cut is one of the
+    scores; NaN when no score can be a cut (the highest score is a negative's
+    and ``target`` allows no false positive at all).
+
+    Args:
+        y_true: 0/1 labels, shape (n,), with both classes.
+        y_score: scores, shape (n,).
+        target: in (0, 1).
+    """
+    if not 0 < target < 1:
+        raise ValueError(f"target specificity must be in (0, 1), got {target}")
+    fpr, _, thresholds = roc_curve(np.asarray(y_true, dtype=bool), np.asarray(y_score, dtype=float), drop_intermediate=False)
+    # fpr rises as the cut falls; the last cut still within 1 - target is the lowest allowed.
+    # A tiny tolerance keeps 0.95 of 20 negatives (exactly one false positive) from failing on rounding.
+    index = int(np.flatnonzero(fpr <= 1 - target + 1e-12)[-1])
+    return float("nan") if index == 0 else float(thresholds[index])
 
 
 def _max_f1(y: np.ndarray, s: np.ndarray) -> float:

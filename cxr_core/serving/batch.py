@@ -25,6 +25,7 @@ import pandas as pd
 
 from cxr_core.data.dataset import index_images
 from cxr_core.errors import DataFormatError, ImageReadError
+from cxr_core.evaluation.triage import NOT_ASSESSED
 from cxr_core.findings import FINDINGS
 
 IMAGE_COLUMN = "Image Index"
@@ -32,7 +33,14 @@ ERROR_COLUMN = "error"
 #: Why the image may not be a frontal chest X-ray (the Analyze page's warnings, joined by WARNING_SEPARATOR); empty when none.
 WARNING_COLUMN = "warning"
 WARNING_SEPARATOR = " | "
-COLUMNS = (IMAGE_COLUMN, *FINDINGS, WARNING_COLUMN, ERROR_COLUMN)
+#: The calibrated probability of any of the 14 findings (the triage); empty when not assessed.
+ABNORMAL_COLUMN = "abnormal"
+#: "abnormal", "no finding likely" or "not assessed" (the input check warned, or the file could not be read).
+TRIAGE_COLUMN = "triage"
+#: The findings flagged at the operating point, most probable first, joined by FLAG_SEPARATOR; empty when none.
+FLAGGED_COLUMN = "flagged"
+FLAG_SEPARATOR = "|"
+COLUMNS = (IMAGE_COLUMN, *FINDINGS, ABNORMAL_COLUMN, TRIAGE_COLUMN, FLAGGED_COLUMN, WARNING_COLUMN, ERROR_COLUMN)
 
 
 def list_image_files(target: str | os.PathLike) -> list[Path]:
@@ -65,18 +73,19 @@ def list_image_files(target: str | os.PathLike) -> list[Path]:
     raise DataFormatError(f"{target.name} needs a column '{IMAGE_COLUMN}' or 'path'")
 
 
-def _load(predictor, path: str) -> tuple[dict[int, np.ndarray] | None, list[str] | str]:
-    """The file decoded once and resized for every member (``{size: uint8}``) with its input warnings, or None and the reason.
+def _load(predictor, path: str) -> tuple[dict[int, np.ndarray] | None, list[str] | str, list[str]]:
+    """The file decoded once and resized for every member (``{size: uint8}``), its input warnings and the input check's
+    among them; or None, the reason and [].
 
-    A :class:`Predictor` also checks the input (``load_checked``); any other
+    A :class:`Predictor` also checks the input (``load_screened``); any other
     object with ``load_inputs`` and ``predict_uint8`` (a test double) gives no warnings.
     """
     try:
-        if hasattr(predictor, "load_checked"):
-            return predictor.load_checked(path)
-        return predictor.load_inputs(path), []
+        if hasattr(predictor, "load_screened"):
+            return predictor.load_screened(path)
+        return predictor.load_inputs(path), [], []
     except ImageReadError as exc:
-        return None, str(exc)
+        return None, str(exc), []
 
 
 def _predict(predictor, inputs: dict[int, np.ndarray]) -> tuple[np.ndarray, list[list[str]]]:
@@ -97,19 +106,24 @@ def iter_predictions(
     batch_size: int = 16,
     heatmap_dir: str | os.PathLike | None = None,
     workers: int = 2,
+    operating_point: str | None = None,
 ) -> Iterator[dict]:
     """One row per file, in input order, a batch at a time (only one batch of images is held).
 
     Rows are dicts with ``Image Index``, one key per finding (calibrated
-    probability, NaN when unreadable), ``warning`` and ``error``; see :func:`predict_files`.
+    probability, NaN when unreadable), ``abnormal``, ``triage``, ``flagged``,
+    ``warning`` and ``error``; see :func:`predict_files`.
     """
+    policy = getattr(predictor, "policy", None)
+    if policy is not None:
+        policy.cuts(operating_point)  # an unusable operating point fails before any image is read
     out_dir = Path(heatmap_dir) if heatmap_dir is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for batch_files in _batches(files, batch_size):
             loaded = list(pool.map(lambda p: _load(predictor, p), batch_files))
-            good = [i for i, (img, _) in enumerate(loaded) if img is not None]
+            good = [i for i, (img, _, _) in enumerate(loaded) if img is not None]
             calibrated, learned = np.empty((0, len(FINDINGS))), []
             if good:
                 # One stack per member input size: each member gets its own resize and normalisation.
@@ -117,11 +131,16 @@ def iter_predictions(
                 calibrated, learned = _predict(predictor, inputs)
             by_position = dict(zip(good, calibrated))
             notes = {i: [*loaded[i][1], *extra] for i, extra in zip(good, learned)}
+            withheld = {i: bool(loaded[i][2] or extra) for i, extra in zip(good, learned)}
+            readings = _readings(policy, calibrated, operating_point)
+            reading_of = dict(zip(good, readings))
             for i, path in enumerate(batch_files):
                 name = os.path.basename(path)
-                row = {IMAGE_COLUMN: name}
+                row = {IMAGE_COLUMN: name, ABNORMAL_COLUMN: np.nan, TRIAGE_COLUMN: NOT_ASSESSED, FLAGGED_COLUMN: ""}
                 if i in by_position:
                     row.update(dict(zip(FINDINGS, map(float, by_position[i]))))
+                    if not withheld[i]:  # where the input check warned, the film is not assessed (as on the Analyze page)
+                        row[ABNORMAL_COLUMN], row[TRIAGE_COLUMN], row[FLAGGED_COLUMN] = reading_of[i]
                     row[WARNING_COLUMN] = WARNING_SEPARATOR.join(notes[i])
                     row[ERROR_COLUMN] = ""
                     if out_dir is not None:
@@ -131,6 +150,14 @@ def iter_predictions(
                     row[WARNING_COLUMN] = ""
                     row[ERROR_COLUMN] = loaded[i][1]
                 yield row
+
+
+def _readings(policy, calibrated: np.ndarray, operating_point: str | None) -> list[tuple[float, str, str]]:
+    """``(abnormal, triage, flagged)`` per assessed film; "not assessed" throughout without a reading policy."""
+    if policy is None or len(calibrated) == 0:
+        return [(np.nan, NOT_ASSESSED, "")] * len(calibrated)
+    abnormal, verdicts, flagged = policy.read_batch(calibrated, operating_point=operating_point)
+    return list(zip(abnormal.tolist(), verdicts, flagged))
 
 
 def _batches(files: Iterable[str | os.PathLike], size: int) -> Iterator[list[str]]:
@@ -154,6 +181,7 @@ def predict_files(
     heatmap_dir: str | os.PathLike | None = None,
     workers: int = 2,
     progress: Callable[[Iterable], Iterable] | None = None,
+    operating_point: str | None = None,
 ) -> pd.DataFrame:
     """Calibrated probabilities for each file, in input order, as one table (for many files use :func:`predict_to_csv`).
 
@@ -168,16 +196,24 @@ def predict_files(
             probable finding.
         workers: decoding threads.
         progress: wraps the row iterator (e.g. ``tqdm``), for a progress bar.
+        operating_point: the flags' operating point, ``"specificity"`` or
+            ``"youden"`` (:mod:`cxr_core.serving.reading`); None: the bundle's default.
 
     Returns:
         DataFrame with ``Image Index`` (file name), one column per finding
         (Data_Entry spelling, calibrated probability; empty when unreadable),
+        ``abnormal`` (the triage's calibrated probability of any finding;
+        empty when not assessed), ``triage`` (``abnormal``, ``no finding
+        likely``, or ``not assessed`` where the input check warned or the file
+        could not be read), ``flagged`` (the findings flagged at the operating
+        point, most probable first, joined by ``|``; empty when none or not assessed),
         ``warning`` (empty, or why the image may not be a frontal chest X-ray:
         the simple rules, the intensity check and the bundle's learned check,
         joined by " | "; never stops a prediction) and ``error`` (empty, or
         why the file could not be read).
     """
-    rows = iter_predictions(predictor, files, batch_size=batch_size, heatmap_dir=heatmap_dir, workers=workers)
+    rows = iter_predictions(predictor, files, batch_size=batch_size, heatmap_dir=heatmap_dir, workers=workers,
+                            operating_point=operating_point)
     return pd.DataFrame(list(progress(rows) if progress is not None else rows), columns=COLUMNS)
 
 
@@ -193,6 +229,36 @@ def _write_heatmaps(predictor, inputs: dict[int, np.ndarray], probabilities: np.
     overlay = cv2.addWeighted(gray, 0.6, heat, 0.4, 0)
     cv2.putText(overlay, f"{top} {probabilities[FINDINGS.index(top)]:.2f}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
     cv2.imwrite(str(stem.parent / f"{stem.name}_heatmap.png"), overlay)
+
+
+def write_worklist(predictions_csv: str | os.PathLike, out: str | os.PathLike) -> int:
+    """Write a prediction CSV's rows as a reading worklist: the films to read first at the top.
+
+    Order: films the model did not assess (the input check warned, or the
+    file could not be read) first, since nobody but a reader will look at
+    them; then the assessed films, most abnormal first (the triage
+    probability, highest first); ties keep the input order.
+
+    Args:
+        predictions_csv: a CSV written by :func:`predict_to_csv` or :func:`merge_shards`.
+        out: the worklist CSV (same columns).
+
+    Returns:
+        the number of rows written.
+
+    Raises:
+        DataFormatError: the file lacks the prediction columns.
+    """
+    table = pd.read_csv(predictions_csv, dtype=str, keep_default_na=False)
+    missing = [c for c in COLUMNS if c not in table.columns]
+    if missing:
+        raise DataFormatError(f"{Path(predictions_csv).name} is not a prediction CSV (no {', '.join(missing)} column)")
+    abnormal = pd.to_numeric(table[ABNORMAL_COLUMN], errors="coerce")
+    key = pd.DataFrame({"assessed": table[TRIAGE_COLUMN] != NOT_ASSESSED, "abnormal": -abnormal.fillna(0.0)})
+    order = key.sort_values(["assessed", "abnormal"], kind="stable").index
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    table.loc[order].to_csv(out, index=False)
+    return len(table)
 
 
 # -- sharded runs over many files --------------------------------------------------
@@ -266,9 +332,11 @@ def stable_listing(target: str | os.PathLike) -> Listing:
 
 def _format_row(row: dict) -> list[str]:
     values = [row[IMAGE_COLUMN]]
-    for finding in FINDINGS:
-        v = row[finding]
+    for column in (*FINDINGS, ABNORMAL_COLUMN):
+        v = row.get(column)
         values.append("" if v is None or not np.isfinite(v) else f"{v:.6f}")
+    values.append(row.get(TRIAGE_COLUMN, NOT_ASSESSED))
+    values.append(row.get(FLAGGED_COLUMN, ""))
     values.append(row.get(WARNING_COLUMN, ""))
     values.append(row[ERROR_COLUMN])
     return values
@@ -286,6 +354,7 @@ def predict_to_csv(
     shard: tuple[int, int] = (0, 1),
     listing: Listing | None = None,
     log: Callable[[str], None] | None = None,
+    operating_point: str | None = None,
 ) -> dict:
     """Predict ``files`` and stream the rows to ``out`` as they come (memory does not grow with the number of files).
 
@@ -319,7 +388,8 @@ def predict_to_csv(
     sidecar.write_text(json.dumps(record, indent=2))
     errors_file = errors_path(out)
     errors_file.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
-    rows = iter_predictions(predictor, files, batch_size=batch_size, heatmap_dir=heatmap_dir, workers=workers)
+    rows = iter_predictions(predictor, files, batch_size=batch_size, heatmap_dir=heatmap_dir, workers=workers,
+                            operating_point=operating_point)
     written = unreadable = 0
     start = time.perf_counter()
     errors_handle = None

@@ -38,7 +38,7 @@ from cxr_core.data.expert_labels import find_expert_labels, read_expert_labels
 from cxr_core.data.preprocessing import to_model_uint8
 from cxr_core.data.splits import assert_patient_disjoint
 from cxr_core.evaluation.calibration import Calibration
-from cxr_core.evaluation.evaluate import _json, evaluate_predictions, localization_report
+from cxr_core.evaluation.evaluate import _json, evaluate_predictions, localization_report, reading_report
 from cxr_core.evaluation.expert import expert_markdown, expert_report
 from cxr_core.evaluation.localization import best_iobb, heatmap_to_boxes, iou
 from cxr_core.findings import FINDINGS
@@ -47,6 +47,9 @@ from cxr_core.serving.predictor import Predictor
 
 METRICS_FILE = "metrics.json"
 SUMMARY_FILE = "summary.md"
+#: The raw validation and test probabilities the bundle's calibration, thresholds, triage and flags were fitted and
+#: measured on (one row per film): refits and benchmarks read them instead of running the model again.
+PREDICTIONS_FILE = "predictions.csv.gz"
 #: Fewer validation images than this cannot support fitted thresholds.
 MIN_VAL_IMAGES = 50
 
@@ -180,6 +183,36 @@ def _expert_blocks(expert_labels, data_root, images, p_raw, calibration, y_true,
         return {}
 
 
+def _write_predictions(path: Path, names, split, val_rows, p_val, test_rows, p_test, dataset: NIHDataset) -> None:
+    """The raw probabilities of the validation and test films with their labels and patients (``PREDICTIONS_FILE``)."""
+    rows = np.concatenate([val_rows, test_rows])
+    table = pd.DataFrame(np.concatenate([p_val, p_test]), columns=list(FINDINGS)).round(6)
+    table.insert(0, "image", names.to_numpy()[rows])
+    table.insert(1, "split", split[rows])
+    table.insert(2, "patient_id", dataset.patient_ids[rows])
+    labels = pd.DataFrame(dataset.labels[rows].astype(int), columns=[f"label_{f}" for f in FINDINGS])
+    pd.concat([table, labels], axis=1).to_csv(path, index=False)
+
+
+def read_predictions(bundle_dir: str | os.PathLike) -> pd.DataFrame:
+    """A bundle's stored validation and test predictions (``PREDICTIONS_FILE``).
+
+    Returns:
+        one row per film: ``image``, ``split`` ("val" or "test"),
+        ``patient_id``, the 14 raw probabilities (FINDINGS columns) and the
+        NIH labels (``label_<finding>``).
+
+    Raises:
+        FileNotFoundError: the bundle was evaluated before the file existed
+            (run ``python -m training.evaluate`` on its own data).
+    """
+    path = Path(bundle_dir) / PREDICTIONS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: evaluate the bundle on its own data first "
+                                "(python -m training.evaluate --bundle ... --data ...)")
+    return pd.read_csv(path)
+
+
 def evaluate_bundle(
     bundle_dir: str | os.PathLike,
     data_root: str | os.PathLike,
@@ -264,6 +297,25 @@ def evaluate_bundle(
             calibration=Calibration.from_dict(bundle.get("calibration")), thresholds=predictor.thresholds,
         )
 
+    c_test = calibration.apply(p_test)
+    if fit_mode:
+        reading, triage, flags = reading_report(
+            y_test=y_test, c_test=c_test, test_groups=meta["patient_id"].to_numpy(), youden_thresholds=thresholds,
+            y_val=y_val, c_val=calibration.apply(p_val), val_groups=dataset.patient_ids[val_rows], n_boot=n_boot)
+    else:
+        reading, triage, flags = reading_report(
+            y_test=y_test, c_test=c_test, test_groups=meta["patient_id"].to_numpy(), youden_thresholds=thresholds,
+            triage=predictor.policy.triage, flags=predictor.policy.flags, n_boot=n_boot)
+    report["reading"] = reading
+    if triage is not None:
+        log(f"triage ({triage.method}): test AUROC {reading['triage']['auroc']:.3f}, rule-out sensitivity "
+            f"{reading['triage']['at_rule_out']['sensitivity']:.3f}, {reading['triage']['at_rule_out']['set_aside_share']:.0%} set aside")
+    if flags is not None:
+        burden = reading["burden"]["flags"]
+        log(f"flags: {burden['flags_per_no_finding_film']:.2f} per No-Finding film, {burden['no_finding_without_flag']:.0%} of "
+            f"them without any, {burden['flags_right']:.0%} of flags right (Youden: "
+            f"{reading['burden']['youden']['flags_per_no_finding_film']:.2f}, {reading['burden']['youden']['flags_right']:.0%})")
+
     if fit_mode:
         # The Predictor used for localisation must use the new calibration.
         predictor.calibration, predictor.thresholds = calibration, thresholds
@@ -298,7 +350,11 @@ def evaluate_bundle(
                           "test_patients": report["counts"]["test_patients"]},
             intensity_reference=intensity_reference(train_paths, predictor.reference_size) if train_paths else None,
             metrics_file=METRICS_FILE,
+            triage=None if triage is None else triage.to_dict(),
+            flags=None if flags is None else flags.to_dict(),
+            predictions_file=PREDICTIONS_FILE,
         )
+        _write_predictions(out / PREDICTIONS_FILE, names, split, val_rows, p_val, test_rows, p_test, dataset)
         if fit_ood:
             from cxr_core.serving.ood import fit_ood as fit_reference
 

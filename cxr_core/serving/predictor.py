@@ -39,6 +39,7 @@ from cxr_core.findings import FINDINGS, canonical_finding
 from cxr_core.serving.explain import HeadGradcamPlusPlus, resize_map, split_model
 from cxr_core.serving.ood import OOD_WARNING, FeatureReference, load_reference, pooled
 from cxr_core.serving.precision import COMPUTE_DTYPES, check_compute_mode, member_compute_dtype, with_bfloat16_trunk
+from cxr_core.serving.reading import Reading, ReadingPolicy
 from cxr_core.serving.tta import check_tta_views, crop_views, mean_over_views
 
 #: Default operating point when a bundle has no fitted thresholds yet.
@@ -65,6 +66,14 @@ class Analysis:
             ``*_threshold`` (None for a score the reference lacks), ``beyond``
             (the scores past their threshold) and ``unlike_training`` (any is;
             see :meth:`cxr_core.serving.ood.FeatureReference.check`).
+        withheld_because: the input check's warnings (the simple rules, the
+            intensity check, the learned check), a subset of ``warnings``:
+            any of them withholds the reading by default.
+        reading: what a reader is shown at the bundle's default operating
+            point, output withheld where the input check warned
+            (:class:`cxr_core.serving.reading.Reading`); pages that offer
+            another operating point or "show anyway" ask
+            :attr:`Predictor.policy` again.
     """
 
     probabilities: dict[str, float]
@@ -75,6 +84,8 @@ class Analysis:
     warnings: tuple[str, ...] = ()
     ranked: tuple[str, ...] = field(default=())
     input_check: dict | None = None
+    withheld_because: tuple[str, ...] = ()
+    reading: Reading | None = None
 
 
 def intensity_warnings(model_input_uint8: np.ndarray, reference: dict | None) -> list[str]:
@@ -277,6 +288,7 @@ class Predictor:
         self.calibration = calibration
         self.thresholds = np.full(len(findings), UNFITTED_THRESHOLD) if thresholds is None else np.asarray(thresholds, float)
         self.metadata = dict(metadata or {})
+        self.policy = ReadingPolicy.from_metadata(self.metadata, self.thresholds)
         self._runners = tuple(_Runner(m, findings) for m in self.members)
         if ood is not None and self.is_ensemble and ood.member not in [m.name for m in self.members]:
             ood = None  # a reference fitted on another member's features cannot be used
@@ -411,9 +423,22 @@ class Predictor:
         Raises:
             ImageReadError: the image cannot be used.
         """
+        inputs, notes, _ = self.load_screened(source)
+        return inputs, notes
+
+    def load_screened(self, source: ImageSource) -> tuple[dict[int, np.ndarray], list[str], list[str]]:
+        """:meth:`load_checked` that also says which warnings are the input check's (:meth:`check_warnings`).
+
+        Returns:
+            ``(inputs, all warnings that need no model, the input check's among them)``.
+
+        Raises:
+            ImageReadError: the image cannot be used.
+        """
         decoded = decode_image(source)
         inputs = self.resize_inputs(decoded.pixels)
-        return inputs, self.image_warnings(decoded, inputs[self.reference_size])
+        checks = self.check_warnings(decoded, inputs[self.reference_size])
+        return inputs, list(decoded.warnings) + checks, checks
 
     def _normalised(self, images_uint8: Mapping[int, np.ndarray]) -> list[np.ndarray]:
         batches = []
@@ -512,7 +537,12 @@ class Predictor:
             decoded: the decoded image.
             small_uint8: the image at :attr:`reference_size` (8-bit), for the intensity check; None skips it.
         """
-        notes = list(decoded.warnings) + rule_warnings(decoded.pixels, decoded.original_shape)
+        return list(decoded.warnings) + self.check_warnings(decoded, small_uint8)
+
+    def check_warnings(self, decoded: DecodedImage, small_uint8: np.ndarray | None = None) -> list[str]:
+        """The input check's warnings that need no model (the simple rules, the intensity check): those that withhold
+        the reading, unlike decoding's notes (a colour file converted, a damaged orientation tag)."""
+        notes = rule_warnings(decoded.pixels, decoded.original_shape)
         if small_uint8 is not None and constant_warning(decoded.pixels) is None:  # a blank image is already warned
             notes += intensity_warnings(small_uint8, self.metadata.get("intensity_reference"))
         return notes
@@ -583,7 +613,8 @@ class Predictor:
             heatmaps[finding] = maps[0] if len(maps) == 1 else np.clip(
                 sum(np.float32(w) * m for w, m in zip(self.map_weights, maps) if w > 0), 0.0, 1.0).astype(np.float32)
         probabilities_by_finding = dict(zip(self.findings, calibrated.tolist()))
-        notes = self.image_warnings(decoded, smalls[self.reference_size]) + self.feature_warnings(check)
+        checks = self.check_warnings(decoded, smalls[self.reference_size]) + self.feature_warnings(check)
+        notes = list(decoded.warnings) + checks
         return Analysis(
             probabilities=probabilities_by_finding,
             raw_probabilities=dict(zip(self.findings, raw[0].tolist())),
@@ -593,4 +624,6 @@ class Predictor:
             warnings=tuple(notes),
             ranked=tuple(sorted(self.findings, key=lambda f: -probabilities_by_finding[f])),
             input_check=check,
+            withheld_because=tuple(checks),
+            reading=self.policy.read(probabilities_by_finding, withheld_because=checks),
         )

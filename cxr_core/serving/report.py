@@ -6,9 +6,13 @@
     pdf = pdf_report(analysis, predictor.metadata, source_name="scan.png")   # bytes
 
 Every report carries the statement that cxr-assist is not for clinical use,
-the model it came from, each finding's calibrated probability with its
-operating threshold and the sensitivity/specificity that threshold had on
-validation, and the input warnings.
+the model it came from, the triage verdict first, then each finding's
+calibrated probability with its band at the operating point (flag,
+possible, below, or no flag set and why) and what a flag was worth on
+validation (PPV with its interval, lift), and the input warnings. Where the
+input check warned and the reader did not ask to see the output anyway, the
+report says the output was withheld and why, and holds no findings
+(:mod:`cxr_core.serving.reading`).
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ from cxr_core.findings import DISPLAY_NAMES, FINDINGS
 from cxr_core.learn.bundle import describe_model, explanation_method, input_sizes
 from cxr_core.serving.overlays import HEATMAP_BOX_COLOR, blend_heatmap, draw_boxes, fit_to, gray_to_rgb, scale_boxes, window_level
 from cxr_core.serving.predictor import Analysis
+from cxr_core.serving.reading import WITHHELD_NOTE, Reading, ReadingPolicy, flag_words, triage_words
 
 __all__ = [
-    "DISCLAIMER", "REPORT_FORMAT", "findings_rows", "heatmap_boxes", "heatmap_picture", "input_check", "json_report", "model_summary",
-    "pdf_report",
+    "BAND_WORDS", "DISCLAIMER", "REPORT_FORMAT", "findings_rows", "heatmap_boxes", "heatmap_picture", "input_check", "json_report",
+    "model_summary", "pdf_report", "reading_and_policy", "triage_summary",
 ]
 
 DISCLAIMER = (
@@ -38,7 +43,10 @@ DISCLAIMER = (
     "findings are model outputs trained on text-mined NIH ChestX-ray14 labels and must not guide patient care."
 )
 REPORT_FORMAT = "cxr-assist-report"
-REPORT_VERSION = 1
+#: 2: the triage and the bands at the operating point replace version 1's Youden POSITIVE/negative calls.
+REPORT_VERSION = 2
+#: How each band is written in a table a reader sees.
+BAND_WORDS = {"flag": "FLAG", "possible": "possible", "below": "", "no flag set": "no flag set"}
 
 
 def _number(value) -> float | None:
@@ -120,40 +128,82 @@ def heatmap_picture(
     return draw_boxes(picture, boxes, labels=labels, color=HEATMAP_BOX_COLOR)
 
 
-def findings_rows(analysis: Analysis, metadata: Mapping | None, thresholds: Sequence[float] | None = None) -> list[dict]:
+def reading_and_policy(analysis: Analysis, metadata: Mapping | None, reading: Reading | None = None,
+                       thresholds: Sequence[float] | None = None) -> tuple[Reading, ReadingPolicy]:
+    """The reading a report shows (``reading``, else the analysis's own, else the bundle's default) and its policy."""
+    policy = ReadingPolicy.from_metadata(metadata, thresholds)
+    if reading is None:
+        reading = analysis.reading or policy.read(analysis.probabilities, withheld_because=analysis.withheld_because)
+    return reading, policy
+
+
+def findings_rows(analysis: Analysis, metadata: Mapping | None, thresholds: Sequence[float] | None = None, *,
+                  reading: Reading | None = None) -> list[dict]:
     """One row per finding, highest calibrated probability first.
 
     Args:
         analysis: from :meth:`Predictor.analyze`.
-        metadata: the bundle metadata (``predictor.metadata``), for the
-            validated sensitivity/specificity of each operating threshold.
-        thresholds: the operating thresholds in FINDINGS order
-            (``predictor.thresholds``); default: those of ``operating_points``.
+        metadata: the bundle metadata (``predictor.metadata``): its flags,
+            triage and Youden operating points.
+        thresholds: the Youden cuts in FINDINGS order (``predictor.thresholds``);
+            default: those of the metadata.
+        reading: the reading shown (operating point, shown anyway); default:
+            the analysis's own (:attr:`Analysis.reading`).
 
     Returns:
         dicts with ``finding`` (data spelling), ``name`` (display name),
-        ``probability``, ``raw_probability``, ``threshold``, ``positive``,
-        ``val_sensitivity``, ``val_specificity``.
+        ``probability``, ``raw_probability``, ``band`` (``"flag"``,
+        ``"possible"``, ``"below"``, ``"no flag set"``; ``"withheld"`` when the
+        output is withheld), ``flag_threshold`` and ``possible_threshold`` (the
+        cuts of the reading's operating point; None where none is set),
+        ``meaning`` (the band in words, from validation), ``ppv``,
+        ``ppv_low``, ``ppv_high``, ``lift`` (a flag's worth on validation),
+        ``youden_threshold``, ``at_youden`` (the earlier design's call, kept
+        for audit), ``val_sensitivity`` and ``val_specificity`` (of the Youden cut).
     """
+    reading, policy = reading_and_policy(analysis, metadata, reading, thresholds)
+    cuts = policy.cuts(reading.operating_point)
     points = operating_points(metadata)
+    youden = policy.youden.flag
     order = analysis.ranked or tuple(sorted(FINDINGS, key=lambda f: -analysis.probabilities[f]))
     rows = []
     for finding in order:
+        i = FINDINGS.index(finding)
         point = points.get(finding, {})
-        threshold = _number(thresholds[FINDINGS.index(finding)]) if thresholds is not None else _number(point.get("threshold"))
+        band = "withheld" if reading.withheld else reading.bands[finding]
+        worth = cuts.validation[i] or {}
         rows.append(
             {
                 "finding": finding,
                 "name": DISPLAY_NAMES[finding],
                 "probability": float(analysis.probabilities[finding]),
                 "raw_probability": _number(analysis.raw_probabilities.get(finding)),
-                "threshold": threshold,
-                "positive": bool(analysis.positive.get(finding, False)),
+                "band": band,
+                "flag_threshold": _number(cuts.flag[i]),
+                "possible_threshold": _number(cuts.possible[i]),
+                "meaning": "" if reading.withheld else flag_words(finding, band, cuts),
+                "ppv": _number(worth.get("ppv")), "ppv_low": _number(worth.get("ppv_low")),
+                "ppv_high": _number(worth.get("ppv_high")), "lift": _number(worth.get("lift")),
+                "youden_threshold": _number(youden[i]),
+                "at_youden": bool(analysis.probabilities[finding] >= youden[i]),
                 "val_sensitivity": _number(point.get("val_sensitivity")),
                 "val_specificity": _number(point.get("val_specificity")),
             }
         )
     return rows
+
+
+def triage_summary(reading: Reading, policy: ReadingPolicy) -> dict:
+    """The triage part of a report: verdict, probability, the two cuts and the sentence that explains them."""
+    triage = policy.triage
+    return {
+        "verdict": reading.triage,
+        "probability": _number(reading.triage_probability),
+        "above_balanced_point": reading.above_balanced,
+        "rule_out_point": None if triage is None else triage.rule_out,
+        "balanced_point": None if triage is None else triage.balanced,
+        "explanation": triage_words(reading, policy),
+    }
 
 
 def json_report(
@@ -163,16 +213,21 @@ def json_report(
     source_name: str | None = None,
     thresholds: Sequence[float] | None = None,
     box_findings: Sequence[str] | None = None,
+    reading: Reading | None = None,
 ) -> dict:
     """The JSON report of one analysed image (plain types only, ``json.dumps``-able).
 
     Args:
-        analysis, metadata, thresholds: see :func:`findings_rows`.
+        analysis, metadata, thresholds, reading: see :func:`findings_rows`.
         source_name: the file name shown in the report.
         box_findings: findings whose heatmap boxes are listed (default: every
             finding that has a heatmap).
+
+    A withheld reading gives ``withheld: true``, the reasons, and no findings,
+    triage probability or boxes.
     """
-    rows = findings_rows(analysis, metadata, thresholds)
+    reading, policy = reading_and_policy(analysis, metadata, reading, thresholds)
+    rows = [] if reading.withheld else findings_rows(analysis, metadata, thresholds, reading=reading)
     wanted = set(analysis.heatmaps if box_findings is None else box_findings)
     for row in rows:
         if row["finding"] in wanted:
@@ -197,13 +252,24 @@ def json_report(
         },
         "warnings": list(analysis.warnings),
         "input_check": input_check(analysis),
-        "positive_findings": [r["finding"] for r in rows if r["positive"]],
+        "withheld": reading.withheld,
+        "withheld_because": list(reading.withheld_because) if reading.withheld else [],
+        "shown_despite_input_warning": bool(reading.withheld_because) and not reading.withheld,
+        "operating_point": reading.operating_point,
+        "triage": triage_summary(reading, policy),
+        "flagged_findings": list(reading.flagged),
+        "possible_findings": list(reading.possible),
         "findings": rows,
         "notes": (
-            "probability: calibrated on the model's validation split; positive: probability >= threshold; "
-            "val_sensitivity/val_specificity: of that threshold on the validation split. Heatmaps are "
-            f"{heatmap_method(metadata)} maps, boxes are drawn around their strongest regions (x, y = top-left corner, "
-            "original image pixels)."
+            (WITHHELD_NOTE + " ") if reading.withheld else ""
+        ) + (
+            "probability: calibrated on the model's validation split. triage: the calibrated probability of any of the "
+            "14 findings; 'abnormal' at or above the rule-out point fitted on validation, else 'no finding likely'. "
+            "band: 'flag' at or above the finding's flag cut (validation specificity 0.95 at the default operating "
+            "point), 'possible' at or above the lower cut, 'no flag set' where validation had too few positives; "
+            "ppv, lift: what a flag was worth on the validation split (NIH labels). youden_threshold, at_youden: the "
+            f"earlier per-finding cut, for audit. Heatmaps are {heatmap_method(metadata)} maps, boxes are drawn around "
+            "their strongest regions (x, y = top-left corner, original image pixels)."
         ),
     }
 
@@ -262,13 +328,17 @@ def pdf_report(
     level: float = 0.5,
     width: float = 1.0,
     max_side: int = 512,
+    reading: Reading | None = None,
 ) -> bytes:
-    """A two-page PDF: page 1 the image and heatmap overlays, page 2 the findings table.
+    """A two-page PDF: page 1 the triage, the image and heatmap overlays, page 2 the findings table.
+
+    A withheld reading gives one page: the image, the warnings and why the
+    output is withheld; no findings, no heatmaps.
 
     Args:
-        analysis, metadata, thresholds, source_name: see :func:`json_report`.
+        analysis, metadata, thresholds, source_name, reading: see :func:`json_report`.
         overlay_findings: findings whose Grad-CAM++ overlay is shown (default:
-            the 4 most probable that have a heatmap).
+            the flagged findings, then the most probable, 4 in all, that have a heatmap).
         alpha, level, width: overlay opacity and image window.
         max_side: pictures are shrunk to this many pixels on their longer side.
 
@@ -279,12 +349,16 @@ def pdf_report(
     from reportlab.lib.pagesizes import A4
     from reportlab.lib.styles import getSampleStyleSheet
     from reportlab.lib.units import mm
-    from reportlab.platypus import Image, PageBreak, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+    from reportlab.platypus import Image, PageBreak, Paragraph, Spacer, Table, TableStyle
 
-    rows = findings_rows(analysis, metadata, thresholds)
+    reading, policy = reading_and_policy(analysis, metadata, reading, thresholds)
+    rows = [] if reading.withheld else findings_rows(analysis, metadata, thresholds, reading=reading)
     model = model_summary(metadata)
-    if overlay_findings is None:
-        overlay_findings = [r["finding"] for r in rows if r["finding"] in analysis.heatmaps][:4]
+    if reading.withheld:
+        overlay_findings = []
+    elif overlay_findings is None:
+        ranked = [*reading.flagged, *(r["finding"] for r in rows if r["finding"] not in reading.flagged)]
+        overlay_findings = [f for f in ranked if f in analysis.heatmaps][:4]
     styles = getSampleStyleSheet()
     small = styles["BodyText"].clone("small", fontSize=8, leading=10)
     caption = small.clone("caption", alignment=1)  # centred under its picture
@@ -324,19 +398,33 @@ def pdf_report(
     ]
     for note in analysis.warnings:
         story.append(Paragraph(f"Warning: {_escape(note)}", warn))
-    story += [Spacer(1, 3 * mm), picture(base, 70), Paragraph("The image as analysed.", caption), Spacer(1, 3 * mm)]
+    story.append(Spacer(1, 3 * mm))
+    if reading.withheld:
+        story += [Paragraph(f"<b>Output withheld.</b> {_escape(WITHHELD_NOTE)}", warn), Spacer(1, 3 * mm),
+                  picture(base, 90), Paragraph("The image as received.", caption)]
+        return _build_pdf(story, name)
+    verdict = {"abnormal": "ABNORMAL", "no finding likely": "NO FINDING LIKELY"}.get(reading.triage, reading.triage.upper())
+    flagged = ", ".join(DISPLAY_NAMES[f] for f in reading.flagged) or "none"
+    story += [
+        Paragraph(f"<b>Triage: {verdict}.</b> {_escape(triage_words(reading, policy))}", styles["BodyText"]),
+        Paragraph(f"<b>Flagged findings:</b> {_escape(flagged)}"
+                  + ("" if reading.operating_point == "specificity" else " (Youden's J operating point)")
+                  + (". Shown although the input check warned." if reading.withheld_because else "."), styles["BodyText"]),
+        Spacer(1, 3 * mm), picture(base, 70), Paragraph("The image as analysed.", caption), Spacer(1, 3 * mm),
+    ]
     if overlay_table:
         table = Table(overlay_table, colWidths=[content_width / 2] * 2)
         table.setStyle(TableStyle([("ALIGN", (0, 0), (-1, -1), "CENTER"), ("VALIGN", (0, 0), (-1, -1), "MIDDLE")]))
-        story += [Paragraph(f"{heatmap_method(metadata)} heatmaps of the most probable findings (white boxes: strongest "
-                            "regions).", small), table]
+        story += [Paragraph(f"{heatmap_method(metadata)} heatmaps of the flagged, then the most probable findings (white "
+                            "boxes: strongest regions).", small), table]
     story.append(PageBreak())
 
     story.append(Paragraph("Findings", styles["Heading1"]))
-    header = ["Finding", "Probability", "Threshold", "Call", "Val. sensitivity", "Val. specificity"]
+    header = ["Finding", "Probability", "Band", "Flag cut", "Flag PPV (95% CI), validation", "Lift"]
     body = [
-        [r["name"], f"{r['probability']:.3f}", _fmt(r["threshold"]), "POSITIVE" if r["positive"] else "negative",
-         _fmt(r["val_sensitivity"], "{:.2f}"), _fmt(r["val_specificity"], "{:.2f}")]
+        [r["name"], f"{r['probability']:.3f}", BAND_WORDS.get(r["band"], r["band"]), _fmt(r["flag_threshold"]),
+         "n/a" if r["ppv"] is None else f"{r['ppv']:.2f} ({_fmt(r['ppv_low'], '{:.2f}')}-{_fmt(r['ppv_high'], '{:.2f}')})",
+         _fmt(r["lift"], "{:.1f}x")]
         for r in rows
     ]
     table = Table([header, *body], repeatRows=1)
@@ -347,20 +435,34 @@ def pdf_report(
         ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#e5e7eb")),
         ("ALIGN", (1, 1), (-1, -1), "RIGHT"),
     ]
-    style += [("TEXTCOLOR", (3, i + 1), (3, i + 1), colors.HexColor("#b91c1c")) for i, r in enumerate(rows) if r["positive"]]
+    style += [("TEXTCOLOR", (2, i + 1), (2, i + 1), colors.HexColor("#b91c1c")) for i, r in enumerate(rows) if r["band"] == "flag"]
     table.setStyle(TableStyle(style))
+    unset = [f"{r['name']}: {r['meaning']}" for r in rows if r["band"] == "no flag set"]
     story += [
         table,
         Spacer(1, 4 * mm),
         Paragraph(
-            "Probabilities are calibrated on the model's validation split. A finding is called positive when its probability "
-            "reaches the operating threshold fitted on validation; the sensitivity and specificity shown are that threshold's "
-            "on the validation images. The reference labels of NIH ChestX-ray14 are text-mined from reports and are noisy.",
+            "Probabilities are calibrated on the model's validation split. A finding is flagged when its probability reaches "
+            "its flag cut, fitted on validation for a specificity of 0.95 (about 1 flag in 20 films without the finding); "
+            "'possible' marks a lower cut (specificity 0.80) and is not a flag. PPV: the share of flagged validation films "
+            "that had the finding; lift: PPV divided by the finding's prevalence in validation. The reference labels of NIH "
+            "ChestX-ray14 are text-mined from reports and are noisy." if reading.operating_point == "specificity" else
+            "Probabilities are calibrated on the model's validation split. Flags at Youden's J cut per finding (the earlier "
+            "design: sensitivity + specificity maximised on validation; many flags on normal films).",
             small,
         ),
+        *[Paragraph(_escape(line), small) for line in unset],
         Spacer(1, 2 * mm),
         Paragraph(f"<b>{DISCLAIMER}</b>", warn),
     ]
+    return _build_pdf(story, name)
+
+
+def _build_pdf(story: list, name: str) -> bytes:
+    from reportlab.lib.pagesizes import A4
+    from reportlab.lib.units import mm
+    from reportlab.platypus import SimpleDocTemplate
+
     buffer = io.BytesIO()
     doc = SimpleDocTemplate(
         buffer, pagesize=A4, leftMargin=15 * mm, rightMargin=15 * mm, topMargin=12 * mm, bottomMargin=12 * mm,
