@@ -1,4 +1,9 @@
-"""Browse a dataset (the demo set, or an allowed NIH folder): labels, expert boxes and radiologists' labels against the model."""
+"""Browse a dataset (the demo set, or an allowed NIH folder): labels, expert boxes and radiologists' labels against the model.
+
+The case view shows what Analyze shows (the triage verdict, then each finding's band at the bundle's default operating
+point, :mod:`cxr_core.serving.reading`) beside the NIH labels, with each flag's outcome against its label. Where the
+input check warns on the image, the model's output is withheld until the reader ticks "Show the model's output anyway".
+"""
 
 from pathlib import Path
 
@@ -9,6 +14,7 @@ from cxr_core.data import EXPERT_CATEGORIES, decode_image
 from cxr_core.evaluation import category_labels, category_scores, heatmap_to_boxes, iou
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
 from cxr_core.serving import overlays, report
+from cxr_core.serving.reading import WITHHELD_NOTE, triage_words
 from pages import common
 
 PER_PAGE, COLUMNS, SIDE = 12, 6, 640
@@ -110,15 +116,36 @@ elif split == "test":
     st.caption("This image was in the model's test split (never used for training or fitting).")
 
 analysis = common.analyze_path(*common.current_bundle(), row.path, Path(row.path).stat().st_mtime)
+reading = analysis.reading
+if analysis.withheld_because:
+    st.warning(" ".join(analysis.withheld_because))
+    st.error(WITHHELD_NOTE)
+    if st.checkbox("Show the model's output anyway", key="browse_show_anyway"):
+        reading = predictor.policy.read(analysis.probabilities, withheld_because=analysis.withheld_because, show_anyway=True)
+if reading.withheld:
+    expert_comparison()
+    st.image(overlays.draw_boxes(overlays.gray_to_rgb(pixels), truth_boxes, labels=list(truth["finding"])), caption="Expert boxes", width=SIDE)
+    st.stop()
+
+st.markdown(f"**Triage: {reading.triage}**" + (" (shown although the input check warned)" if analysis.withheld_because else ""))
+st.caption(triage_words(reading, predictor.policy))
 y = labels[int(np.flatnonzero(csv["image"].to_numpy() == name)[0])].astype(bool)
-called = np.array([analysis.positive[f] for f in FINDINGS])
-outcome = np.select([y & called, ~y & called, y & ~called], ["TP", "FP", "FN"], "TN")
+cuts = predictor.policy.cuts(reading.operating_point)
+band = np.array([reading.bands[f] for f in FINDINGS])
+flagged = band == "flag"
 st.dataframe(
     {"finding": [DISPLAY_NAMES[f] for f in FINDINGS], "label": y.astype(int), "probability": [analysis.probabilities[f] for f in FINDINGS],
-     "threshold": predictor.thresholds, "predicted": called.astype(int), "outcome": outcome},
+     "band": [{"flag": "⚑ flag", "below": ""}.get(b, b) for b in band], "flag at": cuts.flag,
+     "outcome": np.select([y & flagged, ~y & flagged, y & ~flagged], ["TP", "FP", "FN"], "TN")},
     hide_index=True, key="browse_outcomes",
-    column_config={"probability": st.column_config.NumberColumn(format="%.3f"), "threshold": st.column_config.NumberColumn(format="%.3f")},
+    column_config={"label": "NIH label", "probability": st.column_config.NumberColumn("calibrated probability", format="%.3f"),
+                   "flag at": st.column_config.NumberColumn(format="%.3f"), "outcome": "flag vs NIH label"},
 )
+point = (f"a specificity of {cuts.target_specificity:.2f} on the validation split" if reading.operating_point == "specificity"
+         else "Youden's J per finding on the validation split (this bundle has no validated flags yet)")
+st.caption(f"⚑ flag: the probability reaches the finding's flag cut, set at {point} (NIH labels); possible: a lower band, "
+           "not a flag. Outcome of the flag against the NIH label: TP flagged and labelled, FP flagged but not labelled, "
+           "FN labelled but not flagged (possible, below, or no flag set), TN neither.")
 expert_comparison(category_scores(np.array([[analysis.probabilities[f] for f in FINDINGS]]))[0])
 
 boxed = [f for f in FINDINGS if f in set(truth["finding"])]

@@ -1,4 +1,5 @@
-"""Model performance on its test split, from the bundle's metrics.json: ROC, PR, thresholds, calibration, localisation."""
+"""Model performance on its test split, from the bundle's metrics.json: the normal/abnormal triage and the finding flags
+first (what a reader is shown), then ROC, PR, the Youden thresholds, calibration, localisation."""
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -12,6 +13,73 @@ from pages import common
 
 def fmt(value, digits=3):
     return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def ci(stats: dict, name: str) -> str:
+    """``0.97 (0.89–0.99)``: a rate with its Wilson 95% interval, from a rates dict."""
+    value = stats.get(name) if stats else None
+    if value is None or value != value:
+        return "n/a"
+    return f"{value:.2f} ({fmt(stats.get(f'{name}_low'), 2)}–{fmt(stats.get(f'{name}_high'), 2)})"
+
+
+def triage_section(triage: dict) -> None:
+    """The triage's test AUROC, ROC with both points, and rates at each point (test split, NIH labels)."""
+    st.markdown(
+        f"Probability that a film has any of the 14 findings ({triage['method'].replace('_', '-')} combination of the 14 "
+        f"calibrated probabilities, fitted on validation). Test AUROC for abnormal vs No-Finding films **{fmt(triage['auroc'])}** "
+        f"(95% CI {fmt(triage['auroc_low'])}–{fmt(triage['auroc_high'])}, patient bootstrap) on {triage['test_films']} films, "
+        f"{triage['test_abnormal_films']} of them abnormal (NIH labels).")
+    points = {"rule-out": (triage["rule_out"], triage["at_rule_out"]), "balanced": (triage["balanced"], triage["at_balanced"])}
+    figure = go.Figure().add_scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "gray"}, name="chance")
+    figure.add_scatter(x=triage["roc"]["fpr"], y=triage["roc"]["tpr"], mode="lines", name=f"triage AUROC {fmt(triage['auroc'])}")
+    for (name, (cut, stats)), symbol in zip(points.items(), ("diamond", "circle")):
+        figure.add_scatter(x=[1 - stats["specificity"]], y=[stats["sensitivity"]], mode="markers", marker={"size": 12, "symbol": symbol},
+                           name=f"{name} point (cut {cut:.2f})")
+    figure.update_layout(height=400, margin={"t": 30}, xaxis_title="false positive rate (1 − specificity)",
+                         yaxis_title="true positive rate (sensitivity)", legend={"font": {"size": 10}})
+    left, right = st.columns([3, 2])
+    left.plotly_chart(figure, key="perf_triage_roc")
+    right.dataframe(
+        pd.DataFrame([{"point": f"{name} (cut {cut:.2f})", **{label: ci(stats, key) for key, label in RATES},
+                       "films set aside": f"{1 - stats['decided_share']:.0%}"} for name, (cut, stats) in points.items()]),
+        hide_index=True, key="perf_triage_table")
+    right.caption("Test split, NIH labels; points fitted on validation. 95% Wilson intervals. The rule-out point keeps the "
+                  "sensitivity for abnormal films on validation at 0.95 or more (lower bound of its interval); films below it "
+                  "are \"no finding likely\", the share set aside. The balanced point maximises sensitivity + specificity.")
+
+
+RATES = (("sensitivity", "sensitivity"), ("specificity", "specificity"), ("ppv", "PPV"), ("npv", "NPV"))
+BURDEN = (("flags_per_no_finding_film", "flags per No-Finding film", "{:.2f}"), ("flags_per_abnormal_film", "flags per abnormal film", "{:.2f}"),
+          ("no_finding_without_flag", "No-Finding films without a flag", "{:.0%}"), ("flags_right", "share of flags that are right", "{:.0%}"),
+          ("abnormal_with_right_flag", "abnormal films with a right flag", "{:.0%}"), ("flags", "flags in all", "{:.0f}"))
+
+
+def flags_section(flags: dict, burden: dict) -> None:
+    """Per finding the flag cut and what it is worth (validation, test), then the flag burden against Youden's."""
+    rows = []
+    for r in flags["per_finding"]:
+        val, test = r.get("validation") or {}, r.get("test") or {}
+        lift = val.get("lift")
+        rows.append({"finding": DISPLAY_NAMES.get(r["finding"], r["finding"]), "flag at": r["flag"], "possible from": r["possible"],
+                     "validation PPV (95% CI)": ci(val, "ppv") if r["flag"] is not None else "",
+                     "lift (validation)": None if lift is None or lift != lift else lift,
+                     "test PPV (95% CI)": ci(test, "ppv") if test else "", "test sensitivity": test.get("sensitivity"),
+                     "test specificity": test.get("specificity"), "no flag because": r.get("reason") or ""})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="perf_flags_table", height=35 * 15 + 3,
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("flag at", "possible from", "test sensitivity", "test specificity")}
+                 | {"lift (validation)": st.column_config.NumberColumn(format="%.1f×")})
+    st.caption(f"Flag cut per finding at a specificity of {fmt(flags['target_specificity'], 2)} on the validation split ('possible' "
+               f"from {fmt(flags['possible_specificity'], 2)}), NIH labels. Validation PPV: the share of flagged validation films that "
+               "had the finding; lift: that share over the finding's share among all validation films. Test columns: the same "
+               f"cuts read once on the test split. No flag where validation has fewer than {flags['min_val_positives']} films with the finding.")
+    columns = {"flags": "flags (validated specificity)", "youden": "Youden's J (earlier design)"}
+    table = pd.DataFrame({"measure": [label for _, label, _ in BURDEN]}
+                         | {title: [form.format(v) if (v := burden[key].get(name)) is not None and v == v else "n/a"
+                                    for name, _, form in BURDEN] for key, title in columns.items() if burden.get(key)})
+    st.markdown("**What a reader meets on the test split** (NIH labels)")
+    st.dataframe(table, hide_index=True, key="perf_burden")
+    st.caption("A right flag: the film has the flagged finding (NIH label). Youden's J: the earlier per-finding cuts, for comparison.")
 
 
 def curves(points, x, y, label, diagonal, titles):
@@ -37,17 +105,33 @@ st.markdown(
     f"{fmt(macro['auroc_low'])}–{fmt(macro['auroc_high'])}; patient-level bootstrap, {metrics['bootstrap']['n_boot']} resamples)."
 )
 
+reading = metrics.get("reading") or {}
+st.subheader("Normal/abnormal triage")
+if reading.get("triage"):
+    triage_section(reading["triage"])
+else:
+    st.info(reading.get("triage_note") or "This bundle's evaluation has no triage yet (its metrics.json was written before the "
+            "triage existed): run `python -m training.evaluate --bundle <bundle> --data <NIH folder>` to fit and measure it.")
+st.subheader("Flags")
+if reading.get("flags"):
+    flags_section(reading["flags"], reading.get("burden") or {})
+else:
+    st.info("This bundle's evaluation has no flags at a validated specificity yet (its metrics.json was written before them): "
+            "run `python -m training.evaluate --bundle <bundle> --data <NIH folder>` to fit and measure them.")
+
 per_finding = pd.DataFrame(metrics["per_finding"])
 per_finding["AUROC 95% CI"] = [f"{fmt(r.auroc_low)}–{fmt(r.auroc_high)}" for r in per_finding.itertuples()]
 per_finding["AUPRC 95% CI"] = [f"{fmt(r.auprc_low)}–{fmt(r.auprc_high)}" for r in per_finding.itertuples()]
-st.subheader("Per finding (AUROC, AUPRC with 95% CI; operating point at the fitted threshold)")
+st.subheader("Per finding (AUROC, AUPRC with 95% CI; precision, recall, specificity, F1 at the Youden threshold)")
 st.dataframe(
     per_finding[["finding", "n_test_pos", "auroc", "AUROC 95% CI", "auprc", "AUPRC 95% CI", "threshold", "precision", "recall", "specificity", "f1"]],
     hide_index=True, key="perf_table", height=35 * 15 + 3,
-    column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("auroc", "auprc", "threshold", "precision", "recall", "specificity", "f1")}
-    | {"n_test_pos": "test positives", "recall": st.column_config.NumberColumn("recall (sensitivity)", format="%.3f")},
+    column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("auroc", "auprc", "precision", "recall", "specificity", "f1")}
+    | {"n_test_pos": "test positives", "recall": st.column_config.NumberColumn("recall (sensitivity)", format="%.3f"),
+       "threshold": st.column_config.NumberColumn("Youden threshold", format="%.3f")},
 )
-st.caption(f"Thresholds: {metrics['thresholds']['method']} on calibrated probabilities, fitted on {metrics['thresholds']['fitted_on']}.")
+st.caption(f"Thresholds: {metrics['thresholds']['method']} on calibrated probabilities, fitted on {metrics['thresholds']['fitted_on']}: "
+           "the earlier operating point, kept for comparison; the app flags findings at the validated specificity above.")
 
 chosen = st.multiselect("Findings in the curves", FINDINGS, default=list(FINDINGS), format_func=DISPLAY_NAMES.get, key="perf_findings")
 left, right = st.columns(2)

@@ -1,4 +1,5 @@
-"""Reader study results: agreement with the study's reference labels (NIH's, or the radiologists') unaided vs aided, the paired change, kappa with the AI, reading time."""
+"""Reader study results: agreement with the study's reference labels (NIH's, or the radiologists') unaided vs aided, the paired change, kappa with the AI,
+agreement on the normal/abnormal decision (with NIH's labels and the AI's triage), reading time."""
 
 import io
 import tempfile
@@ -10,6 +11,7 @@ import plotly.express as px
 import streamlit as st
 
 from cxr_core.reader_study import (
+    AI_READER,
     ALL_FINDINGS,
     LABEL_NOISE_CAVEAT,
     MACRO,
@@ -17,8 +19,20 @@ from cxr_core.reader_study import (
     export_csv,
     reader_study_results,
     reference_caveat,
+    triage_agreement,
 )
 from pages import common
+
+
+def bundle_triage():
+    """The configured bundle's triage (derives the AI verdict of reads stored before it was recorded); None without one."""
+    from cxr_core.evaluation.triage import Triage
+
+    block = (common.bundle_metadata() or {}).get("triage")
+    try:
+        return Triage.from_dict(block) if block else None
+    except ValueError:
+        return None
 
 
 @st.cache_data(show_spinner="Computing the results (paired case bootstrap)…", max_entries=16)
@@ -94,12 +108,29 @@ right.plotly_chart(px.bar(long_times, x="reader", y="seconds", color="read", bar
 st.dataframe(times.round(1), hide_index=True, key="rr_time")
 with st.expander("Kappa per finding"):
     st.dataframe(agreement.round(3), hide_index=True, key="rr_agreement")
+
+st.subheader("Normal or abnormal: agreement per reader")
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # an undefined kappa is a blank cell here
+    decisions = triage_agreement(frame, triage=bundle_triage())
+st.dataframe(decisions.round(3), hide_index=True, key="rr_normal_abnormal",
+             column_config={"agreement": st.column_config.NumberColumn("percent agreement", format="percent"),
+                            "reader_abnormal": st.column_config.NumberColumn("reader: share abnormal", format="percent"),
+                            "other_abnormal": st.column_config.NumberColumn("compared with: share abnormal", format="percent"),
+                            "kappa": st.column_config.NumberColumn("Cohen's kappa", format="%.2f")})
+derived = int(decisions.loc[decisions["reader"] == AI_READER, "ai_verdicts_derived"].sum())
+st.caption("A film is abnormal for a reader who ticked any finding, for the NIH labels when it has any of the 14, for the AI "
+           "when its triage verdict (shown with the aided read) was \"abnormal\"; \"no finding likely\" is normal, and films "
+           "it did not assess are left out of that comparison. Both phases on the same paired cases. The radiologists' labels "
+           "cover four categories only, not whether a film is normal, so they are not compared here."
+           + (f" The AI verdicts of {derived} cases were not recorded with their reads (stored before verdicts were) and are derived from the "
+              "stored probabilities with the current bundle's triage." if derived else ""))
 if notes:
     with st.expander(f"{len(notes)} notes on undefined values"):
         for note in notes:
             st.caption(note)
 
-st.download_button("Download all tables (CSV, zipped, with the caveat)", csv_bytes(tables, caveat), file_name=f"reader_study_{study.id}_results.zip",
+st.download_button("Download all tables (CSV, zipped, with the caveat)", csv_bytes({**tables, "normal_abnormal": decisions}, caveat), file_name=f"reader_study_{study.id}_results.zip",
                    mime="application/zip", key="rr_zip", on_click="ignore")
 for column, (name, table) in zip(st.columns(4), tables.items()):
     column.download_button(f"{name}.csv", table.to_csv(index=False, na_rep=""), file_name=f"{name}.csv", mime="text/csv", key=f"rr_csv_{name}", on_click="ignore")

@@ -1,20 +1,33 @@
-"""Reader study: each case read unaided, then with the AI panel; every read timed and saved at once."""
+"""Reader study: each case read unaided, then with the AI panel; every read timed and saved at once.
+
+The AI panel shows what Analyze shows: the triage verdict first, then the findings with their band at the bundle's
+default operating point (⚑ flag, "possible"). Stored with the aided read: the 14 calibrated probabilities, the flag
+cuts the panel used (``ai_thresholds``; a finding with no flag set is stored as 1.0, a cut no calibrated probability
+reaches, so the analysis never counts it as an AI call) and the triage verdict (``ai_triage``). A case whose image the
+input check warns on is never shown: it is excluded from the study for every reader, with a note.
+"""
 
 import time
 
 import streamlit as st
 
 from cxr_core.data import decode_image
+from cxr_core.errors import ImageReadError
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS, from_multi_hot, to_multi_hot
 from cxr_core.reader_study import REFERENCE_NAMES, REFERENCES, MissingCasesError
 from cxr_core.serving import overlays, report
+from cxr_core.serving.reading import triage_words
 from pages import common
+
+BANDS = {"flag": "⚑ flag", "possible": "possible", "below": "", "no flag set": "no flag set"}
 
 st.title("Reader study")
 st.caption("Research tool, **not for clinical use**. Read each case alone first; the AI panel appears after your unaided read is saved, which is final.")
 store = common.reader_store()
 if message := st.session_state.pop("rs_message", None):
     st.success(message)
+if note := st.session_state.pop("rs_excluded_note", None):
+    st.info(note)
 
 with st.expander("Create a study (the demo set, or an allowed dataset folder)", expanded=not store.list_studies()):
     with st.form("rs_create"):
@@ -55,7 +68,7 @@ except (MissingCasesError, ValueError) as exc:  # missing images, an empty or re
     st.stop()
 
 done, total = store.progress(study.id, reader.id)
-st.progress(done / total, text=f"{reader.name}: {done} of {total} cases read")
+st.progress(done / max(total, 1), text=f"{reader.name}: {done} of {total} cases read")
 case = store.next_case(study.id, reader.id)
 if case is None:
     st.success("You have read every case of this study. Thank you! See **Reader study results**.")
@@ -66,22 +79,44 @@ if st.session_state.get("rs_stopped"):
     st.stop()
 st.button("Stop for now", key="rs_stop", on_click=lambda: st.session_state.update(rs_stopped=True))
 
-started = st.session_state.setdefault(f"rs_started_{study.id}_{reader.id}_{case.position}_{case.phase}", time.monotonic())
+# The input check runs before the image is shown (the analysis is cached for the aided read): an image that may not
+# be a frontal chest film is never shown to a reader, in either phase; the case leaves the study for everyone.
 path = store.case_image_path(study.id, case.position)
-st.subheader(f"Case {case.position + 1} of {total}: {'unaided' if case.phase == 'unaided' else 'aided'} read")
+predictor = common.require_predictor()
+try:
+    analysis = common.analyze_path(*common.current_bundle(), str(path), path.stat().st_mtime)
+    why = " ".join(analysis.withheld_because)
+except ImageReadError as exc:
+    why = f"the image cannot be read: {exc}"
+if why:
+    store.exclude_case(study.id, case.position, why)
+    st.session_state["rs_excluded_note"] = (f"Case {case.position + 1} was left out of this study for every reader and is not shown: "
+                                            f"the input check warned on its image (it may not be a frontal chest X-ray). {why}")
+    st.rerun()
+
+started = st.session_state.setdefault(f"rs_started_{study.id}_{reader.id}_{case.position}_{case.phase}", time.monotonic())
+st.subheader(f"Case {case.position + 1} of {study.n_cases}: {'unaided' if case.phase == 'unaided' else 'aided'} read")
 left, right = st.columns([3, 2])
 left.image(overlays.fit_to(decode_image(path).pixels, 768)[0], caption=f"Case {case.position + 1}", width="stretch", clamp=True)
 
 panel = None
 if case.phase == "aided":
-    predictor = common.require_predictor()
-    analysis = common.analyze_path(*common.current_bundle(), str(path), path.stat().st_mtime)
+    reading, policy = analysis.reading, predictor.policy
+    cuts = policy.cuts(reading.operating_point)
     rows = report.findings_rows(analysis, predictor.metadata, predictor.thresholds)
-    panel = {"ai_probabilities": [analysis.probabilities[f] for f in FINDINGS], "ai_thresholds": [float(t) for t in predictor.thresholds]}
+    panel = {"ai_probabilities": [analysis.probabilities[f] for f in FINDINGS],
+             "ai_thresholds": [float(c) if c == c else 1.0 for c in cuts.flag],  # no flag set: 1.0, never reached
+             "ai_triage": reading.triage}
     with right:
-        st.markdown("**AI panel** (calibrated probability; ⚑ = at or above the model's threshold)")
-        st.dataframe([{"finding": r["name"], "probability": round(r["probability"], 3), "threshold": round(r["threshold"], 3), "AI": "⚑" if r["positive"] else ""} for r in rows],
+        st.markdown(f"**AI panel.** Triage: **{reading.triage}**")
+        st.caption(triage_words(reading, policy))
+        st.dataframe([{"finding": r["name"], "probability": round(r["probability"], 3), "AI": BANDS.get(r["band"], r["band"]),
+                       "flag at": None if r["flag_threshold"] is None else round(r["flag_threshold"], 3)} for r in rows],
                      hide_index=True, key="rs_ai_table", height=35 * 15 + 3)
+        point = (f"at a specificity of {cuts.target_specificity:.2f} on the validation split (NIH labels)"
+                 if reading.operating_point == "specificity" else "at Youden's J per finding (this bundle has no validated flags yet)")
+        st.caption(f"Calibrated probabilities, most probable first. ⚑ flag: at or above the finding's flag cut, {point}; "
+                   "possible: a lower band, not a flag.")
     for column, row in zip(st.columns(4), rows[:4]):
         column.image(report.heatmap_picture(analysis, row["finding"], max_side=384), caption=f"{row['name']} ({row['probability']:.2f})", width="stretch")
 

@@ -268,9 +268,13 @@ def test_performance_tables_and_charts(monkeypatch, bundle):
     tables = [d.value for d in at.dataframe]
     # A bundle evaluated with the radiologists' labels (the shipped one) adds
     # their two tables after localisation (tests/test_expert_app.py checks them).
-    expert_tables = 2 if json.loads((bundle / "metrics.json").read_text()).get("expert_reference") else 0
-    assert len(tables) == 5 + expert_tables
-    per_finding, calibration, localization = tables[:3]
+    metrics = json.loads((bundle / "metrics.json").read_text())
+    expert_tables = 2 if metrics.get("expert_reference") else 0
+    # The triage (one table) and the flags (two) come first, when the evaluation has them (tests/test_reading_pages.py).
+    reading = metrics.get("reading") or {}
+    first = bool(reading.get("triage")) + 2 * bool(reading.get("flags"))
+    assert len(tables) == first + 5 + expert_tables
+    per_finding, calibration, localization = tables[first:first + 3]
     subgroups, published = tables[-2:]
     assert list(per_finding["finding"]) == list(FINDINGS)
     assert {"auroc", "AUROC 95% CI", "auprc", "threshold", "precision", "recall", "f1"} <= set(per_finding.columns)
@@ -279,7 +283,7 @@ def test_performance_tables_and_charts(monkeypatch, bundle):
     assert {"attribute", "group", "images"} <= set(subgroups.columns)
     assert any("Wang" in c for c in published.columns) and any("CheXNet" in c for c in published.columns)
     assert published["finding"].iloc[-1] == "mean"
-    assert count(at, "plotly_chart") == 3
+    assert count(at, "plotly_chart") == 3 + bool(reading.get("triage"))
     assert any("Not a like-for-like comparison" in i.value for i in at.info)
     at.multiselect(key="perf_findings").set_value(["Effusion", "Mass"]).run()
     at.selectbox(key="perf_cal_finding").select("Effusion").run()

@@ -101,7 +101,7 @@ def test_a_version_1_database_is_migrated_without_losing_a_study(tmp_path, demo_
         con.execute(f"INSERT INTO reads (study_id, position, reader_id, phase, {reads}, confidence, seconds, created_at) "
                     "VALUES (1, 0, 1, 'unaided', " + ", ".join(["1"] * len(FINDINGS)) + ", 2, 5.0, 'then')")
     store = ReaderStudyStore(path)
-    assert store.schema_version() == schema.SCHEMA_VERSION == 2
+    assert store.schema_version() == schema.SCHEMA_VERSION == 3
     study = store.list_studies()[0]
     assert (study.name, study.reference, study.n_cases) == ("Old", "nih", 2)
     frame = store.reads_frame(study.id)
@@ -109,7 +109,7 @@ def test_a_version_1_database_is_migrated_without_losing_a_study(tmp_path, demo_
     assert frame["reference"].item() == "nih" and frame[list(schema.EXPERT_COLUMNS)].isna().all().all()
     assert store.cases_frame(study.id)["image"].tolist() == list(images)
     store.close()
-    assert ReaderStudyStore(path).schema_version() == 2  # opening again changes nothing
+    assert ReaderStudyStore(path).schema_version() == 3  # opening again changes nothing
 
 
 def test_expert_reference_frame_maps_ticks_and_ai_calls_by_hand():

@@ -6,10 +6,15 @@ AI panel comes from the tiny evaluated test bundle.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from cxr_core.data import NIHDataset
@@ -65,8 +70,10 @@ def test_full_study_with_stop_and_resume_then_results(db):
     read(at, "unaided", ["Effusion"])
     assert at.success[0].value == "Saved the unaided read of case 1."
     assert at.multiselect(key="rs_aided_findings").value == ["Effusion"]  # the aided form starts from the unaided answers
-    ai_table = at.dataframe[0].value  # the AI panel is shown for the aided read
-    assert len(ai_table) == 14 and {"probability", "threshold", "AI"} <= set(ai_table.columns)
+    ai_table = at.dataframe[0].value  # the AI panel is shown for the aided read: the triage first, then the bands
+    assert len(ai_table) == 14 and {"probability", "AI", "flag at"} <= set(ai_table.columns)
+    assert "threshold" not in ai_table.columns and set(ai_table["AI"]) <= {"⚑ flag", "possible", "", "no flag set"}
+    shown_verdict = next(m.value for m in at.markdown if "Triage:" in m.value)
     read(at, "aided", ["Effusion", "Atelectasis"], confidence=4)
     assert "1 of 4 cases read" in at.get("progress")[0].proto.text
 
@@ -90,8 +97,13 @@ def test_full_study_with_stop_and_resume_then_results(db):
     first = reads[(reads["position"] == 0)].set_index("phase")
     assert first.loc["unaided", "read_Effusion"] == 1 and first.loc["aided", "read_Atelectasis"] == 1
     assert first.loc["aided", "confidence"] == 4
-    ai = first.loc["aided", [c for c in reads.columns if c.startswith("ai_") and "threshold" not in c]].astype(float).to_numpy()
+    ai = first.loc["aided", [f"ai_{f}" for f in FINDINGS]].astype(float).to_numpy()
     assert len(ai) == 14 and np.all((ai >= 0) & (ai <= 1))
+    # Stored: the verdict shown, and the flag cuts the panel used (1.0 where the finding has no flag: never reached).
+    assert f"**{first.loc['aided', 'ai_triage']}**" in shown_verdict and pd.isna(first.loc["unaided", "ai_triage"])
+    flags = json.loads((Path(os.environ["CXR_ASSIST_BUNDLE"]) / "bundle.json").read_text())["flags"]["findings"]
+    stored = first.loc["aided", [f"ai_threshold_{f}" for f in FINDINGS]].astype(float).to_numpy()
+    assert stored == pytest.approx([1.0 if r["flag"] is None else r["flag"] for r in flags])
 
     results = page("reader_results")
     assert "text-mined" in results.warning[0].value  # the label-noise caveat
@@ -103,6 +115,12 @@ def test_full_study_with_stop_and_resume_then_results(db):
     results.selectbox(key="rr_reader").select("all readers").run()
     assert not results.exception
     assert set(results.dataframe[2].value["finding"]) >= set(FINDINGS)
+    decisions = next(d.value for d in results.dataframe if "against" in d.value.columns)  # normal/abnormal agreement
+    assert set(decisions["against"]) == {"NIH labels", "AI triage"} and {"agreement", "kappa"} <= set(decisions.columns)
+    unaided = decisions[(decisions["reader"] == "Dr Page") & (decisions["phase"] == "unaided") & (decisions["against"] == "NIH labels")]
+    nih_abnormal = reads[reads["phase"] == "unaided"][[f"ref_{f}" for f in FINDINGS]].any(axis=1).to_numpy()
+    said_abnormal = np.array([True, False, False, False])  # Effusion on case 1, nothing on the others
+    assert unaided["agreement"].item() == pytest.approx((nih_abnormal == said_abnormal).mean())
 
 
 def test_bad_reader_names_and_study_names(db):
@@ -132,6 +150,27 @@ def test_a_study_whose_images_are_missing(db, tmp_path, demo_root):
     at.text_input(key="rs_reader").input("Dr Page").run()
     assert not at.exception and len(at.error) == 1
     assert "missing" in at.error[0].value and first in at.error[0].value and not at.subheader
+
+
+def test_a_case_the_input_check_warns_on_is_never_shown(db, tmp_path, demo_root):
+    copy = tmp_path / "copy"
+    (copy / "images").mkdir(parents=True)
+    for name in NIHDataset(demo_root).image_names:
+        shutil.copy(demo_root / "images" / name, copy / "images" / name)
+    shutil.copy(demo_root / "Data_Entry_2017_v2020.csv", copy / "Data_Entry_2017_v2020.csv")
+    store = ReaderStudyStore(db)
+    study = store.create_study("With a non-chest image", NIHDataset(copy), n_cases=3, seed=0)
+    first = store.cases_frame(study.id)["image"].iloc[0]
+    white = Image.fromarray(np.full((256, 256), 255, dtype=np.uint8))
+    white.save(copy / "images" / first, format="PNG")  # not a chest film
+    at = page("reader_study")
+    at.text_input(key="rs_reader").input("Dr Page").run()
+    assert not at.exception, at.exception
+    assert any("Case 1 was left out of this study" in i.value for i in at.info)
+    assert at.subheader[0].value == "Case 2 of 3: unaided read"
+    assert "0 of 2 cases read" in at.get("progress")[0].proto.text
+    excluded = store.excluded_cases(study.id)
+    assert excluded["image"].tolist() == [first] and excluded["reason"].item()
 
 
 def test_results_page_before_any_read(db):

@@ -1,4 +1,4 @@
-"""Reader study: its vocabulary and records, the SQLite store and schema, case selection, answer validation, and the analysis (unaided vs aided).
+"""Reader study: its vocabulary and records, the SQLite store and schema, case selection, answer validation, and the analysis (unaided vs aided; agreement on normal/abnormal).
 
 Uses the data and evaluation layers only.
 """
@@ -14,4 +14,5 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "cases": ("select_cases", "READER_CATEGORIES"),
     "analysis": ("LABEL_NOISE_CAVEAT", "EXPERT_REFERENCE_NOTE", "reference_caveat", "expert_reference_frame", "METRICS", "MACRO", "ALL_FINDINGS", "phase_metrics", "paired_change", "ai_agreement",
                  "reading_time", "reader_study_results", "export_csv"),
+    "normal_abnormal": ("NIH_LABELS", "AI_TRIAGE", "AI_READER", "triage_verdicts", "triage_agreement"),
 })

@@ -162,15 +162,12 @@ def _labels(frame: pd.DataFrame) -> tuple[str, ...]:
     return FINDINGS  # _pair names the missing columns
 
 
-def _pair(frame: pd.DataFrame) -> _Paired:
-    """Check a reads frame and line up each case's unaided and aided read.
+def keyed_reads(frame: pd.DataFrame, needed: Sequence[str]) -> pd.DataFrame:
+    """A copy of a reads frame with its keys ``_reader`` (name, else id, as text) and ``_study`` (0 when absent).
 
     Raises:
-        ValueError: missing columns, a read stored twice, values not 0/1, or
-            no case with both reads.
+        ValueError: a column of ``needed``, or the reader, is missing.
     """
-    labels = _labels(frame)
-    needed = ["position", "phase", "seconds", *_columns(READ_PREFIX, labels), *_columns(REF_PREFIX, labels)]
     missing = [c for c in needed if c not in frame.columns]
     if "reader" not in frame.columns and "reader_id" not in frame.columns:
         missing.append("reader")
@@ -179,6 +176,18 @@ def _pair(frame: pd.DataFrame) -> _Paired:
     data = frame.copy()
     data["_reader"] = (data["reader"] if "reader" in data.columns else data["reader_id"]).astype(str)
     data["_study"] = data["study_id"] if "study_id" in data.columns else 0
+    return data
+
+
+def _pair(frame: pd.DataFrame) -> _Paired:
+    """Check a reads frame and line up each case's unaided and aided read.
+
+    Raises:
+        ValueError: missing columns, a read stored twice, values not 0/1, or
+            no case with both reads.
+    """
+    labels = _labels(frame)
+    data = keyed_reads(frame, ["position", "phase", "seconds", *_columns(READ_PREFIX, labels), *_columns(REF_PREFIX, labels)])
     bad_phase = sorted(set(data["phase"]) - set(PHASES))
     if bad_phase:
         raise ValueError(f"unknown phase values {bad_phase}; expected {PHASES}")
@@ -466,7 +475,7 @@ def paired_change(
     return pd.DataFrame(rows, columns=["reader", "finding", "metric", "n_cases", "n_reads", "unaided", "aided", "change", "ci_low", "ci_high"])
 
 
-def _kappa(a: np.ndarray, b: np.ndarray) -> float:
+def kappa(a: np.ndarray, b: np.ndarray) -> float:
     """Cohen's kappa of two 0/1 raters; NaN where undefined (both raters constant and equal, or no items)."""
     if a.size == 0:
         return float("nan")
@@ -510,12 +519,12 @@ def ai_agreement(frame: pd.DataFrame, *, thresholds=None) -> pd.DataFrame:
             columns = [(f, reads[:, j], calls[:, j]) for j, f in enumerate(paired.labels)]
             columns.append((ALL_FINDINGS, reads.ravel(), calls.ravel()))
             for finding, a, b in columns:
-                kappa = _kappa(a, b)
-                if np.isnan(kappa) and a.size:
+                value = kappa(a, b)
+                if np.isnan(value) and a.size:
                     undefined.append(f"{finding} ({reader}, {phase})")
                 rows.append({
                     "reader": reader, "phase": phase, "finding": finding, **paired.count(mask),
-                    "reader_positive": int(a.sum()), "ai_positive": int(b.sum()), "kappa": kappa,
+                    "reader_positive": int(a.sum()), "ai_positive": int(b.sum()), "kappa": value,
                 })
     _warn("Cohen's kappa with the AI", undefined, "reader and AI both gave the same single answer throughout")
     return pd.DataFrame(rows, columns=["reader", "phase", "finding", "n_cases", "n_reads", "reader_positive", "ai_positive", "kappa"])

@@ -147,7 +147,10 @@ class NextCase:
 @dataclass(frozen=True)
 class Read:
     """A stored read. ``findings`` is 14 ints (0/1) in FINDINGS order;
-    ``ai_probabilities`` / ``ai_thresholds`` are 14 floats or None."""
+    ``ai_probabilities`` / ``ai_thresholds`` are 14 floats or None;
+    ``ai_triage`` is the AI panel's normal/abnormal verdict (``"abnormal"``,
+    ``"no finding likely"``, ``"not assessed"``), None for an unaided read or
+    one stored before schema version 3."""
 
     id: int
     study_id: int
@@ -160,6 +163,7 @@ class Read:
     ai_probabilities: tuple[float, ...] | None
     ai_thresholds: tuple[float, ...] | None
     created_at: str
+    ai_triage: str | None = None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 
 from cxr_core.data.expert_labels import EXPERT_CATEGORIES
+from cxr_core.evaluation.triage import TRIAGE_VERDICTS
 from cxr_core.findings import FINDINGS
 from cxr_core.reader_study.records import EXPERT_PREFIX, READ_PREFIX, REF_PREFIX, REFERENCES, Read
 
@@ -18,7 +19,10 @@ __all__ = ["SCHEMA_VERSION", "SCHEMA_V1", "MIGRATIONS", "EXPERT_COLUMNS", "split
 #: version 1 (:data:`SCHEMA_V1`) and migrated up, so new and old files end alike.
 #: 2: ``studies.reference`` ('nih' for every existing study) and the cases'
 #: radiologist labels ``expert_<category>`` (NULL where not stored).
-SCHEMA_VERSION = 2
+#: 3: ``reads.ai_triage`` (the AI panel's normal/abnormal verdict, NULL for
+#: reads stored before it) and ``excluded_cases`` (cases left out because the
+#: input check warned on their image: never shown to a reader).
+SCHEMA_VERSION = 3
 
 
 def _finding_columns(prefix: str, *, sql_type: str) -> str:
@@ -100,10 +104,25 @@ def _v1_to_v2(con: sqlite3.Connection) -> None:
         con.execute(f'ALTER TABLE cases ADD COLUMN "{column}" INTEGER CHECK ("{column}" IS NULL OR "{column}" IN (0, 1))')
 
 
+def _v2_to_v3(con: sqlite3.Connection) -> None:
+    """Record the AI panel's triage verdict with an aided read, and the cases left out by the input check."""
+    verdicts = ", ".join(f"'{v}'" for v in TRIAGE_VERDICTS)
+    con.execute(f"ALTER TABLE reads ADD COLUMN ai_triage TEXT CHECK (ai_triage IS NULL OR ai_triage IN ({verdicts}))")
+    con.execute("""
+        CREATE TABLE excluded_cases (
+            study_id INTEGER NOT NULL,
+            position INTEGER NOT NULL,
+            reason TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (study_id, position),
+            FOREIGN KEY (study_id, position) REFERENCES cases(study_id, position)
+        )""")
+
+
 #: ``{old version: function upgrading a connection from it to old + 1}``.
 #: Each runs inside the opening transaction, so a failed upgrade changes
 #: nothing and no existing row is touched.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def split_sql(script: str) -> list[str]:
@@ -133,7 +152,7 @@ def split_sql(script: str) -> list[str]:
 READ_COLUMNS = (
     ["id", "study_id", "position", "reader_id", "phase"]
     + [f"{READ_PREFIX}{f}" for f in FINDINGS]
-    + ["confidence", "seconds", "ai_probabilities", "ai_thresholds", "created_at"]
+    + ["confidence", "seconds", "ai_probabilities", "ai_thresholds", "ai_triage", "created_at"]
 )
 
 
@@ -155,6 +174,7 @@ def row_to_read(row: Sequence) -> Read:
         ai_probabilities=vector_from_json(values["ai_probabilities"]),
         ai_thresholds=vector_from_json(values["ai_thresholds"]),
         created_at=values["created_at"],
+        ai_triage=values["ai_triage"],
     )
 
 

@@ -20,7 +20,12 @@ once, and may re-run a submission:
   plus a check inside the same ``BEGIN IMMEDIATE`` transaction, so a re-run
   page or a second tab gets the stored read back instead of a duplicate;
 * an aided read needs the unaided read of that case (checked here with a clear
-  message, and by a trigger in the database as a last line of defence).
+  message, and by a trigger in the database as a last line of defence);
+* a case whose image the input check warns on (it may not be a frontal chest
+  film) is never shown: the page calls :meth:`ReaderStudyStore.exclude_case`
+  before showing it, and from then on it is no reader's next case, does not
+  count in :meth:`~ReaderStudyStore.progress` and its reads (if any were made
+  before) leave :meth:`~ReaderStudyStore.reads_frame`.
 
 Durability: WAL journal (readers never block the writer), ``busy_timeout``
 30 s (concurrent writers queue instead of failing), one transaction per read,
@@ -48,6 +53,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_core.data.expert_labels import EXPERT_CATEGORIES
+from cxr_core.evaluation.triage import TRIAGE_VERDICTS
 from cxr_core.findings import FINDINGS
 from cxr_core.reader_study import schema
 from cxr_core.reader_study.cases import READER_CATEGORIES, case_table, expert_case_labels, find_image, select_cases
@@ -507,6 +513,7 @@ class ReaderStudyStore:
                 FROM cases c
                 LEFT JOIN reads r ON r.study_id = c.study_id AND r.position = c.position AND r.reader_id = ?
                 WHERE c.study_id = ?
+                  AND NOT EXISTS (SELECT 1 FROM excluded_cases x WHERE x.study_id = c.study_id AND x.position = c.position)
                 GROUP BY c.position
                 HAVING COUNT(r.id) < 2
                 ORDER BY c.position
@@ -543,16 +550,59 @@ class ReaderStudyStore:
         return None if row is None else row_to_read(row)
 
     def progress(self, study_id: int, reader_id: int) -> tuple[int, int]:
-        """(cases with both reads done, cases in the study) for one reader."""
+        """(cases with both reads done, cases in the study) for one reader; excluded cases count in neither."""
         with self._read() as con:
             study = self._study(con, study_id)
             reader = self._reader(con, reader_id)
             done = con.execute(
-                "SELECT COUNT(*) FROM reads WHERE study_id = ? AND reader_id = ? AND phase = 'aided'",
+                "SELECT COUNT(*) FROM reads r WHERE study_id = ? AND reader_id = ? AND phase = 'aided' AND NOT EXISTS "
+                "(SELECT 1 FROM excluded_cases x WHERE x.study_id = r.study_id AND x.position = r.position)",
                 (study.id, reader.id),
             ).fetchone()[0]
+            excluded = con.execute("SELECT COUNT(*) FROM excluded_cases WHERE study_id = ?", (study.id,)).fetchone()[0]
         # Every aided read has its unaided read (trigger), so aided reads count finished cases.
-        return int(done), study.n_cases
+        return int(done), study.n_cases - int(excluded)
+
+    def exclude_case(self, study_id: int, position: int, reason: str) -> bool:
+        """Leave a case out of the study for every reader, because its image must not be shown (idempotent).
+
+        The reader-study page calls this when the input check warns on a
+        case's image (it may not be a frontal chest X-ray): such an image is
+        never shown. The case stays in ``cases`` (the study's selection is a
+        record), but it is nobody's next case, does not count in
+        :meth:`progress`, and reads made of it before are left out of
+        :meth:`reads_frame`.
+
+        Args:
+            study_id, position: the case.
+            reason: why (the input check's warnings), shown with the list of excluded cases.
+
+        Returns:
+            True when the case was excluded now, False when it already was.
+
+        Raises:
+            UnknownStudyError: no such study or case.
+            ValueError: an empty reason.
+        """
+        reason = " ".join(str(reason or "").split())
+        if not reason:
+            raise ValueError("say why the case is excluded (the input check's warnings)")
+        with self._write() as con:
+            study = self._study(con, study_id)
+            if con.execute("SELECT 1 FROM cases WHERE study_id = ? AND position = ?", (study.id, int(position))).fetchone() is None:
+                raise UnknownStudyError(f"study {study.name!r} has no case at position {position!r} (0 to {study.n_cases - 1})")
+            cursor = con.execute("INSERT OR IGNORE INTO excluded_cases (study_id, position, reason, created_at) VALUES (?, ?, ?, ?)",
+                                 (study.id, int(position), reason, _now()))
+            return cursor.rowcount == 1
+
+    def excluded_cases(self, study_id: int) -> pd.DataFrame:
+        """The study's excluded cases: ``position, image, reason, created_at``, by position."""
+        with self._read() as con:
+            study = self._study(con, study_id)
+            return pd.read_sql_query(
+                "SELECT x.position, c.image, x.reason, x.created_at FROM excluded_cases x "
+                "JOIN cases c ON c.study_id = x.study_id AND c.position = x.position WHERE x.study_id = ? ORDER BY x.position",
+                con, params=(study.id,))
 
     def record_read(
         self,
@@ -566,6 +616,7 @@ class ReaderStudyStore:
         seconds: float,
         ai_probabilities: Sequence[float] | Mapping[str, float] | None = None,
         ai_thresholds: Sequence[float] | Mapping[str, float] | None = None,
+        ai_triage: str | None = None,
     ) -> ReadResult:
         """Store one read in its own transaction; idempotent.
 
@@ -581,7 +632,13 @@ class ReaderStudyStore:
                 Not allowed on an unaided read, which is made without the AI.
             ai_thresholds: the 14 operating thresholds the panel used to flag
                 findings, if any; the analysis of agreement with the AI uses
-                them.
+                them. A finding the panel had no flag for (too few validation
+                positives to set one) is stored as 1.0, a cut no calibrated
+                probability reaches, so it is never counted as an AI call.
+            ai_triage: the panel's normal/abnormal verdict (one of
+                :data:`cxr_core.evaluation.triage.TRIAGE_VERDICTS`), with
+                ``ai_probabilities``; the agreement on the normal/abnormal
+                decision uses it (:mod:`cxr_core.reader_study.normal_abnormal`).
 
         Returns:
             :class:`ReadResult`; ``created`` is False when the same read was
@@ -603,6 +660,8 @@ class ReaderStudyStore:
             raise ValueError("an unaided read is made without the AI: do not pass ai_probabilities")
         if thresholds is not None and probabilities is None:
             raise ValueError("ai_thresholds were given without ai_probabilities")
+        if ai_triage is not None and (probabilities is None or ai_triage not in TRIAGE_VERDICTS):
+            raise ValueError(f"ai_triage must be one of {TRIAGE_VERDICTS}, given with ai_probabilities; got {ai_triage!r}")
         if isinstance(position, bool) or not isinstance(position, (int, np.integer)):
             raise ValueError(f"position must be a whole number, got {position!r}")
 
@@ -630,7 +689,7 @@ class ReaderStudyStore:
             cursor = con.execute(
                 f"INSERT INTO reads ({quoted(READ_COLUMNS[1:])}) VALUES ({', '.join('?' * (len(READ_COLUMNS) - 1))})",
                 (*key[:2], reader.id, phase, *bits, confidence, seconds,
-                 vector_to_json(probabilities), vector_to_json(thresholds), _now()),
+                 vector_to_json(probabilities), vector_to_json(thresholds), ai_triage, _now()),
             )
             row = con.execute(f"SELECT {quoted(READ_COLUMNS)} FROM reads WHERE id = ?", (cursor.lastrowid,)).fetchone()
         return ReadResult(read=row_to_read(row), created=True, differs=False, message=f"Saved the {phase} read of case {position + 1}.")
@@ -651,8 +710,11 @@ class ReaderStudyStore:
             (0/1 NIH label), ``expert_<category>`` (the radiologists' 0/1 label
             per EXPERT_CATEGORIES, NaN where not stored), ``ai_<finding>`` (probability shown, NaN
             for unaided reads or when not recorded) and ``ai_threshold_<finding>``
-            (NaN when not recorded), 14 of each in FINDINGS order. Rows are
-            ordered by study, reader, position, phase (unaided first).
+            (NaN when not recorded), 14 of each in FINDINGS order, and
+            ``ai_triage`` (the panel's verdict; missing for unaided reads and
+            reads stored before it was recorded). Rows are ordered by study, reader,
+            position, phase (unaided first). Reads of excluded cases
+            (:meth:`exclude_case`) are left out.
         """
         read_cols = ", ".join(f'r."{READ_PREFIX}{f}"' for f in FINDINGS)
         ref_cols = ", ".join(f'c."{REF_PREFIX}{f}"' for f in FINDINGS)
@@ -661,16 +723,17 @@ class ReaderStudyStore:
         with self._read() as con:
             if study_id is not None:
                 self._study(con, study_id)
-                where, params = "WHERE r.study_id = ?", (int(study_id),)
+                where, params = "AND r.study_id = ?", (int(study_id),)
             frame = pd.read_sql_query(
                 f"""
                 SELECT r.id AS read_id, r.study_id, s.name AS study, r.position, c.image, c.patient_id,
                        r.reader_id, p.name AS reader, r.phase, r.confidence, r.seconds, r.created_at,
-                       s.reference, {read_cols}, {ref_cols}, {expert_cols}, r.ai_probabilities, r.ai_thresholds
+                       s.reference, {read_cols}, {ref_cols}, {expert_cols}, r.ai_probabilities, r.ai_thresholds, r.ai_triage
                 FROM reads r
                 JOIN cases c ON c.study_id = r.study_id AND c.position = r.position
                 JOIN studies s ON s.id = r.study_id
                 JOIN readers p ON p.id = r.reader_id
+                WHERE NOT EXISTS (SELECT 1 FROM excluded_cases x WHERE x.study_id = r.study_id AND x.position = r.position)
                 {where}
                 ORDER BY r.study_id, r.reader_id, r.position, r.phase = 'aided'
                 """,
