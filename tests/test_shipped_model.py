@@ -78,4 +78,7 @@ def test_predict_command_with_the_shipped_model(tmp_path, demo_root):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     table = pd.read_csv(out, keep_default_na=False)
-    assert len(table) == 3 and list(table.columns) == ["Image Index", *FINDINGS, "warning", "error"]
+    assert len(table) == 3 and list(table.columns) == ["Image Index", *FINDINGS, "abnormal", "triage", "flagged", "warning",
+                                                        "error"]
+    # Real NIH films pass the input check: each gets a triage verdict and a probability, never "not assessed".
+    assert set(table["triage"]) <= {"abnormal", "no finding likely"} and table["abnormal"].astype(float).between(0, 1).all()

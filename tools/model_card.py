@@ -59,6 +59,7 @@ def results_block(metrics: dict, meta: dict) -> str:
         f"{_count((meta.get('data') or {}).get('counts', {}).get('train'))} training images and is tested on a different, "
         "much smaller test set.",
     ]
+    lines += reading_lines(metrics)
     cal = metrics["calibration"]
     ece_b = np.nanmean([v for v in cal["ece_before"] if v is not None])
     ece_a = np.nanmean([v for v in cal["ece_after"] if v is not None])
@@ -99,6 +100,43 @@ def results_block(metrics: dict, meta: dict) -> str:
         for (attribute, group), values in groups.items():
             lines.append(f"| {attribute} | {group} | {np.mean(values):.3f} |")
     return "\n".join(lines)
+
+
+def reading_lines(metrics: dict) -> list[str]:
+    """The triage and the flags on test (``metrics.json``'s ``reading``); nothing for a bundle evaluated before them."""
+    reading = metrics.get("reading") or {}
+    triage, burden = reading.get("triage"), reading.get("burden") or {}
+    lines: list[str] = []
+    if triage:
+        rule_out, balanced = triage["at_rule_out"], triage["at_balanced"]
+        lines += [
+            "",
+            f"**Normal/abnormal triage** (probability of any of the 14 findings, {triage['method'].replace('_', '-')} of the "
+            f"calibrated probabilities, fitted on validation): test AUROC **{fmt(triage['auroc'])}** (95% CI "
+            f"{fmt(triage['auroc_low'])}–{fmt(triage['auroc_high'])}, patient bootstrap; target 0.80"
+            f"{_shortfall(triage['auroc'], 0.80)}), {triage['test_abnormal_films']} of {triage['test_films']} test films "
+            f"abnormal by NIH's labels. At the rule-out point ({fmt(triage['rule_out'])}, fitted on validation so that the "
+            f"lower bound of its sensitivity's 95% interval reaches 0.95): sensitivity **{fmt(rule_out['sensitivity'])}**, "
+            f"specificity {fmt(rule_out['specificity'])}, NPV {fmt(rule_out['npv'])}, "
+            f"**{100 * rule_out['set_aside_share']:.1f}% of films set aside** as \"no finding likely\". At the balanced "
+            f"point ({fmt(triage['balanced'])}): sensitivity {fmt(balanced['sensitivity'])}, "
+            f"specificity {fmt(balanced['specificity'])}, PPV {fmt(balanced['ppv'])}.",
+        ]
+    if burden.get("flags"):
+        new, old = burden["flags"], burden["youden"]
+        lines += [
+            "",
+            "**Flags** (each finding flagged at validation specificity 0.95, none where validation has fewer than 10 positives), "
+            "on test against the earlier Youden's J cuts:",
+            "",
+            "| design | flags per No-Finding film | No-Finding films without a flag | flags per abnormal film | flags right "
+            "| abnormal films with a right flag |",
+            "|---|---:|---:|---:|---:|---:|",
+            *(f"| {name} | {fmt(b['flags_per_no_finding_film'], 2)} | {fmt(b['no_finding_without_flag'], 2)} "
+              f"| {fmt(b['flags_per_abnormal_film'], 2)} | {fmt(b['flags_right'], 2)} | {fmt(b['abnormal_with_right_flag'], 2)} |"
+              for name, b in (("flags at specificity 0.95 (shown)", new), ("Youden's J per finding (before)", old))),
+        ]
+    return lines
 
 
 def _count(value) -> str:

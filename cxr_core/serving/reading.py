@@ -224,8 +224,13 @@ def flag_words(finding: str, band: str, cuts: FindingFlags) -> str:
                     f"specificity {_num(stats.get('specificity'))}.")
         lift = stats.get("lift")
         lift_text = f"{lift:.1f}× as often as validation films overall" if lift and lift == lift else "n/a"
-        return (f"Flagged validation films had {DISPLAY_NAMES[finding]} {lift_text} (PPV {_num(stats.get('ppv'))}, "
-                f"95% CI {_num(stats.get('ppv_low'))}–{_num(stats.get('ppv_high'))}; NIH labels).")
+        words = (f"Flagged validation films had {DISPLAY_NAMES[finding]} {lift_text} (PPV {_num(stats.get('ppv'))}, "
+                 f"95% CI {_num(stats.get('ppv_low'))}–{_num(stats.get('ppv_high'))}; NIH labels)")
+        low, prevalence = stats.get("ppv_low"), stats.get("prevalence")
+        if low is not None and prevalence is not None and low <= prevalence:
+            # A wide interval on a few hundred films: say that the flag's value is not established.
+            words += f"; the interval includes the base rate ({_num(prevalence)}), so its value is not established"
+        return words + "."
     if band == POSSIBLE:
         return (f"Possible: above the lower cut (validation specificity {_num(cuts.possible_specificity)}), below the flag; "
                 "not a flag.")
