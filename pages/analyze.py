@@ -10,7 +10,7 @@ from cxr_core.errors import ImageReadError
 from cxr_core.findings import DISPLAY_NAMES
 from cxr_core.learn.bundle import describe_model
 from cxr_core.serving import overlays, report
-from cxr_core.serving.reading import WITHHELD_NOTE, triage_words
+from cxr_core.serving.reading import BAND_LABELS, WITHHELD_NOTE, triage_words
 from pages import common
 
 DISPLAY_SIDE = 768  # pictures are drawn at most this size (the model saw far less)
@@ -18,7 +18,7 @@ OPERATING_POINTS = {
     "specificity": "Flags at validated specificity 0.95 (default)",
     "youden": "Youden's J per finding (earlier design: many flags on normal films)",
 }
-VERDICT_STYLE = {"abnormal": ("ABNORMAL", st.error), "no finding likely": ("NO FINDING LIKELY", st.success)}
+VERDICT_STYLE = {"abnormal": ("ABNORMAL", "red"), "no finding likely": ("NO FINDING LIKELY", "green")}
 
 st.title("Analyze an image")
 st.caption("Research tool, **not for clinical use**.")
@@ -48,13 +48,15 @@ for note in analysis.warnings:
 st.caption(f"Analysed **{name}**: {analysis.image.source_format}, {analysis.image.original_shape[1]} × {analysis.image.original_shape[0]} px. "
            f"Model: {describe_model(predictor.metadata)}." + common.compute_note(predictor))
 
-choices = [p for p in OPERATING_POINTS if p == "youden" or policy.flags is not None]
-point = st.radio("Operating point of the flags", choices, format_func=OPERATING_POINTS.get, horizontal=True,
-                 key="analyze_operating_point")
 show_anyway = False
 if analysis.withheld_because:
     st.error(WITHHELD_NOTE)
     show_anyway = st.checkbox("Show the model's output anyway", key="analyze_show_anyway")
+point = None
+if show_anyway or not analysis.withheld_because:
+    choices = [p for p in OPERATING_POINTS if p == "youden" or policy.flags is not None]
+    point = st.radio("Operating point of the flags", choices, format_func=OPERATING_POINTS.get, horizontal=True,
+                     key="analyze_operating_point")
 reading = policy.read(analysis.probabilities, withheld_because=analysis.withheld_because, show_anyway=show_anyway,
                       operating_point=point)
 stem = Path(name).stem or "image"
@@ -81,8 +83,10 @@ if reading.withheld:
     downloads()
     st.stop()
 
-label, box = VERDICT_STYLE.get(reading.triage, (reading.triage.upper(), st.info))
-box(f"**Triage: {label}** — {triage_words(reading, policy)}")
+label, color = VERDICT_STYLE.get(reading.triage, (reading.triage.upper(), "gray"))
+with st.container(border=True, key="analyze_triage"):
+    st.markdown(f"#### :{color}[Triage: {label}]")
+    st.markdown(triage_words(reading, policy))
 flagged = ", ".join(DISPLAY_NAMES[f] for f in reading.flagged)
 possible = ", ".join(DISPLAY_NAMES[f] for f in reading.possible)
 st.markdown(f"**Flagged:** {flagged or 'none'}" + (f" · *possible:* {possible}" if possible else ""))
@@ -109,15 +113,19 @@ with right:
              "boxes: strongest regions", width="stretch", output_format="JPEG")
 
 st.subheader("Findings, most probable first")
-table = rows.assign(band=rows["band"].map(lambda b: report.BAND_WORDS.get(b, b)))
+table = rows.assign(
+    band=rows["band"].map(lambda b: BAND_LABELS.get(b, b)),
+    ppv_text=[("" if r.ppv is None or r.ppv != r.ppv else f"{r.ppv:.2f} ({r.ppv_low:.2f}–{r.ppv_high:.2f})")
+              for r in rows.itertuples()],
+)
 st.dataframe(
-    table[["name", "probability", "band", "ppv", "lift", "meaning"]],
+    table[["name", "probability", "band", "ppv_text", "lift", "meaning"]],
     hide_index=True, width="stretch", height=35 * 15 + 3, key="analyze_findings",
     column_config={
         "name": "Finding",
         "probability": st.column_config.ProgressColumn("Calibrated probability", format="%.3f", min_value=0.0, max_value=1.0),
         "band": "Flag",
-        "ppv": st.column_config.NumberColumn("Flag PPV (validation)", format="%.2f"),
+        "ppv_text": "Flag PPV, validation (95% CI)",
         "lift": st.column_config.NumberColumn("Lift (validation)", format="%.1f×"),
         "meaning": st.column_config.TextColumn("What the flag means", width="large"),
     },

@@ -14,7 +14,7 @@ from cxr_core.data import EXPERT_CATEGORIES, decode_image
 from cxr_core.evaluation import category_labels, category_scores, heatmap_to_boxes, iou
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
 from cxr_core.serving import overlays, report
-from cxr_core.serving.reading import WITHHELD_NOTE, triage_words
+from cxr_core.serving.reading import BAND_LABELS, WITHHELD_NOTE, triage_words
 from pages import common
 
 PER_PAGE, COLUMNS, SIDE = 12, 6, 640
@@ -135,7 +135,7 @@ band = np.array([reading.bands[f] for f in FINDINGS])
 flagged = band == "flag"
 st.dataframe(
     {"finding": [DISPLAY_NAMES[f] for f in FINDINGS], "label": y.astype(int), "probability": [analysis.probabilities[f] for f in FINDINGS],
-     "band": [{"flag": "⚑ flag", "below": ""}.get(b, b) for b in band], "flag at": cuts.flag,
+     "band": [BAND_LABELS.get(b, b) for b in band], "flag at": cuts.flag,
      "outcome": np.select([y & flagged, ~y & flagged, y & ~flagged], ["TP", "FP", "FN"], "TN")},
     hide_index=True, key="browse_outcomes",
     column_config={"label": "NIH label", "probability": st.column_config.NumberColumn("calibrated probability", format="%.3f"),

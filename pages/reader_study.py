@@ -16,10 +16,8 @@ from cxr_core.errors import ImageReadError
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS, from_multi_hot, to_multi_hot
 from cxr_core.reader_study import REFERENCE_NAMES, REFERENCES, MissingCasesError
 from cxr_core.serving import overlays, report
-from cxr_core.serving.reading import triage_words
+from cxr_core.serving.reading import BAND_LABELS, triage_words
 from pages import common
-
-BANDS = {"flag": "⚑ flag", "possible": "possible", "below": "", "no flag set": "no flag set"}
 
 st.title("Reader study")
 st.caption("Research tool, **not for clinical use**. Read each case alone first; the AI panel appears after your unaided read is saved, which is final.")
@@ -110,7 +108,7 @@ if case.phase == "aided":
     with right:
         st.markdown(f"**AI panel.** Triage: **{reading.triage}**")
         st.caption(triage_words(reading, policy))
-        st.dataframe([{"finding": r["name"], "probability": round(r["probability"], 3), "AI": BANDS.get(r["band"], r["band"]),
+        st.dataframe([{"finding": r["name"], "probability": round(r["probability"], 3), "AI": BAND_LABELS.get(r["band"], r["band"]),
                        "flag at": None if r["flag_threshold"] is None else round(r["flag_threshold"], 3)} for r in rows],
                      hide_index=True, key="rs_ai_table", height=35 * 15 + 3)
         point = (f"at a specificity of {cuts.target_specificity:.2f} on the validation split (NIH labels)"

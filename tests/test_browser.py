@@ -62,7 +62,8 @@ def scripted_example_study(db: Path, bundle: Path, demo_root: Path, n_cases: int
 
     Unaided, a scripted reader ticks a labelled finding with probability 0.55
     and an unlabelled one with probability 0.04; aided, it also ticks what the
-    AI flags with probability 0.5 and drops an unflagged tick with probability
+    AI flags (the bundle's default operating point; a finding without a flag stored
+    at 1.0, as the page stores it) with probability 0.5 and drops an unflagged tick with probability
     0.3. Only for the results-page screenshot: the numbers mean nothing.
     """
     import numpy as np
@@ -87,11 +88,13 @@ def scripted_example_study(db: Path, bundle: Path, demo_root: Path, n_cases: int
                               confidence=int(rng.integers(2, 5)), seconds=float(rng.uniform(20, 70)))
             probabilities = predictor.predict(store.case_image_path(study.id, position))
             p = np.array([probabilities[f] for f in predictor.findings])
-            flagged = p >= predictor.thresholds
+            cuts = predictor.policy.cuts()
+            flagged = cuts.flagged(p)
             aided = np.where(flagged, unaided | (rng.random(14) < 0.5), unaided & (rng.random(14) > 0.3))
             store.record_read(study.id, reader.id, position, phase="aided", findings=aided.astype(int),
                               confidence=int(rng.integers(3, 6)), seconds=float(rng.uniform(8, 30)),
-                              ai_probabilities=p, ai_thresholds=predictor.thresholds)
+                              ai_probabilities=p, ai_thresholds=np.nan_to_num(cuts.flag, nan=1.0),
+                              ai_triage=predictor.policy.read(p).triage)
     store.close()
 
 
@@ -156,7 +159,13 @@ def test_upload_on_the_analyze_page(server, browser, demo_root, tmp_path):
         page.locator('input[type="file"]').set_input_files(str(demo_root / "images" / name))
         page.locator('[data-testid="stCaptionContainer"]', has_text=f"Analysed {name}").wait_for(timeout=90_000)
         page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=30_000)
-        page.get_by_text("Heatmaps of the 4 most probable findings").wait_for()
+        page.get_by_text("Heatmaps: flagged findings first, then the most probable").wait_for()
+        # The triage verdict comes before the findings; no finding is called POSITIVE any more.
+        verdict = page.get_by_text("Triage:").first
+        verdict.wait_for(timeout=30_000)
+        table_top = page.locator('[data-testid="stDataFrame"]').first.bounding_box()["y"]
+        assert verdict.bounding_box()["y"] < table_top
+        assert page.get_by_text("POSITIVE", exact=True).count() == 0
         page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stImage\"] img').length >= 6", timeout=30_000)
         settle(page)
         assert page.locator('[data-testid="stException"]').count() == 0
@@ -165,6 +174,36 @@ def test_upload_on_the_analyze_page(server, browser, demo_root, tmp_path):
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000
         keep(shot, "analyze")
+    finally:
+        page.close()
+
+
+def test_a_photograph_gets_the_warning_and_no_findings_until_asked(server, browser, tmp_path):
+    """A real photograph (scikit-image's cat) on Analyze: the input check's warning, no triage, no findings, no
+    heatmap; "Show the model's output anyway" reveals them."""
+    data = pytest.importorskip("skimage.data", reason="scikit-image (requirements-test.txt) ships the photograph")
+    from PIL import Image
+
+    photo = tmp_path / "cat.jpg"
+    Image.fromarray(data.chelsea()).save(photo, quality=90)
+    page = browser.new_page(viewport=VIEWPORT)
+    try:
+        page.goto(f"{server['url']}/analyze", timeout=60_000)
+        page.get_by_role("heading", name="Analyze an image").wait_for(timeout=60_000)
+        page.locator('input[type="file"]').set_input_files(str(photo))
+        page.get_by_text("The model's output is withheld").wait_for(timeout=90_000)
+        settle(page)
+        assert page.locator('[data-testid="stDataFrame"]').count() == 0
+        assert page.get_by_text("Triage:").count() == 0
+        assert page.locator('[data-testid="stImage"] img').count() == 1  # the photograph itself, no heatmap
+        shot = tmp_path / "analyze_withheld.png"
+        page.screenshot(path=str(shot), full_page=True)
+        keep(shot, "analyze_withheld")
+        page.get_by_text("Show the model's output anyway").click()
+        page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=60_000)
+        settle(page)
+        assert page.get_by_text("Triage:").count() >= 1
+        assert page.locator('[data-testid="stException"]').count() == 0
     finally:
         page.close()
 
@@ -185,7 +224,7 @@ def test_every_page_renders(server, browser, tmp_path, name):
             page.get_by_role("heading", name="Case 1 of 24: unaided read").wait_for(timeout=60_000)
             page.get_by_role("button", name="Save unaided read").click()
             page.get_by_role("heading", name="Case 1 of 24: aided read").wait_for(timeout=90_000)
-            page.get_by_text("AI panel", exact=True).wait_for()
+            page.get_by_text("AI panel.").first.wait_for()
             page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stImage\"] img').length >= 5", timeout=60_000)
         if name == "browse":
             page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stImage\"] img').length >= 14", timeout=90_000)

@@ -35,7 +35,10 @@ from cxr_core.evaluation.flags import FLAG, NOT_SET, OPERATING_POINTS, POSSIBLE,
 from cxr_core.evaluation.triage import NOT_ASSESSED, Triage
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
 
-__all__ = ["Reading", "ReadingPolicy", "flag_words", "triage_words", "WITHHELD_NOTE"]
+__all__ = ["BAND_LABELS", "Reading", "ReadingPolicy", "flag_words", "triage_words", "WITHHELD_NOTE"]
+
+#: How each band is written on every page (the PDF, whose font lacks the flag sign, writes "FLAG").
+BAND_LABELS = {FLAG: "⚑ flag", POSSIBLE: "possible", "below": "", NOT_SET: "no flag set"}
 
 WITHHELD_NOTE = ("The model's output is withheld: the input check says this may not be a frontal chest X-ray, and "
                  "findings for such an image are not meaningful.")
