@@ -191,3 +191,30 @@ def test_worklist_refuses_a_file_that_is_not_a_prediction_csv(tmp_path):
     with pytest.raises(DataFormatError, match="not a prediction CSV"):
         write_worklist(other, tmp_path / "w.csv")
     assert main(["--images", str(tmp_path / "missing"), "--out", str(tmp_path / "p.csv"), "--worklist", str(tmp_path / "w.csv")]) == 2
+
+
+def test_an_older_bundle_loads_falls_back_to_youden_and_evaluation_fits_what_is_missing(tiny_bundle, demo_root, tmp_path):
+    """A bundle evaluated before triage and flags existed (no ``triage``/``flags`` in bundle.json) still serves, and
+    evaluating it on its own data adds them."""
+    import shutil
+
+    from cxr_core.serving import evaluate_bundle
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_bundle, old)
+    meta = json.loads((old / "bundle.json").read_text())
+    if "thresholds" not in meta:  # run alone: evaluate once so the copy has calibration and Youden cuts
+        evaluate_bundle(old, demo_root, n_boot=20, localization=False, log=lambda line: None)
+        meta = json.loads((old / "bundle.json").read_text())
+    for key in ("triage", "flags", "predictions_file"):
+        meta.pop(key, None)
+    (old / "bundle.json").write_text(json.dumps(meta))
+    (old / "predictions.csv.gz").unlink(missing_ok=True)
+    analysis = Predictor.from_bundle(old).analyze(_demo_image(demo_root))
+    assert analysis.reading.operating_point == "youden" and analysis.reading.triage == "not assessed"
+    cuts = meta["thresholds"]["values"]
+    assert set(analysis.reading.flagged) == {f for f, cut in zip(FINDINGS, cuts) if analysis.probabilities[f] >= cut}
+    evaluate_bundle(old, demo_root, n_boot=20, localization=False, log=lambda line: None)
+    refitted = json.loads((old / "bundle.json").read_text())
+    assert "flags" in refitted and (old / "predictions.csv.gz").is_file()
+    assert Predictor.from_bundle(old).policy.default_operating_point == "specificity"
