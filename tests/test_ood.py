@@ -310,7 +310,7 @@ def test_pdf_report_shows_the_learned_warning(predictor):
     assert "Warning" in text and "does not look like the chest X-rays" in text
 
 
-def test_analyze_page_shows_the_learned_warning_and_the_findings(monkeypatch, tmp_path_factory, demo_root):
+def test_analyze_page_shows_the_learned_warning_and_withholds_the_findings_until_asked(monkeypatch, tmp_path_factory, demo_root):
     from tests.app_bundle import tiny_app_bundle
     from tests.test_app_pages import app, assert_findings_shown, png_bytes
 
@@ -326,7 +326,9 @@ def test_analyze_page_shows_the_learned_warning_and_the_findings(monkeypatch, tm
     at.file_uploader(key="analyze_upload").upload("synthetic_noise.png", png_bytes(noise), "image/png").run()
     assert not at.exception, at.exception
     assert any("does not look like the chest X-rays" in w.value for w in at.warning)
-    assert_findings_shown(at, "synthetic_noise.png")  # warned, never blocked
+    assert any("withheld" in e.value for e in at.error) and not at.dataframe  # the output is withheld ...
+    at.checkbox(key="analyze_show_anyway").check().run()
+    assert_findings_shown(at, "synthetic_noise.png")  # ... until the reader asks for it
 
 
 def test_evaluate_fits_the_check_only_when_asked(tmp_path, demo_root):
