@@ -11,10 +11,12 @@ st.title("cxr-assist")
 st.warning("Research tool. **Not for clinical use**: it has not been validated for diagnosis.")
 st.markdown(
     "A radiologist-assist system for the **NIH ChestX-ray14** dataset. It reads a frontal chest X-ray "
-    "(PNG, JPEG or DICOM) and gives a calibrated probability for each of 14 findings text-mined from "
-    "radiology reports, with the operating threshold and its validated sensitivity and specificity, and a "
-    "heatmap of where the model looked (Grad-CAM or Grad-CAM++, as the model records). "
-    f"Library version {__version__}."
+    "(PNG, JPEG or DICOM) and gives, first, a normal/abnormal **triage** (the probability that the film has any "
+    "of 14 findings text-mined from radiology reports, with a rule-out point below which a film is \"no finding "
+    "likely\"); then the calibrated probability of each finding, **flagged** only where it reaches a cut with a "
+    "validated specificity of 0.95, with what such a flag was worth on validation; and a heatmap of where the model "
+    "looked (Grad-CAM or Grad-CAM++, as the model records). An image that may not be a frontal chest film gets a "
+    f"warning and no findings unless you ask for them. Library version {__version__}."
 )
 st.write("Findings: " + ", ".join(DISPLAY_NAMES[f] for f in FINDINGS) + '. "No Finding" means none of them.')
 
@@ -26,10 +28,10 @@ else:
     data = meta.get("data") or {}
     counts, patients = data.get("counts") or {}, data.get("patients") or {}
     auroc = (meta.get("test_summary") or {}).get("mean_auroc")
-    cols = st.columns(4)
+    cols = st.columns(5)
     members = meta.get("members") or []
-    if members:  # an ensemble: every member's backbone and input size, never one for all
-        cols[0].metric("Backbone", " + ".join(str(m.get("backbone", "?")) for m in members),
+    if members:  # an ensemble: every member's backbone and input size, never one for all; the full line in the help
+        cols[0].metric("Backbone", f"ensemble of {len(members)}",
                        help=f"{describe_model(meta)}; logits averaged with weights "
                             + ", ".join(f"{m.get('weight', 0):.2f}" for m in members))
         cols[1].metric("Input size", " / ".join(str(s) for s in input_sizes(meta)) + " px")
@@ -38,6 +40,11 @@ else:
         cols[1].metric("Input size", f"{meta.get('input_size', '?')} px")
     cols[2].metric("Test mean AUROC", "not evaluated" if auroc is None else f"{auroc:.3f}")
     cols[3].metric("Training images", f"{counts['train']:,}" if "train" in counts else "?")
+    triage = ((common.bundle_metrics() or {}).get("reading") or {}).get("triage")
+    cols[4].metric("Triage AUROC (test)", "not fitted" if not triage else f"{triage['auroc']:.3f}",
+                   help="Abnormal (any of the 14 findings) against No-Finding films of the test split, NIH labels; "
+                        "fitted on validation" + ("" if not triage else
+                                                  f"; 95% CI {triage['auroc_low']:.3f}–{triage['auroc_high']:.3f}"))
     trained_on = (
         f"NIH ChestX-ray14 images, patient-wise split: {counts.get('train', '?')} training images "
         f"({patients.get('train', '?')} patients), {counts.get('val', '?')} validation, {counts.get('test', '?')} test."
@@ -49,7 +56,8 @@ else:
         st.info("This bundle has not been evaluated yet (`python -m training.evaluate`): no thresholds or metrics.")
 
 st.subheader("Pages")
-st.page_link("pages/analyze.py", label="Analyze an image: upload a film or pick a demo image", icon=":material/search:")
+st.page_link("pages/analyze.py", label="Analyze an image: upload a film or pick a demo image: triage, flags, heatmaps",
+             icon=":material/search:")
 st.page_link("pages/browse.py", label="Browse the dataset: labels and expert boxes against the model", icon=":material/photo_library:")
 st.page_link("pages/performance.py", label="Model performance: ROC, PR, calibration, localisation", icon=":material/monitoring:")
 st.page_link("pages/reader_study.py", label="Reader study: read cases unaided, then with the AI panel", icon=":material/visibility:")

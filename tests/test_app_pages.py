@@ -96,6 +96,8 @@ def test_home_shows_the_model_and_the_clinical_use_warning(monkeypatch, bundle):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Input size"].endswith("px") and metrics["Backbone"] not in ("", "?")
     assert float(metrics["Test mean AUROC"]) > 0
+    triage = (json.loads((bundle / "metrics.json").read_text()).get("reading") or {}).get("triage")
+    assert metrics["Triage AUROC (test)"] == ("not fitted" if not triage else f"{triage['auroc']:.3f}")
 
 
 # -- analyze ------------------------------------------------------------------
