@@ -57,13 +57,21 @@ def test_shipped_model_reads_real_images(predictor, demo_root):
 
 
 def test_readme_and_model_card_numbers_come_from_metrics_json(metrics):
-    from tools.model_card import END, START, results_block
+    from tools.model_card import END, HEADLINE_END, HEADLINE_START, START, headline_block, results_block
+
+    def between(path, start, end):
+        text = path.read_text(encoding="utf-8")
+        assert start in text and end in text, f"{path.name} lacks the markers of its generated block"
+        return text.split(start, 1)[1].split(end, 1)[0].strip()
 
     meta = json.loads((SHIPPED / "bundle.json").read_text())
     block = results_block(metrics, meta)
-    readme = (REPO_ROOT / "README.md").read_text()
-    assert START in readme and readme.split(START, 1)[1].split(END, 1)[0].strip() == block.strip()
+    # The full block in docs/results.md and the card; the headline table in the README.
+    assert between(REPO_ROOT / "docs" / "results.md", START, END) == block.strip()
     assert block.strip() in (SHIPPED / "MODEL_CARD.md").read_text()
+    headline = between(REPO_ROOT / "README.md", HEADLINE_START, HEADLINE_END)
+    assert headline == headline_block(metrics).strip()
+    assert f"**{metrics['macro']['auroc']:.3f}** ({metrics['macro']['auroc_low']:.3f}–{metrics['macro']['auroc_high']:.3f})" in headline
 
 
 def test_predict_command_with_the_shipped_model(tmp_path, demo_root):

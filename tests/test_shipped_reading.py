@@ -60,9 +60,19 @@ def test_committed_benchmark_is_what_the_bundle_gives_and_meets_the_targets():
 def test_readme_and_card_give_the_measured_reading(meta):
     metrics = json.loads((SHIPPED / "metrics.json").read_text(encoding="utf-8"))
     triage, burden = metrics["reading"]["triage"], metrics["reading"]["burden"]
+    flags_per_normal = burden["flags"]["flags_per_no_finding_film"]
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    results = (REPO_ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    benchmarks = (REPO_ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
     card = (SHIPPED / "MODEL_CARD.md").read_text(encoding="utf-8")
-    for text in (readme, card):
+    for text in (results, card):  # the full results block
         assert f"test AUROC **{triage['auroc']:.3f}**" in text
-        assert f"| flags at specificity 0.95 (shown) | {burden['flags']['flags_per_no_finding_film']:.2f} |" in text
-    assert f"flags per No-Finding film **{burden['flags']['flags_per_no_finding_film']:.2f}**" in readme
+        assert f"| flags at specificity 0.95 (shown) | {flags_per_normal:.2f} |" in text
+    # The README's headline table: the triage AUROC with its CI, rule-out sensitivity and share set aside, the flags.
+    assert (f"| **{triage['auroc']:.3f}** ({triage['auroc_low']:.3f}–{triage['auroc_high']:.3f}) |" in readme)
+    rule_out = triage["at_rule_out"]
+    assert f"| **{rule_out['sensitivity']:.3f}**; {100 * rule_out['set_aside_share']:.1f}% |" in readme
+    assert f"(Youden's J per finding: {burden['youden']['flags_per_no_finding_film']:.2f}) | **{flags_per_normal:.2f}**;" in readme
+    # The benchmark table's row for what a reader meets (written by hand from benchmarks/CLINICAL_OUTPUT_RESULTS.md).
+    assert f"flags per No-Finding film **{flags_per_normal:.2f}**" in benchmarks
+    assert f"triage AUROC **{triage['auroc']:.3f}**" in benchmarks

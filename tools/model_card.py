@@ -1,13 +1,17 @@
-"""Write models/default/MODEL_CARD.md and the README's results block from the bundle's own files.
+"""Write models/default/MODEL_CARD.md, the full results in docs/results.md and the README's headline table.
 
-    python -m tools.model_card [--bundle models/default] [--readme README.md]
+    python -m tools.model_card [--bundle models/default] [--readme README.md] [--results docs/results.md]
 
 Every number comes from the committed ``metrics.json`` and ``bundle.json``
 (for an ensemble, the network line lists every member with its backbone,
 start, input size, weight and training time; the expert-reference table and
-the label audit appear when ``metrics.json`` has them);
-``tests/test_shipped_model.py`` checks that the README and the card agree
-with them, so re-running the evaluation and then this tool keeps them true.
+the label audit appear when ``metrics.json`` has them). The full block
+(``results_block``) goes between ``START`` and ``END`` in ``docs/results.md``
+and into the card; a compact headline table (``headline_block``) goes between
+``HEADLINE_START`` and ``HEADLINE_END`` in the README.
+``tests/test_shipped_model.py`` and ``tests/test_shipped_reading.py`` check
+that all three agree with them, so re-running the evaluation and then this
+tool keeps them true.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from cxr_core.evaluation.expert import expert_markdown
 from cxr_core.learn.bundle import describe_model, explanation_method, input_sizes
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+HEADLINE_START, HEADLINE_END = "<!-- headline:start -->", "<!-- headline:end -->"
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -100,6 +105,59 @@ def results_block(metrics: dict, meta: dict) -> str:
         for (attribute, group), values in groups.items():
             lines.append(f"| {attribute} | {group} | {np.mean(values):.3f} |")
     return "\n".join(lines)
+
+
+def headline_block(metrics: dict) -> str:
+    """The README's compact table: the test split's headline numbers, each linked to where it is explained."""
+    macro, counts = metrics["macro"], metrics["counts"]
+    rows = [
+        f"Test split of the shipped model: {counts['test_images']} images of {counts['test_patients']} patients never seen "
+        "in training; every cut fitted on validation.",
+        "",
+        "| measure | result | target | details |",
+        "|---|---|---|---|",
+        f"| mean AUROC over the 14 findings (mean of their 95% CI bounds) | **{fmt(macro['auroc'])}** ({fmt(macro['auroc_low'])}–"
+        f"{fmt(macro['auroc_high'])}) | 0.75{_shortfall(macro['auroc'], 0.75)} | [results](docs/results.md) |",
+    ]
+    loc = metrics.get("localization") or {}
+    t01 = [row["T(IoBB)=0.1"] for row in loc.get("accuracy") or [] if row.get("T(IoBB)=0.1") is not None]
+    if t01:
+        mean_t01 = float(np.mean(t01))
+        rows.append(f"| heatmaps: mean T(IoBB)=0.1 over the {len(t01)} boxed findings | **{fmt(mean_t01, 2)}** "
+                    f"| 0.57{_shortfall(mean_t01, 0.57, 2)} | [localisation](docs/results.md) |")
+    reading = metrics.get("reading") or {}
+    triage, burden = reading.get("triage"), reading.get("burden") or {}
+    if triage:
+        rule_out = triage["at_rule_out"]
+        rows += [
+            f"| normal/abnormal triage AUROC (95% CI, patient bootstrap) | **{fmt(triage['auroc'])}** ({fmt(triage['auroc_low'])}–"
+            f"{fmt(triage['auroc_high'])}) | 0.80{_shortfall(triage['auroc'], 0.80)} | [triage](docs/reading.md) |",
+            f"| rule-out point: sensitivity for abnormal films; films set aside as \"no finding likely\" "
+            f"| **{fmt(rule_out['sensitivity'])}**; {100 * rule_out['set_aside_share']:.1f}% "
+            f"| 0.95{_shortfall(rule_out['sensitivity'], 0.95)} | [triage](docs/reading.md) |",
+        ]
+    if burden.get("flags"):
+        new, old = burden["flags"], burden["youden"]
+        rows.append(
+            f"| findings flagged per No-Finding film, at validated specificity 0.95 (Youden's J per finding: "
+            f"{fmt(old['flags_per_no_finding_film'], 2)}) | **{fmt(new['flags_per_no_finding_film'], 2)}**; "
+            f"{100 * new['no_finding_without_flag']:.0f}% of No-Finding films without a flag, "
+            f"{100 * new['flags_right']:.0f}% of flags right (Youden: {100 * old['flags_right']:.0f}%) "
+            f"| ≤ 0.5{'; met' if new['flags_per_no_finding_film'] <= 0.5 else '; missed'} "
+            "| [flags](docs/reading.md), [benchmark](benchmarks/CLINICAL_OUTPUT_RESULTS.md) |"
+        )
+    return "\n".join(rows)
+
+
+def replace_between(path: Path, start: str, end: str, block: str) -> bool:
+    """Put ``block`` between the markers in ``path``; False (file untouched) when the markers are absent."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{block}\n{end}{tail}", encoding="utf-8")
+    return True
 
 
 def reading_lines(metrics: dict) -> list[str]:
@@ -206,7 +264,8 @@ def training_seconds(meta: dict) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", default="models/default")
-    parser.add_argument("--readme", default="README.md")
+    parser.add_argument("--readme", default="README.md", help="gets the headline table")
+    parser.add_argument("--results", default="docs/results.md", help="gets the full results block")
     args = parser.parse_args()
     bundle = Path(args.bundle)
     metrics = json.loads((bundle / "metrics.json").read_text())
@@ -216,12 +275,10 @@ def main() -> None:
             own = json.loads((bundle / member["path"] / "bundle.json").read_text())
             member["explanation"] = {"method": explanation_method(own)}
     block = results_block(metrics, meta)
-    readme = Path(args.readme)
-    text = readme.read_text()
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        readme.write_text(f"{head}{START}\n{block}\n{END}{tail}")
+    for path, start, end, text in ((Path(args.results), START, END, block),
+                                   (Path(args.readme), HEADLINE_START, HEADLINE_END, headline_block(metrics))):
+        if not replace_between(path, start, end, text):
+            print(f"{path}: no {start} … {end} markers; left as it is")
     template = Path(__file__).with_name("MODEL_CARD.template.md")
     if template.is_file():
         data = meta.get("data", {})
