@@ -10,13 +10,18 @@ and measures:
   in the browser (title, clinical-use warning and the model's metrics shown);
 * CPU per upload: CPU seconds the Streamlit server and chromium spent per
   upload, which does not depend on what else runs (wall time does);
+* home page to first findings: from the home page shown, open Analyze,
+  upload a demo image at once (the page takes it while the model is still
+  getting ready) and wait for its findings: what a demo audience watches
+  after a fresh start;
 * upload to findings: on the Analyze page, from ``set_input_files`` of a demo
   image to its findings table and all 6 heatmap pictures rendered and the
   script run finished. The first upload is reported apart (it may wait for
   the model, which app.py starts loading in the background at start-up);
   every later image is a new file (not cached).
 
-Goals on the 2-core machine: cold start <= 5 s, <= 2 s per image.
+Goals on the 2-core machine: cold start <= 5 s, home page to first findings
+<= 5 s, <= 2 s per later image.
 """
 
 from __future__ import annotations
@@ -53,7 +58,8 @@ def run(bundle: Path, n_images: int, repeats: int) -> dict:
 
     demo = REPO_ROOT / "data" / "demo"
     names = NIHDataset(demo).image_names[:n_images]
-    results = {"cold_start_s": [], "health_s": [], "first_upload_s": [], "upload_s": [], "server_cpu_s": [], "browser_cpu_s": []}
+    results = {"cold_start_s": [], "health_s": [], "first_upload_s": [], "home_to_first_findings_s": [], "upload_s": [],
+               "server_cpu_s": [], "browser_cpu_s": []}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         for _ in range(repeats):
@@ -69,7 +75,8 @@ def run(bundle: Path, n_images: int, repeats: int) -> dict:
                 page.goto(url)
                 page.locator('[data-testid="stMetric"]', has_text="Test mean AUROC").wait_for(timeout=60_000)
                 page.get_by_text("Not for clinical use").first.wait_for()
-                results["cold_start_s"].append(time.perf_counter() - started)
+                home_shown = time.perf_counter()
+                results["cold_start_s"].append(home_shown - started)
 
                 page.goto(f"{url}/analyze")
                 file_input = page.locator('input[type="file"]')
@@ -83,6 +90,8 @@ def run(bundle: Path, n_images: int, repeats: int) -> dict:
                     settle(page)
                     elapsed = time.perf_counter() - t0 - SETTLE_PAUSE_S  # settle() pauses before it looks
                     results["first_upload_s" if i == 0 else "upload_s"].append(elapsed)
+                    if i == 0:
+                        results["home_to_first_findings_s"].append(time.perf_counter() - home_shown - SETTLE_PAUSE_S)
                     if i:
                         results["server_cpu_s"].append(cpu_seconds({process.pid}) - server_cpu)
                         results["browser_cpu_s"].append(cpu_seconds(names=("chrom",)) - browser_cpu)
@@ -110,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"server healthy:          median {med(r['health_s']):.2f} s  ({', '.join(f'{v:.2f}' for v in r['health_s'])})")
     print(f"cold start to home page: median {med(r['cold_start_s']):.2f} s  ({', '.join(f'{v:.2f}' for v in r['cold_start_s'])})  goal <= 5 s")
     print(f"first upload to findings: median {med(r['first_upload_s']):.2f} s  ({', '.join(f'{v:.2f}' for v in r['first_upload_s'])})")
+    print(f"home page to first findings: median {med(r['home_to_first_findings_s']):.2f} s  "
+          f"({', '.join(f'{v:.2f}' for v in r['home_to_first_findings_s'])})  goal <= 5 s")
     print(f"upload to findings:      median {med(r['upload_s']):.2f} s, max {max(r['upload_s'], default=float('nan')):.2f} s "
           f"over {len(r['upload_s'])} images  goal <= 2 s")
     print(f"CPU per upload (not the first): server median {med(r['server_cpu_s']):.2f} s, browser median {med(r['browser_cpu_s']):.2f} s "

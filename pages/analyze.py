@@ -22,9 +22,9 @@ VERDICT_STYLE = {"abnormal": ("ABNORMAL", "red"), "no finding likely": ("NO FIND
 
 st.title("Analyze an image")
 st.caption("Research tool, **not for clinical use**.")
-predictor = common.require_predictor()
-model_key = common.current_bundle()
-policy = predictor.policy
+getting_ready = common.getting_ready_notice()  # the image can be chosen meanwhile
+if not getting_ready:
+    common.require_predictor()  # loaded already, or a plain message (no bundle, a broken one) before anything else
 
 source = st.radio("Image source", ["Upload a file", "Demo image"], horizontal=True, key="analyze_source")
 if source == "Upload a file":
@@ -38,6 +38,12 @@ else:
     name = st.selectbox("Demo image", dataset.image_names, key="analyze_demo")
     data = Path(dataset.csv.set_index("image").at[name, "path"]).read_bytes()
 
+if getting_ready:  # the notice above reruns the page when the model is ready
+    st.caption(f"**{name}** will be analysed as soon as the model is ready.")
+    st.stop()
+predictor = common.require_predictor()
+model_key = common.current_bundle()
+policy = predictor.policy
 try:
     analysis = common.analyze_bytes(*model_key, common.digest(data), data)
 except ImageReadError as exc:

@@ -13,7 +13,11 @@ Not a page (app.py lists the pages). Environment:
 
 TensorFlow is imported only when a page needs the model, so the home page
 renders without waiting for it; app.py starts loading the model in a
-background thread at once, so it is usually ready by the first upload.
+background thread before the first page runs (importing TensorFlow, loading
+the members, compiling them for this CPU in parallel), so it is usually ready
+by the first upload. While it is still getting ready, a page that needs it
+shows the step and a progress bar that updates (:func:`wait_until_ready`),
+never a frozen page.
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import streamlit as st
 
 
@@ -120,9 +123,17 @@ def bundle_metrics() -> dict | None:
 # lock-protected dict (not only st.cache_resource) so the warm-up thread, which has
 # no Streamlit script context, fills the same store the pages read.
 _PREDICTORS: dict[tuple[str, float, str], object] = {}
+# Held while the model (and TensorFlow, the first time) loads: two threads importing TensorFlow at once get a
+# half-initialised module, so every first import of it goes through this lock (the warm-up's and a page's).
 _PREDICTOR_LOCK = threading.Lock()
+_STATE_LOCK = threading.Lock()  # guards _WARM_STATE only, so the progress never waits for a load
 _WARMING: set[str] = set()
-WARM_UP_DELAY_S = 1.0
+#: Seconds the warm-up waits before it starts. 0: it starts with the first page's script run (the home page does not
+#: need TensorFlow, and the model is the slowest thing to get ready).
+WARM_UP_DELAY_S = 0.0
+#: What the warm-up is doing, for the "getting ready" progress: read by pages, written by the warm-up thread.
+_WARM_STATE: dict = {"running": False, "stage": "", "step": 0, "steps": 4, "error": None, "started": 0.0}
+_WARM_STEPS = ("starting TensorFlow", "loading the model", "compiling", "checking a full analysis")
 
 
 # Every model call runs on this one long-lived thread (Streamlit starts a new
@@ -210,24 +221,80 @@ def warm_up() -> None:
             return
         _WARMING.add(key)
 
-    def work():
-        time.sleep(WARM_UP_DELAY_S)  # let the browser draw the first page before TensorFlow takes the CPU
-        try:
-            predictor = _load_predictor(str(path), _stamp(path), compute_mode())
-            # Trace the compiled graphs on the model thread with a plain gray image.
-            on_model_thread(predictor.analyze, np.full((256, 256), 0.5, dtype=np.float32))
-        except Exception:  # noqa: BLE001 - the page that needs the model reports the error
-            pass
+    def stage(text: str) -> None:
+        with _STATE_LOCK:
+            step = next((i for i, name in enumerate(_WARM_STEPS) if text.startswith(name)), _WARM_STATE["step"])
+            _WARM_STATE.update(stage=text, step=step)
 
+    def work():
+        time.sleep(WARM_UP_DELAY_S)
+        try:
+            stage("starting TensorFlow")
+            with _PREDICTOR_LOCK:
+                import keras  # noqa: F401 - the slowest import (TensorFlow), timed as its own step
+
+            stage("loading the model")
+            predictor = _load_predictor(str(path), _stamp(path), compute_mode())
+            # Trace the compiled graphs (members in parallel), then one analysis, on the model thread.
+            on_model_thread(predictor.warm_up, stage)
+        except Exception as exc:  # noqa: BLE001 - the page that needs the model reports the error
+            with _STATE_LOCK:
+                _WARM_STATE["error"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            with _STATE_LOCK:
+                _WARM_STATE["running"] = False
+
+    with _STATE_LOCK:
+        _WARM_STATE.update(running=True, stage="starting", step=0, error=None, started=time.monotonic())
     threading.Thread(target=work, name="cxr-assist-warm-up", daemon=True).start()
 
 
+def warm_state() -> dict:
+    """A copy of what the background warm-up is doing: ``running``, ``stage``, ``step`` of ``steps``, ``error``,
+    ``seconds`` since it started."""
+    with _STATE_LOCK:
+        state = dict(_WARM_STATE)
+    state["seconds"] = time.monotonic() - state["started"] if state["started"] else 0.0
+    return state
+
+
+def getting_ready_notice() -> bool:
+    """While the background warm-up is still getting the model ready: its step and a progress bar that updates
+    every second, and the whole page runs again when it is done. Returns whether it is still running (nothing shown
+    otherwise); never blocks."""
+    if not warm_state()["running"]:
+        return False
+
+    @st.fragment(run_every=1.0)
+    def progress() -> None:
+        state = warm_state()
+        if not state["running"]:
+            st.rerun()  # ready (or failed: the page then says why): the whole page again
+        st.progress(min(state["step"] + 0.5, state["steps"]) / state["steps"],
+                    text=f"Getting the model ready: {state['stage']} … ({state['seconds']:.0f} s since the app started). "
+                         "This happens once, when the app starts.")
+
+    progress()
+    return True
+
+
+def wait_until_ready() -> None:
+    """:func:`getting_ready_notice`, then ``st.stop()`` while the model is not ready (the notice reruns the page)."""
+    if getting_ready_notice():
+        st.stop()
+
+
 def require_predictor():
-    """The loaded Predictor, or a clear message and ``st.stop()`` when there is none."""
+    """The loaded Predictor, or a clear message and ``st.stop()`` when there is none.
+
+    While the background warm-up is still loading it, a progress message
+    instead of a page that waits (:func:`wait_until_ready`).
+    """
     path = bundle_dir()
     if not bundle_present(path):
         st.error(NO_BUNDLE_HELP.format(path=path))
         st.stop()
+    wait_until_ready()
     try:
         return load_predictor(str(path), _stamp(path), compute_mode())
     except Exception as exc:  # BundleError, a truncated model file ...: never a traceback

@@ -319,3 +319,22 @@ def test_analyze_an_uploaded_dicom_without_extension(monkeypatch, tiny, shared_d
     at.file_uploader(key="analyze_upload").upload("chest_study", data).run()  # DICOM files often have no extension
     assert_findings_shown(at, "chest_study")
     assert any("DICOM" in c.value for c in at.caption)
+
+
+def test_pages_say_the_model_is_getting_ready_instead_of_waiting(monkeypatch, tiny):
+    """While the background warm-up is still loading the model, Analyze shows the step and a progress bar (and no
+    error); once it is done the page works as usual."""
+    from pages import common
+
+    at = app(monkeypatch, tiny)
+    monkeypatch.setitem(common._WARM_STATE, "running", True)
+    monkeypatch.setitem(common._WARM_STATE, "stage", "loading the model")
+    monkeypatch.setitem(common._WARM_STATE, "step", 1)
+    at.switch_page("pages/analyze.py").run()
+    assert not at.exception, at.exception
+    shown = [p.proto.text for p in at.get("progress")]
+    assert shown and "Getting the model ready: loading the model" in shown[0]
+    assert not at.error and at.file_uploader and not at.dataframe  # an image can be chosen meanwhile; no findings yet
+    monkeypatch.setitem(common._WARM_STATE, "running", False)
+    at.run()
+    assert not at.get("progress") and at.file_uploader and not at.exception

@@ -23,7 +23,8 @@ same weights. With one member everything is exactly the single model's path.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -295,6 +296,38 @@ class Predictor:
         self.ood = ood
         self._lock = threading.Lock()
         self.bundle = None
+
+    def warm_up(self, progress: Callable[[str], None] | None = None) -> None:
+        """Trace every member's compiled calls before the first image arrives, the members in parallel threads.
+
+        Tracing (building the graphs of the forward pass, the test-time views
+        and the heatmap head for each input size) costs a few seconds per
+        member the first time; done here, at start-up, the first real
+        analysis costs what every later one does. The members are traced at
+        once on their own threads (graph building is partly in C++, so two
+        cores overlap part of it); then one full analysis of a plain gray
+        image checks the whole path.
+
+        Args:
+            progress: receives one line per step ("compiling 3 members ...", "checking ...").
+        """
+        image = np.full((256, 256), 0.5, dtype=np.float32)
+        smalls = self.resize_inputs(image)
+        batches = self._normalised(smalls)
+        every = list(range(len(self.findings)))
+
+        def trace(k: int) -> None:
+            runner = self._runners[k]
+            features, _, _ = runner.features_and_scores(np.asarray(batches[k], dtype=np.float32))
+            runner.explainer(features, every)
+
+        if progress:
+            progress(f"compiling {len(self._runners)} member{'s' * (len(self._runners) > 1)} for this CPU")
+        with self._lock, ThreadPoolExecutor(max_workers=len(self._runners), thread_name_prefix="cxr-assist-trace") as pool:
+            list(pool.map(trace, range(len(self._runners))))
+        if progress:
+            progress("checking a full analysis")
+        self.analyze(image)
 
     @classmethod
     def from_bundle(cls, path: str | Path, *, compute: str = "float32") -> "Predictor":

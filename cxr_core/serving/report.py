@@ -21,6 +21,7 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -30,8 +31,10 @@ from cxr_core.evaluation.localization import heatmap_to_boxes
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
 from cxr_core.learn.bundle import describe_model, explanation_method, input_sizes
 from cxr_core.serving.overlays import HEATMAP_BOX_COLOR, blend_heatmap, draw_boxes, fit_to, gray_to_rgb, scale_boxes, window_level
-from cxr_core.serving.predictor import Analysis
 from cxr_core.serving.reading import WITHHELD_NOTE, Reading, ReadingPolicy, flag_words, triage_words
+
+if TYPE_CHECKING:  # the predictor imports TensorFlow: pages that only format a report must not wait for it
+    from cxr_core.serving.predictor import Analysis
 
 __all__ = [
     "BAND_WORDS", "DISCLAIMER", "REPORT_FORMAT", "findings_rows", "heatmap_boxes", "heatmap_picture", "input_check", "json_report",
@@ -458,7 +461,7 @@ def pdf_report(
     return _build_pdf(story, name)
 
 
-def _build_pdf(story: list, name: str) -> bytes:
+def _build_pdf(story: list, name: str, title: str = "cxr-assist report") -> bytes:
     from reportlab.lib.pagesizes import A4
     from reportlab.lib.units import mm
     from reportlab.platypus import SimpleDocTemplate
@@ -466,7 +469,7 @@ def _build_pdf(story: list, name: str) -> bytes:
     buffer = io.BytesIO()
     doc = SimpleDocTemplate(
         buffer, pagesize=A4, leftMargin=15 * mm, rightMargin=15 * mm, topMargin=12 * mm, bottomMargin=12 * mm,
-        title="cxr-assist report", author="cxr-assist", subject=name,
+        title=title, author="cxr-assist", subject=name,
     )
     doc.build(story)
     return buffer.getvalue()
