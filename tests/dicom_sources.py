@@ -74,3 +74,49 @@ def source_bytes(variant: str) -> bytes:
     buffer = io.BytesIO()
     source_dataset(variant).save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def jpeg_2000_frame(pixels: np.ndarray, bits_stored: int, psnr: float = 0) -> bytes:
+    """A JPEG 2000 codestream of ``pixels`` by imagecodecs (OpenJPEG): reversible, or lossy at ``psnr`` dB.
+
+    The codestream's precision is ``bits_stored`` and its sign that of the
+    array, as DICOM asks (a raw .j2k stream, no JP2 boxes).
+    """
+    import imagecodecs
+
+    if psnr:
+        return imagecodecs.jpeg2k_encode(pixels, level=psnr, codecformat="J2K", reversible=False, bitspersample=bits_stored)
+    return imagecodecs.jpeg2k_encode(pixels, level=0, codecformat="J2K", reversible=True, bitspersample=bits_stored)
+
+
+def jpeg_ls_frame(pixels: np.ndarray) -> bytes:
+    """A lossless JPEG-LS codestream of 8-bit ``pixels`` by imagecodecs (CharLS), without the SPIFF header.
+
+    imagecodecs writes JPEG-LS at 8 or 16 bits only, so this serves 8-bit
+    films; the committed ``tests/data/dicom_generated`` files hold the 12-bit
+    ones at their own precision. CharLS starts its stream with a SPIFF header
+    (two APP8 segments and a second SOI), which DICOM does not use: dropped.
+    """
+    import imagecodecs
+
+    if pixels.dtype != np.uint8:
+        raise ValueError("imagecodecs writes JPEG-LS at 8 or 16 bits: use it for 8-bit films only")
+    stream = bytes(imagecodecs.jpegls_encode(pixels))
+    return b"\xff\xd8" + stream[stream.index(b"\xff\xf7"):]
+
+
+def compressed_bytes(ds, syntax: str, frame: bytes, *, lossy: bool = False) -> bytes:
+    """``ds`` written with ``frame`` as its one encapsulated frame of transfer syntax ``syntax``."""
+    from pydicom.encaps import encapsulate
+
+    ds.file_meta.TransferSyntaxUID = syntax
+    if len(frame) % 2:
+        frame += b"\x00"
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    if lossy:
+        ds.LossyImageCompression = "01"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

@@ -3,9 +3,11 @@
 The films come from ``../shared/dicom/udacity_test1.dcm`` through
 ``tests/dicom_sources.py`` (8-bit, 12-bit and signed 12-bit). Each syntax is
 encoded here where an installed package can encode it (pydicom: deflated, big
-endian, RLE; pyjpegls: JPEG-LS; pylibjpeg-openjpeg: JPEG 2000); JPEG Lossless
-and JPEG extended were encoded once by DCMTK (``tests/data/dicom_generated``,
-README there). For each file:
+endian, RLE; imagecodecs: JPEG 2000, and JPEG-LS of the full 8-bit film);
+JPEG Lossless and JPEG extended were encoded once by DCMTK, JPEG-LS at the
+films' own precision by CharLS (``tests/data/dicom_generated``, README there).
+Every compressed syntax but RLE and JPEG baseline is decoded by imagecodecs
+(``cxr_core.data.dicom_codecs``). For each file:
 
 - the stored values, as decoded by the plugin ``cxr_core.data.dicom.DECODERS``
   names and by every other installed plugin for that syntax, equal the
@@ -15,13 +17,17 @@ README there). For each file:
 - ``decode_image`` gives the same image as for the uncompressed original;
 - a damaged compressed stream (cut short, header overwritten, bytes flipped)
   gives an ``ImageReadError`` with a plain message, or (flipped bits inside
-  the entropy-coded data, which no JPEG checksum catches) a valid image.
+  the entropy-coded data, which no JPEG checksum catches) a valid image; and
+  hundreds of randomly damaged streams, decoded in a child process, never end
+  that process.
 """
 
 from __future__ import annotations
 
 import io
 import random
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,13 +129,12 @@ def _big_endian(variant: str, *, ow_8bit: bool = False) -> Callable[[], bytes]:
     return make
 
 
-def _compressed(variant: str, syntax: str, clip: bool = False, **options) -> Callable[[], bytes]:
-    """The film compressed by pydicom's encoder plugins (``Dataset.compress``)."""
+def _compressed(variant: str, syntax: str) -> Callable[[], bytes]:
+    """The film compressed by pydicom's own encoder (``Dataset.compress``: RLE)."""
 
     def make() -> bytes:
-        case = Case(variant, syntax, make, clip=clip)
         ds = dicom_sources.source_dataset(variant)
-        ds.compress(syntax, case.original(), **options)
+        ds.compress(syntax, dicom_sources.source_pixels(variant))
         return _save(ds)
 
     return make
@@ -137,6 +142,18 @@ def _compressed(variant: str, syntax: str, clip: bool = False, **options) -> Cal
 
 def _generated(file_name: str) -> Callable[[], bytes]:
     return lambda: (GENERATED / file_name).read_bytes()
+
+
+def _jpeg_2000(variant: str, psnr: float = 0) -> Callable[[], bytes]:
+    """The film as JPEG 2000 by imagecodecs (OpenJPEG): reversible, or lossy at ``psnr`` dB."""
+
+    def make() -> bytes:
+        bits = 8 if variant == "chest8" else 12
+        frame = dicom_sources.jpeg_2000_frame(dicom_sources.source_pixels(variant), bits, psnr)
+        syntax = uid.JPEG2000 if psnr else uid.JPEG2000Lossless
+        return dicom_sources.compressed_bytes(dicom_sources.source_dataset(variant), syntax, frame, lossy=bool(psnr))
+
+    return make
 
 
 def _cases() -> dict[str, Case]:
@@ -149,16 +166,13 @@ def _cases() -> dict[str, Case]:
         )
         cases[f"{v}-big-endian"] = Case(v, uid.ExplicitVRBigEndian, _big_endian(v))
         cases[f"{v}-rle"] = Case(v, uid.RLELossless, _compressed(v, uid.RLELossless))
-        cases[f"{v}-jpeg-ls-lossless"] = Case(v, uid.JPEGLSLossless, _compressed(v, uid.JPEGLSLossless))
+        cases[f"{v}-jpeg-ls-lossless"] = Case(v, uid.JPEGLSLossless, _generated(f"gen-{v}-jpeg-ls-lossless.dcm"))
         signed = v.endswith("signed")
         cases[f"{v}-jpeg-ls-near-{JLS_NEAR}"] = Case(
-            v, uid.JPEGLSNearLossless, _compressed(v, uid.JPEGLSNearLossless, clip=signed, jls_error=JLS_NEAR),
-            lossy="near", clip=signed,
+            v, uid.JPEGLSNearLossless, _generated(f"gen-{v}-jpeg-ls-near-{JLS_NEAR}.dcm"), lossy="near", clip=signed,
         )
-        cases[f"{v}-jpeg2000-lossless"] = Case(v, uid.JPEG2000Lossless, _compressed(v, uid.JPEG2000Lossless))
-        cases[f"{v}-jpeg2000-psnr50"] = Case(
-            v, uid.JPEG2000, _compressed(v, uid.JPEG2000, j2k_psnr=[50]), lossy="lossy"
-        )
+        cases[f"{v}-jpeg2000-lossless"] = Case(v, uid.JPEG2000Lossless, _jpeg_2000(v))
+        cases[f"{v}-jpeg2000-psnr50"] = Case(v, uid.JPEG2000, _jpeg_2000(v, psnr=50), lossy="lossy")
     cases["chest8-big-endian-8bit-ow"] = Case("chest8", uid.ExplicitVRBigEndian, _big_endian("chest8", ow_8bit=True))
     for file_name, syntax, lossy in (
         ("gen-chest8-jpeg-lossless-sv1.dcm", uid.JPEGLosslessSV1, ""),
@@ -303,9 +317,8 @@ def test_jpeg_baseline_is_decoded_by_pillow_as_before() -> None:
 def test_full_size_film_as_jpeg_ls_decodes_exactly() -> None:
     """The whole 1024 x 1024 film (the size the app sees), losslessly compressed."""
     original = dicom_sources.source_path().read_bytes()
-    ds = _read(original)
-    ds.compress(uid.JPEGLSLossless)
-    compressed = _save(ds)
+    frame = dicom_sources.jpeg_ls_frame(np.asarray(_read(original).pixel_array, dtype=np.uint8))
+    compressed = dicom_sources.compressed_bytes(_read(original), uid.JPEGLSLossless, frame)
     np.testing.assert_array_equal(decode_image(compressed).pixels, decode_image(original).pixels)
 
 
@@ -398,6 +411,76 @@ def test_flipped_bytes_are_refused_or_decoded_cleanly(case_id: str) -> None:
         assert time.monotonic() - start < HANG_GUARD_S
 
 
+#: Randomly damaged streams per compressed case in the child-process test.
+RANDOM_DAMAGES = 40
+_DAMAGE_CHILD = """
+import io, random, sys, warnings
+from pathlib import Path
+warnings.simplefilter("ignore")
+import pydicom
+from pydicom.encaps import encapsulate, generate_frames
+from cxr_core.data import decode_image
+from cxr_core.errors import ImageReadError
+
+refused = decoded = 0
+for path in sorted(Path(sys.argv[1]).glob("*.dcm")):
+    data = path.read_bytes()
+    frame = next(generate_frames(pydicom.dcmread(io.BytesIO(data)).PixelData, number_of_frames=1))
+    rng = random.Random(path.name)
+    for _ in range(int(sys.argv[2])):
+        damaged = bytearray(frame)
+        how = rng.randrange(3)
+        if how == 0:  # bytes overwritten anywhere
+            for _ in range(rng.randrange(1, 40)):
+                damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        elif how == 1:  # the header: markers, sizes, tables
+            for _ in range(rng.randrange(1, 10)):
+                damaged[rng.randrange(min(len(damaged), 300))] ^= 1 << rng.randrange(8)
+        else:  # cut, then bytes overwritten
+            damaged = damaged[: rng.randrange(2, len(damaged))]
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        ds = pydicom.dcmread(io.BytesIO(data))
+        ds.PixelData = encapsulate([bytes(damaged) + b"\\0" * (len(damaged) % 2)])
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        try:
+            decode_image(buffer.getvalue(), name="film.dcm")
+            decoded += 1
+        except ImageReadError:
+            refused += 1
+print(f"refused {refused} decoded {decoded}")
+"""
+
+
+def test_random_damage_never_ends_the_process(tmp_path: Path) -> None:
+    """imagecodecs' C decoders on hundreds of damaged streams, in a child process: a refusal or an image, never an abort.
+
+    An abort (a C library calling abort(), a segmentation fault) would end the
+    app's server with every session in it; here it ends only the child, and
+    the test says which signal did it. Every damaged file gives ImageReadError
+    or an image (other exceptions fail the child with a traceback).
+    """
+    for case_id in DAMAGE_CASES:
+        (tmp_path / f"{case_id}.dcm").write_bytes(_built(case_id))
+    root = Path(__file__).resolve().parents[1]
+    child = subprocess.run(
+        [sys.executable, "-c", _DAMAGE_CHILD, str(tmp_path), str(RANDOM_DAMAGES)],
+        cwd=root, capture_output=True, text=True, timeout=600,
+    )
+    assert child.returncode >= 0, f"the decoding process was killed by signal {-child.returncode}: {child.stderr[-2000:]}"
+    assert child.returncode == 0, child.stderr[-3000:]
+    refused, decoded = (int(word) for word in child.stdout.split()[1::2])
+    assert refused + decoded == RANDOM_DAMAGES * len(DAMAGE_CASES)
+    assert refused > 0
+
+
+def test_compressed_syntaxes_need_no_gpl_decoder() -> None:
+    """JPEG extended and lossless, JPEG-LS and JPEG 2000 go through imagecodecs (BSD), not pylibjpeg-libjpeg (GPL)."""
+    compressed = {syntax for syntax in dicom_module.DECODERS if syntax.is_encapsulated}
+    assert {dicom_module.DECODERS[s] for s in compressed - {uid.RLELossless, uid.JPEGBaseline8Bit}} == {"imagecodecs"}
+    assert not {"pylibjpeg", "pyjpegls", "gdcm"} & set(dicom_module.DECODERS.values())
+
+
 def test_native_pixels_labelled_as_compressed_are_refused() -> None:
     """Wrongly labelled exports: uncompressed bytes under an RLE label, or as a JPEG Lossless frame."""
     native = _rewritten("chest12", uid.ExplicitVRLittleEndian)()
@@ -433,7 +516,7 @@ def test_missing_decoder_package_is_named(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(dicom_module, "get_decoder", lambda syntax: _NoPlugins())
     error = _refused(_built("chest12-jpeg-lossless-sv1"))
     assert error.reason == "unsupported_format"
-    assert "pylibjpeg" in str(error) and "not installed" in str(error)
+    assert "imagecodecs" in str(error) and "not installed" in str(error)
 
 
 def test_decoder_panic_is_a_plain_refusal(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,7 +2,10 @@
 
 pydicom reads the file and its pixel-data plugins decode the transfer
 syntaxes in :data:`DECODERS` (uncompressed, deflated and big endian; RLE;
-JPEG baseline, extended and lossless; JPEG-LS; JPEG 2000: what PACS export).
+JPEG baseline, extended and lossless; JPEG-LS; JPEG 2000: what PACS export);
+the compressed ones other than RLE and JPEG baseline through imagecodecs
+(BSD-3-Clause), registered with pydicom as a plugin by
+:mod:`cxr_core.data.dicom_codecs`.
 Modality LUT, VOI LUT or window and MONOCHROME1 are applied here; CT, MR
 and other non-radiographs are refused and a non-chest body part or a
 non-frontal view gives a warning. Errors are
@@ -20,6 +23,7 @@ import numpy as np
 from pydicom import uid
 from pydicom.pixels import get_decoder
 
+from cxr_core.data import dicom_codecs
 from cxr_core.data.imageio import (
     DecodedImage,
     _check_jpeg_structure,
@@ -39,12 +43,13 @@ from cxr_core.data.imageio import (
 #:   damaged streams.
 #: - JPEG baseline: Pillow, the libjpeg-turbo that decodes JPEG files, so a
 #:   DICOM and a JPEG of one film give the same pixels (as before this table).
-#: - JPEG extended and lossless (process 14, any selection value):
-#:   pylibjpeg-libjpeg, the one that decodes 12- and 16-bit JPEG (GDCM can too,
-#:   but aborts the whole process on some damaged lossless streams).
-#: - JPEG-LS: pyjpegls (CharLS), which finds damage that libjpeg decodes
-#:   silently into a wrong image, and is four times faster.
-#: - JPEG 2000: pylibjpeg-openjpeg.
+#: - JPEG extended and lossless (process 14, any selection value), JPEG-LS and
+#:   JPEG 2000: imagecodecs (BSD-3-Clause; libjpeg-turbo 3, which decodes 12-
+#:   and 16-bit JPEG, CharLS and OpenJPEG in one wheel), registered below. It
+#:   replaced pylibjpeg-libjpeg (GPL-3.0), pyjpegls and pylibjpeg-openjpeg with
+#:   the same pixels (benchmarks/DICOM_DECODE_RESULTS.md). GDCM can decode these
+#:   too, but aborts the whole process on some damaged lossless streams.
+_CODECS = dicom_codecs.LABEL
 DECODERS: dict[str, Optional[str]] = {
     uid.ImplicitVRLittleEndian: None,
     uid.ExplicitVRLittleEndian: None,
@@ -52,14 +57,26 @@ DECODERS: dict[str, Optional[str]] = {
     uid.ExplicitVRBigEndian: None,
     uid.RLELossless: "pydicom",
     uid.JPEGBaseline8Bit: "pillow",
-    uid.JPEGExtended12Bit: "pylibjpeg",
-    uid.JPEGLossless: "pylibjpeg",
-    uid.JPEGLosslessSV1: "pylibjpeg",
-    uid.JPEGLSLossless: "pyjpegls",
-    uid.JPEGLSNearLossless: "pyjpegls",
-    uid.JPEG2000Lossless: "pylibjpeg",
-    uid.JPEG2000: "pylibjpeg",
+    uid.JPEGExtended12Bit: _CODECS,
+    uid.JPEGLossless: _CODECS,
+    uid.JPEGLosslessSV1: _CODECS,
+    uid.JPEGLSLossless: _CODECS,
+    uid.JPEGLSNearLossless: _CODECS,
+    uid.JPEG2000Lossless: _CODECS,
+    uid.JPEG2000: _CODECS,
 }
+
+
+def _register_codecs() -> None:
+    """Add :mod:`cxr_core.data.dicom_codecs` to pydicom's decoders (once per process)."""
+    for syntax in dicom_codecs.DECODER_DEPENDENCIES:
+        try:
+            get_decoder(syntax).add_plugin(_CODECS, (dicom_codecs.__name__, "decode_frame"))
+        except ValueError:  # already added (this module imported again)
+            pass
+
+
+_register_codecs()
 #: The same list in words, for messages and documentation.
 SUPPORTED_SYNTAXES = (
     "uncompressed (little or big endian, deflated), RLE, JPEG (baseline, extended, lossless), "
