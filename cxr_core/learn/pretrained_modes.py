@@ -20,7 +20,6 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -28,9 +27,7 @@ import pandas as pd
 
 from cxr_core.learn.config import TrainConfig
 from cxr_core.learn.selection import mean_auroc
-
-if TYPE_CHECKING:
-    from cxr_core.learn.engine import TrainingData
+from cxr_core.learn.training_data import TrainingData
 
 log = logging.getLogger(__name__)
 

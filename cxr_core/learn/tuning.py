@@ -374,7 +374,7 @@ def run_search(config: TrainConfig, space: dict, *, trials: int, tuner: str | No
     import keras_tuner as kt
 
     from cxr_core.learn.callbacks import MONITOR
-    from cxr_core.learn.engine import load_training_data
+    from cxr_core.learn.training_data import load_training_data
 
     keras.utils.set_random_seed(config.seed)
     data = load_training_data(config)
