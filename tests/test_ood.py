@@ -30,13 +30,13 @@ from cxr_core.serving.ood import (
     OOD_WARNING,
     PPCA,
     conformal_threshold,
-    fit_ood,
     fit_reference,
     global_average,
     load_reference,
     pooled,
     spectrum_profile,
 )
+from cxr_core.serving.ood_fit import fit_ood
 from tests.app_bundle import build_tiny_bundle
 
 # -- the simple rules on synthetic images ----------------------------------------

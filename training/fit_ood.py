@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tqdm import tqdm
 
-    from cxr_core.serving.ood import fit_ood
+    from cxr_core.serving.ood_fit import fit_ood
 
     try:
         fit_ood(args.bundle, args.data, components=args.components, false_alarm=args.false_alarm,

@@ -356,7 +356,7 @@ def evaluate_bundle(
         )
         _write_predictions(out / PREDICTIONS_FILE, names, split, val_rows, p_val, test_rows, p_test, dataset)
         if fit_ood:
-            from cxr_core.serving.ood import fit_ood as fit_reference
+            from cxr_core.serving.ood_fit import fit_ood as fit_reference
 
             fit_reference(bundle_dir, data_root, progress=progress, log=log)
     log(f"mean AUROC {report['macro']['auroc']:.3f}; report in {out / METRICS_FILE} ({report['seconds']} s)")

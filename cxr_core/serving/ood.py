@@ -1,6 +1,6 @@
 """The learned not-a-chest-X-ray check: how far an image is from the training images, four ways.
 
-    fit_ood("models/default", "../shared/nih")      # python -m training.fit_ood; writes the reference into the bundle
+    fit_ood("models/default", "../shared/nih")      # cxr_core.serving.ood_fit (python -m training.fit_ood): into the bundle
     reference = load_reference(bundle_dir, meta)    # None for a bundle without one (the check is then skipped)
     reference.check(pooled(features), inputs_uint8) # per image: the scores, thresholds, "unlike_training"
 
@@ -53,8 +53,6 @@ import hashlib
 import io
 import math
 import os
-import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -473,104 +471,3 @@ def load_reference(bundle_dir: str | os.PathLike | None, meta: dict | None) -> F
             )
     except (OSError, KeyError, ValueError, TypeError):
         return None
-
-
-# -- fitting on a dataset --------------------------------------------------------
-
-
-def member_features(predictor, member_index: int, paths: Sequence[str], *, batch_size: int = 16, workers: int = 2,
-                    progress: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`pooled` ``"features"`` (n, 2, 2, D) of one member for image files and their 8-bit inputs (n, size, size),
-    through the one preprocessing (the same numbers :meth:`FeatureReference.check` gets at prediction)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from cxr_core.data.preprocessing import normalize, to_model_uint8
-
-    member = predictor.members[member_index]
-    size = int(member.preprocess.size)
-    chunks = [list(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
-    out, inputs = [], []
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for chunk in progress(chunks) if progress else chunks:
-            images = np.stack(list(pool.map(lambda p: to_model_uint8(p, size), chunk)))
-            out.append(predictor.pooled_features(member_index, normalize(images, member.preprocess)[..., np.newaxis]))
-            inputs.append(images)
-    if not out:
-        return np.zeros((0, GRID, GRID, 0)), np.zeros((0, size, size), np.uint8)
-    return np.concatenate(out), np.concatenate(inputs)
-
-
-def fit_ood(
-    bundle_dir: str | os.PathLike,
-    data_root: str | os.PathLike,
-    *,
-    components: int = COMPONENTS,
-    false_alarm: float = FALSE_ALARM,
-    max_train: int | None = 1000,
-    seed: int = 0,
-    batch_size: int = 16,
-    progress: Callable | None = None,
-    log: Callable[[str], None] = print,
-) -> dict:
-    """Fit the learned check of ``bundle_dir`` on its own data and store it in the bundle (see module docstring).
-
-    Reads the bundle's TRAINING images (the reference) and VALIDATION images
-    (the thresholds) of its recorded split, nothing else.
-
-    Args:
-        data_root: the dataset the bundle was trained on (its recorded split
-            names the training and validation images).
-        components: principal directions kept for the pooled and the grid features.
-        false_alarm: the budget on validation-like films, split evenly over
-            the scores (:func:`conformal_threshold`).
-        max_train: at most this many training images (a seeded random
-            choice; None: all). A few hundred fix 32 directions well.
-
-    Returns:
-        the ``"ood"`` entry written to ``bundle.json``.
-    """
-    from cxr_core.data.dataset import NIHDataset
-    from cxr_core.serving.predictor import Predictor
-
-    started = time.time()
-    bundle_dir = Path(bundle_dir)
-    predictor = Predictor.from_bundle(bundle_dir)
-    bundle = predictor.bundle
-    if bundle.splits is None:
-        raise ValueError(f"{bundle_dir} records no split: its training and validation images are unknown")
-    dataset = NIHDataset(data_root)
-    split = dataset.csv["image"].map(bundle.splits.set_index("image")["split"]).fillna("unseen").to_numpy()
-    paths = dataset.csv["path"].to_numpy()
-    train, val = paths[split == "train"], paths[split == "val"]
-    if len(train) < components + 2 or len(val) < 20:
-        raise ValueError(f"{data_root} holds {len(train)} of the bundle's training and {len(val)} of its validation images: "
-                         "not the data it was trained on, or too few to fit the check")
-    total_train = len(train)
-    if max_train is not None and len(train) > max_train:
-        train = np.random.default_rng(seed).choice(train, size=max_train, replace=False)
-    index = predictor.ood_member_index
-    name = predictor.members[index].name
-    log(f"features of member {name!r} ({predictor.members[index].preprocess.size} px): "
-        f"{len(train)} of {total_train} training and {len(val)} validation images")
-    f_train, x_train = member_features(predictor, index, list(train), batch_size=batch_size, progress=progress)
-    f_val, x_val = member_features(predictor, index, list(val), batch_size=batch_size, progress=progress)
-    reference, fit = fit_reference(f_train, f_val, components=components, grid_components=components,
-                                   false_alarm=false_alarm, member=name, train_images=x_train, val_images=x_val)
-    warned = [c["unlike_training"] for c in reference.check(f_val, x_val)]
-    entry = {
-        "false_alarm_budget": float(false_alarm), "alpha_per_score": float(fit["alpha"]),
-        "bound_per_score": {k: float(v) for k, v in fit["bounds"].items()},
-        "threshold_rule": THRESHOLD_RULE,
-        "fitted_on": "training split (reference), validation split (thresholds); no test image",
-        "train_images": int(len(train)), "train_images_in_split": int(total_train), "val_images": int(len(val)),
-        "val_warned": float(np.mean(warned)), "seed": int(seed),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    record = save_reference(bundle_dir, reference, entry)
-    bound = sum(fit["bounds"].values())
-    log(f"thresholds: feature distance {reference.threshold:.2f}, grid distance {reference.grid_threshold:.2f}, "
-        f"layout margin {reference.layout_threshold:.3f}, scale distance {reference.scale_threshold:.2f} "
-        f"(budget {false_alarm:.2%}: {fit['alpha']:.2%} per score, bound {bound:.2%} in all; "
-        f"{np.mean(warned):.1%} of validation warned); written to {bundle_dir / record['file']} and bundle.json "
-        f"({time.time() - started:.0f} s)")
-    return record
