@@ -1,4 +1,4 @@
-"""Tests for cxr_core.evaluation.metrics: values checked against scikit-learn and by hand."""
+"""Tests for cxr_core.evaluation.metrics, .curves and .subgroups: values checked against scikit-learn and by hand."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 
 from cxr_core.data import NIHDataset
-from cxr_core.evaluation.metrics import UndefinedMetricWarning
+from cxr_core.evaluation.checks import UndefinedMetricWarning
 from cxr_core.evaluation.triage import Triage
 from cxr_core.findings import FINDINGS
 from cxr_core.reader_study import ALL_READERS, ReaderStudyStore, schema, triage_agreement, triage_verdicts

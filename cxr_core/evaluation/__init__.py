@@ -6,8 +6,10 @@ Works on arrays and tables; it never loads a model (applying a bundle to data is
 from cxr_core._lazy import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
-    "metrics": ("UndefinedMetricWarning", "ConfidenceIntervals", "auroc", "auprc", "bootstrap_ci", "roc_curve_points",
-                "pr_curve_points", "macro_mean", "binary_report", "subgroup_auroc", "age_band"),
+    "checks": ("UndefinedMetricWarning",),
+    "metrics": ("ConfidenceIntervals", "auroc", "auprc", "bootstrap_ci", "macro_mean", "binary_report"),
+    "curves": ("roc_curve_points", "pr_curve_points"),
+    "subgroups": ("subgroup_auroc", "age_band"),
     "thresholds": ("THRESHOLD_METHODS", "DEFAULT_THRESHOLD", "fit_thresholds", "apply_thresholds"),
     "calibration": ("CALIBRATION_METHODS", "Calibration", "fit_calibration", "expected_calibration_error", "brier_score",
                     "reliability_curve"),

@@ -25,7 +25,7 @@ import pandas as pd
 from scipy.optimize import minimize, minimize_scalar
 from scipy.special import expit
 
-from cxr_core.evaluation.metrics import (
+from cxr_core.evaluation.checks import (
     UndefinedMetricWarning,
     _check_probabilities,
     _check_targets,
@@ -208,7 +208,7 @@ def fit_calibration(
     Returns:
         :class:`Calibration`. A finding without both positives and negatives
         cannot be fitted (the likelihood has no finite optimum) and keeps the
-        identity map, with an :class:`~cxr_core.evaluation.metrics.UndefinedMetricWarning`.
+        identity map, with an :class:`~cxr_core.evaluation.checks.UndefinedMetricWarning`.
     """
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"method must be one of {CALIBRATION_METHODS}, got {method!r}")

@@ -22,17 +22,11 @@ from cxr_core.evaluation.calibration import (
     reliability_curve,
 )
 from cxr_core.evaluation.clinical import flag_burden, rates
+from cxr_core.evaluation.curves import pr_curve_points, roc_curve_points
 from cxr_core.evaluation.flags import FindingFlags, fit_flags
 from cxr_core.evaluation.localization import localization_accuracy
-from cxr_core.evaluation.metrics import (
-    age_band,
-    binary_report,
-    bootstrap_ci,
-    macro_mean,
-    pr_curve_points,
-    roc_curve_points,
-    subgroup_auroc,
-)
+from cxr_core.evaluation.metrics import binary_report, bootstrap_ci, macro_mean
+from cxr_core.evaluation.subgroups import age_band, subgroup_auroc
 from cxr_core.evaluation.thresholds import apply_thresholds, fit_thresholds
 from cxr_core.evaluation.triage import Triage, abnormal_labels, fit_triage
 from cxr_core.findings import FINDINGS

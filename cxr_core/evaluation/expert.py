@@ -15,7 +15,7 @@ model's 14 outputs and NIH's 14 labels onto those categories
 * :func:`expert_report` does both for a set of images and returns the
   JSON-ready blocks ``expert_reference`` and ``label_audit`` of ``metrics.json``.
 
-Conventions are those of :mod:`cxr_core.evaluation.metrics`: pure functions,
+Conventions are those of :mod:`cxr_core.evaluation.checks`: pure functions,
 keyword-only options, NaN plus one :class:`UndefinedMetricWarning` where a
 number is undefined. Fracture has no model output and no NIH label by design:
 its AUROCs and its audit are NaN with the reason in the row's ``note`` (and no
@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 
 from cxr_core.data.expert_labels import EXPERT_CATEGORIES
-from cxr_core.evaluation.metrics import UndefinedMetricWarning, bootstrap_ci
+from cxr_core.evaluation.checks import UndefinedMetricWarning
+from cxr_core.evaluation.metrics import bootstrap_ci
 from cxr_core.findings import FINDINGS
 
 __all__ = [

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cxr_core.evaluation.checks import _check_probabilities, _check_targets
 from cxr_core.evaluation.clinical import rates
-from cxr_core.evaluation.metrics import _check_probabilities, _check_targets
 from cxr_core.evaluation.thresholds import threshold_at_specificity
 from cxr_core.findings import FINDINGS
 

@@ -1,17 +1,10 @@
-"""Per-finding evaluation metrics for multi-label chest X-ray classification.
+"""Per-finding metrics for multi-label chest X-ray classification: AUROC and AUPRC, their patient-bootstrap confidence intervals, the macro mean, and the confusion counts and rates at fixed decisions.
 
-Conventions (shared by :mod:`cxr_core.evaluation.thresholds` and :mod:`cxr_core.evaluation.calibration`):
-
-* ``y_true`` is a binary array of shape ``(n_samples, n_findings)``; ``y_score``
-  / ``y_prob`` / ``y_pred`` has the same shape. Columns follow
-  :data:`cxr_core.findings.FINDINGS`. A 1-D array is treated as one column.
-* Functions are pure: inputs are never modified, no global state is read.
-* Options are keyword-only.
-* Where a metric is mathematically undefined for a finding (AUROC with no
-  positives or no negatives, precision with no predicted positives, ...) the
-  value is NaN and one :class:`UndefinedMetricWarning` names the findings
-  concerned. NaN, not 0 or 0.5, because a made-up number would silently drag a
-  macro average and look like a measurement in a report.
+Inputs follow the conventions of :mod:`cxr_core.evaluation.checks` (arrays
+(n_samples, n_findings) in FINDINGS order, NaN with one
+:class:`~cxr_core.evaluation.checks.UndefinedMetricWarning` where a metric is
+undefined). Curves are in :mod:`cxr_core.evaluation.curves`, subgroups in
+:mod:`cxr_core.evaluation.subgroups`.
 """
 
 from __future__ import annotations
@@ -22,105 +15,23 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import precision_recall_curve, roc_curve
 
-from cxr_core.findings import FINDINGS
+from cxr_core.evaluation.checks import (
+    UndefinedMetricWarning,
+    _check_targets,
+    _column_labels,
+    _finding_names,
+    _warn_undefined,
+)
 
 __all__ = [
-    "UndefinedMetricWarning",
     "ConfidenceIntervals",
     "auroc",
     "auprc",
     "bootstrap_ci",
-    "roc_curve_points",
-    "pr_curve_points",
     "macro_mean",
     "binary_report",
-    "subgroup_auroc",
-    "age_band",
 ]
-
-
-class UndefinedMetricWarning(UserWarning):
-    """A metric is undefined for some findings and was reported as NaN.
-
-    Our own class (not scikit-learn's) so callers can filter or escalate
-    cxr-assist warnings without touching scikit-learn's.
-    """
-
-
-# --------------------------------------------------------------------------
-# Input checking shared with thresholds.py and calibration.py
-# --------------------------------------------------------------------------
-
-
-def _as_2d(values, *, name: str, dtype=float) -> np.ndarray:
-    array = np.asarray(values, dtype=dtype)
-    if array.ndim == 1:
-        array = array[:, None]
-    if array.ndim != 2:
-        raise ValueError(f"{name} must be 1-D or 2-D (n_samples, n_findings), got shape {array.shape}")
-    return array
-
-
-def _check_targets(y_true, y_other, *, other_name: str = "y_score") -> tuple[np.ndarray, np.ndarray]:
-    """Validate a binary label matrix and a same-shaped score matrix.
-
-    Returns ``(y_true as bool (n, k), y_other as float (n, k))``.
-    """
-    y = _as_2d(y_true, name="y_true")
-    s = _as_2d(y_other, name=other_name)
-    if y.shape != s.shape:
-        raise ValueError(f"y_true has shape {y.shape} but {other_name} has shape {s.shape}")
-    if y.shape[0] == 0:
-        raise ValueError("y_true is empty: at least one sample is needed")
-    # NaN labels would silently count as negatives below; refuse them instead.
-    if not np.isin(y, (0.0, 1.0)).all():
-        raise ValueError("y_true must contain only 0 and 1 (no NaN, no uncertain labels)")
-    if not np.isfinite(s).all():
-        raise ValueError(f"{other_name} contains NaN or infinite values")
-    return y.astype(bool), s
-
-
-def _check_probabilities(y_prob: np.ndarray, *, name: str = "y_prob") -> None:
-    if (y_prob < 0).any() or (y_prob > 1).any():
-        raise ValueError(f"{name} must be probabilities in [0, 1]")
-
-
-def _finding_names(n_columns: int, findings: Sequence[str] | None) -> tuple[str, ...]:
-    """Names for the columns: ``findings`` if given, else FINDINGS for 14 columns.
-
-    Any other column count without names is an error rather than a guess,
-    because a mislabelled metrics table is worse than no table.
-    """
-    if findings is not None:
-        names = tuple(str(f) for f in findings)
-        if len(names) != n_columns:
-            raise ValueError(f"findings has {len(names)} names for {n_columns} columns")
-        return names
-    if n_columns == len(FINDINGS):
-        return FINDINGS
-    raise ValueError(
-        f"got {n_columns} columns, not the {len(FINDINGS)} FINDINGS; pass findings=<names> to label them"
-    )
-
-
-def _column_labels(n_columns: int) -> tuple[str, ...]:
-    """Labels for warning messages only, where no names were asked for."""
-    if n_columns == len(FINDINGS):
-        return FINDINGS
-    return tuple(f"column {j}" for j in range(n_columns))
-
-
-def _warn_undefined(what: str, labels: Sequence[str], reason: str, *, stacklevel: int = 3) -> None:
-    # One warning per call listing every finding, rather than one per finding,
-    # so a 14-finding report does not bury the console.
-    if labels:
-        warnings.warn(
-            f"{what} is undefined for {', '.join(labels)} ({reason}); reported as NaN",
-            UndefinedMetricWarning,
-            stacklevel=stacklevel,
-        )
 
 
 # --------------------------------------------------------------------------
@@ -364,99 +275,6 @@ def bootstrap_ci(
 
 
 # --------------------------------------------------------------------------
-# Curves (JSON-ready)
-# --------------------------------------------------------------------------
-
-
-def _floats(values) -> list[float]:
-    return [float(v) for v in np.asarray(values, dtype=float)]
-
-
-def _json_number(value: float) -> float | None:
-    # JSON has no NaN; None (null) is the honest spelling of "undefined".
-    return None if not np.isfinite(value) else float(value)
-
-
-def roc_curve_points(y_true, y_score, *, findings: Sequence[str] | None = None) -> list[dict]:
-    """ROC curve of each finding, as plain Python data ready for JSON.
-
-    Args:
-        y_true: binary labels, shape (n_samples, n_findings).
-        y_score: scores, shape (n_samples, n_findings).
-        findings: column names; defaults to FINDINGS when there are 14 columns.
-
-    Returns:
-        One dict per finding, in column order, with keys ``finding``,
-        ``n_pos``, ``n_neg``, ``auc`` (float or None), and equal-length lists
-        ``fpr``, ``tpr``, ``thresholds`` (predict positive when score >=
-        threshold; collinear points dropped). The first point (0, 0) has
-        threshold ``max(score) + 1`` rather than scikit-learn's +inf, which
-        JSON cannot carry. A finding with no positives or no negatives has
-        ``auc`` None and empty lists, with an :class:`UndefinedMetricWarning`.
-    """
-    y, s = _check_targets(y_true, y_score)
-    names = _finding_names(y.shape[1], findings)
-    auc_values = np.array([_weighted_auroc(y[:, j], s[:, j], np.ones((1, y.shape[0])))[0] for j in range(y.shape[1])])
-    curves, undefined = [], []
-    for j, name in enumerate(names):
-        n_pos = int(y[:, j].sum())
-        entry = {"finding": name, "n_pos": n_pos, "n_neg": int(y.shape[0] - n_pos), "auc": _json_number(auc_values[j])}
-        if np.isnan(auc_values[j]):
-            undefined.append(name)
-            entry.update(fpr=[], tpr=[], thresholds=[])
-        else:
-            fpr, tpr, thresholds = roc_curve(y[:, j], s[:, j])
-            thresholds = np.asarray(thresholds, dtype=float).copy()
-            thresholds[~np.isfinite(thresholds)] = s[:, j].max() + 1.0
-            entry.update(fpr=_floats(fpr), tpr=_floats(tpr), thresholds=_floats(thresholds))
-        curves.append(entry)
-    _warn_undefined("ROC curve", undefined, "no positives or no negatives")
-    return curves
-
-
-def pr_curve_points(y_true, y_score, *, findings: Sequence[str] | None = None) -> list[dict]:
-    """Precision-recall curve of each finding, as plain Python data ready for JSON.
-
-    Args:
-        y_true: binary labels, shape (n_samples, n_findings).
-        y_score: scores, shape (n_samples, n_findings).
-        findings: column names; defaults to FINDINGS when there are 14 columns.
-
-    Returns:
-        One dict per finding with keys ``finding``, ``n_pos``, ``n_neg``,
-        ``average_precision`` (float or None), ``prevalence`` (the
-        no-skill precision), and lists ``precision``, ``recall`` (decreasing
-        recall, ending at recall 0, precision 1) and ``thresholds``, which as
-        in scikit-learn is one element shorter: the final (recall 0) point has
-        no threshold. A finding with no positives has None and empty lists,
-        with an :class:`UndefinedMetricWarning`.
-    """
-    y, s = _check_targets(y_true, y_score)
-    names = _finding_names(y.shape[1], findings)
-    ones = np.ones((1, y.shape[0]))
-    curves, undefined = [], []
-    for j, name in enumerate(names):
-        n_pos = int(y[:, j].sum())
-        ap = _weighted_average_precision(y[:, j], s[:, j], ones)[0]
-        entry = {
-            "finding": name,
-            "n_pos": n_pos,
-            "n_neg": int(y.shape[0] - n_pos),
-            "average_precision": _json_number(ap),
-            "prevalence": n_pos / y.shape[0],
-        }
-        if n_pos == 0:
-            undefined.append(name)
-            entry.update(precision=[], recall=[], thresholds=[])
-        else:
-            precision, recall, thresholds = precision_recall_curve(y[:, j], s[:, j])
-            entry.update(precision=_floats(precision), recall=_floats(recall), thresholds=_floats(thresholds))
-        curves.append(entry)
-    _warn_undefined("PR curve", undefined, "no positives")
-    return curves
-
-
-# --------------------------------------------------------------------------
 # Aggregates and thresholded reports
 # --------------------------------------------------------------------------
 
@@ -536,88 +354,3 @@ def binary_report(y_true, y_pred, *, findings: Sequence[str] | None = None) -> p
     return report
 
 
-# --------------------------------------------------------------------------
-# Subgroups
-# --------------------------------------------------------------------------
-
-
-AGE_BAND_EDGES: tuple[int, ...] = (20, 40, 60, 80)
-
-#: Ages above this are treated as missing: NIH Data_Entry_2017 holds a few
-#: impossible ages (e.g. 414), which are entry errors, not very old patients.
-MAX_PLAUSIBLE_AGE = 120
-
-
-def age_band(ages, *, edges: Sequence[int] = AGE_BAND_EDGES, max_age: float = MAX_PLAUSIBLE_AGE) -> pd.Series:
-    """Map ages in years to ordered bands such as ``"0-19"``, ..., ``"80+"``.
-
-    Args:
-        ages: ages in years, shape (n,); array, list or pandas Series.
-        edges: lower bounds of every band after the first, increasing; the
-            default gives ``"0-19", "20-39", "40-59", "60-79", "80+"``.
-        max_age: ages above it (and negative or missing ages) map to NaN.
-
-    Returns:
-        pandas Series of ordered categorical dtype with the bands as
-        categories (so group-bys list them youngest first); the index of a
-        Series input is kept.
-    """
-    edges = [int(e) for e in edges]
-    if any(b <= a for a, b in zip(edges, edges[1:])) or (edges and edges[0] <= 0):
-        raise ValueError(f"edges must be positive and increasing, got {edges}")
-    index = ages.index if isinstance(ages, pd.Series) else None
-    values = pd.to_numeric(pd.Series(np.asarray(ages, dtype=object).ravel(), index=index), errors="coerce")
-    values = values.where((values >= 0) & (values <= max_age))
-    lowers = [0, *edges]
-    labels = [f"{lo}-{hi - 1}" for lo, hi in zip(lowers, edges)] + [f"{lowers[-1]}+"]
-    bands = pd.cut(values, bins=[*lowers, np.inf], right=False, labels=labels, ordered=True)
-    return bands
-
-
-def subgroup_auroc(
-    y_true,
-    y_score,
-    groups,
-    *,
-    findings: Sequence[str] | None = None,
-) -> pd.DataFrame:
-    """AUROC of each finding within each subgroup (sex, age band, view, ...).
-
-    Args:
-        y_true: binary labels, shape (n_samples, n_findings).
-        y_score: scores, shape (n_samples, n_findings).
-        groups: group name per row, shape (n_samples,); array or pandas
-            Series, matched by position. Rows with a missing group are left
-            out. A categorical's category order is kept (e.g. from
-            :func:`age_band`); other groups are sorted.
-        findings: names; defaults to FINDINGS when there are 14 columns.
-
-    Returns:
-        Long DataFrame with columns ``group``, ``finding``, ``n`` (images in
-        the group), ``n_pos`` and ``auroc``; NaN AUROC with one
-        :class:`UndefinedMetricWarning` where a group has no positives or no
-        negatives for a finding (common for rare findings in small groups).
-    """
-    y, s = _check_targets(y_true, y_score)
-    names = _finding_names(y.shape[1], findings)
-    group_series = groups.reset_index(drop=True) if isinstance(groups, pd.Series) else pd.Series(np.asarray(groups))
-    if len(group_series) != y.shape[0]:
-        raise ValueError(f"groups has {len(group_series)} values for {y.shape[0]} samples")
-    if isinstance(group_series.dtype, pd.CategoricalDtype):
-        present = set(group_series.dropna().unique())
-        levels = [c for c in group_series.cat.categories if c in present]
-    else:
-        levels = sorted(group_series.dropna().unique(), key=lambda v: (str(type(v)), v))
-    group_array = group_series.to_numpy()
-    rows, undefined = [], []
-    for level in levels:
-        mask = (group_array == level) & group_series.notna().to_numpy()
-        yg, sg = y[mask], s[mask]
-        ones = np.ones((1, yg.shape[0]))
-        for j, name in enumerate(names):
-            value = _weighted_auroc(yg[:, j], sg[:, j], ones)[0]
-            if np.isnan(value):
-                undefined.append(f"{name} in {level}")
-            rows.append({"group": level, "finding": name, "n": int(mask.sum()), "n_pos": int(yg[:, j].sum()), "auroc": value})
-    _warn_undefined("subgroup AUROC", undefined, "no positives or no negatives in the group")
-    return pd.DataFrame(rows, columns=["group", "finding", "n", "n_pos", "auroc"])

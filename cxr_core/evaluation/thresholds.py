@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from cxr_core.evaluation.metrics import UndefinedMetricWarning, _check_targets, _column_labels
+from cxr_core.evaluation.checks import UndefinedMetricWarning, _check_targets, _column_labels
 
 __all__ = [
     "THRESHOLD_METHODS", "DEFAULT_THRESHOLD", "fit_thresholds", "apply_thresholds", "youden_threshold",
@@ -128,7 +128,7 @@ def fit_thresholds(
         Thresholds, shape (n_findings,). A finding without both positives and
         negatives in validation cannot be fitted and gets
         :data:`DEFAULT_THRESHOLD` (0.5), with one
-        :class:`~cxr_core.evaluation.metrics.UndefinedMetricWarning` naming it.
+        :class:`~cxr_core.evaluation.checks.UndefinedMetricWarning` naming it.
     """
     if method not in THRESHOLD_METHODS:
         raise ValueError(f"method must be one of {THRESHOLD_METHODS}, got {method!r}")

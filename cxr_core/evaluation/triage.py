@@ -38,8 +38,9 @@ import numpy as np
 from scipy.special import expit
 
 from cxr_core.evaluation.calibration import EPS, _fit_platt
+from cxr_core.evaluation.checks import _check_probabilities, _check_targets
 from cxr_core.evaluation.clinical import rates, wilson_interval
-from cxr_core.evaluation.metrics import _check_probabilities, _check_targets, auroc
+from cxr_core.evaluation.metrics import auroc
 from cxr_core.evaluation.thresholds import threshold_at_sensitivity, youden_threshold
 from cxr_core.findings import FINDINGS
 

@@ -18,9 +18,9 @@ is analysed over the expert categories instead of the 14 findings:
 :func:`expert_reference_frame` turns its reads frame into ``read_``/``ref_``/
 ``ai_`` columns per category, and every function below runs on either frame.
 
-Conventions follow :mod:`cxr_core.evaluation.metrics`: an undefined value (sensitivity of
+Conventions follow :mod:`cxr_core.evaluation.checks`: an undefined value (sensitivity of
 a finding with no positive case, kappa where neither rater ever varies) is NaN
-with one :class:`~cxr_core.evaluation.metrics.UndefinedMetricWarning`, never a made-up 0.
+with one :class:`~cxr_core.evaluation.checks.UndefinedMetricWarning`, never a made-up 0.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ import pandas as pd
 from sklearn.metrics import cohen_kappa_score
 
 from cxr_core.data.expert_labels import EXPERT_CATEGORIES
+from cxr_core.evaluation.checks import UndefinedMetricWarning
 from cxr_core.evaluation.expert import category_labels
-from cxr_core.evaluation.metrics import UndefinedMetricWarning
 from cxr_core.evaluation.thresholds import DEFAULT_THRESHOLD
 from cxr_core.findings import FINDINGS
 from cxr_core.reader_study.cases import READER_CATEGORIES

@@ -32,7 +32,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from cxr_core.evaluation.metrics import UndefinedMetricWarning
+from cxr_core.evaluation.checks import UndefinedMetricWarning
 from cxr_core.evaluation.triage import ABNORMAL, NO_FINDING_LIKELY, Triage
 from cxr_core.findings import FINDINGS
 from cxr_core.reader_study.analysis import kappa, keyed_reads
