@@ -411,6 +411,27 @@ def test_flipped_bytes_are_refused_or_decoded_cleanly(case_id: str) -> None:
         assert time.monotonic() - start < HANG_GUARD_S
 
 
+@pytest.mark.parametrize("case_id", ["chest8-jpeg2000-lossless", "chest12-jpeg-lossless-sv1", "chest12-jpeg-ls-lossless"])
+def test_frame_header_stating_another_size_is_refused_before_decoding(case_id: str) -> None:
+    """A damaged size field: refused from the header at once, not after the codec decodes a giant image.
+
+    Found by fuzzing: three flipped bits made a 512 x 512 JPEG 2000 film state
+    2,097,664 rows; OpenJPEG then spent 32 s (210 s on a loaded machine) and
+    1 GB decoding it before the decoded size could be checked.
+    """
+    frame = bytearray(_frame(_built(case_id)))
+    if CASES[case_id].syntax == uid.JPEG2000Lossless:
+        assert frame[:4] == b"\xff\x4f\xff\x51"
+        frame[12:16] = (2_097_664).to_bytes(4, "big")  # Ysiz
+    else:
+        marker = next(i for i in range(2, 200) if frame[i] == 0xFF and frame[i + 1] in (0xC3, 0xF7))
+        frame[marker + 5 : marker + 7] = (60_000).to_bytes(2, "big")  # the frame header's number of lines
+    start = time.monotonic()
+    error = _refused(_with_frame(_built(case_id), bytes(frame)))
+    assert time.monotonic() - start < 2.0
+    assert error.reason == "corrupt"
+
+
 #: Randomly damaged streams per compressed case in the child-process test.
 RANDOM_DAMAGES = 40
 _DAMAGE_CHILD = """

@@ -18,6 +18,8 @@ RLE with pydicom itself.
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 from pydicom import uid
 from pydicom.pixels.common import PhotometricInterpretation as PI
@@ -57,16 +59,55 @@ def _jpeg(src: bytes, runner) -> np.ndarray:
     return imagecodecs.jpeg8_decode(src)
 
 
+#: JPEG start-of-frame markers (SOF0-3, 5-7, 9-11, 13-15) and JPEG-LS's SOF55.
+_SOF_MARKERS = frozenset({*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0), 0xF7})
+
+
+def _stated_size(src: bytes, syntax) -> tuple[int, int, int] | None:
+    """Rows, columns and components the codestream's own header states (None: not found before the data).
+
+    JPEG and JPEG-LS: the start-of-frame segment; JPEG 2000: the SIZ segment
+    after SOC (a JP2 wrapper around the codestream is looked through).
+    """
+    if syntax in _JPEG_2000:
+        start = src.find(b"\xff\x4f\xff\x51")
+        if start < 0 or len(src) < start + 42:
+            return None
+        x, y, x_offset, y_offset = struct.unpack(">IIII", src[start + 8 : start + 24])
+        return y - y_offset, x - x_offset, struct.unpack(">H", src[start + 40 : start + 42])[0]
+    position = 2
+    while position + 4 <= len(src) and src[position] == 0xFF:
+        marker = src[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker == 0xDA:  # start of scan: no frame header before it
+            return None
+        if marker in _SOF_MARKERS and position + 10 <= len(src):
+            rows, columns = struct.unpack(">HH", src[position + 5 : position + 9])
+            return (rows, columns, src[position + 9]) if rows else None  # 0 rows: the height comes later (DNL)
+        position += 2 + struct.unpack(">H", src[position + 2 : position + 4])[0]
+    return None
+
+
 def decode_frame(src: bytes, runner) -> bytes:
     """Decode one frame; the samples' container follows the codestream's precision.
 
     Raises:
         imagecodecs' own errors (``Jpeg8Error``, ``JpeglsError``, ``Jpeg2kError``,
         all ``RuntimeError``) on a damaged stream, and ValueError when the
-        stream decodes to another size or number of samples than the DICOM
-        header states.
+        stream states or decodes to another size or number of samples than
+        the DICOM header (checked first from the stream's own header, so a
+        damaged size field costs no decoding).
     """
     syntax = runner.transfer_syntax
+    stated = _stated_size(src, syntax)
+    expected = (runner.rows, runner.columns, runner.samples_per_pixel)
+    if stated is not None and stated != expected:
+        # Checked before decoding: a damaged size field (a 2-million-row JPEG 2000 film) would have the codec
+        # allocate and decode for minutes before the size check below could refuse it.
+        raise ValueError(f"the frame's header states {stated[0]} x {stated[1]} with {stated[2]} component(s), the "
+                         f"DICOM header {expected[0]} x {expected[1]} with {expected[2]}")
     if syntax in _JPEG_LS:
         pixels = imagecodecs.jpegls_decode(src)  # samples interleaved (colour by pixel)
         runner.set_option("planar_configuration", 0)
