@@ -235,3 +235,43 @@ def test_every_page_renders(server, browser, tmp_path, name):
         keep(shot, name)
     finally:
         page.close()
+
+
+def test_the_guided_tour_walks_every_stop(server, browser, tmp_path):
+    """The Guided tour page: the first stop's film and heatmap (screenshot), then Next through every stop to the last;
+    absent categories, if any, are listed. Skips when the bundle has no stored tour (python -m training.tour)."""
+    import json
+
+    tour_file = Path(server["bundle"]) / "tour.json"
+    if not tour_file.is_file():
+        pytest.skip(f"{tour_file} is missing (python -m training.tour --bundle ... --data data/demo)")
+    tour = json.loads(tour_file.read_text())
+    stops = tour["stops"]
+    if not stops:
+        pytest.skip("the stored tour has no stop")
+    page = browser.new_page(viewport=VIEWPORT)
+    try:
+        page.goto(f"{server['url']}/tour", timeout=60_000)
+        page.get_by_role("heading", name="Guided tour").wait_for(timeout=60_000)
+        page.get_by_role("heading", name=f"Stop 1 of {len(stops)}").wait_for(timeout=60_000)
+        if stops[0]["probabilities"] and stops[0]["finding"]:  # the film and its heatmap
+            page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stImage\"] img').length >= 2",
+                                   timeout=120_000)
+        settle(page, timeout_ms=120_000)
+        assert page.locator('[data-testid="stException"]').count() == 0
+        assert page.get_by_text(stops[0]["caption"]).count() == 1
+        shot = tmp_path / "tour.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+        keep(shot, "tour")
+        for k in range(1, len(stops)):
+            page.get_by_role("button", name="Next →").click()
+            page.get_by_role("heading", name=f"Stop {k + 1} of {len(stops)}").wait_for(timeout=120_000)
+            settle(page, timeout_ms=120_000)
+            assert page.locator('[data-testid="stException"]').count() == 0
+            assert page.get_by_text(stops[k]["caption"]).count() == 1, stops[k]["category"]
+        assert page.get_by_role("button", name="Next →").is_disabled()
+        for absent in tour["absent"]:
+            assert page.get_by_text(absent["reason"], exact=False).count() >= 1
+    finally:
+        page.close()

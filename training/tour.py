@@ -1,0 +1,55 @@
+"""Build the guided tour of a model bundle on the demo set and store it in the bundle (tour.json).
+
+    python -m training.tour --bundle models/default --data data/demo [--expert-labels FILE] [--seed 0]
+
+Runs the model over every demo film outside its training and validation
+splits (and over the photographs that ship with scikit-learn, as the non-chest
+image), chooses about a dozen stops, one film per patient, that show where it
+helps and where it fails, and writes them with captions computed from the
+outputs to <bundle>/tour.json; the app's Guided tour page and its PDF handout
+read that file. Run it again whenever the bundle is re-evaluated (the page says
+when the stored tour was built for an earlier fitting). The radiologists'
+labels (Majkowska et al.) are looked for under --data unless --expert-labels
+names the file; without them the two disagreement stops are marked absent.
+See cxr_core/serving/tour.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from training._errors import USER_ERRORS, report_user_error
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.tour", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", default="models/default", help="model bundle folder (default models/default)")
+    parser.add_argument("--data", default="data/demo", help="the demo set, any NIH layout (default data/demo)")
+    parser.add_argument("--expert-labels", default=None,
+                        help="the radiologists' label file (google2019_nih-chest-xray-labels.csv.gz); default: looked "
+                             "for under --data")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the choice among each category's best films (default 0)")
+    parser.add_argument("--out", default=None, help="folder to write tour.json to (default: the bundle)")
+    parser.add_argument("--no-photographs", action="store_true",
+                        help="do not offer scikit-learn's sample photographs as the non-chest image")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from tqdm import tqdm
+
+    from cxr_core.serving.tour import build_tour
+
+    try:
+        build_tour(args.bundle, args.data, expert_labels=args.expert_labels, seed=args.seed,
+                   photographs=not args.no_photographs, out=args.out,
+                   progress=lambda items: tqdm(items, unit="film", leave=False))
+    except USER_ERRORS as exc:
+        return report_user_error(exc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
