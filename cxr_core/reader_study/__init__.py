@@ -1,4 +1,4 @@
-"""Reader study: its vocabulary and records, the SQLite store and schema, case selection, answer validation, and the analysis (unaided vs aided; agreement on normal/abnormal).
+"""Reader study: its vocabulary and records, the SQLite file (database) with the study's operations on it (store) and its schema, case selection, answer validation, the reference standard (reference), and the analysis of the paired reads (pairing, analysis: unaided vs aided; normal_abnormal: agreement on normal/abnormal).
 
 Uses the data and evaluation layers only.
 """
@@ -10,9 +10,11 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
                 "AI_THRESHOLD_PREFIX", "EXPERT_PREFIX", "REFERENCES", "REFERENCE_NAMES", "ReaderStudyError", "SchemaVersionError", "UnknownStudyError", "UnknownReaderError",
                 "ReadOrderError", "MissingCasesError", "Study", "Reader", "NextCase", "Read", "ReadResult"),
     "schema": ("SCHEMA_VERSION",),
-    "store": ("ReaderStudyStore", "default_db_path", "DB_PATH_ENV"),
+    "database": ("default_db_path", "DB_PATH_ENV"),
+    "store": ("ReaderStudyStore",),
     "cases": ("select_cases", "READER_CATEGORIES"),
-    "analysis": ("LABEL_NOISE_CAVEAT", "EXPERT_REFERENCE_NOTE", "reference_caveat", "expert_reference_frame", "METRICS", "MACRO", "ALL_FINDINGS", "phase_metrics", "paired_change", "ai_agreement",
-                 "reading_time", "reader_study_results", "export_csv"),
+    "reference": ("LABEL_NOISE_CAVEAT", "EXPERT_REFERENCE_NOTE", "reference_caveat", "expert_reference_frame"),
+    "analysis": ("METRICS", "MACRO", "ALL_FINDINGS", "phase_metrics", "paired_change", "ai_agreement", "reading_time",
+                 "reader_study_results", "export_csv"),
     "normal_abnormal": ("NIH_LABELS", "AI_TRIAGE", "AI_READER", "triage_verdicts", "triage_agreement"),
 })

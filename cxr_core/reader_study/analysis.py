@@ -15,8 +15,10 @@ counts once, so a reader who finished more cases weighs more).
 
 A study whose reference is the radiologists' labels (``reference="expert"``)
 is analysed over the expert categories instead of the 14 findings:
-:func:`expert_reference_frame` turns its reads frame into ``read_``/``ref_``/
-``ai_`` columns per category, and every function below runs on either frame.
+:func:`cxr_core.reader_study.reference.expert_reference_frame` turns its reads
+frame into ``read_``/``ref_``/``ai_`` columns per category, and every function
+below runs on either frame. Each pairs the reads first
+(:func:`cxr_core.reader_study.pairing.pair_reads`).
 
 Conventions follow :mod:`cxr_core.evaluation.checks`: an undefined value (sensitivity of
 a finding with no positive case, kappa where neither rater ever varies) is NaN
@@ -28,35 +30,18 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import cohen_kappa_score
 
-from cxr_core.data.expert_labels import EXPERT_CATEGORIES
 from cxr_core.evaluation.checks import UndefinedMetricWarning
-from cxr_core.evaluation.expert import category_labels
 from cxr_core.evaluation.thresholds import DEFAULT_THRESHOLD
-from cxr_core.findings import FINDINGS
-from cxr_core.reader_study.cases import READER_CATEGORIES
-from cxr_core.reader_study.records import (
-    AI_PREFIX,
-    AI_THRESHOLD_PREFIX,
-    ALL_READERS,
-    EXPERT_PREFIX,
-    PHASES,
-    READ_PREFIX,
-    REF_PREFIX,
-    REFERENCES,
-)
+from cxr_core.reader_study.pairing import Paired, pair_reads
+from cxr_core.reader_study.reference import LABEL_NOISE_CAVEAT, expert_reference_frame, study_reference
 
 __all__ = [
-    "LABEL_NOISE_CAVEAT",
-    "EXPERT_REFERENCE_NOTE",
-    "reference_caveat",
-    "expert_reference_frame",
     "METRICS",
     "MACRO",
     "ALL_FINDINGS",
@@ -67,37 +52,6 @@ __all__ = [
     "reader_study_results",
     "export_csv",
 ]
-
-#: Shown beside every reader-study result.
-LABEL_NOISE_CAVEAT = (
-    "The reference labels are the NIH ChestX-ray14 labels, which were text-mined "
-    "from radiology reports by natural-language processing, not assigned by "
-    "radiologists reading these images; independent re-reads found many of them "
-    "wrong, some findings far more than others. They are a noisy reference, not "
-    "ground truth: a reader who disagrees with a label may be right. Read every "
-    "sensitivity, specificity and F1 here as agreement with the NIH labels, and "
-    "a change between unaided and aided reads as a change in that agreement."
-)
-
-#: Shown beside the results of a study whose reference is the radiologists' labels.
-EXPERT_REFERENCE_NOTE = (
-    "The reference labels are radiologists' labels: Google Health's adjudicated "
-    "re-reads of these NIH images (Majkowska et al., Radiology 2019), for three "
-    "categories a reader's answers can be scored on: Pneumothorax, Nodule or mass "
-    "(a tick of Nodule or Mass), Airspace opacity (a tick of Consolidation, "
-    "Pneumonia, Infiltration or Atelectasis). Other ticked findings are not scored. "
-    "The study's cases were chosen among the images the radiologists labelled. "
-    "Adjudicated reads are a better reference than the text-mined NIH labels, not "
-    "ground truth."
-)
-
-
-def reference_caveat(reference: str) -> str:
-    """The caveat to show beside results measured against ``reference`` ("nih" or "expert")."""
-    if reference not in REFERENCES:
-        raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
-    return EXPERT_REFERENCE_NOTE if reference == "expert" else LABEL_NOISE_CAVEAT
-
 
 #: Per-finding metrics compared between the unaided and the aided reads.
 METRICS: tuple[str, ...] = ("sensitivity", "specificity", "f1")
@@ -110,129 +64,6 @@ ALL_FINDINGS = "all findings"
 
 _AI_PHASE = "ai"
 _MAX_NAMED = 12  # entries named in one warning
-
-
-# --------------------------------------------------------------------------
-# Pairing the two reads of each case
-# --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Paired:
-    """Both reads of every (reader, case) that has both; all arrays share row order.
-
-    ``reader`` and ``case`` index ``readers`` and the sorted case keys; the
-    (n_pairs, 14) arrays are bool (reads, reference) or float (AI, NaN if none).
-    """
-
-    readers: tuple[str, ...]
-    labels: tuple[str, ...]
-    n_cases: int
-    reader: np.ndarray
-    case: np.ndarray
-    ref: np.ndarray
-    unaided: np.ndarray
-    aided: np.ndarray
-    ai_prob: np.ndarray
-    ai_threshold: np.ndarray
-    seconds_unaided: np.ndarray
-    seconds_aided: np.ndarray
-
-    def count(self, mask: np.ndarray) -> dict[str, int]:
-        """``n_cases`` (distinct cases) and ``n_reads`` (reader-case pairs) under a row mask."""
-        return {"n_cases": int(np.unique(self.case[mask]).size), "n_reads": int(mask.sum())}
-
-    def subsets(self) -> list[tuple[str, np.ndarray]]:
-        """(reader label, row mask): every reader, then all readers pooled."""
-        out = [(name, self.reader == k) for k, name in enumerate(self.readers)]
-        out.append((ALL_READERS, np.ones(len(self.reader), dtype=bool)))
-        return out
-
-
-def _columns(prefix: str, labels: Sequence[str] = FINDINGS) -> list[str]:
-    return [f"{prefix}{f}" for f in labels]
-
-
-def _labels(frame: pd.DataFrame) -> tuple[str, ...]:
-    """What the frame's ``read_``/``ref_`` columns are about: the 14 findings, or the expert categories."""
-    if all(c in frame.columns for c in _columns(READ_PREFIX)):
-        return FINDINGS
-    if all(c in frame.columns for c in _columns(READ_PREFIX, READER_CATEGORIES)):
-        return READER_CATEGORIES
-    return FINDINGS  # _pair names the missing columns
-
-
-def keyed_reads(frame: pd.DataFrame, needed: Sequence[str]) -> pd.DataFrame:
-    """A copy of a reads frame with its keys ``_reader`` (name, else id, as text) and ``_study`` (0 when absent).
-
-    Raises:
-        ValueError: a column of ``needed``, or the reader, is missing.
-    """
-    missing = [c for c in needed if c not in frame.columns]
-    if "reader" not in frame.columns and "reader_id" not in frame.columns:
-        missing.append("reader")
-    if missing:
-        raise ValueError(f"not a reads frame (from ReaderStudyStore.reads_frame): missing columns {missing}")
-    data = frame.copy()
-    data["_reader"] = (data["reader"] if "reader" in data.columns else data["reader_id"]).astype(str)
-    data["_study"] = data["study_id"] if "study_id" in data.columns else 0
-    return data
-
-
-def _pair(frame: pd.DataFrame) -> _Paired:
-    """Check a reads frame and line up each case's unaided and aided read.
-
-    Raises:
-        ValueError: missing columns, a read stored twice, values not 0/1, or
-            no case with both reads.
-    """
-    labels = _labels(frame)
-    data = keyed_reads(frame, ["position", "phase", "seconds", *_columns(READ_PREFIX, labels), *_columns(REF_PREFIX, labels)])
-    bad_phase = sorted(set(data["phase"]) - set(PHASES))
-    if bad_phase:
-        raise ValueError(f"unknown phase values {bad_phase}; expected {PHASES}")
-    keys = ["_study", "position", "_reader"]
-    if data.duplicated([*keys, "phase"]).any():
-        raise ValueError("the frame holds the same read twice (same study, case, reader and phase)")
-    for prefix in (READ_PREFIX, REF_PREFIX):
-        if not np.isin(data[_columns(prefix, labels)].to_numpy(dtype=float), (0.0, 1.0)).all():
-            raise ValueError(f"{prefix}<finding> columns must contain only 0 and 1")
-    for prefix in (AI_PREFIX, AI_THRESHOLD_PREFIX):
-        for column in _columns(prefix, labels):
-            if column not in data.columns:
-                data[column] = np.nan
-
-    unaided = data[data["phase"] == "unaided"]
-    aided = data[data["phase"] == "aided"]
-    pairs = unaided.merge(aided, on=keys, suffixes=("_u", "_a"), validate="one_to_one")
-    if pairs.empty:
-        raise ValueError("no case has both an unaided and an aided read yet; there is nothing to compare")
-    pairs = pairs.sort_values(["_reader", "_study", "position"], kind="stable").reset_index(drop=True)
-    readers, reader_index = np.unique(pairs["_reader"].to_numpy(dtype=str), return_inverse=True)
-    case_keys = pd.MultiIndex.from_frame(pairs[["_study", "position"]])
-    case_index, unique_cases = pd.factorize(case_keys, sort=True)
-
-    def block(prefix: str, suffix: str, dtype) -> np.ndarray:
-        return pairs[[f"{c}{suffix}" for c in _columns(prefix, labels)]].to_numpy(dtype=dtype)
-
-    ref = block(REF_PREFIX, "_u", float)
-    if not np.array_equal(ref, block(REF_PREFIX, "_a", float)):
-        raise ValueError("the two reads of a case carry different reference labels")
-    # The AI's output does not depend on the phase; it is recorded with the aided read.
-    return _Paired(
-        readers=tuple(str(r) for r in readers),
-        labels=labels,
-        n_cases=len(unique_cases),
-        reader=reader_index,
-        case=np.asarray(case_index),
-        ref=ref.astype(bool),
-        unaided=block(READ_PREFIX, "_u", float).astype(bool),
-        aided=block(READ_PREFIX, "_a", float).astype(bool),
-        ai_prob=block(AI_PREFIX, "_a", float),
-        ai_threshold=block(AI_THRESHOLD_PREFIX, "_a", float),
-        seconds_unaided=pairs["seconds_u"].to_numpy(dtype=float),
-        seconds_aided=pairs["seconds_a"].to_numpy(dtype=float),
-    )
 
 
 # --------------------------------------------------------------------------
@@ -306,7 +137,7 @@ _REASONS = {
 # --------------------------------------------------------------------------
 
 
-def _ai_calls(paired: _Paired, thresholds) -> tuple[np.ndarray, np.ndarray]:
+def _ai_calls(paired: Paired, thresholds) -> tuple[np.ndarray, np.ndarray]:
     """(AI calls (n_pairs, 14) bool, rows with AI probabilities (n_pairs,) bool).
 
     Args:
@@ -346,7 +177,7 @@ def phase_metrics(frame: pd.DataFrame, *, thresholds=None) -> pd.DataFrame:
         ``"ai"``. ``finding`` runs over FINDINGS, then :data:`MACRO` (the mean
         of the defined per-finding values; counts left empty).
     """
-    paired = _pair(frame)
+    paired = pair_reads(frame)
     ai_calls, has_ai = _ai_calls(paired, thresholds)
     rows, undefined = [], {m: [] for m in METRICS}
     for reader, mask in paired.subsets():
@@ -416,7 +247,7 @@ def paired_change(
     if isinstance(n_boot, bool) or int(n_boot) < 1:
         raise ValueError(f"n_boot must be at least 1, got {n_boot}")
     n_boot = int(n_boot)
-    paired = _pair(frame)
+    paired = pair_reads(frame)
     rng = np.random.default_rng(seed)
     # Multinomial counts = how often each case is drawn in n_cases draws;
     # drawn once for all readers and both phases.
@@ -507,7 +338,7 @@ def ai_agreement(frame: pd.DataFrame, *, thresholds=None) -> pd.DataFrame:
         the AI ever varies (both all-yes or both all-no: agreement by chance
         is 1 and kappa is 0/0), or where no AI probabilities were recorded.
     """
-    paired = _pair(frame)
+    paired = pair_reads(frame)
     ai_calls, has_ai = _ai_calls(paired, thresholds)
     rows, undefined = [], []
     if not has_ai.any():
@@ -542,7 +373,7 @@ def reading_time(frame: pd.DataFrame) -> pd.DataFrame:
         median_seconds_aided, median_seconds_total`` (total = unaided +
         aided of a case; the median of sums, not the sum of medians).
     """
-    paired = _pair(frame)
+    paired = pair_reads(frame)
     rows = []
     for reader, mask in paired.subsets():
         unaided, aided = paired.seconds_unaided[mask], paired.seconds_aided[mask]
@@ -554,57 +385,6 @@ def reading_time(frame: pd.DataFrame) -> pd.DataFrame:
             "median_seconds_total": float(np.median(unaided + aided)),
         })
     return pd.DataFrame(rows)
-
-
-def expert_reference_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """The reads frame re-expressed in the expert categories, against the radiologists' labels.
-
-    For each category of :data:`~cxr_core.reader_study.cases.READER_CATEGORIES`:
-    ``read_<category>`` is 1 when the reader ticked any of its findings
-    (:data:`cxr_core.evaluation.expert.EXPERT_MAPPING`; Nodule or Mass, ...),
-    ``ref_<category>`` the radiologists' label (``expert_<category>``), and
-    ``ai_<category>`` the AI's **call** (1 when any of its findings was at or
-    above the threshold recorded with the read, 0.5 where none was) with
-    ``ai_threshold_<category>`` 0.5, so the analysis turns it into the same
-    call. The 14 finding columns are dropped; every function of this module
-    then runs over the categories.
-
-    Raises:
-        ValueError: a case without the radiologists' labels (the study's
-            reference is not ``"expert"``).
-    """
-    expert = [f"{EXPERT_PREFIX}{c}" for c in READER_CATEGORIES]
-    missing = [c for c in expert if c not in frame.columns]
-    if missing or frame[expert].isna().any().any():
-        raise ValueError("these reads' cases do not all have the radiologists' labels; "
-                         "an expert reference needs a study created with reference='expert'")
-    wanted = [EXPERT_CATEGORIES.index(c) for c in READER_CATEGORIES]
-    label_columns = {f"{p}{f}" for p in (READ_PREFIX, REF_PREFIX, AI_PREFIX, AI_THRESHOLD_PREFIX) for f in FINDINGS}
-    out = frame[[c for c in frame.columns if c not in label_columns]].copy()
-    reads = category_labels(frame[_columns(READ_PREFIX)].to_numpy(dtype=float))[:, wanted]
-    probabilities = frame.reindex(columns=_columns(AI_PREFIX)).to_numpy(dtype=float)
-    cuts = frame.reindex(columns=_columns(AI_THRESHOLD_PREFIX)).to_numpy(dtype=float)
-    has_ai = ~np.isnan(probabilities).any(axis=1)
-    with np.errstate(invalid="ignore"):
-        calls = probabilities >= np.where(np.isnan(cuts), DEFAULT_THRESHOLD, cuts)
-    ai = np.where(has_ai[:, None], category_labels(calls.astype(float))[:, wanted], np.nan)
-    for k, category in enumerate(READER_CATEGORIES):
-        out[f"{READ_PREFIX}{category}"] = reads[:, k].astype(int)
-        out[f"{REF_PREFIX}{category}"] = frame[f"{EXPERT_PREFIX}{category}"].astype(int).to_numpy()
-        out[f"{AI_PREFIX}{category}"] = ai[:, k]
-        out[f"{AI_THRESHOLD_PREFIX}{category}"] = np.where(has_ai, 0.5, np.nan)
-    return out
-
-
-def _reference(frame: pd.DataFrame, reference: str | None) -> str:
-    if reference is None:
-        stored = set(frame["reference"].dropna()) if "reference" in frame.columns else set()
-        if len(stored) > 1:
-            raise ValueError(f"the frame mixes studies with different references {sorted(stored)}; analyse one study at a time")
-        reference = stored.pop() if stored else "nih"
-    if reference not in REFERENCES:
-        raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
-    return reference
 
 
 def reader_study_results(
@@ -622,19 +402,19 @@ def reader_study_results(
         frame: reads frame from ``ReaderStudyStore.reads_frame(study_id)``.
         n_boot, alpha, seed: see :func:`paired_change`.
         thresholds: see :func:`ai_agreement` (for an expert reference the AI's
-            calls are already made, see :func:`expert_reference_frame`).
+            calls are already made, see :func:`~cxr_core.reader_study.reference.expert_reference_frame`).
         reference: ``"nih"`` (the 14 findings against NIH's labels) or
             ``"expert"`` (the categories against the radiologists' labels, via
-            :func:`expert_reference_frame`); None takes the study's own
+            :func:`~cxr_core.reader_study.reference.expert_reference_frame`); None takes the study's own
             (the frame's ``reference`` column, else ``"nih"``).
 
     Returns:
         ``{"metrics": phase_metrics, "change": paired_change, "agreement":
         ai_agreement, "time": reading_time}``; ``finding`` holds the
-        categories for an expert reference. Show :func:`reference_caveat`
+        categories for an expert reference. Show :func:`~cxr_core.reader_study.reference.reference_caveat`
         with them.
     """
-    if _reference(frame, reference) == "expert":
+    if study_reference(frame, reference) == "expert":
         frame = expert_reference_frame(frame)
     return {
         "metrics": phase_metrics(frame, thresholds=thresholds),

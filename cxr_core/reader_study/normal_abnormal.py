@@ -35,7 +35,8 @@ import pandas as pd
 from cxr_core.evaluation.checks import UndefinedMetricWarning
 from cxr_core.evaluation.triage import ABNORMAL, NO_FINDING_LIKELY, Triage
 from cxr_core.findings import FINDINGS
-from cxr_core.reader_study.analysis import kappa, keyed_reads
+from cxr_core.reader_study.analysis import kappa
+from cxr_core.reader_study.pairing import keyed_reads
 from cxr_core.reader_study.records import AI_PREFIX, ALL_READERS, READ_PREFIX, REF_PREFIX
 
 __all__ = ["NIH_LABELS", "AI_TRIAGE", "AI_READER", "triage_verdicts", "triage_agreement"]

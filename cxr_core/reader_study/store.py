@@ -13,9 +13,6 @@ This module stores that design and nothing else (the numbers are computed by
 calls one method per user action, possibly from several tabs or browsers at
 once, and may re-run a submission:
 
-* one :class:`ReaderStudyStore` can be shared across Streamlit's threads (a
-  lock serialises its one connection) and survives a fork (the child opens
-  its own connection); any number of stores and processes may use one file;
 * a read is stored once: ``UNIQUE(study_id, position, reader_id, phase)``
   plus a check inside the same ``BEGIN IMMEDIATE`` transaction, so a re-run
   page or a second tab gets the stored read back instead of a duplicate;
@@ -27,26 +24,17 @@ once, and may re-run a submission:
   count in :meth:`~ReaderStudyStore.progress` and its reads (if any were made
   before) leave :meth:`~ReaderStudyStore.reads_frame`.
 
-Durability: WAL journal (readers never block the writer), ``busy_timeout``
-30 s (concurrent writers queue instead of failing), one transaction per read,
-and ``synchronous=FULL``. In WAL mode ``NORMAL`` is already crash-safe for a
-killed process, but a power loss or OS crash could drop the last committed
-reads; a reader who was shown "saved" and then has to redo an *unaided* read
-after seeing the AI panel would contaminate the study. One fsync per read
-(milliseconds, once every tens of seconds per reader) is a cheap price.
-
-Keep the database on a local disk: SQLite's WAL mode does not work on network
-file systems.
+The SQLite file itself (one connection per process, shared by threads and
+safe across fork; WAL journal, ``synchronous=FULL``; schema creation and
+migration) is :class:`cxr_core.reader_study.database.StudyDatabase`, which
+the store extends.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from datetime import datetime, timezone
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +45,7 @@ from cxr_core.evaluation.triage import TRIAGE_VERDICTS
 from cxr_core.findings import FINDINGS
 from cxr_core.reader_study import schema
 from cxr_core.reader_study.cases import READER_CATEGORIES, case_table, expert_case_labels, find_image, select_cases
+from cxr_core.reader_study.database import StudyDatabase, timestamp
 from cxr_core.reader_study.records import (
     AI_PREFIX,
     AI_THRESHOLD_PREFIX,
@@ -69,10 +58,8 @@ from cxr_core.reader_study.records import (
     NextCase,
     Read,
     Reader,
-    ReaderStudyError,
     ReadOrderError,
     ReadResult,
-    SchemaVersionError,
     Study,
     UnknownReaderError,
     UnknownStudyError,
@@ -80,180 +67,22 @@ from cxr_core.reader_study.records import (
 from cxr_core.reader_study.schema import READ_COLUMNS, quoted, row_to_read, vector_from_json, vector_to_json
 from cxr_core.reader_study.validation import check_bits, check_confidence, check_probabilities, check_seconds, clean_name
 
-__all__ = ["DB_PATH_ENV", "default_db_path", "ReaderStudyStore"]
+__all__ = ["ReaderStudyStore"]
 
-#: Environment variable that moves the default database (e.g. to a data disk).
-DB_PATH_ENV = "CXR_READER_STUDY_DB"
-
-_BUSY_TIMEOUT_S = 30.0
-_SYNCHRONOUS = "FULL"  # see the module docstring for why not NORMAL
 _MAX_LISTED = 20  # missing files named in one error message
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def default_db_path() -> Path:
-    """``$CXR_READER_STUDY_DB`` if set, else ``<project>/var/reader_study.sqlite3``.
-
-    Anchored at the project folder, not the working directory, so the page
-    and a script started elsewhere find the same file.
-    """
-    override = os.environ.get(DB_PATH_ENV, "").strip()
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[2] / "var" / "reader_study.sqlite3"
-
-
-class ReaderStudyStore:
-    """All reader-study data in one SQLite file.
+class ReaderStudyStore(StudyDatabase):
+    """All reader-study data in one SQLite file: studies and their cases, readers, reads.
 
     Args:
         path: the database file; created (with its folder) if absent.
-            Defaults to :func:`default_db_path`.
+            Defaults to :func:`~cxr_core.reader_study.database.default_db_path`.
 
     Raises:
         SchemaVersionError: the file was written by a newer cxr-assist, or is
             an SQLite file of something else.
     """
-
-    def __init__(self, path: str | os.PathLike | None = None) -> None:
-        self.path = Path(path) if path is not None else default_db_path()
-        if str(self.path) in ("", ":memory:"):
-            raise ValueError("a reader study needs a database file; ':memory:' would vanish between calls")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
-        self._con: sqlite3.Connection | None = None
-        self._open_schema()
-
-    def __repr__(self) -> str:
-        return f"ReaderStudyStore({str(self.path)!r})"
-
-    def __enter__(self) -> "ReaderStudyStore":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close this process's connection (the store reopens it on next use)."""
-        with self._lock:
-            if self._con is not None and self._pid == os.getpid():
-                self._con.close()
-            self._con = None
-
-    # ------------------------------------------------------------ connections
-
-    def _connect(self) -> sqlite3.Connection:
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a write
-        # transaction is exactly one BEGIN IMMEDIATE ... COMMIT.
-        # check_same_thread=False: Streamlit runs each session in its own
-        # thread; self._lock serialises use of the one connection instead.
-        con = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-        con.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
-        con.execute("PRAGMA foreign_keys = ON")
-        con.execute(f"PRAGMA synchronous = {_SYNCHRONOUS}")
-        return con
-
-    @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        """This process's connection, held exclusively for one operation.
-
-        The connection stays open between calls: closing the last connection
-        to a WAL database checkpoints and deletes the WAL file, which made a
-        connection per call about five times slower per read.
-        """
-        if self._pid != os.getpid():
-            # Forked child: the parent's connection and lock state must never
-            # be used here (SQLite forbids carrying a connection across fork).
-            self._pid, self._lock, self._con = os.getpid(), threading.Lock(), None
-        with self._lock:
-            if self._con is None:
-                self._con = self._connect()
-            try:
-                yield self._con
-            except BaseException:
-                if self._con.in_transaction:
-                    try:
-                        self._con.execute("ROLLBACK")
-                    except sqlite3.Error:  # a broken connection: start afresh next call
-                        self._con.close()
-                        self._con = None
-                raise
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction. IMMEDIATE takes the write lock up front, so
-        the checks made inside it still hold when the insert happens."""
-        with self._connection() as con:
-            con.execute("BEGIN IMMEDIATE")
-            yield con
-            con.execute("COMMIT")
-
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        """One read snapshot (several SELECTs see the same state)."""
-        with self._connection() as con:
-            con.execute("BEGIN")
-            yield con
-            con.execute("COMMIT")
-
-    def _recorded_version(self, con: sqlite3.Connection) -> int | None:
-        """The file's schema version; None for an empty file.
-
-        Raises:
-            SchemaVersionError: another program's SQLite file, or a newer schema.
-        """
-        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if not tables:
-            return None
-        if "schema_version" not in tables:
-            raise SchemaVersionError(f"{self.path} is an SQLite file but not a cxr-assist reader-study database")
-        version = con.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
-        if version > schema.SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"{self.path} was written by a newer cxr-assist (reader-study schema version {version}; "
-                f"this version reads up to {schema.SCHEMA_VERSION}). Upgrade cxr-assist, or choose another file."
-            )
-        return int(version)
-
-    def _open_schema(self) -> None:
-        """Check the file, switch it to WAL, then create or migrate the schema."""
-        try:
-            # Look before changing anything: another program's file, or one
-            # from a newer cxr-assist, is refused untouched.
-            with self._read() as con:
-                self._recorded_version(con)
-            with self._connection() as con:
-                mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise ReaderStudyError(f"{self.path} cannot use WAL journaling (got {mode!r}); put it on a local disk")
-            # Again inside the write lock: two processes opening a new file at
-            # once must not both create the schema.
-            with self._write() as con:
-                version = self._recorded_version(con)
-                if version is None:
-                    for statement in schema.split_sql(schema.SCHEMA_V1):
-                        con.execute(statement)
-                    con.execute("INSERT INTO schema_version VALUES (?, ?)", (1, _now()))
-                    version = 1
-                while version < schema.SCHEMA_VERSION:
-                    if version not in schema.MIGRATIONS:
-                        raise SchemaVersionError(f"{self.path} has schema version {version} and no migration from it exists")
-                    schema.MIGRATIONS[version](con)
-                    version += 1
-                    con.execute("INSERT INTO schema_version VALUES (?, ?)", (version, _now()))
-        except sqlite3.OperationalError:
-            raise  # locked, unwritable folder, ...: SQLite's own message is the clear one
-        except sqlite3.DatabaseError as exc:
-            raise SchemaVersionError(f"{self.path} is not a readable SQLite database: {exc}") from exc
-
-    def schema_version(self) -> int:
-        """The schema version recorded in the file."""
-        with self._read() as con:
-            return int(con.execute("SELECT MAX(version) FROM schema_version").fetchone()[0])
 
     # ------------------------------------------------------------ studies
 
@@ -340,7 +169,7 @@ class ReaderStudyStore:
             else:
                 cursor = con.execute(
                     "INSERT INTO studies (name, data_root, seed, created_at, n_cases, description, reference) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (name, str(data_root), int(seed), _now(), len(rows), str(description), reference),
+                    (name, str(data_root), int(seed), timestamp(), len(rows), str(description), reference),
                 )
                 study_id = cursor.lastrowid
                 con.executemany(
@@ -475,7 +304,7 @@ class ReaderStudyStore:
         if name.lower() == ALL_READERS:
             raise ValueError(f"{ALL_READERS!r} is reserved for pooled results; choose another reader name")
         with self._write() as con:
-            con.execute("INSERT OR IGNORE INTO readers (name, created_at) VALUES (?, ?)", (name, _now()))
+            con.execute("INSERT OR IGNORE INTO readers (name, created_at) VALUES (?, ?)", (name, timestamp()))
             row = con.execute("SELECT id, name, created_at FROM readers WHERE name = ?", (name,)).fetchone()
         return Reader(*row)
 
@@ -592,7 +421,7 @@ class ReaderStudyStore:
             if con.execute("SELECT 1 FROM cases WHERE study_id = ? AND position = ?", (study.id, int(position))).fetchone() is None:
                 raise UnknownStudyError(f"study {study.name!r} has no case at position {position!r} (0 to {study.n_cases - 1})")
             cursor = con.execute("INSERT OR IGNORE INTO excluded_cases (study_id, position, reason, created_at) VALUES (?, ?, ?, ?)",
-                                 (study.id, int(position), reason, _now()))
+                                 (study.id, int(position), reason, timestamp()))
             return cursor.rowcount == 1
 
     def excluded_cases(self, study_id: int) -> pd.DataFrame:
@@ -689,7 +518,7 @@ class ReaderStudyStore:
             cursor = con.execute(
                 f"INSERT INTO reads ({quoted(READ_COLUMNS[1:])}) VALUES ({', '.join('?' * (len(READ_COLUMNS) - 1))})",
                 (*key[:2], reader.id, phase, *bits, confidence, seconds,
-                 vector_to_json(probabilities), vector_to_json(thresholds), ai_triage, _now()),
+                 vector_to_json(probabilities), vector_to_json(thresholds), ai_triage, timestamp()),
             )
             row = con.execute(f"SELECT {quoted(READ_COLUMNS)} FROM reads WHERE id = ?", (cursor.lastrowid,)).fetchone()
         return ReadResult(read=row_to_read(row), created=True, differs=False, message=f"Saved the {phase} read of case {position + 1}.")
