@@ -1,6 +1,6 @@
 """cxr-assist core library, in layers (each imports only those before it):
 
-findings, errors (the shared vocabulary) <- data <- learn <- evaluation <- serving;
+findings, errors (the shared vocabulary) <- data <- learn <- evaluation <- serving <- experiments;
 reader_study uses data and evaluation only. Nothing here imports streamlit or argparse.
 """
 

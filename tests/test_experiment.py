@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cxr_core.experiments.harness import read_recipe, run_grid, write_table
 from cxr_core.serving import Predictor, gradcam_plus_plus_per_finding, resize_map
-from cxr_core.serving.experiment import read_recipe, run_grid, write_table
 
 TINY = """data = "{data}"
 out = "{out}"

@@ -1,6 +1,6 @@
 """cxr_core's layers, checked on the source (ast), imports inside functions included.
 
-    findings, errors (the shared vocabulary) <- data <- learn <- evaluation <- serving
+    findings, errors (the shared vocabulary) <- data <- learn <- evaluation <- serving <- experiments
     reader_study uses data and evaluation only
 
 An import may point down or sideways, never up; nothing in cxr_core imports
@@ -27,6 +27,7 @@ LAYERS: dict[str, frozenset[str]] = {
     "learn": frozenset({"core", "data", "learn"}),
     "evaluation": frozenset({"core", "data", "learn", "evaluation"}),
     "serving": frozenset({"core", "data", "learn", "evaluation", "serving"}),
+    "experiments": frozenset({"core", "data", "learn", "evaluation", "serving", "experiments"}),
     "reader_study": frozenset({"core", "data", "evaluation", "reader_study"}),
 }
 SUBPACKAGES = frozenset(LAYERS) - {"core"}
@@ -101,6 +102,8 @@ def test_imports_never_run_up_the_layers():
     ("cxr_core.evaluation.metrics", "from ..serving.predictor import Predictor", True),
     ("cxr_core.reader_study.store", "from cxr_core.learn import Bundle", True),
     ("cxr_core.reader_study.store", "from cxr_core import serving", True),
+    ("cxr_core.serving.batch", "def f():\n    from cxr_core.experiments.harness import run_grid", True),
+    ("cxr_core.experiments.harness", "from cxr_core.serving.predictor import Predictor\nfrom cxr_core.learn.engine import train", False),
     ("cxr_core.findings", "from cxr_core.data import NIHDataset", True),
     ("cxr_core.serving.report", "import streamlit as st", True),
     ("cxr_core.learn.config", "def f():\n    import argparse", True),

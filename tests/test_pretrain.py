@@ -135,7 +135,7 @@ def test_pretraining_writes_a_trunk_that_training_starts_from(demo_cache, trunk,
     assert bundle.model_config["weights_init"] == "simclr"
     assert bundle.model_config["width_multiplier"] == 0.35
     assert bundle.training["pretraining"]["labels_used"] is False
-    from cxr_core.serving.experiment import _training_stats
+    from cxr_core.experiments.harness import _training_stats
 
     fine_tune = bundle.training["history"]["seconds"]
     assert _training_stats(bundle)[1] == pytest.approx(fine_tune + record["seconds"])  # the harness's wall column

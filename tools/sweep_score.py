@@ -106,7 +106,7 @@ def sweep_markdown(rows: list[dict], device: str, *, reference: str | None = Non
 def write_sweep_table(rows: list[dict], document: str, device: str, *, table: str = "gpu-sweep",
                       reference: str | None = None) -> Path:
     """Write the table between ``<!-- {table}:start -->`` and its end marker (appended the first time)."""
-    from cxr_core.serving.experiment import put_between_markers
+    from cxr_core.experiments.harness import put_between_markers
 
     path = Path(document)
     path.write_text(put_between_markers(path.read_text(), f"<!-- {table}:start -->", f"<!-- {table}:end -->",

@@ -4,7 +4,7 @@
     python -m training.experiment --grid configs/experiments/*.toml --only vgg16_hed_ms_box --retrain
 
 Each recipe is a training TOML with an ``[experiment]`` table (see
-``cxr_core.serving.experiment``). Rows are measured on the VALIDATION split
+``cxr_core.experiments.harness``). Rows are measured on the VALIDATION split
 only and appended to ``<runs>/results.csv`` as each finishes (a cut-off grid
 resumes: measured recipes are skipped); the table in ``--doc`` (default
 ``docs/experiments.md``) is rewritten between its markers.
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    from cxr_core.serving.experiment import run_grid, write_table
+    from cxr_core.experiments.harness import run_grid, write_table
 
     try:
         results = run_grid(args.grid, data_root=args.data, runs=args.runs, retrain=args.retrain, only=args.only)

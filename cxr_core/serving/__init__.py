@@ -1,6 +1,6 @@
 """Serving: the Predictor of a bundle, Grad-CAM++ explanations, overlays, reports, batch prediction, and evaluating a bundle on a dataset.
 
-The top layer: it may use data, learn and evaluation; nothing in cxr_core imports it.
+It may use data, learn and evaluation; in cxr_core only the experiment harness (cxr_core.experiments) imports it.
 """
 
 from cxr_core._lazy import lazy_exports
