@@ -1,4 +1,4 @@
-"""Data layer: the NIH tables, boxes and cleaning (dataset), the radiologists' labels of Majkowska et al. 2019 (expert_labels), patient-wise splits, image decoding (imageio, with dicom for DICOM files), the ONE preprocessing, and the not-a-chest-film rules (input_checks).
+"""Data layer: the NIH tables, boxes and cleaning (dataset), the radiologists' labels of Majkowska et al. 2019 (expert_labels), patient-wise splits, image decoding (imageio, with dicom for DICOM files and decoding for what both share), the ONE preprocessing, and the not-a-chest-film rules (input_checks).
 
 Imports nothing above it: no learning, evaluation, serving or reader-study code.
 """
@@ -11,7 +11,8 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
                 "IMAGE_SUFFIXES", "NIH_RELEASE_SIDE", "MAX_PLAUSIBLE_AGE"),
     "expert_labels": ("EXPERT_CATEGORIES", "EXPERT_LABELS_FILE", "find_expert_labels", "read_expert_labels"),
     "splits": ("make_split", "official_split", "patient_split", "assert_patient_disjoint", "PatientLeakError", "SPLIT_NAMES"),
-    "imageio": ("decode_image", "DecodedImage", "ImageSource", "MAX_PIXELS", "MAX_FILE_BYTES"),
+    "decoding": ("DecodedImage", "MAX_PIXELS"),
+    "imageio": ("decode_image", "ImageSource", "MAX_FILE_BYTES"),
     "preprocessing": ("PreprocessConfig", "preprocess", "preprocess_pixels", "resize_to_model", "to_model_uint8", "normalize",
                       "PREPROCESSING_VERSION"),
     "input_checks": ("rule_warnings", "size_warning", "aspect_warning", "constant_warning", "MIN_SHORT_SIDE", "ASPECT_RANGE"),

@@ -24,7 +24,7 @@ from pydicom import uid
 from pydicom.pixels import get_decoder
 
 from cxr_core.data import dicom_codecs
-from cxr_core.data.imageio import (
+from cxr_core.data.decoding import (
     DecodedImage,
     _check_jpeg_structure,
     _check_pixel_count,

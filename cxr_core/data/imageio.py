@@ -9,7 +9,8 @@ Anything that cannot be used raises :class:`cxr_core.errors.ImageReadError`
 with a message written for the person who supplied the file. The technical
 cause (Pillow's or pydicom's exception), when there is one, stays attached as
 ``__cause__`` for logs; it is not put in the message. DICOM files are
-decoded by :mod:`cxr_core.data.dicom`.
+decoded by :mod:`cxr_core.data.dicom`; what both share (the result, the
+limits, the messages, the JPEG walk) is :mod:`cxr_core.data.decoding`.
 """
 
 from __future__ import annotations
@@ -20,25 +21,31 @@ import stat
 import struct
 import warnings
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from cxr_core.data.decoding import (
+    _JPEG_SOI,
+    MAX_PIXELS,
+    DecodedImage,
+    _check_jpeg_structure,
+    _check_pixel_count,
+    _damaged,
+    _error,
+    _to_unit_range,
+    _truncated,
+)
 from cxr_core.errors import ImageReadError
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview]
 
-#: Largest image accepted, in pixels. A 4,300 x 3,500 detector image is 15 MP;
-#: 60 MP leaves room for any radiograph while refusing decompression bombs.
-MAX_PIXELS = 60_000_000
 #: Largest file accepted, in bytes (uncompressed 16-bit 60 MP DICOM ~ 120 MB).
 MAX_FILE_BYTES = 200 * 1024 * 1024
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_JPEG_SOI = b"\xff\xd8"
 _SUPPORTED = "cxr-assist reads PNG, JPEG and DICOM files"
 
 # Other image formats people upload, recognised by their first bytes so the
@@ -65,37 +72,6 @@ _DOCUMENT_SIGNATURES = (
     (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
     (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an old-style Office document"),
 )
-
-
-@dataclass(frozen=True)
-class DecodedImage:
-    """A decoded image and what was learned while decoding it.
-
-    Attributes:
-        pixels: float32 array (height, width) in [0, 1], white = dense.
-        source_format: ``"PNG"``, ``"JPEG"`` or ``"DICOM"``.
-        original_shape: (height, width) as stored in the file.
-        bit_depth: bits per sample in the file (8, 12, 16 ...).
-        warnings: messages about suspicious input that does not block use
-            (not a chest film, unknown view, alpha channel dropped ...).
-        metadata: facts read from the file (DICOM view position, sex, age ...).
-    """
-
-    pixels: np.ndarray
-    source_format: str
-    original_shape: tuple[int, int]
-    bit_depth: int
-    warnings: tuple[str, ...] = ()
-    metadata: dict = field(default_factory=dict)
-
-
-def _error(message: str, reason: str) -> ImageReadError:
-    """An :class:`ImageReadError` whose message starts as a sentence.
-
-    Messages put the file's label first ("the uploaded file is ..."); the
-    capital letter is added here so every message reads as a sentence.
-    """
-    return ImageReadError(message[:1].upper() + message[1:], reason=reason)
 
 
 def _label(name: Optional[str]) -> str:
@@ -197,40 +173,6 @@ def _identify(data: bytes) -> tuple[str, str]:
     return "unknown", ""
 
 
-def _check_pixel_count(height: int, width: int, name: str) -> None:
-    if height <= 0 or width <= 0:
-        raise _error(f"the image in {name} has no pixels ({width} x {height}); the file is damaged.", "corrupt")
-    if height * width > MAX_PIXELS:
-        raise _error(
-            f"the image in {name} is {width} x {height} pixels ({height * width / 1e6:.0f} megapixels); "
-            f"the limit is {MAX_PIXELS / 1e6:.0f} megapixels. Export a smaller copy of the image.",
-            "too_large",
-        )
-
-
-def _to_unit_range(array: np.ndarray, *, maximum: float | None = None) -> np.ndarray:
-    """Scale to [0, 1] by a known maximum, or by the image's own range."""
-    array = array.astype(np.float32, copy=False)
-    if maximum is not None:
-        return np.clip(array / np.float32(maximum), 0.0, 1.0)
-    low, high = float(array.min()), float(array.max())
-    if not np.isfinite(low) or not np.isfinite(high):
-        raise _error("the image contains invalid (non-finite) pixel values; the file is damaged.", "corrupt")
-    if high <= low:
-        return np.zeros_like(array, dtype=np.float32)
-    return (array - np.float32(low)) / np.float32(high - low)
-
-
-def _truncated(name: str) -> ImageReadError:
-    return _error(
-        f"{name} is incomplete: the file ends before the image does. Export or download it again.", "truncated"
-    )
-
-
-def _damaged(name: str, what: str = "image") -> ImageReadError:
-    return _error(f"{name} is a damaged {what} file and could not be decoded. Export the image again.", "corrupt")
-
-
 def _check_png_structure(data: bytes, name: str) -> None:
     """Walk the PNG chunks: the file must be complete (IEND) with intact CRCs.
 
@@ -267,81 +209,6 @@ def _check_png_structure(data: bytes, name: str) -> None:
         if kind == b"IEND":
             return
         pos = end
-
-
-def _skip_jpeg_scan(data: bytes, pos: int, *, jpeg_ls: bool = False) -> int:
-    """Return the offset of the marker that ends the entropy-coded data at ``pos``."""
-    while True:
-        pos = data.find(b"\xff", pos)
-        if pos < 0 or pos + 1 >= len(data):
-            return len(data)
-        following = data[pos + 1]
-        # FF00 is a stuffed data byte and FFD0-FFD7 restart markers: both belong to the scan.
-        # JPEG-LS stuffs a zero bit instead: FF then any byte below 0x80 is data.
-        stuffed = following < 0x80 if jpeg_ls else following == 0x00
-        if stuffed or 0xD0 <= following <= 0xD7:
-            pos += 2
-            continue
-        return pos
-
-
-def _check_jpeg_structure(data: bytes, name: str, *, what: str = "JPEG", jpeg_ls: bool = False) -> None:
-    """Walk the JPEG marker segments up to EOI; check the frame size.
-
-    libjpeg (inside Pillow) only *warns* about bytes where a marker should be
-    and fills what it cannot decode with gray, so a JPEG with a damaged body
-    would otherwise decode "successfully". Walking the segment lengths finds
-    such damage and a file that stops before its end marker. (Damage inside
-    the compressed data that keeps the structure intact cannot be detected:
-    JPEG has no checksum.) The frame size is checked from the SOF header,
-    before Pillow allocates anything.
-
-    The same walk checks the JPEG, JPEG Lossless and JPEG-LS frames inside
-    DICOM files (:mod:`cxr_core.data.dicom`): their decoders, too, fill a
-    stream that stops early instead of failing.
-
-    Args:
-        data: the whole file (or DICOM frame), starting with the SOI marker.
-        name: the file's label for messages.
-        what: the kind of file that messages call damaged.
-        jpeg_ls: the data is JPEG-LS (ISO 14495-1), whose scans stuff bits, not bytes.
-    """
-    n = len(data)
-    pos = len(_JPEG_SOI)
-    while True:
-        if pos >= n:
-            raise _truncated(name)
-        if data[pos] != 0xFF:
-            raise _damaged(name, what)
-        while pos < n and data[pos] == 0xFF:  # fill bytes may precede any marker
-            pos += 1
-        if pos >= n:
-            raise _truncated(name)
-        marker = data[pos]
-        pos += 1
-        if marker == 0xD9:  # EOI; anything after it (MPO pictures, padding) is not ours to judge
-            return
-        if marker in (0x00, 0xD8):
-            raise _damaged(name, what)
-        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # stand-alone markers, no length
-            continue
-        if pos + 2 > n:
-            raise _truncated(name)
-        (length,) = struct.unpack_from(">H", data, pos)
-        if length < 2:
-            raise _damaged(name, what)
-        # SOFn: the frame header (SOF55, 0xF7, in JPEG-LS)
-        if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or (jpeg_ls and marker == 0xF7):
-            if pos + 7 > n:
-                raise _truncated(name)
-            height, width = struct.unpack_from(">HH", data, pos + 3)
-            if height * width > MAX_PIXELS:
-                _check_pixel_count(height, width, name)
-        pos += length
-        if pos > n:
-            raise _truncated(name)
-        if marker == 0xDA:  # SOS: compressed data follows up to the next marker
-            pos = _skip_jpeg_scan(data, pos, jpeg_ls=jpeg_ls)
 
 
 def _open_with_pillow(data: bytes, kind: str, name: str) -> Image.Image:

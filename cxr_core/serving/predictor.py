@@ -31,7 +31,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cxr_core.data.imageio import DecodedImage, ImageSource, decode_image
+from cxr_core.data.decoding import DecodedImage
+from cxr_core.data.imageio import ImageSource, decode_image
 from cxr_core.data.input_checks import constant_warning, rule_warnings
 from cxr_core.data.preprocessing import PreprocessConfig, normalize, resize_to_model, to_model_uint8
 from cxr_core.errors import ImageReadError
