@@ -169,12 +169,7 @@ def test_imports_never_run_up_the_layers():
 
 #: Import circles not cut yet, each as the one import (module, what it imports) that closes it, with what cuts it.
 #: The test fails on any other circle, and on an entry here whose circle is gone (then delete the entry).
-KNOWN_CIRCLES: dict[tuple[str, str], str] = {
-    ("cxr_core.learn.efficientnet_lite", "cxr_core.learn.models"): (
-        "load_efficientnet_lite_weights imports models.iter_layers, while models registers the EfficientNet-Lite "
-        "backbones; cut by taking the layer walk from a module below both (efficientnet_lite.py is another "
-        "engineer's file: left to them)"),
-}
+KNOWN_CIRCLES: dict[tuple[str, str], str] = {}
 
 
 def test_no_import_circles():

@@ -358,7 +358,7 @@ def load_efficientnet_lite_weights(model: keras.Model, variant: str, path: str |
     Returns:
         the number of layers loaded (at least one, else ValueError).
     """
-    from cxr_core.learn.models import iter_layers
+    from cxr_core.learn.layer_walk import iter_layers
 
     tensors = read_torch_legacy(path or efficientnet_lite_weights_file(variant))
     by_name = {layer.name: layer for layer in iter_layers(model)}

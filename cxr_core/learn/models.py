@@ -40,6 +40,7 @@ from keras import layers
 from cxr_core.data.preprocessing import PreprocessConfig
 from cxr_core.findings import FINDINGS
 from cxr_core.learn import efficientnet_lite
+from cxr_core.learn.layer_walk import iter_layers
 
 #: Layer names the rest of cxr-assist relies on.
 INPUT_NAME = "image"
@@ -209,14 +210,6 @@ def _feature_map(base: keras.Model, names: str | Sequence[str], backbone: str):
     if len(sizes) != 1:
         raise ValueError(f"features_layer maps must share one spatial size to be concatenated, got {sorted(sizes)}")
     return layers.Concatenate(axis=-1, name="multi_scale_features")(maps)
-
-
-def iter_layers(model: keras.Model):
-    """Yield every layer of ``model``, descending into nested models."""
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from iter_layers(layer)
 
 
 def set_bn_momentum(model: keras.Model, momentum: float) -> int:

@@ -249,7 +249,7 @@ def nt_xent(projections, temperature: float):
 # ------------------------------------------------------------ trunk files
 
 def _trunk_layers(model):
-    from cxr_core.learn.models import iter_layers
+    from cxr_core.learn.layer_walk import iter_layers
 
     return [layer for layer in iter_layers(model) if layer.weights and layer.name != "logits"
             and not hasattr(layer, "layers")]

@@ -242,7 +242,7 @@ def evaluate_bundle(
             ``data_root`` (:func:`cxr_core.data.expert_labels.find_expert_labels`),
             False skips the expert reference. A given path must exist.
         fit_ood: also fit the learned not-a-chest-X-ray check into the bundle
-            (:func:`cxr_core.serving.ood.fit_ood`; fit mode on the bundle itself only).
+            (:func:`cxr_core.serving.ood_fit.fit_ood`; fit mode on the bundle itself only).
         progress: wraps iterables with a progress bar (e.g. ``tqdm``).
         log: receives one line per step.
 
