@@ -14,8 +14,9 @@ import streamlit as st
 from cxr_core.data import decode_image
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
 from cxr_core.serving.reading import BAND_LABELS, WITHHELD_NOTE, ReadingPolicy, flag_words, triage_words
-from cxr_core.serving.tour import CATEGORIES, TOUR_FILE, bundle_fingerprint, read_tour, resolve_image
+from cxr_core.serving.tour import CATEGORIES, TOUR_FILE, bundle_fingerprint, read_tour
 from cxr_core.serving.tour_handout import radiologists_rows, stop_pictures, stop_reading
+from cxr_core.serving.tour_outputs import resolve_image
 from pages import common
 
 st.title("Guided tour")

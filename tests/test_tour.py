@@ -22,19 +22,16 @@ from cxr_core.findings import FINDINGS
 from cxr_core.serving.reading import ReadingPolicy
 from cxr_core.serving.tour import (
     CATEGORIES,
-    EXCLUDED_SPLITS,
     SMALL_BOX_SHARE,
     TOUR_FILE,
     WEAK_PEAK,
     WELL_PLACED_IOBB,
-    BoxScore,
-    FilmOutput,
-    box_scores,
     bundle_fingerprint,
     caption,
     read_tour,
     select_tour,
 )
+from cxr_core.serving.tour_outputs import EXCLUDED_SPLITS, BoxScore, FilmOutput, box_scores
 from tests.app_bundle import SHIPPED_BUNDLE, tiny_app_bundle
 from tests.conftest import REPO_ROOT, SHARED_NIH
 
@@ -272,7 +269,7 @@ def test_every_stored_stop_matches_the_data(shipped_tour, demo_root):
 def test_the_stored_heatmap_numbers_and_the_refusal_hold_when_the_model_runs_again(shipped_tour, demo_root):
     """The shipped model analyses the boxed stops again: the stored localisation numbers; and the photograph is refused."""
     from cxr_core.serving import Predictor
-    from cxr_core.serving.tour import resolve_image
+    from cxr_core.serving.tour_outputs import resolve_image
 
     predictor = Predictor.from_bundle(SHIPPED_BUNDLE)
     dataset = NIHDataset(demo_root)
@@ -310,7 +307,7 @@ def tiny_tour_bundle(tmp_path_factory, demo_root):
 
 def test_the_tiny_bundle_tour_keeps_the_rules(tiny_tour_bundle, demo_root):
     from cxr_core.serving import Predictor
-    from cxr_core.serving.tour import gather_outputs, package_photographs
+    from cxr_core.serving.tour_outputs import gather_outputs, package_photographs
 
     tour = read_tour(tiny_tour_bundle)
     predictor = Predictor.from_bundle(tiny_tour_bundle)

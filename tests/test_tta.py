@@ -19,7 +19,7 @@ from cxr_core.data import NIHDataset, preprocess
 from cxr_core.experiments.harness import read_recipe
 from cxr_core.learn import Bundle, BundleError, assemble_ensemble, describe_model
 from cxr_core.serving import Predictor
-from cxr_core.serving.predictor import Member
+from cxr_core.serving.members import Member
 from cxr_core.serving.tta import CROP_FRACTION, crop_views, mean_over_views
 from tests.app_bundle import TINY_MEMBERS, build_tiny_ensemble
 

@@ -6,7 +6,8 @@ It may use data, learn and evaluation; in cxr_core only the experiment harness (
 from cxr_core._lazy import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
-    "predictor": ("Predictor", "Member", "Analysis", "intensity_warnings"),
+    "predictor": ("Predictor", "Analysis", "intensity_warnings"),
+    "members": ("Member", "MemberRunner"),
     "explain": ("HeadGradcamPlusPlus", "gradcam_plus_plus_per_finding", "split_model", "resize_map"),
     "overlays": ("GROUND_TRUTH_COLOR", "HEATMAP_BOX_COLOR", "blend_heatmap", "colorize_heatmap", "draw_boxes", "fit_to",
                  "gray_to_rgb", "scale_boxes", "window_level"),

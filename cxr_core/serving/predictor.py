@@ -38,11 +38,11 @@ from cxr_core.data.preprocessing import PreprocessConfig, normalize, resize_to_m
 from cxr_core.errors import ImageReadError
 from cxr_core.evaluation.calibration import Calibration
 from cxr_core.findings import FINDINGS, canonical_finding
-from cxr_core.serving.explain import HeadGradcamPlusPlus, resize_map, split_model
+from cxr_core.serving.explain import resize_map
+from cxr_core.serving.members import Member, MemberRunner, sigmoid
 from cxr_core.serving.ood import OOD_WARNING, FeatureReference, load_reference, pooled
-from cxr_core.serving.precision import COMPUTE_DTYPES, check_compute_mode, member_compute_dtype, with_bfloat16_trunk
+from cxr_core.serving.precision import check_compute_mode, member_compute_dtype
 from cxr_core.serving.reading import Reading, ReadingPolicy
-from cxr_core.serving.tta import check_tta_views, crop_views, mean_over_views
 
 #: Default operating point when a bundle has no fitted thresholds yet.
 UNFITTED_THRESHOLD = 0.5
@@ -113,131 +113,12 @@ def intensity_warnings(model_input_uint8: np.ndarray, reference: dict | None) ->
     return notes
 
 
-@dataclass(frozen=True)
-class Member:
-    """One classifier of a Predictor.
-
-    Attributes:
-        model: Keras model with the cxr-assist layer names (``"features"``, ``"logits"``, ``"probabilities"``).
-        preprocess: the preprocessing it was trained with (its own input size and normalisation).
-        weight: its share of the averaged logits (normalised over the members).
-        name: a label (the member's folder in an ensemble bundle).
-        explanation: its heatmap method, ``"gradcam++"`` or ``"gradcam"`` (as its bundle records).
-        map_weight: its share of the averaged heatmaps (default: ``weight``); 0
-            keeps a member out of the maps, e.g. one whose maps measured worse
-            on the validation boxes.
-        tta_views: 1, or 6 for test-time augmentation: its logits are the
-            mean over the image and five crops (:mod:`cxr_core.serving.tta`);
-            its maps stay those of the image.
-        compute_dtype: ``"float32"``, or ``"bfloat16"`` to run its trunk (the
-            layers before ``"features"``) in bfloat16; the features and the
-            head stay float32. :meth:`Predictor.from_bundle` chooses it per
-            backbone and CPU (:mod:`cxr_core.serving.precision`).
-    """
-
-    model: keras.Model
-    preprocess: PreprocessConfig
-    weight: float = 1.0
-    name: str = "model"
-    explanation: str = "gradcam++"
-    map_weight: float | None = None
-    tta_views: int = 1
-    compute_dtype: str = "float32"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "tta_views", check_tta_views(self.tta_views))
-        if self.compute_dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"{self.name}: compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, "
-                             f"got {self.compute_dtype!r}")
-
-
-class _Runner:
-    """A member's compiled calls: probabilities and logits, or features too, from one forward pass."""
-
-    def __init__(self, member: Member, findings: tuple[str, ...]) -> None:
-        import tensorflow as tf
-
-        model = member.model
-        size = model.inputs[0].shape[1]
-        if size != member.preprocess.size:
-            raise ValueError(f"{member.name}: the model takes {size} px inputs but the preprocessing says {member.preprocess.size}")
-        if int(model.outputs[0].shape[-1]) != len(findings):
-            raise ValueError(f"{member.name}: the model has {model.outputs[0].shape[-1]} outputs, expected {len(findings)}")
-        self.member = member
-        self.size = int(member.preprocess.size)
-        if member.compute_dtype == "bfloat16":
-            model = with_bfloat16_trunk(model)
-        backbone, head = split_model(model)
-        logits = _logits_output(model)
-        if logits is None:
-            scores = keras.Model(model.inputs[0], model.outputs[0])
-        else:
-            scores = keras.Model(model.inputs[0], [logits, model.outputs[0]])
-        both = keras.Model(model.inputs[0], [*backbone.outputs, *([] if logits is None else [logits])])
-        # Compiled once per input shape: an eager Keras call costs more than the network itself on CPU.
-        self._scores = tf.function(lambda x: scores(x, training=False), reduce_retracing=True)
-        self._both = tf.function(lambda x: both(x, training=False), reduce_retracing=True)
-        self._has_logits = logits is not None
-        self.explainer = HeadGradcamPlusPlus(head, method=member.explanation)
-
-    def _view_scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = self._scores(batch)
-        if self._has_logits:
-            logits, probabilities = out
-            return np.asarray(logits, dtype=np.float64), np.asarray(probabilities, dtype=np.float64)
-        probabilities = np.asarray(out, dtype=np.float64)
-        return _logit(probabilities), probabilities
-
-    def _with_crops(self, batch: np.ndarray, logits: np.ndarray, probabilities: np.ndarray):
-        """With test-time augmentation: the full view's scores averaged (in logits) with the crops'."""
-        if self.member.tta_views == 1:
-            return logits, probabilities
-        crop_logits, _ = self._view_scores(crop_views(batch))
-        logits = mean_over_views(logits, crop_logits)
-        return logits, _sigmoid(logits)
-
-    def scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(logits, probabilities)`` (n, 14) float64 for normalised inputs."""
-        return self._with_crops(batch, *self._view_scores(batch))
-
-    def features(self, batch: np.ndarray) -> np.ndarray:
-        """The full image's ``"features"`` alone: no test-time views, which only the scores use."""
-        return np.asarray(self._both(batch)[0])
-
-    def features_and_scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(features, logits, probabilities)``: features of the full image, from the same forward pass as its scores."""
-        out = self._both(batch)
-        features, probabilities = np.asarray(out[0]), np.asarray(out[1], dtype=np.float64)
-        logits = np.asarray(out[2], dtype=np.float64) if self._has_logits else _logit(probabilities)
-        return (features, *self._with_crops(batch, logits, probabilities))
-
-
-def _logits_output(model: keras.Model):
-    """The output of the model's ``"logits"`` layer (cast to float32), or None for a model without one."""
-    from cxr_core.learn.models import LOGITS_NAME
-
-    try:
-        output = model.get_layer(LOGITS_NAME).output
-    except ValueError:
-        return None
-    return keras.ops.cast(output, "float32")
-
-
 def _shares(values, what: str) -> np.ndarray:
     """``values`` normalised to sum 1; ValueError unless finite, non-negative and not all zero."""
     weights = np.asarray([float(v) for v in values])
     if not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
         raise ValueError(f"{what} must be finite, non-negative and not all zero, got {weights.tolist()}")
     return weights / weights.sum()
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
-    return np.log(p) - np.log1p(-p)
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
 
 
 class Predictor:
@@ -291,7 +172,7 @@ class Predictor:
         self.thresholds = np.full(len(findings), UNFITTED_THRESHOLD) if thresholds is None else np.asarray(thresholds, float)
         self.metadata = dict(metadata or {})
         self.policy = ReadingPolicy.from_metadata(self.metadata, self.thresholds)
-        self._runners = tuple(_Runner(m, findings) for m in self.members)
+        self._runners = tuple(MemberRunner(m, findings) for m in self.members)
         if ood is not None and self.is_ensemble and ood.member not in [m.name for m in self.members]:
             ood = None  # a reference fitted on another member's features cannot be used
         self.ood = ood
@@ -490,7 +371,7 @@ class Predictor:
         """Raw probabilities: the one model's own output, or the sigmoid of the weighted mean of the members' logits."""
         if len(logits) == 1:
             return probabilities[0]
-        return _sigmoid(sum(w * z for w, z in zip(self.weights, logits)))
+        return sigmoid(sum(w * z for w, z in zip(self.weights, logits)))
 
     def _calibrate(self, raw: np.ndarray) -> np.ndarray:
         return raw if self.calibration is None else np.asarray(self.calibration.apply(raw), dtype=float)

@@ -38,8 +38,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,25 +49,20 @@ import numpy as np
 from cxr_core.data.expert_labels import EXPERT_CATEGORIES
 from cxr_core.evaluation.expert import EXPERT_MAPPING, category_labels, category_scores
 from cxr_core.evaluation.flags import FLAG, POSSIBLE
-from cxr_core.evaluation.localization import best_iobb, heatmap_to_boxes, iou
 from cxr_core.evaluation.triage import ABNORMAL, NO_FINDING_LIKELY
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
-from cxr_core.serving.reading import Reading, ReadingPolicy
+from cxr_core.serving.reading import ReadingPolicy
+from cxr_core.serving.tour_outputs import EXCLUDED_SPLITS, FilmOutput, gather_outputs, package_photographs
 
 if TYPE_CHECKING:  # the model is needed only to gather outputs
-    from cxr_core.data.dataset import NIHDataset
-    from cxr_core.serving.predictor import Predictor
+    pass
 
-__all__ = [
-    "CATEGORIES", "TOUR_FILE", "TOUR_FORMAT", "BoxScore", "FilmOutput", "box_scores", "build_tour", "bundle_fingerprint", "caption",
-    "gather_outputs", "package_photographs", "read_tour", "resolve_image", "select_tour", "write_tour",
-]
+__all__ = ["CATEGORIES", "TOUR_FILE", "TOUR_FORMAT", "build_tour", "bundle_fingerprint", "caption", "read_tour", "select_tour",
+           "write_tour"]
 
 TOUR_FILE = "tour.json"
 TOUR_FORMAT = "cxr-assist-tour"
 TOUR_VERSION = 1
-#: Films of these splits are never on the tour.
-EXCLUDED_SPLITS = ("train", "val")
 #: The seeded choice takes one of this many best-ranked candidates.
 TOP_K = 3
 #: A heatmap is well placed when its best box lies at least this much inside the expert box (Wang et al.'s T(IoBB) = 0.5).
@@ -79,12 +74,6 @@ SMALL_BOX_SHARE = 0.02
 WEAK_PEAK = 0.5
 #: The hits shown by name; "hit_other" takes the best of the other boxed findings.
 HIT_FINDINGS = ("Cardiomegaly", "Effusion")
-#: A non-chest image shipped with an installed package: (package, path inside it, what it is).
-PHOTOGRAPHS = (
-    ("scikit-learn", "datasets/images/china.jpg", "scikit-learn's sample photograph china.jpg (a temple in China)"),
-    ("scikit-learn", "datasets/images/flower.jpg", "scikit-learn's sample photograph flower.jpg (a flower)"),
-)
-_MODULES = {"scikit-learn": "sklearn"}
 
 #: category key -> (title, what it shows), in the order the tour presents them.
 CATEGORIES: dict[str, tuple[str, str]] = {
@@ -104,192 +93,6 @@ CATEGORIES: dict[str, tuple[str, str]] = {
 #: Scarce categories choose first, so the one-film-per-patient rule costs the plentiful ones.
 SELECTION_ORDER = ("refused", "nih_overturned", "nih_missed", "small_nodule", "hit_cardiomegaly", "hit_effusion",
                    "hit_other", "miss", "triage_miss", "normal_set_aside", "abnormal_no_flag", "false_alarm")
-
-
-@dataclass(frozen=True)
-class BoxScore:
-    """The heatmap of one finding against one expert box of it.
-
-    Attributes:
-        finding: the boxed finding.
-        iou: best IoU of a heatmap box with the expert box.
-        iobb: best IoBB (share of a heatmap box inside the expert box, Wang et al. 2017).
-        coverage: share of the expert box covered by the heatmap boxes together.
-        peak_in_box: the heatmap's strongest value inside the expert box, as a share of its peak.
-        box_share: the expert box's area as a share of the film's.
-    """
-
-    finding: str
-    iou: float
-    iobb: float
-    coverage: float
-    peak_in_box: float
-    box_share: float
-
-
-@dataclass(frozen=True)
-class FilmOutput:
-    """One image as the model saw it, with what is known about it.
-
-    Attributes:
-        image: the file name (the NIH image index for a dataset film).
-        split: the model's split of the film (``train``, ``val``, ``test``), ``unseen``, or
-            ``not a film`` for an image that is no dataset film.
-        patient_id: NIH's patient ID (None for an image that is no dataset film).
-        reading: the reading at the bundle's default operating point, withheld where the input check warned.
-        probabilities: {finding: calibrated probability}.
-        nih_labels: NIH's findings of the film (empty: No Finding); None for an image that is no dataset film.
-        boxes: the heatmap against each expert box of the film.
-        expert: the radiologists' labels, {category: 1.0, 0.0 or None (not read)}; None where the film has none.
-        source: where the file is: ``{"kind": "dataset"}``, or ``{"kind": "package", "package", "path",
-            "description"}`` for a file that ships with an installed package (:func:`resolve_image`).
-    """
-
-    image: str
-    split: str
-    patient_id: int | None
-    reading: Reading
-    probabilities: dict[str, float]
-    nih_labels: tuple[str, ...] | None
-    boxes: tuple[BoxScore, ...] = ()
-    expert: dict[str, float | None] | None = None
-    source: dict = field(default_factory=lambda: {"kind": "dataset"})
-
-    @property
-    def withheld(self) -> bool:
-        return self.reading.withheld
-
-
-# -- gathering the outputs (runs the model) -------------------------------------------------------------------------
-
-
-def package_photographs() -> list[tuple[Path, dict]]:
-    """The non-chest photographs that ship with installed packages (:data:`PHOTOGRAPHS`), as ``(path, source)``."""
-    found = []
-    for package, relative, description in PHOTOGRAPHS:
-        source = {"kind": "package", "package": package, "path": relative, "description": description}
-        path = resolve_image(source, Path(relative).name)
-        if path is not None:
-            found.append((path, source))
-    return found
-
-
-def resolve_image(source: Mapping, image: str, data_root: str | os.PathLike | None = None,
-                  dataset_paths: Mapping[str, str] | None = None) -> Path | None:
-    """The file of a stop or film on this machine, or None when it is not here.
-
-    Args:
-        source: the stop's ``source``.
-        image: the image name.
-        data_root: the dataset folder (for a dataset film).
-        dataset_paths: {image: path} of the dataset, when already read (else ``data_root/images/<image>``).
-    """
-    if source.get("kind") == "package":
-        import importlib.util
-
-        spec = importlib.util.find_spec(_MODULES.get(source["package"], source["package"]))
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        path = Path(list(spec.submodule_search_locations)[0]) / source["path"]
-        return path if path.is_file() else None
-    if dataset_paths is not None and image in dataset_paths:
-        return Path(dataset_paths[image])
-    if data_root is None:
-        return None
-    path = Path(data_root) / "images" / image
-    return path if path.is_file() else None
-
-
-def box_scores(heatmap: np.ndarray, finding: str, truth: Iterable[Sequence[float]]) -> list[BoxScore]:
-    """The heatmap of ``finding`` against each expert box ``(x, y, w, h)`` (in the heatmap's pixels)."""
-    heat = np.asarray(heatmap, dtype=np.float64)
-    height, width = heat.shape
-    predicted = heatmap_to_boxes(heat, out_shape=(height, width))
-    covered = np.zeros((height, width), dtype=bool)
-    for x, y, w, h, _ in predicted:
-        covered[_span(y, h, height), _span(x, w, width)] = True
-    peak = float(np.nanmax(heat)) if heat.size else 0.0
-    out = []
-    for box in truth:
-        gt = tuple(float(v) for v in box[:4])
-        rows, cols = _span(gt[1], gt[3], height), _span(gt[0], gt[2], width)
-        inside = heat[rows, cols]
-        area = inside.size
-        out.append(BoxScore(
-            finding=finding,
-            iou=max((iou(p, gt) for p in predicted), default=0.0),
-            iobb=best_iobb(predicted, gt),
-            coverage=float(covered[rows, cols].mean()) if area else 0.0,
-            peak_in_box=float(np.nanmax(inside)) / peak if area and peak > 0 else 0.0,
-            box_share=gt[2] * gt[3] / float(height * width),
-        ))
-    return out
-
-
-def _span(start: float, size: float, limit: int) -> slice:
-    low = int(np.clip(np.floor(start), 0, limit))
-    return slice(low, int(np.clip(np.ceil(start + size), low, limit)))
-
-
-def _expert_row(expert, image: str) -> dict[str, float | None] | None:
-    if expert is None:
-        return None
-    table = expert.set_index("image") if "image" in getattr(expert, "columns", ()) else expert
-    if image not in table.index:
-        return None
-    row = table.loc[image]
-    return {c: None if row[c] != row[c] else float(row[c]) for c in EXPERT_CATEGORIES}
-
-
-def gather_outputs(
-    predictor: Predictor,
-    dataset: NIHDataset,
-    *,
-    expert=None,
-    extra_images: Sequence[tuple[str | os.PathLike, Mapping]] = (),
-    progress: Callable | None = None,
-) -> list[FilmOutput]:
-    """Run the model over every film of ``dataset`` outside its training and validation splits, and over extra images.
-
-    Films with expert boxes get the heatmap of each boxed finding, scored
-    against each box (:func:`box_scores`); the others are analysed without
-    heatmaps.
-
-    Args:
-        predictor: the bundle's Predictor (its default operating point gives the readings).
-        dataset: the demo set (any NIH layout).
-        expert: the radiologists' labels (:func:`cxr_core.data.read_expert_labels`), or None.
-        extra_images: ``(path, source)`` of images that are no dataset film (:func:`package_photographs`).
-        progress: wraps an iterable with a progress bar.
-
-    Returns:
-        one :class:`FilmOutput` per analysed image, dataset films in the dataset's order, then the extras.
-    """
-    csv = dataset.csv
-    rows = [(i, name) for i, name in enumerate(csv["image"]) if (predictor.split_of(name) or "unseen") not in EXCLUDED_SPLITS]
-    boxes = dataset.boxes
-    outputs = []
-    for i, name in progress(rows) if progress else rows:
-        boxed = [f for f in FINDINGS if f in set(boxes.loc[boxes["image"] == name, "finding"])]
-        analysis = predictor.analyze(csv["path"].iloc[i], explain=boxed)
-        height, width = analysis.image.pixels.shape
-        scores = []
-        if boxed:
-            truth = dataset.boxes_for(name, width=width, height=height)
-            for finding in boxed:
-                mine = truth[truth["finding"] == finding][["x", "y", "w", "h"]].to_numpy()
-                scores += box_scores(analysis.heatmaps[finding], finding, mine)
-        labels = dataset.labels[i]
-        outputs.append(FilmOutput(
-            image=name, split=predictor.split_of(name) or "unseen", patient_id=int(csv["patient_id"].iloc[i]),
-            reading=analysis.reading, probabilities=dict(analysis.probabilities),
-            nih_labels=tuple(f for f, v in zip(FINDINGS, labels) if v > 0.5), boxes=tuple(scores),
-            expert=_expert_row(expert, name)))
-    for path, source in extra_images:
-        analysis = predictor.analyze(path, explain=[])
-        outputs.append(FilmOutput(image=Path(path).name, split="not a film", patient_id=None, reading=analysis.reading,
-                                  probabilities=dict(analysis.probabilities), nih_labels=None, source=dict(source)))
-    return outputs
 
 
 # -- captions ---------------------------------------------------------------------------------------------------------

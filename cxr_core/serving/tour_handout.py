@@ -23,7 +23,7 @@ from cxr_core.evaluation.localization import heatmap_to_boxes
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
 from cxr_core.serving import overlays
 from cxr_core.serving.reading import WITHHELD_NOTE, Reading, ReadingPolicy, triage_words
-from cxr_core.serving.tour import resolve_image
+from cxr_core.serving.tour_outputs import resolve_image
 
 __all__ = ["StopPictures", "stop_pictures", "stop_reading", "tour_pdf", "radiologists_rows"]
 
