@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     from cxr_core.data.dataset import NIHDataset
+    from cxr_core.experiments.harness import read_recipe, recipe_bundle
     from cxr_core.learn.bundle import Bundle
-    from cxr_core.serving.experiment import read_recipe, recipe_bundle
 
     runs = Path(args.runs)
     recipes = {r.name: r for r in map(read_recipe, args.grid)}
