@@ -97,7 +97,7 @@ flagged = ", ".join(DISPLAY_NAMES[f] for f in reading.flagged)
 possible = ", ".join(DISPLAY_NAMES[f] for f in reading.possible)
 st.markdown(f"**Flagged:** {flagged or 'none'}" + (f" · *possible:* {possible}" if possible else ""))
 
-rows = pd.DataFrame(report.findings_rows(analysis, predictor.metadata, predictor.thresholds, reading=reading))
+rows = pd.DataFrame(report.findings_rows(analysis, predictor.metadata, reading=reading, policy=policy))
 left, right = st.columns(2)
 with left:
     level = st.slider("Window level", 0.0, 1.0, 0.5, 0.01, key="analyze_level")

@@ -211,21 +211,16 @@ def fit_flags(
                         reasons=tuple(reasons), validation=tuple(validation))
 
 
-def youden_flags(thresholds, *, y_val=None, calibrated_val=None, findings: Sequence[str] = FINDINGS) -> FindingFlags:
+def youden_flags(thresholds, *, validation: Sequence[dict] = (), findings: Sequence[str] = FINDINGS) -> FindingFlags:
     """The earlier design as flags: one cut per finding (Youden's J), no "possible" band.
 
     Args:
         thresholds: the bundle's Youden cuts, shape (14,).
-        y_val, calibrated_val: validation labels and calibrated probabilities,
-            to record each cut's validation rates (optional).
+        validation: per finding, what its cut had on validation (e.g. the
+            bundle's ``operating_points``' sensitivity and specificity); none by default.
         findings: column names.
     """
     cuts = np.asarray(thresholds, dtype=float)
-    validation = ()
-    if y_val is not None and calibrated_val is not None:
-        y, c = _check_targets(y_val, calibrated_val, other_name="calibrated_val")
-        validation = tuple(_worth(y[:, j], c[:, j], cuts[j]) for j in range(len(cuts)))
     return FindingFlags(flag=cuts, possible=cuts, findings=tuple(findings), operating_point="youden",
                         target_specificity=None, possible_specificity=None, min_val_positives=0,
-                        validation=validation)
-
+                        validation=tuple(validation))

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cxr_core.evaluation.flags import FLAG, NOT_SET, OPERATING_POINTS, POSSIBLE, FindingFlags
+from cxr_core.evaluation.flags import FLAG, NOT_SET, OPERATING_POINTS, POSSIBLE, FindingFlags, youden_flags
 from cxr_core.evaluation.triage import NOT_ASSESSED, Triage
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
 
@@ -101,11 +101,9 @@ class ReadingPolicy:
             thresholds = block.get("values") if isinstance(block, Mapping) else block
         cuts = np.full(len(FINDINGS), 0.5) if thresholds is None else np.asarray(thresholds, dtype=float)
         points = {p.get("finding"): p for p in meta.get("operating_points") or [] if isinstance(p, Mapping)}
-        youden = FindingFlags(
-            flag=cuts, possible=cuts, operating_point="youden", target_specificity=None, possible_specificity=None,
-            min_val_positives=0, validation=tuple({"sensitivity": points.get(f, {}).get("val_sensitivity"),
-                                                   "specificity": points.get(f, {}).get("val_specificity")}
-                                                  for f in FINDINGS))
+        youden = youden_flags(cuts, validation=[{"sensitivity": points.get(f, {}).get("val_sensitivity"),
+                                                 "specificity": points.get(f, {}).get("val_specificity")}
+                                                for f in FINDINGS])
         triage = Triage.from_dict(meta["triage"]) if meta.get("triage") else None
         flags = FindingFlags.from_dict(meta["flags"]) if meta.get("flags") else None
         return cls(triage=triage, flags=flags, youden=youden)

@@ -141,7 +141,7 @@ def reading_and_policy(analysis: Analysis, metadata: Mapping | None, reading: Re
 
 
 def findings_rows(analysis: Analysis, metadata: Mapping | None, thresholds: Sequence[float] | None = None, *,
-                  reading: Reading | None = None) -> list[dict]:
+                  reading: Reading | None = None, policy: ReadingPolicy | None = None) -> list[dict]:
     """One row per finding, highest calibrated probability first.
 
     Args:
@@ -152,6 +152,8 @@ def findings_rows(analysis: Analysis, metadata: Mapping | None, thresholds: Sequ
             default: those of the metadata.
         reading: the reading shown (operating point, shown anyway); default:
             the analysis's own (:attr:`Analysis.reading`).
+        policy: the reading policy of ``metadata`` and ``thresholds``, when the
+            caller has it already (``predictor.policy``); built from them otherwise.
 
     Returns:
         dicts with ``finding`` (data spelling), ``name`` (display name),
@@ -164,7 +166,8 @@ def findings_rows(analysis: Analysis, metadata: Mapping | None, thresholds: Sequ
         ``youden_threshold``, ``at_youden`` (the earlier design's call, kept
         for audit), ``val_sensitivity`` and ``val_specificity`` (of the Youden cut).
     """
-    reading, policy = reading_and_policy(analysis, metadata, reading, thresholds)
+    if policy is None or reading is None:
+        reading, policy = reading_and_policy(analysis, metadata, reading, thresholds)
     cuts = policy.cuts(reading.operating_point)
     points = operating_points(metadata)
     youden = policy.youden.flag
@@ -230,7 +233,7 @@ def json_report(
     triage probability or boxes.
     """
     reading, policy = reading_and_policy(analysis, metadata, reading, thresholds)
-    rows = [] if reading.withheld else findings_rows(analysis, metadata, thresholds, reading=reading)
+    rows = [] if reading.withheld else findings_rows(analysis, metadata, reading=reading, policy=policy)
     wanted = set(analysis.heatmaps if box_findings is None else box_findings)
     for row in rows:
         if row["finding"] in wanted:
@@ -355,7 +358,7 @@ def pdf_report(
     from reportlab.platypus import Image, PageBreak, Paragraph, Spacer, Table, TableStyle
 
     reading, policy = reading_and_policy(analysis, metadata, reading, thresholds)
-    rows = [] if reading.withheld else findings_rows(analysis, metadata, thresholds, reading=reading)
+    rows = [] if reading.withheld else findings_rows(analysis, metadata, reading=reading, policy=policy)
     model = model_summary(metadata)
     if reading.withheld:
         overlay_findings = []
