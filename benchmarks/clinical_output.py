@@ -65,7 +65,7 @@ def measure(bundle: Path, *, n_boot: int = 1000) -> dict:
         report, triage, flags = reading_report(y_test=y_test, c_test=c_test, test_groups=g_test,
                                                youden_thresholds=policy.youden.flag, triage=policy.triage,
                                                flags=policy.flags, n_boot=n_boot)
-    designs = [{"design": "Youden's J per finding (v3, baseline)", **report["burden"]["youden"]}]
+    designs = [{"design": "Youden's J per finding (the design up to v3, baseline)", **report["burden"]["youden"]}]
     if flags is not None:
         designs.append({"design": f"flags at validated specificity {flags.target_specificity} (shipped)",
                         **report["burden"]["flags"]})
