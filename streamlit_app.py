@@ -1,6 +1,7 @@
-"""cxr-assist: radiologist-assist demo for NIH ChestX-ray14 (not for clinical use).
+"""cxr-assist's pages and navigation: the Streamlit script that ``app.py`` serves (not for clinical use).
 
-Run with ``streamlit run app.py``. The model bundle folder comes from
+Run with ``streamlit run app.py`` (the server, see app.py); ``streamlit run
+streamlit_app.py`` also works. The model bundle folder comes from
 ``CXR_ASSIST_BUNDLE`` (default ``models/default``), the demo data from
 ``CXR_ASSIST_DEMO`` (default ``data/demo``); see ``pages/common.py``.
 """
@@ -9,6 +10,7 @@ import streamlit as st
 
 from pages import common
 
+common.PAGE_STARTED.set()  # a browser came: app.py's server leaves the warm-up to the end of this first page run
 st.set_page_config(page_title="cxr-assist", page_icon="🩻", layout="wide")
 
 pages = {
@@ -26,7 +28,6 @@ pages = {
 }
 try:
     st.navigation(pages).run()
-finally:  # as soon as the first page's script has run (or stopped), get the model ready in the background: importing
-    # TensorFlow, loading and compiling the members is most of the time before a first analysis; started before the
-    # page ran, it slowed the first page down (cold start 6.4 s instead of about 4 s on the 2 cores).
+finally:  # once the first page's script has run (or stopped), get the model ready in the background (once per process;
+    # app.py's server starts it itself when no browser comes within 2 s of its start).
     common.warm_up()

@@ -51,7 +51,7 @@ from benchmarks.app_driver import (
 )
 
 
-def run(bundle: Path, n_images: int, repeats: int) -> dict:
+def run(bundle: Path, n_images: int, repeats: int, entry: str = "app.py") -> dict:
     from playwright.sync_api import sync_playwright
 
     from cxr_core.data import NIHDataset
@@ -67,7 +67,7 @@ def run(bundle: Path, n_images: int, repeats: int) -> dict:
             env = {**os.environ, "CXR_ASSIST_BUNDLE": str(bundle), "TF_CPP_MIN_LOG_LEVEL": "2"}
             page = browser.new_page(viewport=VIEWPORT)
             started = time.perf_counter()
-            process = start_streamlit(port, env)
+            process = start_streamlit(port, env, entry=entry)
             try:
                 url = f"http://127.0.0.1:{port}"
                 wait_healthy(url, process)
@@ -107,13 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", default=os.environ.get("CXR_ASSIST_BUNDLE", "models/default"), help="model bundle folder")
     parser.add_argument("--images", type=int, default=8, help="demo images uploaded per server")
     parser.add_argument("--repeats", type=int, default=2, help="fresh servers started")
+    parser.add_argument("--entry", default="app.py", choices=["app.py", "streamlit_app.py"],
+                        help="what `streamlit run` starts: app.py (the server, warm-up at start) or the pages alone")
     args = parser.parse_args(argv)
     bundle = Path(args.bundle).resolve()
     if not (bundle / "bundle.json").is_file():
         parser.error(f"no model bundle at {bundle} (pass --bundle)")
     if not Path(CHROMIUM).is_file():
         parser.error(f"{CHROMIUM} is missing: apt-get install chromium")
-    r = run(bundle, args.images, args.repeats)
+    r = run(bundle, args.images, args.repeats, args.entry)
     med = lambda v: statistics.median(v) if v else float("nan")  # noqa: E731
     print(f"bundle {bundle} on {platform.machine()}, {os.cpu_count()} CPUs")
     print(f"server healthy:          median {med(r['health_s']):.2f} s  ({', '.join(f'{v:.2f}' for v in r['health_s'])})")

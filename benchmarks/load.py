@@ -86,6 +86,7 @@ from benchmarks.app_driver import (
 )
 from benchmarks.load_report import GOAL_P95_UPLOAD_S, write_report
 from benchmarks.resources import Sampler, busy_processes, machine
+from cxr_core.serving.reading import WITHHELD_NOTE
 
 CASES = 60  # cases in the benchmark's study: more than a session reads in a few minutes
 ERRORS_SHOWN = '[data-testid="stException"], [data-testid="stAlertContentError"]'
@@ -143,8 +144,10 @@ async def settled(page, timeout_ms: float) -> None:
 async def check_page(page) -> None:
     shown = page.locator(ERRORS_SHOWN)
     if await shown.count():
-        text = " | ".join(t.strip()[:300] for t in await shown.all_inner_texts())
-        raise ShownError(text or "an exception box without text")
+        # The input check withholding a film's output (about 1% of real NIH films) is the app working, not an error.
+        texts = [t.strip()[:300] for t in await shown.all_inner_texts() if not t.strip().startswith(WITHHELD_NOTE[:40])]
+        if texts:
+            raise ShownError(" | ".join(texts) or "an exception box without text")
 
 
 async def nav(page, title: str, heading: str, timeout_ms: float) -> None:

@@ -1,6 +1,6 @@
 """What every page shares: where the bundle and data are, cached loaders, guards.
 
-Not a page (app.py lists the pages). Environment:
+Not a page (streamlit_app.py lists the pages). Environment:
 
 * ``CXR_ASSIST_BUNDLE``: the model bundle folder (default ``models/default``);
 * ``CXR_ASSIST_DEMO``: the demo data set (default ``data/demo``);
@@ -13,7 +13,7 @@ Not a page (app.py lists the pages). Environment:
 
 TensorFlow is imported only when a page needs the model, so the home page
 renders without waiting for it; app.py starts loading the model in a
-background thread before the first page runs (importing TensorFlow, loading
+background thread when the server starts (importing TensorFlow, loading
 the members, compiling them for this CPU in parallel), so it is usually ready
 by the first upload. While it is still getting ready, a page that needs it
 shows the step and a progress bar that updates (:func:`wait_until_ready`),
@@ -35,20 +35,24 @@ import streamlit as st
 
 
 def _leave_pages_folder_mode() -> None:
-    """Make the very first script run of a fresh server go through app.py.
+    """Make the very first script run of a fresh server go through streamlit_app.py.
 
     Streamlit treats an app with a ``pages/`` folder as an old-style multipage
     app until the entry point calls ``st.navigation``; so the first run of a
-    fresh server (before app.py ever ran) would run a page file on its own, with
+    fresh server (before streamlit_app.py ever ran) would run a page file on its own, with
     the folder's file list as navigation. Switch the server to ``st.navigation``
-    mode at once and rerun, so app.py's navigation and page config apply.
+    mode at once and rerun, so streamlit_app.py's navigation and page config apply.
     """
     from streamlit.runtime.pages_manager import PagesManager
     from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-    if PagesManager.uses_pages_directory:
+    was = PagesManager.uses_pages_directory  # None until a session's PagesManager looks for the folder
+    if was is not False:
+        # Imported at server start (app.py) it is still None: set now, no session ever runs in folder mode, even
+        # one whose first visit is a page's URL (the page file, not streamlit_app.py, would run, with the folder's
+        # file list as navigation).
         PagesManager.uses_pages_directory = False
-        if get_script_run_ctx(suppress_warning=True) is not None:
+        if was and get_script_run_ctx(suppress_warning=True) is not None:
             st.rerun()
 
 
@@ -131,9 +135,12 @@ _WARMING: set[str] = set()
 #: Seconds the warm-up waits before it starts. 0: it starts with the first page's script run (the home page does not
 #: need TensorFlow, and the model is the slowest thing to get ready).
 WARM_UP_DELAY_S = 0.0
+#: Seconds between the model answering and its tracing starting (see warm_up).
+TRACE_DELAY_S = 1.0
 #: What the warm-up is doing, for the "getting ready" progress: read by pages, written by the warm-up thread.
-_WARM_STATE: dict = {"running": False, "stage": "", "step": 0, "steps": 4, "error": None, "started": 0.0}
-_WARM_STEPS = ("starting TensorFlow", "loading the model", "compiling", "checking a full analysis")
+_WARM_STATE: dict = {"running": False, "compiling": False, "stage": "", "step": 0, "steps": 2, "error": None,
+                     "started": 0.0, "ready_after": None}
+_WARM_STEPS = ("starting TensorFlow", "loading the model")
 
 
 # Every model call runs on this one long-lived thread (Streamlit starts a new
@@ -190,7 +197,9 @@ def compute_mode() -> str:
     return os.environ.get(COMPUTE_ENV, "").strip() or "auto"
 
 
-def _load_predictor(path: str, stamp: float, compute: str):
+def _load_predictor(path: str, stamp: float, compute: str, *, compiled: bool = True):
+    """The shared Predictor, loaded on first use. ``compiled=False`` (the warm-up's load) answers op by op until its
+    graphs are traced, so the first film need not wait for the tracing."""
     with _PREDICTOR_LOCK:
         key = (path, stamp, compute)
         if key not in _PREDICTORS:
@@ -199,7 +208,7 @@ def _load_predictor(path: str, stamp: float, compute: str):
             _keep_keras_session()
 
             _PREDICTORS.clear()  # a replaced bundle frees the old model
-            _PREDICTORS[key] = Predictor.from_bundle(path, compute=compute)
+            _PREDICTORS[key] = Predictor.from_bundle(path, compute=compute, compiled=compiled)
         return _PREDICTORS[key]
 
 
@@ -222,6 +231,8 @@ def warm_up() -> None:
         _WARMING.add(key)
 
     def stage(text: str) -> None:
+        print(f"cxr-assist: {text} ({time.monotonic() - _WARM_STATE['started']:.1f} s into the warm-up)", file=sys.stderr,
+              flush=True)
         with _STATE_LOCK:
             step = next((i for i, name in enumerate(_WARM_STEPS) if text.startswith(name)), _WARM_STATE["step"])
             _WARM_STATE.update(stage=text, step=step)
@@ -234,19 +245,58 @@ def warm_up() -> None:
                 import keras  # noqa: F401 - the slowest import (TensorFlow), timed as its own step
 
             stage("loading the model")
-            predictor = _load_predictor(str(path), _stamp(path), compute_mode())
-            # Trace the compiled graphs (members in parallel), then one analysis, on the model thread.
-            on_model_thread(predictor.warm_up, stage)
+            predictor = _load_predictor(str(path), _stamp(path), compute_mode(), compiled=False)
         except Exception as exc:  # noqa: BLE001 - the page that needs the model reports the error
             with _STATE_LOCK:
-                _WARM_STATE["error"] = f"{type(exc).__name__}: {exc}"
+                _WARM_STATE.update(error=f"{type(exc).__name__}: {exc}", running=False)
+            return
+        # Loaded: pages analyse from now on, op by op until each member's graphs are traced. The tracing goes one
+        # member at a time through the model thread, after a short pause: a film that waited for the model (the first
+        # of a demo) is analysed first, and a later one waits for at most one member's tracing, never for all.
+        with _STATE_LOCK:
+            _WARM_STATE.update(running=False, compiling=True, ready_after=time.monotonic() - _WARM_STATE["started"])
+        stage("ready: analyses run")
+        try:
+            time.sleep(TRACE_DELAY_S)
+            for index in range(len(predictor.members)):
+                stage(f"compiling member {index + 1} of {len(predictor.members)} for this CPU")
+                on_model_thread(predictor.compile_member, index)
+        except Exception as exc:  # noqa: BLE001 - the analyses still run op by op; say why in the log
+            print(f"cxr-assist: compiling the model failed, analyses run uncompiled: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
         finally:
             with _STATE_LOCK:
-                _WARM_STATE["running"] = False
+                _WARM_STATE["compiling"] = False
+            stage("compiled")
 
     with _STATE_LOCK:
-        _WARM_STATE.update(running=True, stage="starting", step=0, error=None, started=time.monotonic())
+        _WARM_STATE.update(running=True, compiling=False, stage="starting", step=0, error=None, started=time.monotonic(),
+                           ready_after=None)
     threading.Thread(target=work, name="cxr-assist-warm-up", daemon=True).start()
+
+
+#: Set when a page's script first runs in this process (streamlit_app.py sets it before it renders anything).
+PAGE_STARTED = threading.Event()
+#: How long app.py's server start waits for a browser before it starts the warm-up itself (see warm_up_at_start).
+BROWSER_GRACE_S = 2.0
+
+
+def warm_up_at_start(grace_s: float | None = None) -> None:
+    """At server start: start the warm-up unless a browser's first page comes within ``grace_s`` seconds.
+
+    Measured on the 2 cores (benchmarks/APP_RESULTS.md), a warm-up running while the first page renders slows that
+    page (home page 6.9 s instead of 3.2 s) and gains nothing overall: the first findings came 20.9 s after the
+    launch against 20.5 s, the cores being the limit. So when a browser connects at once (Streamlit opens one at
+    start), its first page runs first and starts the warm-up when done (streamlit_app.py); when none comes (a server
+    started for readers who connect later), the model gets ready before anyone asks.
+    """
+    wait = BROWSER_GRACE_S if grace_s is None else grace_s
+
+    def start_unless_a_page_came() -> None:
+        if not PAGE_STARTED.wait(wait):
+            warm_up()
+
+    threading.Thread(target=start_unless_a_page_came, name="cxr-assist-warm-up-timer", daemon=True).start()
 
 
 def warm_state() -> dict:
@@ -265,7 +315,7 @@ def getting_ready_notice() -> bool:
     if not warm_state()["running"]:
         return False
 
-    @st.fragment(run_every=1.0)
+    @st.fragment(run_every=0.5)  # how soon a page waiting for the model notices it is ready
     def progress() -> None:
         state = warm_state()
         if not state["running"]:

@@ -46,7 +46,7 @@ def _quiet_env(monkeypatch, tmp_path):
 
 def app(monkeypatch, bundle_path, page: str | None = None) -> AppTest:
     monkeypatch.setenv("CXR_ASSIST_BUNDLE", str(bundle_path))
-    at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    at = AppTest.from_file(str(REPO_ROOT / "streamlit_app.py"), default_timeout=TIMEOUT).run()
     assert not at.exception, at.exception
     if page:
         at.switch_page(f"pages/{page}.py").run()

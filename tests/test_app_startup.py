@@ -41,3 +41,49 @@ def test_pages_import_nothing_that_imports_tensorflow():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]", f"a page's imports load {result.stdout.strip()}"
+
+
+def test_app_py_is_the_server_and_starts_the_warm_up_when_it_starts(monkeypatch):
+    """`streamlit run app.py` serves streamlit_app.py through an st.App whose start-up hook sees to the model's
+    warm-up (pages.common.warm_up_at_start) and returns at once: the server must answer while the model gets ready."""
+    import asyncio
+    import importlib.util
+
+    import streamlit as st
+
+    from pages import common
+
+    spec = importlib.util.spec_from_file_location("cxr_assist_server", REPO_ROOT / "app.py")
+    server = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(server)
+    assert isinstance(server.app, st.App)
+    assert str(server.app.script_path) == "streamlit_app.py" and (REPO_ROOT / "streamlit_app.py").is_file()
+    calls = []
+    monkeypatch.setattr(common, "warm_up_at_start", lambda: calls.append("warm_up"))
+
+    async def start_and_stop():
+        async with server.lifespan(server.app):
+            assert calls == ["warm_up"]  # started before the server takes requests
+
+    asyncio.run(start_and_stop())
+    assert calls == ["warm_up"]
+
+
+def test_the_server_warms_up_unless_a_page_comes_first(monkeypatch):
+    """No browser within the grace time: the warm-up starts by itself. A page first: it is left to that page."""
+    import threading
+
+    from pages import common
+
+    started = threading.Event()
+    monkeypatch.setattr(common, "warm_up", started.set)
+    monkeypatch.setattr(common, "PAGE_STARTED", threading.Event())
+    common.warm_up_at_start(0.05)
+    assert started.wait(10), "no page came and the warm-up did not start"
+
+    started.clear()
+    common.PAGE_STARTED.set()  # streamlit_app.py's first line
+    common.warm_up_at_start(0.05)
+    assert not started.wait(0.5), "a page came first, yet the server started the warm-up too"
+    source = (REPO_ROOT / "streamlit_app.py").read_text(encoding="utf-8")
+    assert source.index("common.PAGE_STARTED.set()") < source.index("st.navigation(")

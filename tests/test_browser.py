@@ -152,7 +152,7 @@ def test_upload_on_the_analyze_page(server, browser, demo_root, tmp_path):
     try:
         page.goto(f"{server['url']}/analyze", timeout=60_000)
         page.get_by_role("heading", name="Analyze an image").wait_for(timeout=60_000)
-        # The first visit of a fresh server, straight to a page URL, still goes through app.py's navigation.
+        # The first visit of a fresh server, straight to a page URL, still goes through streamlit_app.py's navigation.
         nav = page.locator('[data-testid="stSidebarNav"]')
         nav.get_by_text("Model performance").wait_for(timeout=30_000)
         assert nav.get_by_text("common", exact=True).count() == 0

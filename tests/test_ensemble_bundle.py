@@ -251,3 +251,63 @@ def test_reports_describe_the_ensemble(tmp_path_factory, demo_root):
     doc = json_report(analysis, predictor.metadata, source_name="x.png", thresholds=predictor.thresholds)
     assert "ensemble of 2" in json.dumps(doc)
     assert pdf_report(analysis, predictor.metadata, source_name="x.png", thresholds=predictor.thresholds)[:4] == b"%PDF"
+
+
+def test_an_eager_start_gives_the_compiled_numbers_and_maps_and_switches_once_traced(ensemble, predictor, demo_root):
+    """compiled=False (the app's start): the first analyses run op by op, with the same numbers and maps as the
+    compiled calls; warm_up traces every member and switches it to its graphs, and an analysis running meanwhile
+    on another thread still answers."""
+    import threading
+
+    path = _image(demo_root)
+    eager = Predictor.from_bundle(ensemble, compiled=False)
+    assert not eager.is_compiled and predictor.is_compiled
+    first = eager.analyze(path)
+    assert not eager.is_compiled  # an analysis alone does not trace
+    eager.compile_member(0)  # the app traces one member at a time between analyses
+    assert [r.compiled for r in eager._runners] == [True, False]
+    np.testing.assert_allclose(list(eager.analyze(path).raw_probabilities.values()),
+                               list(first.raw_probabilities.values()), rtol=1e-5, atol=1e-6)
+    reference = predictor.analyze(path)
+    np.testing.assert_allclose(list(first.raw_probabilities.values()), list(reference.raw_probabilities.values()),
+                               rtol=1e-5, atol=1e-6)
+    for finding in FINDINGS:
+        np.testing.assert_allclose(first.heatmaps[finding], reference.heatmaps[finding], atol=1e-4)
+    answers, errors = [], []
+
+    def analyse_meanwhile():
+        try:
+            answers.extend(eager.analyze(_image(demo_root, with_box=False)).probabilities for _ in range(3))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=analyse_meanwhile)
+    thread.start()
+    steps: list[str] = []
+    eager.warm_up(steps.append)
+    thread.join()
+    assert not errors and len(answers) == 3
+    assert eager.is_compiled and steps[0].startswith("compiling 2 members")
+    again = eager.analyze(path)
+    np.testing.assert_allclose(list(again.raw_probabilities.values()), list(first.raw_probabilities.values()),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_a_member_kept_out_of_the_maps_is_not_explained(ensemble, tmp_path, demo_root):
+    """Map weight 0 (as the EfficientNet-Lite members of the shipped model): its heatmap head is never run, and the
+    maps are the other member's."""
+    from dataclasses import replace
+
+    members = Predictor.from_bundle(ensemble).members
+    kept_out = Predictor(members=[replace(members[0], map_weight=1.0), replace(members[1], map_weight=0.0)])
+    only_first = Predictor(members=[members[0]])
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("the member kept out of the maps was explained")
+
+    kept_out._runners[1].explainer.__class__ = type("Refusing", (type(kept_out._runners[1].explainer),), {"__call__": refuse})
+    path = _image(demo_root)
+    maps = kept_out.analyze(path).heatmaps
+    alone = only_first.analyze(path).heatmaps
+    for finding in FINDINGS:
+        np.testing.assert_allclose(maps[finding], alone[finding], atol=1e-6)

@@ -35,7 +35,7 @@ def db(tmp_path, monkeypatch, tmp_path_factory, demo_root):
 
 
 def page(name: str) -> AppTest:
-    at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=120).run()
+    at = AppTest.from_file(str(REPO_ROOT / "streamlit_app.py"), default_timeout=120).run()
     at.switch_page(f"pages/{name}.py").run()
     assert not at.exception, at.exception
     return at

@@ -375,7 +375,7 @@ def _env(monkeypatch, tmp_path):
 
 def _tour_page(monkeypatch, bundle) -> AppTest:
     monkeypatch.setenv("CXR_ASSIST_BUNDLE", str(bundle))
-    at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=180).run()
+    at = AppTest.from_file(str(REPO_ROOT / "streamlit_app.py"), default_timeout=180).run()
     at.switch_page("pages/tour.py").run()
     assert not at.exception, at.exception
     return at

@@ -91,10 +91,14 @@ class HeadGradcamPlusPlus:
         features_layer: the name of its first (identity) layer.
         engine: ``"compiled"`` or ``"tf-keras-vis"``.
         method: ``"gradcam++"`` or ``"gradcam"`` (see :data:`METHODS`).
+        compiled: with the ``"compiled"`` engine, start with its traced graph
+            (traced on first use); False runs the same arithmetic op by op until
+            :meth:`compile` (no tracing before a first map).
     """
 
     def __init__(
-        self, head: keras.Model, *, features_layer: str = FEATURES_LAYER, engine: str = "compiled", method: str = "gradcam++"
+        self, head: keras.Model, *, features_layer: str = FEATURES_LAYER, engine: str = "compiled", method: str = "gradcam++",
+        compiled: bool = True,
     ) -> None:
         if engine not in {"compiled", "tf-keras-vis"}:
             raise ValueError(f"engine must be 'compiled' or 'tf-keras-vis', got {engine!r}")
@@ -109,6 +113,14 @@ class HeadGradcamPlusPlus:
             self._gradcam = library(head, model_modifier=ReplaceToLinear(), clone=True)
         else:
             self._compiled = _compiled_gradcam(_linear_head(head), plus_plus=method == "gradcam++")
+        self._outputs = int(head.outputs[0].shape[-1])
+        self.compiled = bool(compiled)
+
+    def compile(self, features: np.ndarray) -> None:
+        """Trace the compiled engine for these features' shape (all the head's outputs at once), then use it."""
+        if self.engine == "compiled":
+            self._compiled(np.asarray(features, dtype=np.float32)[:1], np.arange(self._outputs, dtype=np.int32))
+        self.compiled = True
 
     def __call__(self, features: np.ndarray, finding_indices: Sequence[int]) -> np.ndarray:
         """Maps for one image's features.
@@ -130,7 +142,8 @@ class HeadGradcamPlusPlus:
         if not indices:
             return np.zeros((0,) + features.shape[1:3], dtype=np.float32)
         if self.engine == "compiled":
-            return self._compiled(features, np.asarray(indices, dtype=np.int32)).numpy()
+            run = self._compiled if self.compiled else self._compiled.python_function
+            return np.asarray(run(features, np.asarray(indices, dtype=np.int32)))
         batch = np.repeat(features, len(indices), axis=0)
         cams = self._gradcam(
             CategoricalScore(indices),

@@ -63,9 +63,22 @@ class Member:
 
 
 class MemberRunner:
-    """A member's compiled calls: probabilities and logits, or features too, from one forward pass."""
+    """A member's calls: probabilities and logits, or features too, from one forward pass; compiled or eager.
 
-    def __init__(self, member: Member, findings: tuple[str, ...]) -> None:
+    Compiled (the default), each call is a TensorFlow graph traced once per
+    input shape: an eager Keras call costs more than a small network itself
+    on a CPU, but the first call of each shape pays the tracing (about a
+    second or more per member). With ``compiled=False`` the calls run op by op
+    until :meth:`compile` has traced them, so a freshly loaded model answers
+    its first image at once (the app's start; see :meth:`Predictor.warm_up`).
+
+    Args:
+        member: the classifier.
+        findings: the output columns it must have.
+        compiled: start with the compiled calls (they trace on first use).
+    """
+
+    def __init__(self, member: Member, findings: tuple[str, ...], *, compiled: bool = True) -> None:
         import tensorflow as tf
 
         model = member.model
@@ -85,11 +98,41 @@ class MemberRunner:
         else:
             scores = keras.Model(model.inputs[0], [logits, model.outputs[0]])
         both = keras.Model(model.inputs[0], [*backbone.outputs, *([] if logits is None else [logits])])
+        self._eager_scores = lambda x: scores(x, training=False)
+        self._eager_both = lambda x: both(x, training=False)
         # Compiled once per input shape: an eager Keras call costs more than the network itself on CPU.
-        self._scores = tf.function(lambda x: scores(x, training=False), reduce_retracing=True)
-        self._both = tf.function(lambda x: both(x, training=False), reduce_retracing=True)
+        self._compiled_scores = tf.function(self._eager_scores, reduce_retracing=True)
+        self._compiled_both = tf.function(self._eager_both, reduce_retracing=True)
         self._has_logits = logits is not None
-        self.explainer = HeadGradcamPlusPlus(head, method=member.explanation)
+        self.explainer = HeadGradcamPlusPlus(head, method=member.explanation, compiled=compiled)
+        self.compiled = bool(compiled)
+
+    def compile(self, batch: np.ndarray, *, explain: bool = True) -> None:
+        """Trace the compiled calls an analysis makes for ``batch``'s shape (one forward pass over the image and its
+        test-time views, and the heatmap head), then use them.
+
+        Safe while another thread runs the eager calls: the compiled calls are
+        switched on only once traced.
+
+        Args:
+            batch: normalised inputs (n, size, size, 1); a plain gray image will do.
+            explain: also trace the heatmap head (not needed for a member kept out of the maps).
+        """
+        batch = np.asarray(batch, dtype=np.float32)
+        out = self._compiled_both(self._with_views(batch))
+        if explain:
+            self.explainer.compile(np.asarray(out[0])[: len(batch)])
+        self.compiled = True
+
+    def _with_views(self, batch: np.ndarray) -> np.ndarray:
+        """The images, then (with test-time views) their five crops: one batch for one forward pass."""
+        return batch if self.member.tta_views == 1 else np.concatenate([batch, crop_views(batch)])
+
+    def _scores(self, batch):
+        return (self._compiled_scores if self.compiled else self._eager_scores)(batch)
+
+    def _both(self, batch):
+        return (self._compiled_both if self.compiled else self._eager_both)(batch)
 
     def _view_scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = self._scores(batch)
@@ -116,11 +159,20 @@ class MemberRunner:
         return np.asarray(self._both(batch)[0])
 
     def features_and_scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(features, logits, probabilities)``: features of the full image, from the same forward pass as its scores."""
-        out = self._both(batch)
-        features, probabilities = np.asarray(out[0]), np.asarray(out[1], dtype=np.float64)
+        """``(features, logits, probabilities)``: features of the full image, from the same forward pass as its scores.
+
+        The image and its test-time views go through the network as one batch:
+        one call, and one graph to trace, per member (an analysis's first call
+        pays the tracing).
+        """
+        n = len(batch)
+        out = self._both(self._with_views(np.asarray(batch, dtype=np.float32)))
+        features, probabilities = np.asarray(out[0])[:n], np.asarray(out[1], dtype=np.float64)
         logits = np.asarray(out[2], dtype=np.float64) if self._has_logits else logit(probabilities)
-        return (features, *self._with_crops(batch, logits, probabilities))
+        if self.member.tta_views == 1:
+            return features, logits, probabilities
+        logits = mean_over_views(logits[:n], logits[n:])
+        return features, logits, sigmoid(logits)
 
 
 def _logits_output(model: keras.Model):

@@ -22,6 +22,7 @@ same weights. With one member everything is exactly the single model's path.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -138,6 +139,11 @@ class Predictor:
         ood: the learned not-a-chest-X-ray check's reference
             (:mod:`cxr_core.serving.ood`; from the bundle's ``"ood"`` key), or
             None to skip that check (the simple rules still apply).
+        compiled: True (default): every member call is a compiled graph,
+            traced on first use or by :meth:`warm_up`. False: the members run
+            op by op until :meth:`warm_up` has traced them, so a model just
+            loaded answers a first image without waiting for its tracing (the
+            app's start); same numbers either way.
     """
 
     def __init__(
@@ -151,6 +157,7 @@ class Predictor:
         thresholds: Sequence[float] | None = None,
         metadata: dict | None = None,
         ood: FeatureReference | None = None,
+        compiled: bool = True,
     ) -> None:
         findings = tuple(findings)
         if findings != FINDINGS:
@@ -172,7 +179,7 @@ class Predictor:
         self.thresholds = np.full(len(findings), UNFITTED_THRESHOLD) if thresholds is None else np.asarray(thresholds, float)
         self.metadata = dict(metadata or {})
         self.policy = ReadingPolicy.from_metadata(self.metadata, self.thresholds)
-        self._runners = tuple(MemberRunner(m, findings) for m in self.members)
+        self._runners = tuple(MemberRunner(m, findings, compiled=compiled) for m in self.members)
         if ood is not None and self.is_ensemble and ood.member not in [m.name for m in self.members]:
             ood = None  # a reference fitted on another member's features cannot be used
         self.ood = ood
@@ -180,39 +187,58 @@ class Predictor:
         self.bundle = None
 
     def warm_up(self, progress: Callable[[str], None] | None = None) -> None:
-        """Trace every member's compiled calls before the first image arrives, the members in parallel threads.
+        """Trace every member's compiled calls before they are needed, the members in parallel threads.
 
         Tracing (building the graphs of the forward pass, the test-time views
-        and the heatmap head for each input size) costs a few seconds per
-        member the first time; done here, at start-up, the first real
-        analysis costs what every later one does. The members are traced at
-        once on their own threads (graph building is partly in C++, so two
-        cores overlap part of it); then one full analysis of a plain gray
-        image checks the whole path.
+        and the heatmap head for each input size) costs a second or more per
+        member the first time; done here, the first real analysis costs what
+        every later one does. The members are traced at once on their own
+        threads (graph building is partly in C++, so two cores overlap part of
+        it); then one full analysis of a plain gray image checks the whole path.
+
+        With ``compiled=True`` analyses wait while the members trace; with
+        ``compiled=False`` they go on op by op meanwhile, each member switching
+        to its compiled calls once they are traced.
 
         Args:
             progress: receives one line per step ("compiling 3 members ...", "checking ...").
         """
         image = np.full((256, 256), 0.5, dtype=np.float32)
-        smalls = self.resize_inputs(image)
-        batches = self._normalised(smalls)
-        every = list(range(len(self.findings)))
+        batches = self._normalised(self.resize_inputs(image))
 
         def trace(k: int) -> None:
-            runner = self._runners[k]
-            features, _, _ = runner.features_and_scores(np.asarray(batches[k], dtype=np.float32))
-            runner.explainer(features, every)
+            self._runners[k].compile(batches[k], explain=bool(self.map_weights[k] > 0))
 
         if progress:
             progress(f"compiling {len(self._runners)} member{'s' * (len(self._runners) > 1)} for this CPU")
-        with self._lock, ThreadPoolExecutor(max_workers=len(self._runners), thread_name_prefix="cxr-assist-trace") as pool:
-            list(pool.map(trace, range(len(self._runners))))
+        waiting = all(runner.compiled for runner in self._runners)
+        with self._lock if waiting else contextlib.nullcontext():
+            with ThreadPoolExecutor(max_workers=len(self._runners), thread_name_prefix="cxr-assist-trace") as pool:
+                list(pool.map(trace, range(len(self._runners))))
         if progress:
             progress("checking a full analysis")
         self.analyze(image)
 
+    def compile_member(self, index: int) -> None:
+        """Trace one member's compiled calls for an analysis (as :meth:`warm_up` does for all), holding the
+        analysis lock: a caller that traces the members one by one between analyses (the app, on its model thread)
+        keeps an analysis from waiting for more than one member's tracing.
+
+        Args:
+            index: the member's position in :attr:`members`.
+        """
+        image = np.full((256, 256), 0.5, dtype=np.float32)
+        batch = self._normalised(self.resize_inputs(image))[index]
+        with self._lock:
+            self._runners[index].compile(batch, explain=bool(self.map_weights[index] > 0))
+
+    @property
+    def is_compiled(self) -> bool:
+        """Whether every member runs its compiled calls (False while an eager-start model is still tracing)."""
+        return all(runner.compiled for runner in self._runners)
+
     @classmethod
-    def from_bundle(cls, path: str | Path, *, compute: str = "float32") -> "Predictor":
+    def from_bundle(cls, path: str | Path, *, compute: str = "float32", compiled: bool = True) -> "Predictor":
         """Load a model bundle folder, one model or an ensemble (see :mod:`cxr_core.learn.bundle`).
 
         Args:
@@ -221,6 +247,7 @@ class Predictor:
                 with), ``"bfloat16"`` or ``"auto"``: trunks of the backbones
                 that gain from it in bfloat16, ``"auto"`` only on a CPU that
                 computes it natively (:mod:`cxr_core.serving.precision`).
+            compiled: as the constructor's (False: answer op by op until :meth:`warm_up`).
 
         Raises:
             BundleError: not a bundle, or its findings order or input size do
@@ -243,12 +270,13 @@ class Predictor:
                               tta_views=m.tta_views, compute_dtype=member_compute_dtype(compute, m.bundle.backbone))
                        for m in bundle.members]
             predictor = cls(members=members, findings=bundle.findings, calibration=calibration,
-                            thresholds=thresholds, metadata=meta, ood=ood)
+                            thresholds=thresholds, metadata=meta, ood=ood, compiled=compiled)
         else:
             predictor = cls(members=[Member(model=bundle.model, preprocess=bundle.preprocessing,
                                             explanation=explanation_method(meta),
                                             compute_dtype=member_compute_dtype(compute, bundle.backbone))],
-                            findings=bundle.findings, calibration=calibration, thresholds=thresholds, metadata=meta, ood=ood)
+                            findings=bundle.findings, calibration=calibration, thresholds=thresholds, metadata=meta, ood=ood,
+                            compiled=compiled)
         predictor.bundle = bundle
         return predictor
 
@@ -516,7 +544,8 @@ class Predictor:
                 features, z, p = runner.features_and_scores(batch)
                 if self.ood is not None and k == self.ood_member_index:
                     check = self.ood.check(pooled(features), smalls[int(runner.size)][np.newaxis])[0]
-                cams.append(runner.explainer(features, indices))
+                # A member kept out of the maps (map weight 0) is not explained: its maps would be multiplied by 0.
+                cams.append(runner.explainer(features, indices) if self.map_weights[k] > 0 else None)
                 logits.append(z)
                 probabilities.append(p)
         raw = self._combine(logits, probabilities)
@@ -524,9 +553,10 @@ class Predictor:
         height, width = decoded.pixels.shape
         heatmaps = {}
         for k, finding in enumerate(wanted):
-            maps = [resize_map(member_cams[k], (height, width)) for member_cams in cams]
-            heatmaps[finding] = maps[0] if len(maps) == 1 else np.clip(
-                sum(np.float32(w) * m for w, m in zip(self.map_weights, maps) if w > 0), 0.0, 1.0).astype(np.float32)
+            maps = [resize_map(member_cams[k], (height, width)) for member_cams in cams if member_cams is not None]
+            heatmaps[finding] = maps[0] if len(cams) == 1 else np.clip(
+                sum(np.float32(w) * m for w, m in zip([w for w in self.map_weights if w > 0], maps)), 0.0, 1.0
+            ).astype(np.float32)
         probabilities_by_finding = dict(zip(self.findings, calibrated.tolist()))
         checks = self.check_warnings(decoded, smalls[self.reference_size]) + self.feature_warnings(check)
         notes = list(decoded.warnings) + checks
