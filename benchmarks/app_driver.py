@@ -7,11 +7,13 @@ the app the same way.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from cxr_core.serving.reading import WITHHELD_NOTE
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, free_port, settle, wait_healthy
 
 __all__ = [
@@ -30,7 +32,7 @@ ANALYSED = '[data-testid="stCaptionContainer"]'
 FINDINGS_SHOWN_JS = (
     "() => { const imgs = [...document.querySelectorAll('[data-testid=\"stImage\"] img')];"
     " const loaded = imgs.every(i => i.complete && i.naturalWidth > 0);"
-    " const withheld = document.body.innerText.includes(\"The model's output is withheld\");"
+    f" const withheld = document.body.innerText.includes({json.dumps(WITHHELD_NOTE[:40])});"
     " return loaded && (imgs.length >= 6 || (withheld && imgs.length >= 1)); }"
 )
 # The script run the last action started has finished: the status widget shows no running icon (it may still

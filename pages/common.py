@@ -138,8 +138,7 @@ WARM_UP_DELAY_S = 0.0
 #: Seconds between the model answering and its tracing starting (see warm_up).
 TRACE_DELAY_S = 1.0
 #: What the warm-up is doing, for the "getting ready" progress: read by pages, written by the warm-up thread.
-_WARM_STATE: dict = {"running": False, "compiling": False, "stage": "", "step": 0, "steps": 2, "error": None,
-                     "started": 0.0, "ready_after": None}
+_WARM_STATE: dict = {"running": False, "stage": "", "step": 0, "steps": 2, "error": None, "started": 0.0}
 _WARM_STEPS = ("starting TensorFlow", "loading the model")
 
 
@@ -254,7 +253,7 @@ def warm_up() -> None:
         # member at a time through the model thread, after a short pause: a film that waited for the model (the first
         # of a demo) is analysed first, and a later one waits for at most one member's tracing, never for all.
         with _STATE_LOCK:
-            _WARM_STATE.update(running=False, compiling=True, ready_after=time.monotonic() - _WARM_STATE["started"])
+            _WARM_STATE["running"] = False
         stage("ready: analyses run")
         try:
             time.sleep(TRACE_DELAY_S)
@@ -265,13 +264,10 @@ def warm_up() -> None:
             print(f"cxr-assist: compiling the model failed, analyses run uncompiled: {type(exc).__name__}: {exc}",
                   file=sys.stderr)
         finally:
-            with _STATE_LOCK:
-                _WARM_STATE["compiling"] = False
             stage("compiled")
 
     with _STATE_LOCK:
-        _WARM_STATE.update(running=True, compiling=False, stage="starting", step=0, error=None, started=time.monotonic(),
-                           ready_after=None)
+        _WARM_STATE.update(running=True, stage="starting", step=0, error=None, started=time.monotonic())
     threading.Thread(target=work, name="cxr-assist-warm-up", daemon=True).start()
 
 

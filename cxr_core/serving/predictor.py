@@ -207,7 +207,7 @@ class Predictor:
         batches = self._normalised(self.resize_inputs(image))
 
         def trace(k: int) -> None:
-            self._runners[k].compile(batches[k], explain=bool(self.map_weights[k] > 0))
+            self._compile(k, batches[k])
 
         if progress:
             progress(f"compiling {len(self._runners)} member{'s' * (len(self._runners) > 1)} for this CPU")
@@ -230,7 +230,11 @@ class Predictor:
         image = np.full((256, 256), 0.5, dtype=np.float32)
         batch = self._normalised(self.resize_inputs(image))[index]
         with self._lock:
-            self._runners[index].compile(batch, explain=bool(self.map_weights[index] > 0))
+            self._compile(index, batch)
+
+    def _compile(self, index: int, batch: np.ndarray) -> None:
+        """Trace member ``index``'s calls for ``batch``; its heatmap head only where it contributes to the maps."""
+        self._runners[index].compile(batch, explain=bool(self.map_weights[index] > 0))
 
     @property
     def is_compiled(self) -> bool:
@@ -553,10 +557,10 @@ class Predictor:
         height, width = decoded.pixels.shape
         heatmaps = {}
         for k, finding in enumerate(wanted):
-            maps = [resize_map(member_cams[k], (height, width)) for member_cams in cams if member_cams is not None]
-            heatmaps[finding] = maps[0] if len(cams) == 1 else np.clip(
-                sum(np.float32(w) * m for w, m in zip([w for w in self.map_weights if w > 0], maps)), 0.0, 1.0
-            ).astype(np.float32)
+            maps = [(w, resize_map(member_cams[k], (height, width)))
+                    for w, member_cams in zip(self.map_weights, cams) if member_cams is not None]
+            heatmaps[finding] = maps[0][1] if len(cams) == 1 else np.clip(
+                sum(np.float32(w) * m for w, m in maps), 0.0, 1.0).astype(np.float32)
         probabilities_by_finding = dict(zip(self.findings, calibrated.tolist()))
         checks = self.check_warnings(decoded, smalls[self.reference_size]) + self.feature_warnings(check)
         notes = list(decoded.warnings) + checks
