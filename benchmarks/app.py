@@ -31,6 +31,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -67,7 +68,8 @@ def run(bundle: Path, n_images: int, repeats: int, entry: str = "app.py") -> dic
             env = {**os.environ, "CXR_ASSIST_BUNDLE": str(bundle), "TF_CPP_MIN_LOG_LEVEL": "2"}
             page = browser.new_page(viewport=VIEWPORT)
             started = time.perf_counter()
-            process = start_streamlit(port, env, entry=entry)
+            log = tempfile.NamedTemporaryFile(prefix="cxr-assist-app-benchmark-", suffix=".log", delete=False)
+            process = start_streamlit(port, env, log, entry=entry)
             try:
                 url = f"http://127.0.0.1:{port}"
                 wait_healthy(url, process)
@@ -95,9 +97,14 @@ def run(bundle: Path, n_images: int, repeats: int, entry: str = "app.py") -> dic
                     if i:
                         results["server_cpu_s"].append(cpu_seconds({process.pid}) - server_cpu)
                         results["browser_cpu_s"].append(cpu_seconds(names=("chrom",)) - browser_cpu)
+            except Exception:
+                print(f"the server's log ({log.name}), its end:\n{Path(log.name).read_text(errors='replace')[-3000:]}",
+                      file=sys.stderr)
+                raise
             finally:
                 page.close()
                 stop_streamlit(process)
+                log.close()
         browser.close()
     return results
 

@@ -353,16 +353,18 @@ def check_reads(db: Path, study_id: int, sessions: list[Session]) -> dict:
     }
 
 
-async def drive(url: str, sessions: list[Session], warm_image: Path, study_name: str | None, seconds: float,
+async def drive(url: str, sessions: list[Session], warm_image: Path | None, study_name: str | None, seconds: float,
                 timeout_ms: float, think_s: float, double_every: int, sampler: Sampler) -> dict:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
-            # Not measured: the first upload waits for the model, which the server loads once at start.
-            warm = Session(-1, [warm_image], "load warm-up")
-            await run_session(browser, warm, url, None, time.monotonic(), time.monotonic() + 1, timeout_ms * 3, 0.0)
+            # Not measured: the first upload waits for the model, which the server loads once at start. With --cold
+            # (warm_image None) there is none: the sessions' opening uploads meet a server that has loaded nothing.
+            warm = Session(-1, [warm_image] if warm_image else [], "load warm-up")
+            if warm_image:
+                await run_session(browser, warm, url, None, time.monotonic(), time.monotonic() + 1, timeout_ms * 3, 0.0)
             sampler.start()
             t0 = time.monotonic()
             await asyncio.gather(*(run_session(browser, s, url, study_name, t0, t0 + seconds, timeout_ms, think_s, double_every) for s in sessions))
@@ -415,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--double-click-every", type=int, default=3, metavar="N",
                         help="double-click Save on every N-th read of a session, as an impatient reader does (0: never)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds an action may take before it counts as an error")
+    parser.add_argument("--cold", action="store_true",
+                        help="no warm-up upload first: the sessions start as soon as the server answers, so their "
+                             "opening uploads include loading the model")
     parser.add_argument("--url", help="drive this running server instead of starting one")
     parser.add_argument("--db", help="with --url: the reader-study database that server uses (a scratch file)")
     parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "LOAD_RESULTS.md"), help="Markdown report; the JSON goes beside it")
@@ -460,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
             wait_healthy(url, process)
         sampler = Sampler(process.pid if process else None)
         print(f"{args.sessions} sessions for {args.seconds:.0f} s against {url}", flush=True)
-        driven = asyncio.run(drive(url, sessions, warm_image, study_name if study else None, args.seconds,
+        driven = asyncio.run(drive(url, sessions, None if args.cold else warm_image, study_name if study else None, args.seconds,
                                    args.timeout * 1000, args.think, args.double_click_every, sampler))
     finally:
         if process is not None:
@@ -470,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": f"{stamp:%Y-%m-%d %H:%M} UTC", "command": command, "machine": machine(), "load_before": [round(v, 2) for v in load_before],
         "other_jobs_before": others, "bundle": str(bundle.relative_to(REPO_ROOT) if bundle.is_relative_to(REPO_ROOT) else bundle),
         "server": f"started by the benchmark on {url}" if process else f"{url} (started elsewhere)", "server_sampled": process is not None,
-        "sessions": args.sessions, "seconds": args.seconds, "think_s": args.think, "double_click_every": args.double_click_every, "timeout_s": args.timeout, **driven,
+        "sessions": args.sessions, "seconds": args.seconds, "think_s": args.think, "cold": args.cold, "double_click_every": args.double_click_every, "timeout_s": args.timeout, **driven,
         "summary": summarise(sessions), "resources": sampler.summary(),
         "reads": check_reads(db, study.id, sessions) if study else {"submitted": 0, "confirmed": 0, "stored": 0, "lost": [], "duplicated": [],
                                                                     "unexpected": [], "unconfirmed_stored": 0, "unconfirmed_absent": 0},

@@ -81,8 +81,11 @@ def write_report(out: Path, result: dict) -> None:
         row("back to Analyze (sidebar link)", "open_analyze"),
         row("a session's first page (goto /analyze, until rendered)", "first_visit"),
         "",
-        "Warm-up upload (not counted; the server's first upload, which may wait for the model): "
-        + ", ".join(f"{a['seconds']:.2f} s" if a["seconds"] is not None else f"failed ({a['error']})" for a in result["warm_up"] if a["kind"] == "upload") + ".",
+        ("No warm-up upload (--cold): the sessions started as soon as the server answered, so their opening uploads "
+         "include loading the model and are counted above." if result.get("cold") else
+         "Warm-up upload (not counted; the server's first upload, which may wait for the model): "
+         + ", ".join(f"{a['seconds']:.2f} s" if a["seconds"] is not None else f"failed ({a['error']})"
+                     for a in result["warm_up"] if a["kind"] == "upload") + "."),
         "",
         f"### Errors: {n_errors} (goal 0)",
         "",

@@ -15,7 +15,10 @@ of a trunk, each member's runner); then either
   run op by op (:meth:`Predictor.analyze` before any compiled graph exists),
   then the compiled graphs traced, then the same film again;
 
-and a later analysis of another film. CPU seconds (the process's, all
+and a later analysis of another film. ``litert`` (what the app runs once
+the bundle's serving form is built, ``python -m training.export_serving``):
+importing the serving code without TensorFlow, opening each member's LiteRT
+form, a first and a later analysis. CPU seconds (the process's, all
 threads) stand beside the wall seconds: on the 2-core machine they do not
 depend on what else runs.
 """
@@ -38,18 +41,29 @@ t0, c0 = time.perf_counter(), time.process_time()
 marks = []
 def mark(name):
     marks.append((name, time.perf_counter() - t0, time.process_time() - c0))
-import keras  # noqa: F401  (TensorFlow)
-mark("import TensorFlow and Keras")
-from cxr_core.learn.ensemble import load_bundle
-from cxr_core.serving import Predictor
-from cxr_core.serving.precision import member_compute_dtype  # noqa: F401
 bundle_path, mode, first, later = sys.argv[1:5]
-compute = os.environ.get("CXR_ASSIST_COMPUTE", "").strip() or "auto"
-load_bundle(bundle_path)
-mark("read the bundle (Keras files)")
-predictor = Predictor.from_bundle(bundle_path, compute=compute, compiled=(mode == "traced"))
-mark("read the bundle again and build the Predictor")
-if mode == "traced":
+if mode == "litert":
+    from cxr_core.serving import Predictor
+    from cxr_core.serving.predictor import Analysis  # noqa: F401
+    mark("import the serving code (numpy, OpenCV, SciPy, pandas; no TensorFlow)")
+    predictor = Predictor.from_bundle(bundle_path, runtime="litert")
+    mark("read the bundle, find each member's serving form (SHA-256), open the interpreters")
+    predictor.analyze(first)
+    mark("first analysis")
+else:
+    import keras  # noqa: F401  (TensorFlow)
+    mark("import TensorFlow and Keras")
+    from cxr_core.learn.ensemble import load_bundle
+    from cxr_core.serving import Predictor
+    from cxr_core.serving.precision import member_compute_dtype  # noqa: F401
+    compute = os.environ.get("CXR_ASSIST_COMPUTE", "").strip() or "auto"
+    load_bundle(bundle_path)
+    mark("read the bundle (Keras files)")
+    predictor = Predictor.from_bundle(bundle_path, compute=compute, compiled=(mode == "traced"), runtime="keras")
+    mark("read the bundle again and build the Predictor")
+if mode == "litert":
+    pass
+elif mode == "traced":
     predictor.warm_up()
     mark("trace every member's graphs (warm_up)")
     predictor.analyze(first)
@@ -65,7 +79,7 @@ else:
     mark("the first film again, traced")
 predictor.analyze(later)
 mark("a later analysis")
-print("PROBE" + json.dumps({"marks": marks, "threads": os.cpu_count()}))
+print("PROBE" + json.dumps({"marks": marks, "threads": os.cpu_count(), "tensorflow": "tensorflow" in sys.modules}))
 """
 
 
@@ -76,11 +90,13 @@ def probe(bundle: Path, mode: str, first: Path, later: Path) -> list[tuple[str, 
     line = next((x for x in out.stdout.splitlines() if x.startswith("PROBE")), None)
     if line is None:
         raise RuntimeError(f"the probe process failed:\n{out.stderr[-3000:]}")
-    marks = json.loads(line[5:])["marks"]
+    report = json.loads(line[5:])
+    marks = report["marks"]
     parts, last_wall, last_cpu = [], 0.0, 0.0
     for name, wall, cpu in marks:
         parts.append((name, wall - last_wall, cpu - last_cpu))
         last_wall, last_cpu = wall, cpu
+    parts.append(("TensorFlow imported", float(report["tensorflow"]), 0.0))
     return parts
 
 
@@ -89,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", type=Path, default=REPO_ROOT / "models" / "default")
     parser.add_argument("--images", type=Path, default=REPO_ROOT / "data" / "demo" / "images")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--modes", nargs="+", default=["traced", "eager"], choices=["traced", "eager"])
+    parser.add_argument("--modes", nargs="+", default=["litert", "eager"], choices=["litert", "traced", "eager"])
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "startup.json")
     args = parser.parse_args(argv)
     images = sorted(p for p in args.images.iterdir() if p.suffix.lower() == ".png")
@@ -106,11 +122,13 @@ def main(argv: list[str] | None = None) -> int:
             cpus = [run[i][2] for run in runs]
             table.append({"part": name, "wall_s": statistics.median(walls), "cpu_s": statistics.median(cpus),
                           "wall_all": walls})
-        results["modes"][mode] = table
         print(f"\n{mode} ({args.repeats} fresh processes, medians; load average before {load:.2f})")
-        print(f"{'part':58s} {'wall s':>8s} {'CPU s':>8s}")
-        for row in table:
-            print(f"{row['part']:58s} {row['wall_s']:8.2f} {row['cpu_s']:8.2f}")
+        print(f"{'part':78s} {'wall s':>8s} {'CPU s':>8s}")
+        results["modes"][mode] = table[:-1]
+        results.setdefault("tensorflow_imported", {})[mode] = bool(table[-1]["wall_s"])
+        print(f"TensorFlow imported: {'yes' if table[-1]['wall_s'] else 'no'}")
+        for row in table[:-1]:
+            print(f"{row['part']:78s} {row['wall_s']:8.2f} {row['cpu_s']:8.2f}")
     results["load_average_after"] = os.getloadavg()[0]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

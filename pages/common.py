@@ -7,17 +7,22 @@ Not a page (streamlit_app.py lists the pages). Environment:
 * ``CXR_ASSIST_DATA_ROOTS``: further dataset folders the Browse page may open,
   separated by ``os.pathsep``;
 * ``CXR_ASSIST_WARM=0``: do not load the model in the background at start;
-* ``CXR_ASSIST_COMPUTE``: ``auto`` (default: bfloat16 trunks where the CPU
-  computes them natively and the backbone gains, see
+* ``CXR_ASSIST_RUNTIME``: ``auto`` (default: each member's LiteRT serving
+  form where the bundle has one, without TensorFlow; else the Keras models),
+  ``litert`` or ``keras`` (see ``cxr_core.serving.litert``);
+* ``CXR_ASSIST_COMPUTE``: for Keras members, ``auto`` (default: bfloat16
+  trunks where the CPU computes them natively and the backbone gains, see
   ``cxr_core.serving.precision``), ``float32`` or ``bfloat16``.
 
-TensorFlow is imported only when a page needs the model, so the home page
-renders without waiting for it; app.py starts loading the model in a
-background thread when the server starts (importing TensorFlow, loading
-the members, compiling them for this CPU in parallel), so it is usually ready
-by the first upload. While it is still getting ready, a page that needs it
-shows the step and a progress bar that updates (:func:`wait_until_ready`),
-never a frozen page.
+The model is loaded only when a page needs it or in the background after the
+first page, so the home page renders without waiting for it. With the
+bundle's serving form (LiteRT, built once per machine) loading takes about a
+second and imports no TensorFlow; without it the Keras models load (TensorFlow
+import, building the members, tracing) and, when the server was started with
+app.py, the serving form is built in a background process afterwards, for the
+next start (:func:`start_serving_build`). While the model is still getting
+ready, a page that needs it shows the step and a progress bar that updates
+(:func:`wait_until_ready`), never a frozen page.
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ _leave_pages_folder_mode()
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE_ENV, DEMO_ENV, ROOTS_ENV, WARM_ENV = "CXR_ASSIST_BUNDLE", "CXR_ASSIST_DEMO", "CXR_ASSIST_DATA_ROOTS", "CXR_ASSIST_WARM"
-COMPUTE_ENV = "CXR_ASSIST_COMPUTE"
+COMPUTE_ENV, RUNTIME_ENV = "CXR_ASSIST_COMPUTE", "CXR_ASSIST_RUNTIME"
 
 NO_BUNDLE_HELP = """No model bundle was found at `{path}`.
 
@@ -140,6 +145,9 @@ TRACE_DELAY_S = 1.0
 #: What the warm-up is doing, for the "getting ready" progress: read by pages, written by the warm-up thread.
 _WARM_STATE: dict = {"running": False, "stage": "", "step": 0, "steps": 2, "error": None, "started": 0.0}
 _WARM_STEPS = ("starting TensorFlow", "loading the model")
+#: Set by app.py's server start (warm_up_at_start): only a server builds the serving form in the background, never a
+#: page script run by itself (a test's AppTest, ``streamlit run streamlit_app.py`` still gets the Keras path).
+SERVER_STARTED = threading.Event()
 
 
 # Every model call runs on this one long-lived thread (Streamlit starts a new
@@ -196,24 +204,59 @@ def compute_mode() -> str:
     return os.environ.get(COMPUTE_ENV, "").strip() or "auto"
 
 
-def _load_predictor(path: str, stamp: float, compute: str, *, compiled: bool = True):
-    """The shared Predictor, loaded on first use. ``compiled=False`` (the warm-up's load) answers op by op until its
-    graphs are traced, so the first film need not wait for the tracing."""
+def runtime_mode() -> str:
+    """How the model runs, from ``CXR_ASSIST_RUNTIME`` (default ``auto``: LiteRT where the serving form exists)."""
+    return os.environ.get(RUNTIME_ENV, "").strip() or "auto"
+
+
+def serving_form_ready(path: Path) -> bool:
+    """Whether the bundle's LiteRT serving form is built and used (no TensorFlow to import): reads ~0.1 s of hashes."""
+    if runtime_mode() == "keras":
+        return False
+    from cxr_core.learn.ensemble import load_bundle
+    from cxr_core.serving.litert import ServingFormError, find_serving_form
+
+    try:
+        find_serving_form(load_bundle(path, load_model=False))
+    except (ServingFormError, OSError, ValueError):  # BundleError is a ValueError: the page that loads it says why
+        return False
+    return True
+
+
+def _load_predictor(path: str, stamp: float, compute: str, runtime: str, *, compiled: bool = True):
+    """The shared Predictor, loaded on first use: the bundle's LiteRT serving form unless ``runtime`` is ``keras`` or
+    the form is missing (then the Keras models). ``compiled=False`` (the warm-up's load) answers op by op until its
+    graphs are traced, so the first film need not wait for the tracing (Keras members only)."""
     with _PREDICTOR_LOCK:
-        key = (path, stamp, compute)
+        key = (path, stamp, compute, runtime)
         if key not in _PREDICTORS:
-            from cxr_core.serving import Predictor  # imports TensorFlow: only when needed
+            from cxr_core.serving.predictor import RUNTIMES, Predictor
 
-            _keep_keras_session()
-
+            if runtime not in RUNTIMES:
+                raise ValueError(f"the runtime must be one of {', '.join(RUNTIMES)} ({RUNTIME_ENV}), got {runtime!r}")
             _PREDICTORS.clear()  # a replaced bundle frees the old model
-            _PREDICTORS[key] = Predictor.from_bundle(path, compute=compute, compiled=compiled)
+            predictor = None
+            if runtime != "keras":
+                from cxr_core.serving.litert import ServingFormError
+
+                try:
+                    predictor = Predictor.from_bundle(path, compute=compute, runtime="litert")
+                except ServingFormError as exc:
+                    if runtime == "litert":
+                        raise
+                    print(f"cxr-assist: the Keras models serve: {exc}", file=sys.stderr, flush=True)
+            if predictor is None:
+                # Before the Keras models are built, not after: Streamlit clears the Keras session after every script
+                # run (the progress notice reruns twice a second), which would tear the models down as they load.
+                _keep_keras_session()
+                predictor = Predictor.from_bundle(path, compute=compute, compiled=compiled, runtime="keras")
+            _PREDICTORS[key] = predictor
         return _PREDICTORS[key]
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=2)
-def load_predictor(path: str, stamp: float, compute: str):
-    return _load_predictor(path, stamp, compute)
+def load_predictor(path: str, stamp: float, compute: str, runtime: str):
+    return _load_predictor(path, stamp, compute, runtime)
 
 
 def warm_up() -> None:
@@ -239,12 +282,16 @@ def warm_up() -> None:
     def work():
         time.sleep(WARM_UP_DELAY_S)
         try:
-            stage("starting TensorFlow")
-            with _PREDICTOR_LOCK:
-                import keras  # noqa: F401 - the slowest import (TensorFlow), timed as its own step
+            lite = serving_form_ready(path)
+            if not lite:
+                stage("starting TensorFlow")
+                with _PREDICTOR_LOCK:
+                    import keras  # noqa: F401 - the slowest import (TensorFlow), timed as its own step
 
-            stage("loading the model")
-            predictor = _load_predictor(str(path), _stamp(path), compute_mode(), compiled=False)
+            stage("loading the model" + (" (LiteRT serving form)" if lite else ""))
+            if not lite:
+                _keep_keras_session()
+            predictor = _load_predictor(*current_bundle(), compiled=False)
         except Exception as exc:  # noqa: BLE001 - the page that needs the model reports the error
             with _STATE_LOCK:
                 _WARM_STATE.update(error=f"{type(exc).__name__}: {exc}", running=False)
@@ -255,6 +302,8 @@ def warm_up() -> None:
         with _STATE_LOCK:
             _WARM_STATE["running"] = False
         stage("ready: analyses run")
+        if predictor.runtime == "litert":
+            return  # nothing to trace
         try:
             time.sleep(TRACE_DELAY_S)
             for index in range(len(predictor.members)):
@@ -265,6 +314,8 @@ def warm_up() -> None:
                   file=sys.stderr)
         finally:
             stage("compiled")
+        if SERVER_STARTED.is_set() and runtime_mode() == "auto":
+            start_serving_build(path)
 
     with _STATE_LOCK:
         _WARM_STATE.update(running=True, stage="starting", step=0, error=None, started=time.monotonic())
@@ -287,12 +338,34 @@ def warm_up_at_start(grace_s: float | None = None) -> None:
     started for readers who connect later), the model gets ready before anyone asks.
     """
     wait = BROWSER_GRACE_S if grace_s is None else grace_s
+    SERVER_STARTED.set()
 
     def start_unless_a_page_came() -> None:
         if not PAGE_STARTED.wait(wait):
             warm_up()
 
     threading.Thread(target=start_unless_a_page_came, name="cxr-assist-warm-up-timer", daemon=True).start()
+
+
+def start_serving_build(path: Path):
+    """Build the bundle's LiteRT serving form in a background process at low priority (``training.export_serving``),
+    for the next start of the app; its lines go to the server's log. Returns the process (None when it cannot start).
+
+    A separate process, not a thread: the conversion holds the interpreter lock for seconds at a time, and at
+    ``nice`` 10 it takes the cores only when the readers' analyses leave them idle (about 30 s of CPU for the shipped
+    ensemble). A form is written atomically, so stopping the server meanwhile leaves no half-built form.
+    """
+    import subprocess
+
+    command = [sys.executable, "-m", "training.export_serving", "--bundle", str(path)]
+    print(f"cxr-assist: building the LiteRT serving form in the background for the next start: {' '.join(command)}",
+          file=sys.stderr, flush=True)
+    try:
+        return subprocess.Popen(command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
+                                preexec_fn=(lambda: os.nice(10)) if hasattr(os, "nice") else None)
+    except OSError as exc:
+        print(f"cxr-assist: could not start the serving-form build: {exc}", file=sys.stderr)
+        return None
 
 
 def warm_state() -> dict:
@@ -342,7 +415,7 @@ def require_predictor():
         st.stop()
     wait_until_ready()
     try:
-        return load_predictor(str(path), _stamp(path), compute_mode())
+        return load_predictor(*current_bundle())
     except Exception as exc:  # BundleError, a truncated model file ...: never a traceback
         st.error(f"The model bundle at `{path}` could not be loaded: {exc}")
         st.stop()
@@ -363,7 +436,7 @@ def optional_predictor():
     if not bundle_present(path):
         return None
     try:
-        return load_predictor(str(path), _stamp(path), compute_mode())
+        return load_predictor(*current_bundle())
     except Exception:  # noqa: BLE001 - pages that only enrich with predictions carry on
         return None
 
@@ -400,20 +473,21 @@ def digest(data: bytes) -> str:
 
 
 @st.cache_resource(show_spinner=False, max_entries=16, ttl=3600)
-def analyze_bytes(bundle: str, stamp: float, compute: str, key: str, _data: bytes):
+def analyze_bytes(bundle: str, stamp: float, compute: str, runtime: str, key: str, _data: bytes):
     """Analyse uploaded bytes once (by content hash); the Analysis is shared read-only."""
-    return on_model_thread(load_predictor(bundle, stamp, compute).analyze, _data)
+    return on_model_thread(load_predictor(bundle, stamp, compute, runtime).analyze, _data)
 
 
 @st.cache_resource(show_spinner=False, max_entries=32, ttl=3600)
-def analyze_path(bundle: str, stamp: float, compute: str, path: str, mtime: float):
-    return on_model_thread(load_predictor(bundle, stamp, compute).analyze, path)
+def analyze_path(bundle: str, stamp: float, compute: str, runtime: str, path: str, mtime: float):
+    return on_model_thread(load_predictor(bundle, stamp, compute, runtime).analyze, path)
 
 
-def current_bundle() -> tuple[str, float, str]:
-    """``(bundle folder, its version stamp, compute mode)``: the key of the loaded model and its cached analyses."""
+def current_bundle() -> tuple[str, float, str, str]:
+    """``(bundle folder, its version stamp, compute mode, runtime mode)``: the key of the loaded model and its cached
+    analyses."""
     path = bundle_dir()
-    return str(path), _stamp(path), compute_mode()
+    return str(path), _stamp(path), compute_mode(), runtime_mode()
 
 
 def allowed_roots() -> list[Path]:

@@ -103,3 +103,15 @@ def shipped_bundle_or_skip():
     if not (SHIPPED_BUNDLE / "bundle.json").is_file():
         pytest.skip(f"the shipped model is not in {SHIPPED_BUNDLE} yet (it lands after training)")
     return SHIPPED_BUNDLE
+
+
+def shipped_with_serving_form():
+    """The shipped bundle with its LiteRT serving form built in this test run's cache (once: about 30 s)."""
+    bundle = shipped_bundle_or_skip()
+    with _lock:
+        if "shipped_serving" not in _built:
+            from cxr_core.serving.litert import build_serving_form
+
+            build_serving_form(bundle)  # into CXR_ASSIST_SERVING_CACHE, a folder of this test run (conftest.py)
+            _built["shipped_serving"] = bundle
+    return bundle

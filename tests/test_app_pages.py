@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from cxr_core.data import NIHDataset
 from cxr_core.findings import FINDINGS
-from tests.app_bundle import shipped_bundle_or_skip, tiny_app_bundle
+from tests.app_bundle import shipped_bundle_or_skip, shipped_with_serving_form, tiny_app_bundle
 from tests.conftest import REPO_ROOT
 
 TIMEOUT = 120
@@ -27,8 +27,8 @@ TIMEOUT = 120
 @pytest.fixture(scope="module", params=["tiny", "shipped"])
 def bundle(request, tmp_path_factory, demo_root):
     if request.param == "shipped":
-        return shipped_bundle_or_skip()
-    return tiny_app_bundle(tmp_path_factory, demo_root)
+        return shipped_with_serving_form()  # as the app runs it once the form is built: LiteRT, no TensorFlow
+    return tiny_app_bundle(tmp_path_factory, demo_root)  # no serving form: the Keras models
 
 
 @pytest.fixture
@@ -129,6 +129,7 @@ def test_analyze_an_uploaded_demo_image(monkeypatch, bundle, demo_root):
 @pytest.mark.parametrize("compute", ["bfloat16", "float32"])
 def test_analyze_says_when_a_trunk_computes_in_bfloat16(monkeypatch, demo_root, compute):
     monkeypatch.setenv("CXR_ASSIST_COMPUTE", compute)
+    monkeypatch.setenv("CXR_ASSIST_RUNTIME", "keras")  # the compute mode is the Keras models' (LiteRT: float32)
     at = app(monkeypatch, shipped_bundle_or_skip(), "analyze")
     name, data = demo_image(demo_root, with_box=False)
     at.file_uploader(key="analyze_upload").upload(name, data, "image/png").run()
@@ -138,6 +139,42 @@ def test_analyze_says_when_a_trunk_computes_in_bfloat16(monkeypatch, demo_root, 
     assert ("vgg16_hed_ms_box in bfloat16" in said) == (compute == "bfloat16")
     assert ("Computed with" in said) == (compute == "bfloat16")
     assert "mobilenetv2" not in said.partition("Computed with")[2]
+
+
+@pytest.mark.parametrize("runtime", ["auto", "litert", "keras"])
+def test_analyze_runs_the_runtime_asked_for(monkeypatch, demo_root, runtime):
+    """The shipped model with its serving form: LiteRT unless Keras is asked for; same findings either way."""
+    from pages import common
+
+    monkeypatch.setenv("CXR_ASSIST_RUNTIME", runtime)
+    monkeypatch.setenv("CXR_ASSIST_COMPUTE", "float32")
+    at = app(monkeypatch, shipped_with_serving_form(), "analyze")
+    name, data = demo_image(demo_root, with_box=False)
+    at.file_uploader(key="analyze_upload").upload(name, data, "image/png").run()
+    assert_findings_shown(at, name)
+    assert not any("Computed with" in c.value for c in at.caption)
+    assert [p.runtime for p in common._PREDICTORS.values()] == ["keras" if runtime == "keras" else "litert"]
+    # LiteRT and the Keras models in float32 agree to about 1e-6 (tests/test_shipped_model.py).
+    np.testing.assert_allclose(at.dataframe[0].value["probability"].tolist(), _shipped_table(demo_root, name), atol=1e-4)
+
+
+def _shipped_table(demo_root, name) -> list[float]:
+    """The shipped model's calibrated probabilities of a demo film, most probable first, by the Keras models."""
+    from cxr_core.serving import Predictor
+
+    if name not in _KERAS_TABLES:
+        analysis = Predictor.from_bundle(shipped_bundle_or_skip(), runtime="keras").analyze(demo_root / "images" / name)
+        _KERAS_TABLES[name] = [analysis.probabilities[f] for f in analysis.ranked]
+    return _KERAS_TABLES[name]
+
+
+_KERAS_TABLES: dict = {}
+
+
+def test_analyze_refuses_an_unknown_runtime_with_a_message(monkeypatch, tiny):
+    monkeypatch.setenv("CXR_ASSIST_RUNTIME", "onnx")
+    at = app(monkeypatch, tiny, "analyze")
+    assert any("runtime must be one of keras, litert, auto" in e.value for e in at.error), [e.value for e in at.error]
 
 
 def test_analyze_refuses_an_unknown_compute_mode_with_a_message(monkeypatch, tiny):

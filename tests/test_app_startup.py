@@ -87,3 +87,101 @@ def test_the_server_warms_up_unless_a_page_comes_first(monkeypatch):
     assert not started.wait(0.5), "a page came first, yet the server started the warm-up too"
     source = (REPO_ROOT / "streamlit_app.py").read_text(encoding="utf-8")
     assert source.index("common.PAGE_STARTED.set()") < source.index("st.navigation(")
+
+
+def _tiny_copy(tmp_path, tmp_path_factory, demo_root):
+    """A copy of the tiny evaluated bundle under a new path (the warm-up runs once per bundle path and version)."""
+    import shutil
+
+    from tests.app_bundle import tiny_app_bundle
+
+    return shutil.copytree(tiny_app_bundle(tmp_path_factory, demo_root), tmp_path / "bundle")
+
+
+def test_with_its_serving_form_the_warm_up_loads_the_model_without_tensorflow(tmp_path, tmp_path_factory, demo_root):
+    """The app's warm-up in a fresh process: with the bundle's LiteRT form built, no TensorFlow step, no tracing,
+    and TensorFlow is never imported, through a first analysis."""
+    from cxr_core.serving.litert import build_serving_form
+
+    bundle = _tiny_copy(tmp_path, tmp_path_factory, demo_root)
+    build_serving_form(bundle)
+    film = sorted((demo_root / "images").glob("*.png"))[0]
+    code = ("import sys, time\n"
+            "from pages import common\n"
+            "common.warm_up()\n"
+            "deadline = time.monotonic() + 120\n"
+            "while common.warm_state()['running'] and time.monotonic() < deadline:\n"
+            "    time.sleep(0.05)\n"
+            "assert common.warm_state()['error'] is None, common.warm_state()['error']\n"
+            "predictor = common._load_predictor(*common.current_bundle())\n"
+            f"analysis = common.on_model_thread(predictor.analyze, {str(film)!r})\n"
+            "assert len(analysis.heatmaps) == 14\n"
+            "print(predictor.runtime, sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))\n")
+    env = {**__import__("os").environ, "CXR_ASSIST_BUNDLE": str(bundle), "CXR_ASSIST_WARM": "1"}
+    env.pop("CXR_ASSIST_RUNTIME", None)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                            env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "litert []"
+    stages = [line for line in result.stderr.splitlines() if line.startswith("cxr-assist: ")]
+    assert any("loading the model (LiteRT serving form)" in line for line in stages), stages
+    assert not any("starting TensorFlow" in line or "compiling" in line for line in stages), stages
+
+
+def test_a_server_builds_the_serving_form_after_its_first_keras_warm_up(monkeypatch, tmp_path, tmp_path_factory,
+                                                                        demo_root):
+    """No form yet: the Keras models serve, and once they are compiled a server (app.py's start, not a page script
+    alone) starts the background build; the build makes the form the next start uses."""
+    import threading
+
+    from pages import common
+
+    bundle = _tiny_copy(tmp_path, tmp_path_factory, demo_root)
+    # Forms are named by their model's content, so the tiny bundle's copies share them: a cache of this test's own.
+    monkeypatch.setenv("CXR_ASSIST_SERVING_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXR_ASSIST_BUNDLE", str(bundle))
+    monkeypatch.setenv("CXR_ASSIST_WARM", "1")
+    monkeypatch.delenv("CXR_ASSIST_RUNTIME", raising=False)
+    monkeypatch.setattr(common, "TRACE_DELAY_S", 0.0)
+    asked = threading.Event()
+    real_build = common.start_serving_build
+    monkeypatch.setattr(common, "start_serving_build", lambda path: asked.set())
+    server = threading.Event()
+    server.set()
+    monkeypatch.setattr(common, "SERVER_STARTED", server)
+    assert not common.serving_form_ready(bundle)
+    common.warm_up()
+    assert asked.wait(180), "the warm-up ended without starting the serving-form build"
+    assert [p.runtime for p in common._PREDICTORS.values()] == ["keras"]
+
+    monkeypatch.setattr(common, "start_serving_build", real_build)
+    build = common.start_serving_build(bundle)  # the real one: training.export_serving at low priority
+    assert build is not None and build.wait(timeout=600) == 0
+    assert common.serving_form_ready(bundle)
+
+
+def test_the_keras_session_is_kept_before_the_keras_models_are_built(monkeypatch, tmp_path, tmp_path_factory,
+                                                                     demo_root):
+    """Streamlit clears the Keras session after every script run; while the Keras models loaded, the "getting ready"
+    notice's reruns (twice a second) tore them down and the load never ended in a real server. The wrapper that
+    skips Streamlit's call must be in place before the first Keras model is built."""
+    import keras
+
+    from cxr_core.serving import Predictor
+    from pages import common
+
+    bundle = _tiny_copy(tmp_path, tmp_path_factory, demo_root)
+    monkeypatch.setenv("CXR_ASSIST_SERVING_CACHE", str(tmp_path / "empty-cache"))  # no form: the Keras models
+    # An unwrapped clear_session (as in a fresh server process); the real one is restored after the test.
+    monkeypatch.setattr(keras.backend, "clear_session", lambda *args, **kwargs: None)
+    seen = []
+    original = Predictor.from_bundle.__func__
+
+    def from_bundle(cls, *args, **kwargs):
+        seen.append((kwargs.get("runtime"), getattr(keras.backend.clear_session, "_cxr_assist_wrapper", False)))
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "from_bundle", classmethod(from_bundle))
+    predictor = common._load_predictor(str(bundle), 1.0, "float32", "auto")
+    assert predictor.runtime == "keras"
+    assert seen == [("litert", False), ("keras", True)]

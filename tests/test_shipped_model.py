@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -54,6 +55,27 @@ def test_shipped_model_reads_real_images(predictor, demo_root):
     scores_neg = [predictor.predict(p)["Cardiomegaly"] for p in paths[ds.labels.sum(axis=1) == 0][:8]]
     assert all(0 <= s <= 1 for s in scores + scores_neg)
     assert np.std(scores + scores_neg) > 1e-3  # not a constant output
+
+
+def test_the_served_form_gives_the_evaluated_numbers(predictor, demo_root):
+    """What the app runs (LiteRT, no TensorFlow) is the model that was evaluated (Keras, float32), film by film:
+    probabilities, maps, the input check's scores, the reading. Real demo films, one with an expert box."""
+    from cxr_core.serving import Predictor
+    from tests.app_bundle import shipped_with_serving_form
+
+    served = Predictor.from_bundle(shipped_with_serving_form(), runtime="litert")
+    assert served.runtime == "litert" and predictor.runtime == "keras"
+    ds = NIHDataset(demo_root)
+    films = [ds.csv.loc[ds.csv.image == ds.boxes["image"].iloc[0], "path"].item(), *ds.csv["path"].iloc[:2]]
+    for film in films:
+        a, b = served.analyze(film), predictor.analyze(film)
+        np.testing.assert_allclose(list(a.raw_probabilities.values()), list(b.raw_probabilities.values()), atol=1e-5)
+        np.testing.assert_allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-5)
+        assert max(float(np.abs(a.heatmaps[f] - b.heatmaps[f]).max()) for f in FINDINGS) < 1e-4
+        assert a.input_check["feature_distance"] == pytest.approx(b.input_check["feature_distance"], rel=1e-4)
+        assert a.reading.triage_probability == pytest.approx(b.reading.triage_probability, abs=1e-5)
+        assert a.reading == dataclasses.replace(b.reading, triage_probability=a.reading.triage_probability)
+        assert a.withheld_because == b.withheld_because
 
 
 def test_readme_and_model_card_numbers_come_from_metrics_json(metrics):

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import cv2
 import keras
 import numpy as np
 from tf_keras_vis.gradcam import Gradcam
 from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
 from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
 from tf_keras_vis.utils.scores import CategoricalScore
+
+from cxr_core.serving.maps import resize_map  # noqa: F401 - public here too (TensorFlow-free in maps)
 
 FEATURES_LAYER = "features"
 #: ``"gradcam++"`` (Chattopadhay et al. 2018, the default) or ``"gradcam"``
@@ -67,13 +68,6 @@ def split_model(model: keras.Model, *, features_layer: str = FEATURES_LAYER) -> 
         x = layer(x)
     head = keras.Model(head_input, x, name="head")
     return backbone, head
-
-
-def resize_map(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinearly resize a [0, 1] map to ``(height, width)`` and clip to [0, 1]."""
-    height, width = int(shape[0]), int(shape[1])
-    resized = cv2.resize(np.asarray(cam, dtype=np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-    return np.clip(resized, 0.0, 1.0)
 
 
 class HeadGradcamPlusPlus:

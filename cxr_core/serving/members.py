@@ -12,16 +12,20 @@ calibration, the reading) and checks the input.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
 from cxr_core.data.preprocessing import PreprocessConfig
-from cxr_core.serving.explain import HeadGradcamPlusPlus, split_model
-from cxr_core.serving.precision import COMPUTE_DTYPES, with_bfloat16_trunk
+from cxr_core.serving.precision import COMPUTE_DTYPES
 from cxr_core.serving.tta import check_tta_views, crop_views, mean_over_views
 
-__all__ = ["Member", "MemberRunner", "logit", "sigmoid"]
+if TYPE_CHECKING:
+    import keras
+
+    from cxr_core.serving.litert import MemberServingForm
+
+__all__ = ["Member", "MemberRunner", "runner_for", "logit", "sigmoid"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,8 @@ class Member:
     """One classifier of a Predictor.
 
     Attributes:
-        model: Keras model with the cxr-assist layer names (``"features"``, ``"logits"``, ``"probabilities"``).
+        model: Keras model with the cxr-assist layer names (``"features"``, ``"logits"``, ``"probabilities"``);
+            None for a member served by its LiteRT form alone (``serving``).
         preprocess: the preprocessing it was trained with (its own input size and normalisation).
         weight: its share of the averaged logits (normalised over the members).
         name: a label (the member's folder in an ensemble bundle).
@@ -44,9 +49,12 @@ class Member:
             layers before ``"features"``) in bfloat16; the features and the
             head stay float32. :meth:`Predictor.from_bundle` chooses it per
             backbone and CPU (:mod:`cxr_core.serving.precision`).
+        serving: its LiteRT serving form
+            (:class:`cxr_core.serving.litert.MemberServingForm`): when set, the
+            member runs with LiteRT, without TensorFlow, and ``model`` may be None.
     """
 
-    model: keras.Model
+    model: keras.Model | None
     preprocess: PreprocessConfig
     weight: float = 1.0
     name: str = "model"
@@ -54,8 +62,13 @@ class Member:
     map_weight: float | None = None
     tta_views: int = 1
     compute_dtype: str = "float32"
+    serving: MemberServingForm | None = None
 
     def __post_init__(self) -> None:
+        if self.model is None and self.serving is None:
+            raise ValueError(f"{self.name}: a member needs a Keras model or a serving form")
+        if self.serving is not None and self.compute_dtype != "float32":
+            raise ValueError(f"{self.name}: a serving form computes in float32")
         object.__setattr__(self, "tta_views", check_tta_views(self.tta_views))
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"{self.name}: compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, "
@@ -79,7 +92,11 @@ class MemberRunner:
     """
 
     def __init__(self, member: Member, findings: tuple[str, ...], *, compiled: bool = True) -> None:
+        import keras
         import tensorflow as tf
+
+        from cxr_core.serving.explain import HeadGradcamPlusPlus, split_model
+        from cxr_core.serving.precision import with_bfloat16_trunk
 
         model = member.model
         size = model.inputs[0].shape[1]
@@ -175,8 +192,20 @@ class MemberRunner:
         return features, logits, sigmoid(logits)
 
 
+def runner_for(member: Member, findings: tuple[str, ...], *, compiled: bool = True):
+    """The member's runner: :class:`cxr_core.serving.litert.LiteMemberRunner` when it has a serving form (no
+    TensorFlow), else :class:`MemberRunner`."""
+    if member.serving is not None:
+        from cxr_core.serving.litert import LiteMemberRunner
+
+        return LiteMemberRunner(member, findings)
+    return MemberRunner(member, findings, compiled=compiled)
+
+
 def _logits_output(model: keras.Model):
     """The output of the model's ``"logits"`` layer (cast to float32), or None for a model without one."""
+    import keras
+
     from cxr_core.learn.models import LOGITS_NAME
 
     try:

@@ -25,8 +25,11 @@ published number comes from; the app serves ``"auto"``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
+if TYPE_CHECKING:
+    import keras
+
 
 #: How a Predictor computes: ``"float32"`` everywhere, ``"bfloat16"`` trunks where
 #: the backbone gains from it, or ``"auto"``: bfloat16 only on a CPU that has it natively.
@@ -98,6 +101,8 @@ def with_bfloat16_trunk(model: keras.Model, *, features_layer: str = "features")
     Raises:
         ValueError: ``model`` has no ``features_layer``.
     """
+    import keras  # here, not at the top: the LiteRT serving path reads this module without TensorFlow
+
     names = [layer.name for layer in model.layers]
     if features_layer not in names:
         raise ValueError(f"model {model.name!r} has no layer {features_layer!r}")

@@ -28,8 +28,8 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
 from cxr_core.data.decoding import DecodedImage
@@ -39,12 +39,18 @@ from cxr_core.data.preprocessing import PreprocessConfig, normalize, resize_to_m
 from cxr_core.errors import ImageReadError
 from cxr_core.evaluation.calibration import Calibration
 from cxr_core.findings import FINDINGS, canonical_finding
-from cxr_core.serving.explain import resize_map
-from cxr_core.serving.members import Member, MemberRunner, sigmoid
+from cxr_core.serving.maps import resize_map
+from cxr_core.serving.members import Member, runner_for, sigmoid
 from cxr_core.serving.ood import OOD_WARNING, FeatureReference, load_reference, pooled
 from cxr_core.serving.precision import check_compute_mode, member_compute_dtype
 from cxr_core.serving.reading import Reading, ReadingPolicy
 
+if TYPE_CHECKING:
+    import keras
+
+#: How :meth:`Predictor.from_bundle` runs the members: Keras (TensorFlow), their LiteRT serving forms, or LiteRT
+#: where every member has one.
+RUNTIMES = ("keras", "litert", "auto")
 #: Default operating point when a bundle has no fitted thresholds yet.
 UNFITTED_THRESHOLD = 0.5
 
@@ -179,7 +185,7 @@ class Predictor:
         self.thresholds = np.full(len(findings), UNFITTED_THRESHOLD) if thresholds is None else np.asarray(thresholds, float)
         self.metadata = dict(metadata or {})
         self.policy = ReadingPolicy.from_metadata(self.metadata, self.thresholds)
-        self._runners = tuple(MemberRunner(m, findings, compiled=compiled) for m in self.members)
+        self._runners = tuple(runner_for(m, findings, compiled=compiled) for m in self.members)
         if ood is not None and self.is_ensemble and ood.member not in [m.name for m in self.members]:
             ood = None  # a reference fitted on another member's features cannot be used
         self.ood = ood
@@ -242,7 +248,8 @@ class Predictor:
         return all(runner.compiled for runner in self._runners)
 
     @classmethod
-    def from_bundle(cls, path: str | Path, *, compute: str = "float32", compiled: bool = True) -> "Predictor":
+    def from_bundle(cls, path: str | Path, *, compute: str = "float32", compiled: bool = True,
+                    runtime: str = "keras", serving_cache: str | Path | None = None) -> "Predictor":
         """Load a model bundle folder, one model or an ensemble (see :mod:`cxr_core.learn.bundle`).
 
         Args:
@@ -251,38 +258,72 @@ class Predictor:
                 with), ``"bfloat16"`` or ``"auto"``: trunks of the backbones
                 that gain from it in bfloat16, ``"auto"`` only on a CPU that
                 computes it natively (:mod:`cxr_core.serving.precision`).
+                Keras members only: a serving form computes in float32.
             compiled: as the constructor's (False: answer op by op until :meth:`warm_up`).
+            runtime: one of :data:`RUNTIMES`: ``"keras"`` (default) loads
+                each member's ``model.keras`` with TensorFlow; ``"litert"``
+                runs each member's serving form (:mod:`cxr_core.serving.litert`;
+                same float32 numbers, no TensorFlow) and raises
+                ``ServingFormError`` where a member has none; ``"auto"`` is
+                ``"litert"`` when every member has one, else ``"keras"``.
+            serving_cache: the serving forms' folder (default
+                :func:`cxr_core.serving.litert.cache_root`).
 
         Raises:
             BundleError: not a bundle, or its findings order or input size do
                 not match this code or its stored model.
+            ServingFormError: ``runtime="litert"`` and a member has no usable serving form.
         """
-        from cxr_core.learn.bundle import explanation_method
-        from cxr_core.learn.ensemble import EnsembleBundle, load_bundle
+        from cxr_core.learn.ensemble import load_bundle
 
         check_compute_mode(compute)  # before the (slow) model load
-        bundle = load_bundle(path)
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        if runtime != "keras":
+            from cxr_core.serving.litert import ServingFormError, find_serving_form
+
+            try:
+                bundle = load_bundle(path, load_model=False)
+                return cls._assemble(bundle, find_serving_form(bundle, cache=serving_cache), compute, compiled)
+            except ServingFormError:  # not built, stale, unreadable: "auto" runs the Keras models instead
+                if runtime == "litert":
+                    raise
+        return cls._assemble(load_bundle(path), None, compute, compiled)
+
+    @classmethod
+    def _assemble(cls, bundle, forms: Mapping | None, compute: str, compiled: bool) -> "Predictor":
+        """The Predictor of a loaded bundle: its members' serving forms (``forms``) or Keras models (None)."""
+        from cxr_core.learn.bundle import explanation_method
+        from cxr_core.learn.ensemble import EnsembleBundle
+
         meta = bundle.metadata()
         calibration = Calibration.from_dict(meta["calibration"]) if meta.get("calibration") else None
         thresholds = meta.get("thresholds")
         if isinstance(thresholds, dict):
             thresholds = thresholds.get("values")
         ood = load_reference(bundle.path, meta)
+
+        def member(single, name: str, **kwargs) -> Member:
+            form = None if forms is None else forms[name]
+            return Member(model=single.model, preprocess=single.preprocessing, name=name,
+                          explanation=explanation_method(single.metadata()), serving=form,
+                          compute_dtype="float32" if form is not None else member_compute_dtype(compute, single.backbone),
+                          **kwargs)
+
         if isinstance(bundle, EnsembleBundle):
-            members = [Member(model=m.bundle.model, preprocess=m.bundle.preprocessing, weight=m.weight, name=m.name,
-                              explanation=explanation_method(m.bundle.metadata()), map_weight=m.map_weight,
-                              tta_views=m.tta_views, compute_dtype=member_compute_dtype(compute, m.bundle.backbone))
+            members = [member(m.bundle, m.name, weight=m.weight, map_weight=m.map_weight, tta_views=m.tta_views)
                        for m in bundle.members]
-            predictor = cls(members=members, findings=bundle.findings, calibration=calibration,
-                            thresholds=thresholds, metadata=meta, ood=ood, compiled=compiled)
         else:
-            predictor = cls(members=[Member(model=bundle.model, preprocess=bundle.preprocessing,
-                                            explanation=explanation_method(meta),
-                                            compute_dtype=member_compute_dtype(compute, bundle.backbone))],
-                            findings=bundle.findings, calibration=calibration, thresholds=thresholds, metadata=meta, ood=ood,
-                            compiled=compiled)
+            members = [member(bundle, "model")]
+        predictor = cls(members=members, findings=bundle.findings, calibration=calibration, thresholds=thresholds,
+                        metadata=meta, ood=ood, compiled=compiled)
         predictor.bundle = bundle
         return predictor
+
+    @property
+    def runtime(self) -> str:
+        """``"litert"`` when every member runs its serving form (no TensorFlow), else ``"keras"``."""
+        return "litert" if all(m.serving is not None for m in self.members) else "keras"
 
     # -- what it is -----------------------------------------------------------
 

@@ -1,0 +1,373 @@
+"""The serving form of a bundle: each member as a LiteRT flatbuffer, run without TensorFlow.
+
+Why it exists: on the 2-core machine a fresh app process spent about 4.5 s
+importing TensorFlow and 4.5 s building the five members' Keras models before
+its first analysis (``benchmarks/APP_RESULTS.md``). The LiteRT runtime
+(``ai-edge-litert``, Apache-2.0; TensorFlow Lite's interpreter with XNNPACK)
+imports in about 0.1 s and opens a member in tens of milliseconds, and runs
+the same float32 arithmetic: features and logits agree with the Keras model
+to about 1e-5 (tested), and the Grad-CAM(++) maps are computed from those
+features in closed form (:mod:`cxr_core.serving.maps`).
+
+What it promises:
+
+* It is derived, never authoritative: ``model.keras`` in the bundle stays the
+  model that was evaluated; a serving form is found only under the SHA-256 of
+  the exact ``model.keras`` it was converted from, so a retrained or replaced
+  member is never served by a stale conversion.
+* It is written atomically (a temporary folder renamed into place), so a
+  build that is interrupted leaves no half-written form that could be used.
+* Where anything is missing (the runtime not installed, a member not
+  converted, a file unreadable, a head that is not pooling + one Dense layer),
+  :func:`find_serving_form` says why and the caller runs the Keras models.
+
+The forms live in a cache folder outside the bundle (the bundle may be
+read-only, and a bundle is kept under 60 MB: the float32 forms of the shipped
+ensemble take about 100 MB): ``CXR_ASSIST_SERVING_CACHE``, else
+``$XDG_CACHE_HOME/cxr-assist/serving``, else ``~/.cache/cxr-assist/serving``.
+``python -m training.export_serving`` builds them; the app builds them in the
+background after its first start (``pages/common.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cxr_core.serving.maps import linear_head_cams
+from cxr_core.serving.tta import crop_views, mean_over_views
+
+__all__ = [
+    "SERVING_FORMAT", "CACHE_ENV", "ServingFormError", "MemberServingForm", "cache_root", "litert_available",
+    "member_digest", "find_serving_form", "build_serving_form", "export_member", "LiteModel", "LiteMemberRunner",
+]
+
+#: Version of the files written here; a form of another version is not used (it is rebuilt).
+SERVING_FORMAT = 1
+CACHE_ENV = "CXR_ASSIST_SERVING_CACHE"
+MODEL_FILE = "model.tflite"
+HEAD_FILE = "head.npz"
+INFO_FILE = "serving.json"
+_HEAD_LAYERS = ("GlobalAveragePooling2D", "Dropout", "Dense", "Activation")
+
+
+class ServingFormError(ValueError):
+    """A member cannot be served by LiteRT (not converted, unreadable, or a head this module does not map)."""
+
+
+def cache_root(cache: str | os.PathLike | None = None) -> Path:
+    """The folder of the serving forms: ``cache``, else ``CXR_ASSIST_SERVING_CACHE``, else the user's cache folder."""
+    if cache is not None:
+        return Path(cache)
+    if os.environ.get(CACHE_ENV, "").strip():
+        return Path(os.environ[CACHE_ENV].strip())
+    base = os.environ.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")
+    return Path(base) / "cxr-assist" / "serving"
+
+
+def litert_available() -> bool:
+    """Whether the LiteRT runtime (``ai-edge-litert``) is installed."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def member_digest(model_file: str | os.PathLike) -> str:
+    """SHA-256 of a member's ``model.keras``: the name of its serving form (about 0.1 s for the shipped 54 MB)."""
+    digest = hashlib.sha256()
+    with open(model_file, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _form_dir(root: Path, digest: str) -> Path:
+    return root / f"{digest[:32]}-v{SERVING_FORMAT}"
+
+
+@dataclass(frozen=True)
+class MemberServingForm:
+    """One member's converted files: ``model.tflite`` (image -> features, logits) and the head's Dense kernel.
+
+    Attributes:
+        directory: the form's folder in the cache.
+        input_size: the square input size in pixels.
+        kernel: float32 (d, 14), the logits layer's Dense kernel (for the maps).
+        features_shape: ``(h, w, d)`` of the features at ``input_size``.
+    """
+
+    directory: Path
+    input_size: int
+    kernel: np.ndarray
+    features_shape: tuple[int, int, int]
+
+    @property
+    def model_file(self) -> Path:
+        return self.directory / MODEL_FILE
+
+    @classmethod
+    def open(cls, directory: Path, *, expected_size: int, outputs: int) -> "MemberServingForm":
+        """Read a form's small files (the flatbuffer is opened by :class:`LiteModel`).
+
+        Raises:
+            ServingFormError: a file is missing or does not match the member.
+        """
+        try:
+            info = json.loads((directory / INFO_FILE).read_text())
+            with np.load(directory / HEAD_FILE) as head:
+                kernel = np.asarray(head["kernel"], dtype=np.float32)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ServingFormError(f"the serving form in {directory} cannot be read ({exc})") from exc
+        if not (directory / MODEL_FILE).is_file():
+            raise ServingFormError(f"the serving form in {directory} has no {MODEL_FILE}")
+        if info.get("format") != SERVING_FORMAT or int(info.get("input_size", -1)) != int(expected_size):
+            raise ServingFormError(f"the serving form in {directory} is for another format or input size")
+        if kernel.ndim != 2 or kernel.shape[1] != outputs:
+            raise ServingFormError(f"the serving form in {directory} has a head of shape {kernel.shape}")
+        return cls(directory=directory, input_size=int(expected_size), kernel=kernel,
+                   features_shape=tuple(int(v) for v in info["features_shape"]))
+
+
+def find_serving_form(bundle, *, cache: str | os.PathLike | None = None) -> dict[str, MemberServingForm]:
+    """Each member's serving form, for a bundle loaded without its models.
+
+    Args:
+        bundle: a :class:`cxr_core.learn.bundle.Bundle` or ``EnsembleBundle``
+            (``load_bundle(path, load_model=False)`` is enough).
+        cache: the cache folder (default :func:`cache_root`).
+
+    Returns:
+        ``{member name: form}`` in member order (a one-model bundle's member is named ``"model"``).
+
+    Raises:
+        ServingFormError: the runtime is not installed, or a member has no usable form (the message says which).
+    """
+    if not litert_available():
+        raise ServingFormError("the LiteRT runtime (ai-edge-litert) is not installed")
+    root = cache_root(cache)
+    forms = {}
+    for name, folder, meta in _members(bundle):
+        model_file = folder / meta.get("model_file", "model.keras")
+        if not model_file.is_file():
+            raise ServingFormError(f"member {name}: {model_file} is missing")
+        directory = _form_dir(root, member_digest(model_file))
+        if not directory.is_dir():
+            raise ServingFormError(f"member {name} has no serving form yet (python -m training.export_serving builds it)")
+        forms[name] = MemberServingForm.open(directory, expected_size=int(meta["input_size"]),
+                                             outputs=len(bundle.findings))
+    return forms
+
+
+def _members(bundle) -> list[tuple[str, Path, dict]]:
+    """``(name, folder, metadata)`` of each member of a one-model or ensemble bundle."""
+    members = getattr(bundle, "members", None)
+    if members is None:
+        return [("model", Path(bundle.path), bundle.metadata())]
+    return [(m.name, Path(m.bundle.path), m.bundle.metadata()) for m in members]
+
+
+def export_member(model, directory: str | os.PathLike) -> None:
+    """Convert one member's Keras model to its serving form in ``directory`` (created; must not exist yet).
+
+    The flatbuffer keeps float32 weights (the bundle's float16 weights as the
+    Keras model loads them), so it computes what the Keras model computes in
+    float32; its input takes any batch size.
+
+    Args:
+        model: a classifier with the cxr-assist layer names, its head pooling, dropout, ``"logits"`` (Dense) and
+            ``"probabilities"`` (sigmoid).
+
+    Raises:
+        ServingFormError: the head is not that chain (its maps would need automatic differentiation).
+    """
+    import keras
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    names = [layer.name for layer in model.layers]
+    if "features" not in names or "logits" not in names:
+        raise ServingFormError("the model has no 'features' and 'logits' layers")
+    head = [type(layer).__name__ for layer in model.layers[names.index("features") + 1:]]
+    if [kind for kind in head if kind != "Dropout"] != [k for k in _HEAD_LAYERS if k != "Dropout"]:
+        raise ServingFormError(f"the head after 'features' is {head}: only pooling, dropout, Dense and a sigmoid map "
+                               "without TensorFlow")
+    size = int(model.inputs[0].shape[1])
+    features = model.get_layer("features").output
+    logits = keras.ops.cast(model.get_layer("logits").output, "float32")
+    both = keras.Model(model.inputs[0], [keras.ops.cast(features, "float32"), logits])
+    function = tf.function(lambda x: both(x, training=False),
+                           input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)])
+    frozen = convert_variables_to_constants_v2(function.get_concrete_function())
+    flatbuffer = tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert()
+    kernel = np.asarray(model.get_layer("logits").kernel, dtype=np.float32)
+    directory = Path(directory)
+    directory.mkdir(parents=True)
+    (directory / MODEL_FILE).write_bytes(flatbuffer)
+    np.savez(directory / HEAD_FILE, kernel=kernel)
+    (directory / INFO_FILE).write_text(json.dumps({
+        "format": SERVING_FORMAT, "input_size": size, "features_shape": [int(v) for v in features.shape[1:]],
+        "tensorflow": tf.__version__, "keras": keras.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }, indent=2))
+
+
+def build_serving_form(bundle_path: str | os.PathLike, *, cache: str | os.PathLike | None = None,
+                       progress=None) -> dict[str, Path]:
+    """Convert every member of a bundle that has no serving form yet (imports TensorFlow).
+
+    Args:
+        bundle_path: the bundle folder.
+        cache: the cache folder (default :func:`cache_root`).
+        progress: receives one line per member.
+
+    Returns:
+        ``{member name: its form's folder}``, those already there included.
+
+    Raises:
+        BundleError: not a bundle.
+        ServingFormError: a member cannot be converted.
+    """
+    from cxr_core.learn.bundle import Bundle
+    from cxr_core.learn.ensemble import load_bundle
+
+    bundle = load_bundle(bundle_path, load_model=False)
+    root = cache_root(cache)
+    root.mkdir(parents=True, exist_ok=True)
+    done = {}
+    for name, folder, meta in _members(bundle):
+        model_file = folder / meta.get("model_file", "model.keras")
+        directory = _form_dir(root, member_digest(model_file))
+        if not directory.is_dir():
+            started = time.monotonic()
+            model = Bundle.load(folder, expected_findings=bundle.findings).model
+            scratch = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
+            try:
+                export_member(model, scratch / "form")
+                try:
+                    os.replace(scratch / "form", directory)  # atomic: the form appears whole or not at all
+                except OSError:
+                    if not directory.is_dir():  # another process may have built it meanwhile
+                        raise
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+            if progress:
+                progress(f"{name}: converted in {time.monotonic() - started:.1f} s -> {directory}")
+        elif progress:
+            progress(f"{name}: already converted ({directory})")
+        done[name] = directory
+    return done
+
+
+def _threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class LiteModel:
+    """One member's flatbuffer in a LiteRT interpreter: ``model(batch) -> (features, logits)``.
+
+    Not thread-safe (one interpreter, resized when the batch size changes): the
+    Predictor calls its members under its lock.
+
+    Args:
+        form: the member's serving form.
+        threads: the interpreter's threads (default: the CPUs this process may use).
+    """
+
+    def __init__(self, form: MemberServingForm, *, threads: int | None = None) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        try:
+            self._interpreter = Interpreter(model_path=str(form.model_file), num_threads=threads or _threads())
+            self._interpreter.allocate_tensors()  # a damaged file fails here, not at the first analysis
+        except (ValueError, RuntimeError) as exc:
+            raise ServingFormError(f"{form.model_file} cannot be opened by LiteRT ({exc})") from exc
+        details = self._interpreter.get_input_details()[0]
+        self._input = details["index"]
+        outputs = self._interpreter.get_output_details()
+        by_rank = {len(detail["shape_signature"]): detail["index"] for detail in outputs}
+        if sorted(by_rank) != [2, 4]:
+            raise ServingFormError(f"{form.model_file} does not give features and logits")
+        self._features, self._logits = by_rank[4], by_rank[2]
+        self._batch = int(details["shape"][0])
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(features (n, h, w, d), logits (n, 14))`` float32 for normalised inputs (n, size, size, 1)."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if batch.shape[0] != self._batch:
+            self._interpreter.resize_tensor_input(self._input, list(batch.shape))
+            self._interpreter.allocate_tensors()
+            self._batch = batch.shape[0]
+        self._interpreter.set_tensor(self._input, batch)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._features), self._interpreter.get_tensor(self._logits)
+
+
+class LiteMemberRunner:
+    """A member's calls from its serving form: the same interface and numbers as
+    :class:`cxr_core.serving.members.MemberRunner`, no TensorFlow.
+
+    Args:
+        member: the member (its ``serving`` form set).
+        findings: the output columns.
+    """
+
+    compiled = True  # nothing to trace
+
+    def __init__(self, member, findings: tuple[str, ...]) -> None:
+        form = member.serving
+        if form is None:
+            raise ValueError(f"{member.name} has no serving form")
+        if form.input_size != member.preprocess.size:
+            raise ValueError(f"{member.name}: the serving form takes {form.input_size} px inputs but the preprocessing "
+                             f"says {member.preprocess.size}")
+        if form.kernel.shape[1] != len(findings):
+            raise ValueError(f"{member.name}: the serving form has {form.kernel.shape[1]} outputs, expected {len(findings)}")
+        self.member = member
+        self.size = int(form.input_size)
+        self._model = LiteModel(form)
+        self._kernel = form.kernel
+        self.explainer = self._explain
+
+    def compile(self, batch: np.ndarray, *, explain: bool = True) -> None:
+        """Nothing to trace; runs ``batch`` once so its size is allocated."""
+        self._model(self._with_views(np.asarray(batch, dtype=np.float32)))
+
+    def _explain(self, features: np.ndarray, finding_indices) -> np.ndarray:
+        return linear_head_cams(features, self._kernel, finding_indices, method=self.member.explanation)
+
+    def _with_views(self, batch: np.ndarray) -> np.ndarray:
+        return batch if self.member.tta_views == 1 else np.concatenate([batch, crop_views(batch)])
+
+    def scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(logits, probabilities)`` (n, 14) float64 for normalised inputs."""
+        _, logits, probabilities = self.features_and_scores(batch)
+        return logits, probabilities
+
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        """The full image's ``"features"`` (no test-time views)."""
+        return self._model(np.asarray(batch, dtype=np.float32))[0]
+
+    def features_and_scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(features, logits, probabilities)``: the image and its test-time views in one call."""
+        n = len(batch)
+        features, logits = self._model(self._with_views(np.asarray(batch, dtype=np.float32)))
+        logits = np.asarray(logits, dtype=np.float64)
+        if self.member.tta_views != 1:
+            logits = mean_over_views(logits[:n], logits[n:])
+        return np.array(features[:n]), logits, _sigmoid(logits)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))

@@ -1,0 +1,169 @@
+"""The LiteRT serving form: same numbers and maps as the Keras models, no TensorFlow, never stale or half-built.
+
+The tiny ensemble's members are untrained small CNNs (synthetic random
+weights, ``tests/app_bundle.py``) at 64 and 48 px, one with test-time views;
+the real demo films go through them. Each test builds its forms in its own
+cache folder.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxr_core.serving import HeadGradcamPlusPlus, Predictor, split_model
+from cxr_core.serving.litert import ServingFormError, build_serving_form, find_serving_form, member_digest
+from cxr_core.serving.maps import linear_head_cams
+from tests.app_bundle import TINY_MEMBERS, build_tiny_bundle
+from tests.conftest import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def ensemble(tmp_path_factory, demo_root) -> Path:
+    """The tiny two-member ensemble, its 48 px member with six test-time views."""
+    from cxr_core.learn import assemble_ensemble
+
+    root = tmp_path_factory.mktemp("litert")
+    members = [build_tiny_bundle(root / "runs" / name, demo_root, size=size, seed=seed, mean=mean, logit_scale=40.0)
+               for name, size, seed, mean, _ in TINY_MEMBERS]
+    return assemble_ensemble(members, root / "ensemble", weights=[w for *_, w in TINY_MEMBERS],
+                             names=[name for name, *_ in TINY_MEMBERS], tta_views=[1, 6])
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, ensemble) -> Path:
+    folder = tmp_path_factory.mktemp("serving-cache")
+    build_serving_form(ensemble, cache=folder)
+    return folder
+
+
+def _films(demo_root, n=3) -> list[str]:
+    return sorted(str(p) for p in (demo_root / "images").glob("*.png"))[:n]
+
+
+@pytest.mark.parametrize("method", ["gradcam++", "gradcam"])
+def test_closed_form_maps_equal_the_tensorflow_engine(ensemble, method):
+    from cxr_core.learn import Bundle
+
+    model = Bundle.load(ensemble / "members" / "a64").model
+    _, head = split_model(model)
+    engine = HeadGradcamPlusPlus(head, method=method)
+    rng = np.random.default_rng(0)
+    features = np.maximum(rng.normal(size=(1,) + tuple(head.inputs[0].shape[1:])), 0).astype(np.float32)
+    kernel = np.asarray(model.get_layer("logits").kernel)
+    indices = list(range(14))
+    expected = engine(features, indices)
+    got = linear_head_cams(features, kernel, indices, method=method)
+    assert got.shape == expected.shape == (14,) + features.shape[1:3]
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+    # A finding whose kernel column is all negative has no positive evidence: an all-zero map in both.
+    kernel[:, 3] = -np.abs(kernel[:, 3])
+    assert np.all(linear_head_cams(features, kernel, [3], method=method) == 0)
+
+
+def test_closed_form_maps_refuse_mismatched_shapes():
+    with pytest.raises(ValueError, match="kernel must be"):
+        linear_head_cams(np.zeros((1, 4, 4, 8)), np.zeros((6, 14)), [0])
+    with pytest.raises(ValueError, match="one image"):
+        linear_head_cams(np.zeros((2, 4, 4, 8)), np.zeros((8, 14)), [0])
+    with pytest.raises(ValueError, match="method"):
+        linear_head_cams(np.zeros((1, 4, 4, 8)), np.zeros((8, 14)), [0], method="saliency")
+
+
+def test_litert_analysis_equals_keras_float32(ensemble, cache, demo_root):
+    lite = Predictor.from_bundle(ensemble, runtime="litert", serving_cache=cache)
+    keras_ = Predictor.from_bundle(ensemble, runtime="keras", compute="float32")
+    assert lite.runtime == "litert" and keras_.runtime == "keras"
+    assert all(m.model is None and m.serving is not None for m in lite.members)
+    assert [m.tta_views for m in lite.members] == [1, 6]
+    for film in _films(demo_root):
+        a, b = lite.analyze(film), keras_.analyze(film)
+        np.testing.assert_allclose([a.raw_probabilities[f] for f in a.probabilities],
+                                   [b.raw_probabilities[f] for f in b.probabilities], atol=1e-5)
+        np.testing.assert_allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-5)
+        assert a.positive == b.positive and a.reading == b.reading
+        for finding in a.heatmaps:
+            np.testing.assert_allclose(a.heatmaps[finding], b.heatmaps[finding], atol=1e-4)
+    # Batches (the Browse page, the input check's features) go through the same interpreters at any batch size.
+    batch = {64: np.full((5, 64, 64), 90, np.uint8), 48: np.full((5, 48, 48), 90, np.uint8)}
+    np.testing.assert_allclose(lite.predict_uint8(batch)[0], keras_.predict_uint8(batch)[0], atol=1e-5)
+    np.testing.assert_allclose(lite.predict_uint8({k: v[:1] for k, v in batch.items()})[0], keras_.predict_uint8(
+        {k: v[:1] for k, v in batch.items()})[0], atol=1e-5)
+
+
+def test_forms_are_named_by_the_model_they_came_from(ensemble, tmp_path, demo_root):
+    """A member replaced after its conversion is never served by the old form: auto runs Keras until it is rebuilt."""
+    import shutil
+
+    from cxr_core.learn import Bundle
+    from cxr_core.learn.ensemble import load_bundle
+
+    copy = Path(shutil.copytree(ensemble, tmp_path / "ensemble"))
+    cache = tmp_path / "cache"
+    with pytest.raises(ServingFormError, match="a64 has no serving form yet"):
+        find_serving_form(load_bundle(copy, load_model=False), cache=cache)
+    assert Predictor.from_bundle(copy, runtime="auto", serving_cache=cache).runtime == "keras"
+    built = build_serving_form(copy, cache=cache)
+    assert sorted(built) == ["a64", "b48"]
+    assert Predictor.from_bundle(copy, runtime="auto", serving_cache=cache).runtime == "litert"
+    assert not [p for p in cache.iterdir() if p.name.startswith(".building")]  # nothing half-written left behind
+
+    member = Bundle.load(copy / "members" / "a64")
+    kernel, bias = member.model.get_layer("logits").get_weights()
+    member.model.get_layer("logits").set_weights([kernel * 2, bias])
+    member.model.save(copy / "members" / "a64" / "model.keras")
+    assert member_digest(copy / "members" / "a64" / "model.keras")[:32] not in {p.name.split("-")[0] for p in built.values()}
+    with pytest.raises(ServingFormError, match="a64 has no serving form yet"):
+        find_serving_form(load_bundle(copy, load_model=False), cache=cache)
+    retrained = Predictor.from_bundle(copy, runtime="auto", serving_cache=cache)
+    assert retrained.runtime == "keras"
+    build_serving_form(copy, cache=cache)
+    film = _films(demo_root, 1)[0]
+    np.testing.assert_allclose(list(Predictor.from_bundle(copy, runtime="litert", serving_cache=cache).analyze(film)
+                                    .raw_probabilities.values()),
+                               list(retrained.analyze(film).raw_probabilities.values()), atol=1e-5)
+
+
+def test_a_damaged_form_is_refused_with_a_clear_message(ensemble, tmp_path):
+    cache = tmp_path / "cache"
+    forms = build_serving_form(ensemble, cache=cache)
+    flatbuffer = forms["b48"] / "model.tflite"
+    flatbuffer.write_bytes(flatbuffer.read_bytes()[:5000])
+    with pytest.raises(ServingFormError, match="cannot be opened by LiteRT"):
+        Predictor.from_bundle(ensemble, runtime="litert", serving_cache=cache)
+    assert Predictor.from_bundle(ensemble, runtime="auto", serving_cache=cache).runtime == "keras"
+    (forms["a64"] / "serving.json").write_text(json.dumps({"format": 999}))
+    with pytest.raises(ServingFormError, match="another format"):
+        Predictor.from_bundle(ensemble, runtime="litert", serving_cache=cache)
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        Predictor.from_bundle(ensemble, runtime="onnx")
+
+
+def test_litert_analysis_imports_no_tensorflow(ensemble, cache, demo_root):
+    code = ("import sys\n"
+            "from cxr_core.serving import Predictor\n"
+            f"p = Predictor.from_bundle({str(ensemble)!r}, runtime='litert', serving_cache={str(cache)!r})\n"
+            f"a = p.analyze({_films(demo_root, 1)[0]!r})\n"
+            "assert len(a.heatmaps) == 14 and a.reading is not None\n"
+            "print(sorted(m for m in ('tensorflow', 'keras', 'tf_keras_vis') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_export_command(ensemble, tmp_path):
+    cache = tmp_path / "cache"
+    command = [sys.executable, "-m", "training.export_serving", "--cache", str(cache)]
+    done = subprocess.run([*command, "--bundle", str(ensemble)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "a64: converted" in done.stdout and "b48: converted" in done.stdout and "ready in" in done.stdout
+    again = subprocess.run([*command, "--bundle", str(ensemble)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "a64: already converted" in again.stdout
+    missing = subprocess.run([*command, "--bundle", str(tmp_path / "nowhere")], cwd=REPO_ROOT, capture_output=True,
+                             text=True, timeout=600)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr

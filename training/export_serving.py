@@ -1,0 +1,49 @@
+"""Build a bundle's LiteRT serving form: what the app runs, without TensorFlow, once it exists.
+
+    python -m training.export_serving --bundle models/default
+
+Converts each member's model.keras into a LiteRT flatbuffer (image -> features
+and logits, float32 weights: the same numbers as the Keras model, tested) and
+stores it with the head's Dense kernel, for the Grad-CAM maps, in the serving
+cache (CXR_ASSIST_SERVING_CACHE, else ~/.cache/cxr-assist/serving), named by
+the SHA-256 of the model.keras it came from: a replaced member is converted
+again, never served stale. The app then loads in about a second instead of
+importing TensorFlow and building the Keras models (benchmarks/APP_RESULTS.md).
+The app started with `streamlit run app.py` runs this itself in the
+background after its first start; run it by hand after training a bundle, or
+to prepare a machine. Members already converted are skipped. About 30 s for
+the shipped ensemble on 2 cores. See cxr_core/serving/litert.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from training._errors import USER_ERRORS, report_user_error
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.export_serving", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", default="models/default", help="model bundle folder (default models/default)")
+    parser.add_argument("--cache", default=None,
+                        help="serving cache folder (default CXR_ASSIST_SERVING_CACHE, else ~/.cache/cxr-assist/serving)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from cxr_core.serving.litert import build_serving_form, cache_root
+
+    started = time.monotonic()
+    try:
+        build_serving_form(args.bundle, cache=args.cache, progress=lambda line: print(line, flush=True))
+    except USER_ERRORS as exc:
+        return report_user_error(exc)
+    print(f"serving form of {args.bundle} ready in {cache_root(args.cache)} ({time.monotonic() - started:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
