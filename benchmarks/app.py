@@ -22,6 +22,11 @@ and measures:
 
 Goals on the 2-core machine: cold start <= 5 s, home page to first findings
 <= 5 s, <= 2 s per later image.
+
+The server runs the bundle's LiteRT serving form when it is built (the
+default cache, or ``CXR_ASSIST_SERVING_CACHE``); to time a machine's first
+start, point ``CXR_ASSIST_SERVING_CACHE`` at an empty folder (the server then
+runs the Keras models). On failure the server's log is printed.
 """
 
 from __future__ import annotations
@@ -98,13 +103,15 @@ def run(bundle: Path, n_images: int, repeats: int, entry: str = "app.py") -> dic
                         results["server_cpu_s"].append(cpu_seconds({process.pid}) - server_cpu)
                         results["browser_cpu_s"].append(cpu_seconds(names=("chrom",)) - browser_cpu)
             except Exception:
-                print(f"the server's log ({log.name}), its end:\n{Path(log.name).read_text(errors='replace')[-3000:]}",
-                      file=sys.stderr)
+                print(f"the server's log (kept: {log.name}), its end:\n"
+                      f"{Path(log.name).read_text(errors='replace')[-3000:]}", file=sys.stderr)
+                log.close()
                 raise
             finally:
                 page.close()
                 stop_streamlit(process)
-                log.close()
+            log.close()
+            os.unlink(log.name)  # kept only when the run failed
         browser.close()
     return results
 
