@@ -357,12 +357,12 @@ def start_serving_build(path: Path):
     """
     import subprocess
 
-    command = [sys.executable, "-m", "training.export_serving", "--bundle", str(path)]
+    # --low-priority: the command lowers its own priority (a preexec_fn is unsafe in this many-threaded process).
+    command = [sys.executable, "-m", "training.export_serving", "--bundle", str(path), "--low-priority"]
     print(f"cxr-assist: building the LiteRT serving form in the background for the next start: {' '.join(command)}",
           file=sys.stderr, flush=True)
     try:
-        return subprocess.Popen(command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
-                                preexec_fn=(lambda: os.nice(10)) if hasattr(os, "nice") else None)
+        return subprocess.Popen(command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL)
     except OSError as exc:
         print(f"cxr-assist: could not start the serving-form build: {exc}", file=sys.stderr)
         return None

@@ -18,6 +18,7 @@ the shipped ensemble on 2 cores. See cxr_core/serving/litert.py.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -29,11 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bundle", default="models/default", help="model bundle folder (default models/default)")
     parser.add_argument("--cache", default=None,
                         help="serving cache folder (default CXR_ASSIST_SERVING_CACHE, else ~/.cache/cxr-assist/serving)")
+    parser.add_argument("--low-priority", action="store_true",
+                        help="run at nice 10, taking the cores only when other work leaves them idle (the app uses it)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.low_priority and hasattr(os, "nice"):
+        os.nice(10)
     from cxr_core.serving.litert import build_serving_form, cache_root
 
     started = time.monotonic()

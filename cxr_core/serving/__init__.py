@@ -8,7 +8,10 @@ from cxr_core._lazy import lazy_exports
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "predictor": ("Predictor", "Analysis", "intensity_warnings"),
     "members": ("Member", "MemberRunner"),
-    "explain": ("HeadGradcamPlusPlus", "gradcam_plus_plus_per_finding", "split_model", "resize_map"),
+    "explain": ("HeadGradcamPlusPlus", "gradcam_plus_plus_per_finding", "split_model"),
+    "maps": ("resize_map", "linear_head_cams"),
+    "litert": ("ServingFormError", "MemberServingForm", "build_serving_form", "find_serving_form",
+               "cache_root", "litert_available"),
     "overlays": ("GROUND_TRUTH_COLOR", "HEATMAP_BOX_COLOR", "blend_heatmap", "colorize_heatmap", "draw_boxes", "fit_to",
                  "gray_to_rgb", "scale_boxes", "window_level"),
     "report": ("DISCLAIMER", "REPORT_FORMAT", "findings_rows", "heatmap_boxes", "heatmap_picture", "json_report",

@@ -345,8 +345,8 @@ class Predictor:
         return self.members[0]
 
     @property
-    def model(self) -> keras.Model:
-        """The one model (ValueError for an ensemble: see :attr:`members`)."""
+    def model(self) -> keras.Model | None:
+        """The one Keras model (None when served by its LiteRT form; ValueError for an ensemble: see :attr:`members`)."""
         return self._single("model").model
 
     @property
