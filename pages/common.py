@@ -283,15 +283,13 @@ def warm_up() -> None:
         time.sleep(WARM_UP_DELAY_S)
         try:
             lite = serving_form_ready(path)
-            if not lite:
+            if not lite and runtime_mode() != "litert":  # litert without a form fails below, with its reason
                 stage("starting TensorFlow")
                 with _PREDICTOR_LOCK:
                     import keras  # noqa: F401 - the slowest import (TensorFlow), timed as its own step
 
             stage("loading the model" + (" (LiteRT serving form)" if lite else ""))
-            if not lite:
-                _keep_keras_session()
-            predictor = _load_predictor(*current_bundle(), compiled=False)
+            predictor = _load_predictor(*current_bundle(), compiled=False)  # keeps the Keras session first if Keras
         except Exception as exc:  # noqa: BLE001 - the page that needs the model reports the error
             with _STATE_LOCK:
                 _WARM_STATE.update(error=f"{type(exc).__name__}: {exc}", running=False)
@@ -301,7 +299,7 @@ def warm_up() -> None:
         # of a demo) is analysed first, and a later one waits for at most one member's tracing, never for all.
         with _STATE_LOCK:
             _WARM_STATE["running"] = False
-        stage("ready: analyses run")
+        stage(f"ready: analyses run ({'LiteRT serving form' if predictor.runtime == 'litert' else 'Keras models'})")
         if predictor.runtime == "litert":
             return  # nothing to trace
         try:

@@ -18,6 +18,15 @@ def pytest_configure(config):
     import tests.test_browser (and so this module) and must use the user's cache."""
     os.environ["CXR_ASSIST_SERVING_CACHE"] = tempfile.mkdtemp(prefix="cxr-assist-serving-tests-")
 
+
+def pytest_unconfigure(config):
+    """The test run's serving forms go with it (about 100 MB with the shipped model's)."""
+    import shutil
+
+    folder = os.environ.get("CXR_ASSIST_SERVING_CACHE", "")
+    if os.path.basename(folder).startswith("cxr-assist-serving-tests-"):
+        shutil.rmtree(folder, ignore_errors=True)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_ROOT = REPO_ROOT / "data" / "demo"
 SHARED_NIH = REPO_ROOT.parent / "shared" / "nih"

@@ -104,7 +104,8 @@ def test_with_its_serving_form_the_warm_up_loads_the_model_without_tensorflow(tm
     from cxr_core.serving.litert import build_serving_form
 
     bundle = _tiny_copy(tmp_path, tmp_path_factory, demo_root)
-    build_serving_form(bundle)
+    cache = tmp_path / "cache"  # its own: forms are named by content, and the tiny bundle's page tests use Keras
+    build_serving_form(bundle, cache=cache)
     film = sorted((demo_root / "images").glob("*.png"))[0]
     code = ("import sys, time\n"
             "from pages import common\n"
@@ -117,7 +118,8 @@ def test_with_its_serving_form_the_warm_up_loads_the_model_without_tensorflow(tm
             f"analysis = common.on_model_thread(predictor.analyze, {str(film)!r})\n"
             "assert len(analysis.heatmaps) == 14\n"
             "print(predictor.runtime, sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))\n")
-    env = {**__import__("os").environ, "CXR_ASSIST_BUNDLE": str(bundle), "CXR_ASSIST_WARM": "1"}
+    env = {**__import__("os").environ, "CXR_ASSIST_BUNDLE": str(bundle), "CXR_ASSIST_WARM": "1",
+           "CXR_ASSIST_SERVING_CACHE": str(cache)}
     env.pop("CXR_ASSIST_RUNTIME", None)
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
                             env=env)
@@ -125,6 +127,7 @@ def test_with_its_serving_form_the_warm_up_loads_the_model_without_tensorflow(tm
     assert result.stdout.strip().splitlines()[-1] == "litert []"
     stages = [line for line in result.stderr.splitlines() if line.startswith("cxr-assist: ")]
     assert any("loading the model (LiteRT serving form)" in line for line in stages), stages
+    assert any("ready: analyses run (LiteRT serving form)" in line for line in stages), stages
     assert not any("starting TensorFlow" in line or "compiling" in line for line in stages), stages
 
 

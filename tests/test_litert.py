@@ -47,23 +47,46 @@ def _films(demo_root, n=3) -> list[str]:
 
 
 @pytest.mark.parametrize("method", ["gradcam++", "gradcam"])
-def test_closed_form_maps_equal_the_tensorflow_engine(ensemble, method):
+@pytest.mark.parametrize("signed", [False, True], ids=["after-relu", "signed"])
+def test_closed_form_maps_equal_the_tensorflow_engine(ensemble, method, signed):
+    """Features after a ReLU (the members') and signed ones; a zero kernel column (no gradient) and an all-negative
+    one (no positive evidence) among the 14: the closed form and the TensorFlow engine give the same maps."""
     from cxr_core.learn import Bundle
 
     model = Bundle.load(ensemble / "members" / "a64").model
+    kernel = np.asarray(model.get_layer("logits").kernel).copy()
+    kernel[:, 2] = 0.0
+    kernel[:, 3] = -np.abs(kernel[:, 3])
+    model.get_layer("logits").kernel.assign(kernel)
     _, head = split_model(model)
     engine = HeadGradcamPlusPlus(head, method=method)
     rng = np.random.default_rng(0)
-    features = np.maximum(rng.normal(size=(1,) + tuple(head.inputs[0].shape[1:])), 0).astype(np.float32)
-    kernel = np.asarray(model.get_layer("logits").kernel)
+    features = rng.normal(size=(1,) + tuple(head.inputs[0].shape[1:])).astype(np.float32)
+    if not signed:
+        features = np.maximum(features, 0)
     indices = list(range(14))
     expected = engine(features, indices)
     got = linear_head_cams(features, kernel, indices, method=method)
     assert got.shape == expected.shape == (14,) + features.shape[1:3]
+    assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got, expected, atol=2e-5)
-    # A finding whose kernel column is all negative has no positive evidence: an all-zero map in both.
-    kernel[:, 3] = -np.abs(kernel[:, 3])
-    assert np.all(linear_head_cams(features, kernel, [3], method=method) == 0)
+    assert np.all(expected[2] == 0) and np.all(got[2] == 0)  # no gradient: no map
+    assert got[0].max() == pytest.approx(1.0, abs=1e-5)  # a finding with evidence: scaled to [0, 1]
+    if not signed:  # non-negative features, a negative kernel: no positive evidence anywhere
+        assert np.all(expected[3] == 0) and np.all(got[3] == 0)
+
+
+def test_a_head_the_closed_form_does_not_cover_is_refused(ensemble, tmp_path):
+    import keras
+
+    from cxr_core.learn import Bundle
+    from cxr_core.serving.litert import export_member
+
+    model = Bundle.load(ensemble / "members" / "a64").model
+    model.get_layer("logits").activation = keras.activations.relu
+    with pytest.raises(ServingFormError, match="linear Dense 'logits'"):
+        export_member(model, tmp_path / "form")
+    assert not (tmp_path / "form").exists()
 
 
 def test_closed_form_maps_refuse_mismatched_shapes():
@@ -129,17 +152,44 @@ def test_forms_are_named_by_the_model_they_came_from(ensemble, tmp_path, demo_ro
                                list(retrained.analyze(film).raw_probabilities.values()), atol=1e-5)
 
 
-def test_a_damaged_form_is_refused_with_a_clear_message(ensemble, tmp_path):
+def _damage_flatbuffer(form: Path) -> None:
+    data = (form / "model.tflite").read_bytes()
+    (form / "model.tflite").write_bytes(data[:5000])
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_damage_flatbuffer, "cannot be opened by LiteRT"),
+    (lambda form: (form / "head.npz").write_bytes((form / "head.npz").read_bytes()[:100]), "damaged"),
+    (lambda form: (form / "head.npz").write_bytes(b""), "damaged"),
+    (lambda form: (form / "serving.json").write_text("[1, 2]"), "damaged"),
+    (lambda form: (form / "serving.json").write_text(json.dumps({"format": 1, "input_size": 48})), "damaged"),
+    (lambda form: (form / "serving.json").write_text(json.dumps({"format": 999, "input_size": 48,
+                                                                 "features_shape": [1, 1, 8]})), "another format"),
+    (lambda form: (form / "model.tflite").unlink(), "no model.tflite"),
+], ids=["flatbuffer-truncated", "head-truncated", "head-empty", "info-not-a-dict", "info-incomplete",
+        "info-other-format", "flatbuffer-missing"])
+def test_a_damaged_form_is_refused_then_converted_again(ensemble, tmp_path, demo_root, damage, message):
+    """Damaged forms: "litert" says what is wrong, "auto" runs the Keras models, and the next build sets the damaged
+    form aside and converts the member again (the app's background build does this after a Keras start)."""
     cache = tmp_path / "cache"
     forms = build_serving_form(ensemble, cache=cache)
-    flatbuffer = forms["b48"] / "model.tflite"
-    flatbuffer.write_bytes(flatbuffer.read_bytes()[:5000])
-    with pytest.raises(ServingFormError, match="cannot be opened by LiteRT"):
+    damage(forms["b48"])
+    with pytest.raises(ServingFormError, match=message):
         Predictor.from_bundle(ensemble, runtime="litert", serving_cache=cache)
     assert Predictor.from_bundle(ensemble, runtime="auto", serving_cache=cache).runtime == "keras"
-    (forms["a64"] / "serving.json").write_text(json.dumps({"format": 999}))
-    with pytest.raises(ServingFormError, match="another format"):
-        Predictor.from_bundle(ensemble, runtime="litert", serving_cache=cache)
+    lines = []
+    assert build_serving_form(ensemble, cache=cache, progress=lines.append) == forms
+    assert any(line.startswith("b48: its serving form was damaged, moved to") for line in lines), lines
+    assert any(line.startswith("a64: already converted") for line in lines), lines
+    assert len(list(cache.glob(".damaged-*"))) == 1  # set aside, not deleted
+    repaired = Predictor.from_bundle(ensemble, runtime="litert", serving_cache=cache)
+    film = _films(demo_root, 1)[0]
+    np.testing.assert_allclose(list(repaired.analyze(film).raw_probabilities.values()),
+                               list(Predictor.from_bundle(ensemble, runtime="keras").analyze(film)
+                                    .raw_probabilities.values()), atol=1e-5)
+
+
+def test_an_unknown_runtime_is_refused(ensemble):
     with pytest.raises(ValueError, match="runtime must be one of"):
         Predictor.from_bundle(ensemble, runtime="onnx")
 

@@ -32,6 +32,7 @@ background after its first start (``pages/common.py``).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -56,7 +57,6 @@ CACHE_ENV = "CXR_ASSIST_SERVING_CACHE"
 MODEL_FILE = "model.tflite"
 HEAD_FILE = "head.npz"
 INFO_FILE = "serving.json"
-_HEAD_LAYERS = ("GlobalAveragePooling2D", "Dropout", "Dense", "Activation")
 
 
 class ServingFormError(ValueError):
@@ -120,22 +120,27 @@ class MemberServingForm:
         """Read a form's small files (the flatbuffer is opened by :class:`LiteModel`).
 
         Raises:
-            ServingFormError: a file is missing or does not match the member.
+            ServingFormError: a file is missing, damaged, or does not match the member.
         """
         try:
             info = json.loads((directory / INFO_FILE).read_text())
             with np.load(directory / HEAD_FILE) as head:
                 kernel = np.asarray(head["kernel"], dtype=np.float32)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ServingFormError(f"the serving form in {directory} cannot be read ({exc})") from exc
+            form_format, size = info["format"], int(info["input_size"])
+            features_shape = tuple(int(v) for v in info["features_shape"])
+        except Exception as exc:  # noqa: BLE001 - a truncated npz (BadZipFile, EOFError), odd JSON ...: all "damaged"
+            raise ServingFormError(f"the serving form in {directory} is damaged ({type(exc).__name__}: {exc})") from exc
         if not (directory / MODEL_FILE).is_file():
             raise ServingFormError(f"the serving form in {directory} has no {MODEL_FILE}")
-        if info.get("format") != SERVING_FORMAT or int(info.get("input_size", -1)) != int(expected_size):
+        if form_format != SERVING_FORMAT or size != int(expected_size):
             raise ServingFormError(f"the serving form in {directory} is for another format or input size")
-        if kernel.ndim != 2 or kernel.shape[1] != outputs:
+        if kernel.ndim != 2 or kernel.shape[1] != outputs or len(features_shape) != 3 or kernel.shape[0] != features_shape[2]:
             raise ServingFormError(f"the serving form in {directory} has a head of shape {kernel.shape}")
-        return cls(directory=directory, input_size=int(expected_size), kernel=kernel,
-                   features_shape=tuple(int(v) for v in info["features_shape"]))
+        return cls(directory=directory, input_size=size, kernel=kernel, features_shape=features_shape)
+
+    def check(self) -> None:
+        """Open the flatbuffer once: ServingFormError when LiteRT cannot use it."""
+        LiteModel(self, threads=1)
 
 
 def find_serving_form(bundle, *, cache: str | os.PathLike | None = None) -> dict[str, MemberServingForm]:
@@ -197,10 +202,13 @@ def export_member(model, directory: str | os.PathLike) -> None:
     names = [layer.name for layer in model.layers]
     if "features" not in names or "logits" not in names:
         raise ServingFormError("the model has no 'features' and 'logits' layers")
-    head = [type(layer).__name__ for layer in model.layers[names.index("features") + 1:]]
-    if [kind for kind in head if kind != "Dropout"] != [k for k in _HEAD_LAYERS if k != "Dropout"]:
-        raise ServingFormError(f"the head after 'features' is {head}: only pooling, dropout, Dense and a sigmoid map "
-                               "without TensorFlow")
+    layers = [layer for layer in model.layers[names.index("features") + 1:] if type(layer).__name__ != "Dropout"]
+    head = [type(layer).__name__ for layer in layers]
+    linear_logits = head == ["GlobalAveragePooling2D", "Dense", "Activation"] and layers[1].name == "logits" and \
+        _activation_name(layers[1]) == "linear" and _activation_name(layers[2]) == "sigmoid"
+    if not linear_logits:
+        raise ServingFormError(f"the head after 'features' is {head}: only pooling, dropout, a linear Dense 'logits' "
+                               "layer and a sigmoid map without TensorFlow")
     size = int(model.inputs[0].shape[1])
     features = model.get_layer("features").output
     logits = keras.ops.cast(model.get_layer("logits").output, "float32")
@@ -212,12 +220,27 @@ def export_member(model, directory: str | os.PathLike) -> None:
     kernel = np.asarray(model.get_layer("logits").kernel, dtype=np.float32)
     directory = Path(directory)
     directory.mkdir(parents=True)
-    (directory / MODEL_FILE).write_bytes(flatbuffer)
-    np.savez(directory / HEAD_FILE, kernel=kernel)
-    (directory / INFO_FILE).write_text(json.dumps({
+    _write_synced(directory / MODEL_FILE, flatbuffer)
+    buffer = io.BytesIO()
+    np.savez(buffer, kernel=kernel)
+    _write_synced(directory / HEAD_FILE, buffer.getvalue())
+    _write_synced(directory / INFO_FILE, json.dumps({
         "format": SERVING_FORMAT, "input_size": size, "features_shape": [int(v) for v in features.shape[1:]],
         "tensorflow": tf.__version__, "keras": keras.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }, indent=2))
+    }, indent=2).encode())
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """Write and fsync: the folder is renamed into place afterwards, and must not hold empty files after a power cut."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _activation_name(layer) -> str:
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", str(activation))
 
 
 def build_serving_form(bundle_path: str | os.PathLike, *, cache: str | os.PathLike | None = None,
@@ -246,6 +269,12 @@ def build_serving_form(bundle_path: str | os.PathLike, *, cache: str | os.PathLi
     for name, folder, meta in _members(bundle):
         model_file = folder / meta.get("model_file", "model.keras")
         directory = _form_dir(root, member_digest(model_file))
+        if directory.is_dir() and not _usable(directory, int(meta["input_size"]), len(bundle.findings)):
+            # Damaged (a disk full, a file edited): set aside, not deleted, and converted again.
+            aside = root / f".damaged-{directory.name}-{int(time.time())}"
+            os.replace(directory, aside)
+            if progress:
+                progress(f"{name}: its serving form was damaged, moved to {aside}; converting it again")
         if not directory.is_dir():
             started = time.monotonic()
             model = Bundle.load(folder, expected_findings=bundle.findings).model
@@ -265,6 +294,15 @@ def build_serving_form(bundle_path: str | os.PathLike, *, cache: str | os.PathLi
             progress(f"{name}: already converted ({directory})")
         done[name] = directory
     return done
+
+
+def _usable(directory: Path, size: int, outputs: int) -> bool:
+    """Whether a form's files read and its flatbuffer opens."""
+    try:
+        MemberServingForm.open(directory, expected_size=size, outputs=outputs).check()
+    except ServingFormError:
+        return False
+    return True
 
 
 def _threads() -> int:
