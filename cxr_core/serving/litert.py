@@ -26,7 +26,8 @@ read-only, and a bundle is kept under 60 MB: the float32 forms of the shipped
 ensemble take about 100 MB): ``CXR_ASSIST_SERVING_CACHE``, else
 ``$XDG_CACHE_HOME/cxr-assist/serving``, else ``~/.cache/cxr-assist/serving``.
 ``python -m training.export_serving`` builds them; the app builds them in the
-background after its first start (``pages/common.py``).
+background after its first start (``pages/common.py``);
+:class:`cxr_core.serving.members.LiteMemberRunner` runs them.
 """
 
 from __future__ import annotations
@@ -43,12 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_core.serving.maps import linear_head_cams
-from cxr_core.serving.tta import crop_views, mean_over_views
-
 __all__ = [
     "SERVING_FORMAT", "CACHE_ENV", "ServingFormError", "MemberServingForm", "cache_root", "litert_available",
-    "member_digest", "find_serving_form", "build_serving_form", "export_member", "LiteModel", "LiteMemberRunner",
+    "member_digest", "find_serving_form", "build_serving_form", "export_member", "LiteModel",
 ]
 
 #: Version of the files written here; a form of another version is not used (it is rebuilt).
@@ -83,12 +81,24 @@ def litert_available() -> bool:
 
 
 def member_digest(model_file: str | os.PathLike) -> str:
-    """SHA-256 of a member's ``model.keras``: the name of its serving form (about 0.1 s for the shipped 54 MB)."""
-    digest = hashlib.sha256()
-    with open(model_file, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """SHA-256 of a member's ``model.keras``: the name of its serving form (about 0.1 s for the shipped 54 MB).
+
+    Remembered per process for the file's (path, size, modification time): the app asks twice as it starts (is the
+    form there, then load it), and a replaced file changes its modification time.
+    """
+    path = Path(model_file).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
 def _form_dir(root: Path, digest: str) -> Path:
@@ -162,7 +172,7 @@ def find_serving_form(bundle, *, cache: str | os.PathLike | None = None) -> dict
     root = cache_root(cache)
     forms = {}
     for name, folder, meta in _members(bundle):
-        model_file = folder / meta.get("model_file", "model.keras")
+        model_file = _model_file(folder, meta)
         if not model_file.is_file():
             raise ServingFormError(f"member {name}: {model_file} is missing")
         directory = _form_dir(root, member_digest(model_file))
@@ -171,6 +181,13 @@ def find_serving_form(bundle, *, cache: str | os.PathLike | None = None) -> dict
         forms[name] = MemberServingForm.open(directory, expected_size=int(meta["input_size"]),
                                              outputs=len(bundle.findings))
     return forms
+
+
+def _model_file(folder: Path, meta: dict) -> Path:
+    """A member's Keras file, as :meth:`cxr_core.learn.bundle.Bundle.load` finds it."""
+    from cxr_core.learn.bundle import MODEL_FILE as KERAS_FILE
+
+    return folder / meta.get("model_file", KERAS_FILE)
 
 
 def _members(bundle) -> list[tuple[str, Path, dict]]:
@@ -267,8 +284,7 @@ def build_serving_form(bundle_path: str | os.PathLike, *, cache: str | os.PathLi
     root.mkdir(parents=True, exist_ok=True)
     done = {}
     for name, folder, meta in _members(bundle):
-        model_file = folder / meta.get("model_file", "model.keras")
-        directory = _form_dir(root, member_digest(model_file))
+        directory = _form_dir(root, member_digest(_model_file(folder, meta)))
         if directory.is_dir() and not _usable(directory, int(meta["input_size"]), len(bundle.findings)):
             # Damaged (a disk full, a file edited): set aside, not deleted, and converted again.
             aside = root / f".damaged-{directory.name}-{int(time.time())}"
@@ -350,62 +366,3 @@ class LiteModel:
         self._interpreter.set_tensor(self._input, batch)
         self._interpreter.invoke()
         return self._interpreter.get_tensor(self._features), self._interpreter.get_tensor(self._logits)
-
-
-class LiteMemberRunner:
-    """A member's calls from its serving form: the same interface and numbers as
-    :class:`cxr_core.serving.members.MemberRunner`, no TensorFlow.
-
-    Args:
-        member: the member (its ``serving`` form set).
-        findings: the output columns.
-    """
-
-    compiled = True  # nothing to trace
-
-    def __init__(self, member, findings: tuple[str, ...]) -> None:
-        form = member.serving
-        if form is None:
-            raise ValueError(f"{member.name} has no serving form")
-        if form.input_size != member.preprocess.size:
-            raise ValueError(f"{member.name}: the serving form takes {form.input_size} px inputs but the preprocessing "
-                             f"says {member.preprocess.size}")
-        if form.kernel.shape[1] != len(findings):
-            raise ValueError(f"{member.name}: the serving form has {form.kernel.shape[1]} outputs, expected {len(findings)}")
-        self.member = member
-        self.size = int(form.input_size)
-        self._model = LiteModel(form)
-        self._kernel = form.kernel
-        self.explainer = self._explain
-
-    def compile(self, batch: np.ndarray, *, explain: bool = True) -> None:
-        """Nothing to trace; runs ``batch`` once so its size is allocated."""
-        self._model(self._with_views(np.asarray(batch, dtype=np.float32)))
-
-    def _explain(self, features: np.ndarray, finding_indices) -> np.ndarray:
-        return linear_head_cams(features, self._kernel, finding_indices, method=self.member.explanation)
-
-    def _with_views(self, batch: np.ndarray) -> np.ndarray:
-        return batch if self.member.tta_views == 1 else np.concatenate([batch, crop_views(batch)])
-
-    def scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(logits, probabilities)`` (n, 14) float64 for normalised inputs."""
-        _, logits, probabilities = self.features_and_scores(batch)
-        return logits, probabilities
-
-    def features(self, batch: np.ndarray) -> np.ndarray:
-        """The full image's ``"features"`` (no test-time views)."""
-        return self._model(np.asarray(batch, dtype=np.float32))[0]
-
-    def features_and_scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(features, logits, probabilities)``: the image and its test-time views in one call."""
-        n = len(batch)
-        features, logits = self._model(self._with_views(np.asarray(batch, dtype=np.float32)))
-        logits = np.asarray(logits, dtype=np.float64)
-        if self.member.tta_views != 1:
-            logits = mean_over_views(logits[:n], logits[n:])
-        return np.array(features[:n]), logits, _sigmoid(logits)
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))

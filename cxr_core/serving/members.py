@@ -4,7 +4,9 @@ A :class:`Member` is what a Predictor is told about one classifier (its
 model, preprocessing, weight, heatmap method, test-time views, compute
 dtype); its runner compiles the model's calls once per input shape: the
 scores, or the features and the scores from one forward pass, the test-time
-views averaged in logits, and the member's Grad-CAM head. Kept apart from
+views averaged in logits, and the member's Grad-CAM head; or, for a member
+served by its LiteRT form (:mod:`cxr_core.serving.litert`), the same calls
+without TensorFlow (:class:`LiteMemberRunner`). Kept apart from
 :mod:`cxr_core.serving.predictor`, which combines the members (weights,
 calibration, the reading) and checks the input.
 """
@@ -17,15 +19,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cxr_core.data.preprocessing import PreprocessConfig
+from cxr_core.serving.litert import LiteModel, MemberServingForm
+from cxr_core.serving.maps import linear_head_cams
 from cxr_core.serving.precision import COMPUTE_DTYPES
-from cxr_core.serving.tta import check_tta_views, crop_views, mean_over_views
+from cxr_core.serving.tta import check_tta_views, crop_views, mean_over_views, with_views
 
 if TYPE_CHECKING:
     import keras
 
-    from cxr_core.serving.litert import MemberServingForm
-
-__all__ = ["Member", "MemberRunner", "runner_for", "logit", "sigmoid"]
+__all__ = ["Member", "MemberRunner", "LiteMemberRunner", "runner_for", "logit", "sigmoid"]
 
 
 @dataclass(frozen=True)
@@ -136,14 +138,10 @@ class MemberRunner:
             explain: also trace the heatmap head (not needed for a member kept out of the maps).
         """
         batch = np.asarray(batch, dtype=np.float32)
-        out = self._compiled_both(self._with_views(batch))
+        out = self._compiled_both(with_views(batch, self.member.tta_views))
         if explain:
             self.explainer.compile(np.asarray(out[0])[: len(batch)])
         self.compiled = True
-
-    def _with_views(self, batch: np.ndarray) -> np.ndarray:
-        """The images, then (with test-time views) their five crops: one batch for one forward pass."""
-        return batch if self.member.tta_views == 1 else np.concatenate([batch, crop_views(batch)])
 
     def _scores(self, batch):
         return (self._compiled_scores if self.compiled else self._eager_scores)(batch)
@@ -183,7 +181,7 @@ class MemberRunner:
         pays the tracing).
         """
         n = len(batch)
-        out = self._both(self._with_views(np.asarray(batch, dtype=np.float32)))
+        out = self._both(with_views(np.asarray(batch, dtype=np.float32), self.member.tta_views))
         features, probabilities = np.asarray(out[0])[:n], np.asarray(out[1], dtype=np.float64)
         logits = np.asarray(out[2], dtype=np.float64) if self._has_logits else logit(probabilities)
         if self.member.tta_views == 1:
@@ -192,12 +190,62 @@ class MemberRunner:
         return features, logits, sigmoid(logits)
 
 
-def runner_for(member: Member, findings: tuple[str, ...], *, compiled: bool = True):
-    """The member's runner: :class:`cxr_core.serving.litert.LiteMemberRunner` when it has a serving form (no
-    TensorFlow), else :class:`MemberRunner`."""
-    if member.serving is not None:
-        from cxr_core.serving.litert import LiteMemberRunner
+class LiteMemberRunner:
+    """A member's calls from its LiteRT serving form (:mod:`cxr_core.serving.litert`): the same interface and numbers
+    as :class:`MemberRunner`, no TensorFlow.
 
+    Args:
+        member: the member (its ``serving`` form set).
+        findings: the output columns.
+    """
+
+    compiled = True  # nothing to trace
+
+    def __init__(self, member: Member, findings: tuple[str, ...]) -> None:
+        form = member.serving
+        if form is None:
+            raise ValueError(f"{member.name} has no serving form")
+        if form.input_size != member.preprocess.size:
+            raise ValueError(f"{member.name}: the serving form takes {form.input_size} px inputs but the preprocessing "
+                             f"says {member.preprocess.size}")
+        if form.kernel.shape[1] != len(findings):
+            raise ValueError(f"{member.name}: the serving form has {form.kernel.shape[1]} outputs, expected {len(findings)}")
+        self.member = member
+        self.size = int(form.input_size)
+        self._model = LiteModel(form)
+        self._kernel = form.kernel
+        self.explainer = self._explain
+
+    def compile(self, batch: np.ndarray, *, explain: bool = True) -> None:
+        """Nothing to trace; runs ``batch`` once so its size is allocated."""
+        self._model(with_views(np.asarray(batch, dtype=np.float32), self.member.tta_views))
+
+    def _explain(self, features: np.ndarray, finding_indices) -> np.ndarray:
+        return linear_head_cams(features, self._kernel, finding_indices, method=self.member.explanation)
+
+    def scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(logits, probabilities)`` (n, 14) float64 for normalised inputs."""
+        _, logits, probabilities = self.features_and_scores(batch)
+        return logits, probabilities
+
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        """The full image's ``"features"`` (no test-time views)."""
+        return self._model(np.asarray(batch, dtype=np.float32))[0]
+
+    def features_and_scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(features, logits, probabilities)``: the image and its test-time views in one call."""
+        n = len(batch)
+        features, logits = self._model(with_views(np.asarray(batch, dtype=np.float32), self.member.tta_views))
+        logits = np.asarray(logits, dtype=np.float64)
+        if self.member.tta_views != 1:
+            logits = mean_over_views(logits[:n], logits[n:])
+        return np.array(features[:n]), logits, sigmoid(logits)
+
+
+def runner_for(member: Member, findings: tuple[str, ...], *, compiled: bool = True) -> MemberRunner | LiteMemberRunner:
+    """The member's runner: :class:`LiteMemberRunner` when it has a serving form (no TensorFlow), else
+    :class:`MemberRunner`."""
+    if member.serving is not None:
         return LiteMemberRunner(member, findings)
     return MemberRunner(member, findings, compiled=compiled)
 

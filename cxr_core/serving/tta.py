@@ -47,6 +47,19 @@ def crop_views(batch: np.ndarray) -> np.ndarray:
     return np.stack(views)[..., np.newaxis].astype(np.float32)
 
 
+def with_views(batch: np.ndarray, tta_views: int) -> np.ndarray:
+    """The images, then (with ``tta_views`` 6) their five crops (:func:`crop_views`): one batch for one forward pass.
+
+    Args:
+        batch: float32 (n, S, S, 1), normalised.
+        tta_views: 1 (the images alone) or 6.
+
+    Returns:
+        (n, S, S, 1) or (6 * n, S, S, 1); the first n rows are the images.
+    """
+    return batch if tta_views == 1 else np.concatenate([batch, crop_views(batch)])
+
+
 def mean_over_views(full_view_logits: np.ndarray, crop_logits: np.ndarray) -> np.ndarray:
     """Average the full image's logits (n, k) with its five crops' (5 * n, k, in :func:`crop_views` order)."""
     n = full_view_logits.shape[0]
