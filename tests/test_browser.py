@@ -186,7 +186,7 @@ def test_upload_on_the_analyze_page(server, browser, demo_root, tmp_path):
 def test_a_photograph_gets_the_warning_and_no_findings_until_asked(server, browser, tmp_path):
     """A real photograph (scikit-image's cat) on Analyze: the input check's warning, no triage, no findings, no
     heatmap; "Show the model's output anyway" reveals them."""
-    data = pytest.importorskip("skimage.data", reason="scikit-image (requirements-test.txt) ships the photograph")
+    data = pytest.importorskip("skimage.data", reason="scikit-image (requirements.txt) ships the photograph")
     from PIL import Image
 
     photo = tmp_path / "cat.jpg"
