@@ -1,6 +1,6 @@
 """cxr_core's layers, checked on the source (ast), imports inside functions included.
 
-    findings, errors (the shared vocabulary) <- data <- learn <- evaluation <- serving <- experiments
+    findings, errors (the shared vocabulary) <- data <- learn <- evaluation <- serving <- experiments, adaptation, pacs
     reader_study uses data and evaluation only
 
 An import may point down or sideways, never up; nothing in cxr_core imports
@@ -33,6 +33,10 @@ LAYERS: dict[str, frozenset[str]] = {
     "evaluation": frozenset({"core", "data", "learn", "evaluation"}),
     "serving": frozenset({"core", "data", "learn", "evaluation", "serving"}),
     "experiments": frozenset({"core", "data", "learn", "evaluation", "serving", "experiments"}),
+    # A site's own films: local validation, refitted operating points, fine-tuning (python -m training.adapt).
+    "adaptation": frozenset({"core", "data", "learn", "evaluation", "serving", "adaptation"}),
+    # The DICOM node: films from a PACS in, standard results (SR, Secondary Capture) back (python -m training.node).
+    "pacs": frozenset({"core", "data", "evaluation", "serving", "pacs"}),
     "reader_study": frozenset({"core", "data", "evaluation", "reader_study"}),
 }
 SUBPACKAGES = frozenset(LAYERS) - {"core"}
