@@ -3,3 +3,18 @@ Secondary Capture overlay) sent back into the same study (``python -m training.n
 
 It may use data, evaluation and serving (through the Predictor's public API); nothing in cxr_core imports it.
 """
+
+from cxr_core._lazy import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "assessment": ("Assessment",),
+    "assess": ("FilmResult", "assess_film", "ASSESSED_SOP_CLASSES"),
+    "results": ("AlgorithmInfo", "ResultUIDs", "SRSummary", "ResultError", "build_sr", "clean_source", "read_sr",
+                "result_uids"),
+    "capture": ("build_sc", "capture_lines", "capture_pixels", "heatmap_finding"),
+    "inbox": ("Inbox", "write_durably"),
+    "state": ("NodeState", "InstanceRecord", "open_state", "read_only_state", "RECEIVED", "ANALYSED", "SENT"),
+    "status": ("status_summary", "status_lines"),
+    "sender": ("CStoreDestination", "StowDestination", "SendError", "backoff_delay"),
+    "node": ("Node", "NodeConfig", "bundle_fingerprint"),
+})

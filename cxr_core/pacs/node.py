@@ -36,7 +36,9 @@ from pydicom.uid import UID
 
 from cxr_core.pacs.assess import FilmResult, assess_film
 from cxr_core.pacs.assessment import Assessment
+from cxr_core.pacs.capture import build_sc, capture_lines, capture_pixels
 from cxr_core.pacs.inbox import Inbox, digest, write_durably
+from cxr_core.pacs.results import MANUFACTURER, AlgorithmInfo, build_sr, clean_source, result_uids
 from cxr_core.pacs.sender import CStoreDestination, SendError, StowDestination, backoff_delay, check_ae_title
 from cxr_core.pacs.state import NodeState, open_state
 
@@ -60,8 +62,6 @@ ACCEPTED_TRANSFER_SYNTAXES = (
 )
 #: C-STORE failure statuses the node answers with (PS3.4 B.2.3).
 CANNOT_UNDERSTAND, OUT_OF_RESOURCES, NOT_MATCHING = 0xC210, 0xA700, 0xA900
-#: What the node's own results say they were made by: such an instance routed back to the node is not read again.
-MANUFACTURER = "cxr-assist"
 
 
 def image_storage_classes() -> list[str]:
@@ -127,21 +127,6 @@ class NodeConfig:
                              "from the AE titles it is given")
         if not 0 <= int(self.port) < 65536:
             raise ValueError(f"--port {self.port} is not a TCP port (0-65535)")
-
-
-def result_lines(film: FilmResult, *, bundle_name: str) -> list[str]:
-    """The words burned into the Secondary Capture, each number with what it is measured against."""
-    a = film.assessment
-    lines = [f"cxr-assist, model {bundle_name}: research tool"]
-    lines.append(f"Triage: {a.triage}, probability of any finding {a.triage_probability:.2f} "
-                 "(calibrated on NIH validation films)")
-    if a.flagged:
-        shown = ", ".join(f"{f.replace('_', ' ')} {a.probabilities[f]:.2f}" for f in a.flagged)
-        lines.append(f"Flagged at the operating point validated on NIH films: {shown}")
-        lines.append(f"Map: where the model looked for {film.heatmap_finding.replace('_', ' ')} (Grad-CAM++)")
-    else:
-        lines.append("No finding flagged at the operating point validated on NIH films; no map shown")
-    return lines
 
 
 class Node:
@@ -306,19 +291,15 @@ class Node:
 
     def _algorithm_info(self, predictor):
         from cxr_core import __version__
-        from cxr_core.pacs.results import AlgorithmInfo
 
         bundle_dir = Path(getattr(getattr(predictor, "bundle", None), "path", None) or self.config.bundle)
         return AlgorithmInfo(name="cxr-assist", version=__version__, bundle_name=bundle_dir.resolve().name,
                              bundle_digest=bundle_fingerprint(bundle_dir))
 
     def _analyse(self, predictor, record) -> None:
-        from cxr_core.pacs.capture import build_sc, capture_pixels
-        from cxr_core.pacs.results import build_sr, clean_source, result_uids
-
         started = time.perf_counter()
         source = pydicom.dcmread(record.film, stop_before_pixels=True)
-        if str(source.get("Manufacturer", "")) == MANUFACTURER:
+        if str(source.get("Manufacturer", "")) == MANUFACTURER:  # one of the node's own results, routed back
             film = FilmResult(Assessment.not_assessed("This is one of cxr-assist's own results; it is not read again."))
         else:
             try:
@@ -333,7 +314,7 @@ class Node:
         outputs = [(self.inbox.result_path(record.sop_instance_uid, "sr"),
                     build_sr(clean, film.assessment, algorithm=algorithm, uids=uids))]
         if film.assessment.assessed and film.pixels is not None:
-            rgb = capture_pixels(film.pixels, film.heatmap, lines=result_lines(film, bundle_name=algorithm.bundle_name))
+            rgb = capture_pixels(film.pixels, film.heatmap, lines=capture_lines(film.assessment, shown=film.heatmap_finding))
             outputs.append((self.inbox.result_path(record.sop_instance_uid, "sc"),
                             build_sc(clean, rgb, algorithm=algorithm, uids=uids)))
         for path, dataset in outputs:
