@@ -5,6 +5,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from cxr_core.adaptation import read_site_report
 from cxr_core.evaluation import expert
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
 from cxr_core.serving import report
@@ -82,6 +83,51 @@ def flags_section(flags: dict, burden: dict) -> None:
     st.caption("A right flag: the film has the flagged finding (NIH label). Youden's J: the earlier per-finding cuts, for comparison.")
 
 
+def site_section(site_report: dict, site: dict, metrics: dict) -> None:
+    """At your site (the check part, the site's labels) beside on NIH test (the parent bundle, NIH labels)."""
+    split, check_films = site_report["split"], site_report["split"]["check_films"]
+    st.subheader(f"At your site: {site['name']}")
+    st.markdown(
+        f"This bundle was adapted to **{site['name']}** from `{site['parent']['bundle']}` ({site['films']} films of "
+        f"{site['patients']} patients; fine-tuning: {site['fine_tune']}). Calibration, cuts, flags and triage were refitted on "
+        f"{split['fit_films']} films; the numbers \"at your site\" are measured on the other **{check_films} films** (the check "
+        "part, other patients), against your site's own labels, and nothing was fitted on them. \"On NIH test\": the parent "
+        "bundle on NIH's test split, NIH labels.")
+    if check_films < site["few_films"]:
+        st.warning(f"Few films: the numbers at your site come from only {check_films} films, so their intervals are wide and a "
+                   "finding with a handful of positive films says little. Read them as a rough guide, not a measurement to rely on.")
+    adapted, shipped = site_report["adapted"], site_report["shipped"]
+    reading = metrics.get("reading") or {}
+    nih_triage, nih_burden = reading.get("triage") or {}, (reading.get("burden") or {}).get("flags") or {}
+    ece_after = [v for v in metrics["calibration"]["ece_after"] if v is not None]
+    nih = {"mean AUROC (95% CI)": f"{fmt(metrics['macro']['auroc'])} ({fmt(metrics['macro']['auroc_low'])}–"
+                                  f"{fmt(metrics['macro']['auroc_high'])})",
+           "mean calibration error (ECE)": fmt(sum(ece_after) / len(ece_after) if ece_after else None),
+           "triage sensitivity at the rule-out point": fmt((nih_triage.get("at_rule_out") or {}).get("sensitivity")),
+           "flags per No-Finding film": fmt(nih_burden.get("flags_per_no_finding_film"), 2)}
+
+    def column(block: dict) -> list[str]:
+        triage, flags = block.get("triage") or {}, block.get("flags") or {}
+        return [f"{fmt(block['mean_auroc'])} ({fmt(block['mean_auroc_low'])}–{fmt(block['mean_auroc_high'])})",
+                fmt(block["mean_ece"]), fmt(triage.get("sensitivity")), fmt(flags.get("flags_per_no_finding_film"), 2)]
+
+    st.dataframe(pd.DataFrame({"measure": list(nih), "at your site (this bundle)": column(adapted),
+                               "at your site (before adaptation)": column(shipped), "on NIH test": list(nih.values())}),
+                 hide_index=True, key="perf_site_summary")
+    st.caption(f"Decision when adapting: {site['reason']}")
+    rows = []
+    for here, before in zip(adapted["per_finding"], shipped["per_finding"]):
+        nih_row = next((r for r in metrics["per_finding"] if r["finding"] == here["finding"]), {})
+        rows.append({"finding": DISPLAY_NAMES.get(here["finding"], here["finding"]), "films at your site": here["films"],
+                     "positives at your site": here["positives"],
+                     "AUROC at your site (95% CI)": f"{fmt(here['auroc'])} ({fmt(here['auroc_low'])}–{fmt(here['auroc_high'])})",
+                     "before adaptation": fmt(before["auroc"]), "AUROC on NIH test": fmt(nih_row.get("auroc")),
+                     "note": "few films" if here["positives"] < 10 or here["films"] - here["positives"] < 10 else ""})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="perf_site_findings", height=35 * 15 + 3)
+    st.caption("\"few films\": fewer than 10 positive or 10 negative films of the finding at your site: its AUROC there is "
+               "barely a measurement. n/a: no positive (or no negative) film of it in the check part.")
+
+
 def curves(points, x, y, label, diagonal, titles):
     figure = go.Figure()
     if diagonal:
@@ -104,6 +150,15 @@ st.markdown(
     f"{counts['val_images']} validation images). Mean AUROC **{fmt(macro['auroc'])}** (mean of the per-finding 95% CI bounds "
     f"{fmt(macro['auroc_low'])}–{fmt(macro['auroc_high'])}; patient-level bootstrap, {metrics['bootstrap']['n_boot']} resamples)."
 )
+site = (common.bundle_metadata() or {}).get("site")
+try:
+    site_report = read_site_report(common.bundle_dir()) if site else None
+except ValueError as error:  # a damaged site_report.json: say so, show the rest
+    site_report = None
+    st.warning(f"This bundle's site report could not be read ({error}); the NIH numbers below are the parent bundle's.")
+if site_report is not None:
+    st.caption(site["nih_numbers"] + "; your site's numbers follow.")
+    site_section(site_report, site, metrics)
 
 reading = metrics.get("reading") or {}
 st.subheader("Normal/abnormal triage")
