@@ -163,3 +163,66 @@ def test_config_file_and_its_mistakes(tmp_path, capsys):
     config.write_text("port = \n")
     assert node_command.main(["--config", str(config)]) == 2
     assert "not valid TOML" in capsys.readouterr().err
+
+
+def _stub_node(tmp_path, **config):
+    """A node whose model never finishes loading: its listener works, nothing is analysed (no model needed)."""
+    import threading
+
+    from cxr_core.pacs.node import Node, NodeConfig
+
+    never = threading.Event()
+    settings = dict(ae_title="CXR_ASSIST", port=0, inbox=tmp_path / "inbox", allow=("STORESCU",),
+                    destination=CStoreDestination.parse("PACS@127.0.0.1:9"))
+    node = Node(NodeConfig(**{**settings, **config}), load_predictor=never.wait)
+    return node, never
+
+
+def test_films_on_disk_but_not_recorded_are_registered_at_start(tmp_path, shared_dicom):
+    """Killed between writing a film and recording it: the next start finds the film and queues it."""
+    import pydicom
+
+    inbox = Inbox(tmp_path / "inbox")
+    data = (shared_dicom / "udacity_test2.dcm").read_bytes()
+    uid = str(pydicom.dcmread(shared_dicom / "udacity_test2.dcm", stop_before_pixels=True).SOPInstanceUID)
+    inbox.store_film(uid, data)
+    node, never = _stub_node(tmp_path)
+    node.start()
+    try:
+        record = node.state.get(uid)
+        assert record.state == RECEIVED and record.film_sha256 == digest(data) and record.modality == "DX"
+    finally:
+        never.set()
+        node.stop()
+
+
+def test_the_listener_speaks_tls_when_given_a_certificate(tmp_path):
+    """--tls-cert/--tls-key: a TLS client associates and echoes; a plain-TCP client gets nowhere."""
+    import ssl
+    import subprocess
+
+    from pynetdicom import AE
+
+    cert, key = tmp_path / "node.pem", tmp_path / "node.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    context = node_command._ssl_context({"tls_cert": cert, "tls_key": key})
+    node, never = _stub_node(tmp_path, ssl_context=context)
+    node.start()
+    try:
+        client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+        ae = AE(ae_title="STORESCU")
+        ae.acse_timeout = ae.network_timeout = 5
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="CXR_ASSIST", tls_args=(client, "localhost"))
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0
+        assoc.release()
+        plain = ae.associate("127.0.0.1", node.port, ae_title="CXR_ASSIST")
+        assert not plain.is_established
+    finally:
+        never.set()
+        node.stop()
+    with pytest.raises(ValueError, match="both --tls-cert and --tls-key"):
+        node_command._ssl_context({"tls_cert": cert})

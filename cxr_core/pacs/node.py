@@ -277,6 +277,8 @@ class Node:
     def _analyse_loop(self) -> None:
         started = time.perf_counter()
         predictor = self._load_predictor()
+        if self._stop.is_set():  # stopped while the model was loading
+            return
         self._algorithm = self._algorithm_info(predictor)
         log.info("model %s ready (%s runtime) in %.1f s", self._algorithm.bundle_name,
                  getattr(predictor, "runtime", "?"), time.perf_counter() - started)
