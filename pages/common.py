@@ -16,11 +16,14 @@ Not a page (streamlit_app.py lists the pages). Environment:
 
 The model is loaded only when a page needs it or in the background after the
 first page, so the home page renders without waiting for it. With the
-bundle's serving form (LiteRT, built once per machine) loading takes about a
-second and imports no TensorFlow; without it the Keras models load (TensorFlow
-import, building the members, tracing) and, when the server was started with
-app.py, the serving form is built in a background process afterwards, for the
-next start (:func:`start_serving_build`). While the model is still getting
+bundle's serving form (LiteRT) loading takes about a second and imports no
+TensorFlow; a bundle that ships its form (``models/default`` does:
+:mod:`cxr_core.serving.shipped_form`) has it from the very first start on a
+machine, put into the serving cache in about half a second. Without one the
+Keras models load (TensorFlow import, building the members, tracing) and, when
+the server was started with app.py, the serving form is built in a background
+process afterwards, for the next start (:func:`start_serving_build`; a build
+stopped with the server resumes at the next one). While the model is still getting
 ready, a page that needs it shows the step and a progress bar that updates
 (:func:`wait_until_ready`), never a frozen page.
 """
@@ -210,7 +213,8 @@ def runtime_mode() -> str:
 
 
 def serving_form_ready(path: Path) -> bool:
-    """Whether the bundle's LiteRT serving form is built and used (no TensorFlow to import): reads ~0.1 s of hashes."""
+    """Whether the bundle's LiteRT serving form is there and used (no TensorFlow to import): reads ~0.1 s of hashes,
+    and puts the forms the bundle ships into the serving cache when they are not there yet (~0.5 s, once a machine)."""
     if runtime_mode() == "keras":
         return False
     from cxr_core.learn.ensemble import load_bundle

@@ -3,12 +3,14 @@
 The tiny ensemble's members are untrained small CNNs (synthetic random
 weights, ``tests/app_bundle.py``) at 64 and 48 px, one with test-time views;
 the real demo films go through them. Each test builds its forms in its own
-cache folder.
+cache folder. Last, the forms a bundle ships (recipes over its own weights,
+put together without TensorFlow), the shipped model's included.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +19,19 @@ import numpy as np
 import pytest
 
 from cxr_core.serving import HeadGradcamPlusPlus, Predictor, split_model
-from cxr_core.serving.litert import ServingFormError, build_serving_form, find_serving_form, member_digest
+from cxr_core.serving.litert import (
+    ServingFormError,
+    build_serving_form,
+    find_serving_form,
+    member_digest,
+    ship_serving_form,
+)
 from cxr_core.serving.maps import linear_head_cams
+from cxr_core.serving.shipped_form import recipe_digest
 from tests.app_bundle import TINY_MEMBERS, build_tiny_bundle
 from tests.conftest import REPO_ROOT
+
+SHIPPED = REPO_ROOT / "models" / "default"
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +191,7 @@ def test_a_damaged_form_is_refused_then_converted_again(ensemble, tmp_path, demo
     lines = []
     assert build_serving_form(ensemble, cache=cache, progress=lines.append) == forms
     assert any(line.startswith("b48: its serving form was damaged, moved to") for line in lines), lines
-    assert any(line.startswith("a64: already converted") for line in lines), lines
+    assert any(line.startswith("a64: already built") for line in lines), lines
     assert len(list(cache.glob(".damaged-*"))) == 1  # set aside, not deleted
     repaired = Predictor.from_bundle(ensemble, runtime="litert", serving_cache=cache)
     film = _films(demo_root, 1)[0]
@@ -213,7 +224,147 @@ def test_export_command(ensemble, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "a64: converted" in done.stdout and "b48: converted" in done.stdout and "ready in" in done.stdout
     again = subprocess.run([*command, "--bundle", str(ensemble)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and "a64: already converted" in again.stdout
+    assert again.returncode == 0 and "a64: already built" in again.stdout
     missing = subprocess.run([*command, "--bundle", str(tmp_path / "nowhere")], cwd=REPO_ROOT, capture_output=True,
                              text=True, timeout=600)
     assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
+
+
+def test_a_stopped_build_resumes_where_it_was(ensemble, tmp_path):
+    """The server stopped while its background build ran: the member converted before is kept, only the other is
+    converted at the next build; a build killed outright (no ``finally`` ran) leaves a scratch folder, removed then,
+    while a scratch folder of a process still running is left alone."""
+    cache = tmp_path / "cache"
+    lines = []
+
+    def stop_after_the_first_member(line):
+        lines.append(line)
+        raise KeyboardInterrupt  # what stopping the server does to its build
+
+    with pytest.raises(KeyboardInterrupt):
+        build_serving_form(ensemble, cache=cache, progress=stop_after_the_first_member)
+    assert lines[0].startswith("a64: converted")
+    killed = cache / ".building-999999999-killed"  # beyond any pid: a dead process's
+    (killed / "form").mkdir(parents=True)
+    (killed / "form" / "model.tflite").write_bytes(b"half-written")
+    running = cache / f".building-{os.getpid()}-running"
+    running.mkdir()
+    lines.clear()
+    build_serving_form(ensemble, cache=cache, progress=lines.append)
+    assert lines[0].startswith("a64: already built") and lines[1].startswith("b48: converted"), lines
+    assert not killed.exists() and running.is_dir()
+
+
+@pytest.fixture(scope="module")
+def shipped(ensemble, tmp_path_factory) -> Path:
+    """A copy of the tiny ensemble that ships its serving form (``ship_serving_form``)."""
+    import shutil
+
+    copy = Path(shutil.copytree(ensemble, tmp_path_factory.mktemp("shipped") / "ensemble"))
+    sizes = ship_serving_form(copy)
+    assert sorted(sizes) == ["a64", "b48"]
+    assert all(size["kept_bytes"] == 0 and size["patched_bytes"] > 0 for size in sizes.values()), sizes
+    return copy
+
+
+def _first_start(bundle: Path, cache: Path, films: list[str]) -> dict:
+    """A machine's first start in a fresh process: the bundle's Predictor (``auto``) on an empty serving cache, and
+    its raw (``analyze``) and calibrated (``predict``) probabilities for ``films``, its runtime, and whether TensorFlow or Keras got imported."""
+    code = ("import json, sys\n"
+            "from cxr_core.serving import Predictor\n"
+            f"p = Predictor.from_bundle({str(bundle)!r}, runtime='auto', serving_cache={str(cache)!r})\n"
+            f"a = {{film: p.analyze(film) for film in {films!r}}}\n"
+            "print(json.dumps({'runtime': p.runtime, 'raw': {f: x.raw_probabilities for f, x in a.items()},\n"
+            "                  'calibrated': {f: p.predict(f) for f in a},\n"
+            "                  'tf': sorted(m for m in ('tensorflow', 'keras') if m in sys.modules)}))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_shipped_form_runs_from_a_fresh_cache_without_tensorflow(shipped, tmp_path, demo_root):
+    """A machine that never converted anything: the forms are put together from the bundle's recipes (no TensorFlow,
+    byte for byte the converter's flatbuffer, checked by its SHA-256) and give the Keras models' numbers."""
+    cache = tmp_path / "fresh"
+    film = _films(demo_root, 1)[0]
+    served = _first_start(shipped, cache, [film])
+    assert served["runtime"] == "litert" and served["tf"] == []
+    assert len(list(cache.glob("*-v1"))) == 2 and not list(cache.glob(".building-*"))
+    evaluated = Predictor.from_bundle(shipped, runtime="keras", compute="float32").analyze(film).raw_probabilities
+    np.testing.assert_allclose([served["raw"][film][f] for f in evaluated], list(evaluated.values()), atol=1e-5)
+
+
+def test_a_shipped_form_of_a_replaced_member_is_not_used(shipped, tmp_path):
+    """Retrained after shipping: the recipe names the old model.keras, so the member is converted, never assembled
+    from weights it was not cut for."""
+    import shutil
+
+    from cxr_core.learn import Bundle
+    from cxr_core.learn.ensemble import load_bundle
+
+    copy = Path(shutil.copytree(shipped, tmp_path / "ensemble"))
+    member = Bundle.load(copy / "members" / "a64")
+    kernel, bias = member.model.get_layer("logits").get_weights()
+    member.model.get_layer("logits").set_weights([kernel * 2, bias])
+    member.model.save(copy / "members" / "a64" / "model.keras")
+    cache = tmp_path / "cache"
+    with pytest.raises(ServingFormError, match="a64 has no serving form yet"):
+        find_serving_form(load_bundle(copy, load_model=False), cache=cache)
+    lines = []
+    build_serving_form(copy, cache=cache, progress=lines.append)
+    assert lines[0].startswith("a64: converted") and lines[1].startswith("b48: put together from the form the bundle "
+                                                                          "ships"), lines
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda folder: (folder / "skeleton.bin").write_bytes((folder / "skeleton.bin").read_bytes()[:-10]), "damaged"),
+    (lambda folder: (folder / "skeleton.bin").write_bytes(bytes(len((folder / "skeleton.bin").read_bytes()))),
+     "SHA-256"),
+    (lambda folder: (folder / "recipe.json").write_text("{"), "damaged"),
+    (lambda folder: (folder / "scales.npz").write_bytes(b"not a zip"), "damaged"),
+    (lambda folder: (folder / "skeleton.bin").unlink(), "damaged"),
+], ids=["skeleton-truncated", "skeleton-zeroed", "recipe-unreadable", "scales-damaged", "skeleton-missing"])
+def test_a_damaged_shipped_form_is_refused_then_converted(shipped, tmp_path, damage, message):
+    import shutil
+
+    from cxr_core.learn.ensemble import load_bundle
+
+    copy = Path(shutil.copytree(shipped, tmp_path / "ensemble"))
+    damage(copy / "members" / "b48" / "serving")
+    cache = tmp_path / "cache"
+    with pytest.raises(ServingFormError, match=message):
+        find_serving_form(load_bundle(copy, load_model=False), cache=cache)
+    assert Predictor.from_bundle(copy, runtime="auto", serving_cache=cache).runtime == "keras"
+    lines = []
+    build_serving_form(copy, cache=cache, progress=lines.append)
+    assert any(line.startswith("b48: the form the bundle ships is not usable") for line in lines), lines
+    assert lines[-1].startswith("b48: converted")
+    assert Predictor.from_bundle(copy, runtime="litert", serving_cache=cache).runtime == "litert"
+
+
+def test_the_shipped_model_ships_the_serving_form_of_each_member():
+    """models/default carries every member's recipe, cut from the model.keras it holds now (after retraining a
+    member: python -m training.export_serving --ship), in well under the 40 MB the repository may grow by."""
+    from cxr_core.learn.ensemble import load_bundle
+
+    bundle = load_bundle(SHIPPED, load_model=False)
+    stale = [m.name for m in bundle.members
+             if recipe_digest(m.bundle.path) != member_digest(Path(m.bundle.path) / "model.keras")]
+    assert not stale, f"shipped serving forms missing or stale: {stale} (python -m training.export_serving --ship)"
+    shipped_bytes = sum(f.stat().st_size for f in SHIPPED.glob("members/*/serving/*"))
+    assert 0 < shipped_bytes < 2_000_000
+
+
+def test_the_shipped_model_on_a_fresh_machine_gives_its_stored_probabilities(tmp_path):
+    """A fresh process with an empty serving cache (a machine's first start): LiteRT from the shipped recipes, no
+    TensorFlow imported, the probabilities stored in tests/data/default_probs.json to within 1e-4."""
+    from tests.test_default_probs import IMAGES, STORED
+
+    films = [str(REPO_ROOT / "data" / "demo" / "images" / name) for name in IMAGES]
+    served = _first_start(SHIPPED, tmp_path / "cache", films)
+    assert served["runtime"] == "litert" and served["tf"] == []
+    stored = json.loads(STORED.read_text())
+    for name, film in zip(IMAGES, films):
+        assert list(served["calibrated"][film]) == list(stored[name])
+        np.testing.assert_allclose(list(served["calibrated"][film].values()), list(stored[name].values()), atol=1e-4,
+                                   err_msg=name)

@@ -9,10 +9,20 @@ cache (CXR_ASSIST_SERVING_CACHE, else ~/.cache/cxr-assist/serving), named by
 the SHA-256 of the model.keras it came from: a replaced member is converted
 again, never served stale. The app then loads in about a second instead of
 importing TensorFlow and building the Keras models (benchmarks/APP_RESULTS.md).
-The app started with `streamlit run app.py` runs this itself in the
-background after its first start; run it by hand after training a bundle, or
-to prepare a machine. Members already converted are skipped. About 30 s for
-the shipped ensemble on 2 cores. See cxr_core/serving/litert.py.
+A member whose bundle ships its form (a recipe over its own weights, a few
+hundred KB; models/default does) is put together from it instead, without
+TensorFlow, in about a tenth of a second; the app does that itself at its
+first start. The app started with `streamlit run app.py` runs this command in
+the background after a start that had to use the Keras models; run it by hand
+after training a bundle, or to prepare a machine. Members already built are
+skipped, so an interrupted build resumes. About 30 s of conversion for the
+shipped ensemble on 2 cores. See cxr_core/serving/litert.py.
+
+    python -m training.export_serving --bundle runs/x/bundle --ship
+
+converts every member and writes the recipe of its form into the bundle
+(<member>/serving/), so that the bundle's first start on any machine needs no
+conversion (cxr_core/serving/shipped_form.py).
 """
 
 from __future__ import annotations
@@ -32,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="serving cache folder (default CXR_ASSIST_SERVING_CACHE, else ~/.cache/cxr-assist/serving)")
     parser.add_argument("--low-priority", action="store_true",
                         help="run at nice 10, taking the cores only when other work leaves them idle (the app uses it)")
+    parser.add_argument("--ship", action="store_true",
+                        help="convert every member and write its form's recipe into the bundle (<member>/serving/), "
+                             "so that a first start needs no conversion")
     return parser
 
 
@@ -39,10 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.low_priority and hasattr(os, "nice"):
         os.nice(10)
-    from cxr_core.serving.litert import build_serving_form, cache_root
+    from cxr_core.serving.litert import build_serving_form, cache_root, ship_serving_form
 
     started = time.monotonic()
     try:
+        if args.ship:
+            ship_serving_form(args.bundle, progress=lambda line: print(line, flush=True))
         build_serving_form(args.bundle, cache=args.cache, progress=lambda line: print(line, flush=True))
     except USER_ERRORS as exc:
         return report_user_error(exc)

@@ -25,9 +25,23 @@ The forms live in a cache folder outside the bundle (the bundle may be
 read-only, and a bundle is kept under 60 MB: the float32 forms of the shipped
 ensemble take about 100 MB): ``CXR_ASSIST_SERVING_CACHE``, else
 ``$XDG_CACHE_HOME/cxr-assist/serving``, else ``~/.cache/cxr-assist/serving``.
-``python -m training.export_serving`` builds them; the app builds them in the
-background after its first start (``pages/common.py``);
-:class:`cxr_core.serving.members.LiteMemberRunner` runs them.
+They get there two ways:
+
+* from the bundle itself, without TensorFlow: a bundle may ship each member's
+  form as a recipe over its own ``model.keras`` weights (a few hundred KB;
+  :mod:`cxr_core.serving.shipped_form`, written by ``python -m
+  training.export_serving --ship``); :func:`find_serving_form` puts a missing
+  one together in about a tenth of a second per member, so even the very first
+  start on a machine runs LiteRT (the shipped model does this);
+* converted with TensorFlow (about 30 s for the shipped ensemble) by
+  ``python -m training.export_serving``, which the app runs in the background
+  after a start that had to use the Keras models (``pages/common.py``).
+
+Either way each member's form is written whole or not at all, so a build that
+is stopped (a server stopped, a power cut) is resumed at the next start: the
+members already done are kept, only the others are built, and what a killed
+build left half-written is removed. :class:`cxr_core.serving.members.LiteMemberRunner`
+runs the forms.
 """
 
 from __future__ import annotations
@@ -44,9 +58,12 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr_core.serving.shipped_form import RecipeError, assemble, has_recipe, recipe_digest, write_recipe
+
 __all__ = [
     "SERVING_FORMAT", "CACHE_ENV", "ServingFormError", "MemberServingForm", "cache_root", "litert_available",
-    "member_digest", "find_serving_form", "build_serving_form", "export_member", "LiteModel",
+    "member_digest", "find_serving_form", "build_serving_form", "ship_serving_form", "convert_member", "export_member",
+    "LiteModel",
 ]
 
 #: Version of the files written here; a form of another version is not used (it is rebuilt).
@@ -55,6 +72,8 @@ CACHE_ENV = "CXR_ASSIST_SERVING_CACHE"
 MODEL_FILE = "model.tflite"
 HEAD_FILE = "head.npz"
 INFO_FILE = "serving.json"
+#: A form being written: ``.building-<pid>-<random>`` in the cache, renamed into place when whole.
+SCRATCH_PREFIX = ".building-"
 
 
 class ServingFormError(ValueError):
@@ -153,13 +172,15 @@ class MemberServingForm:
         LiteModel(self, threads=1)
 
 
-def find_serving_form(bundle, *, cache: str | os.PathLike | None = None) -> dict[str, MemberServingForm]:
+def find_serving_form(bundle, *, cache: str | os.PathLike | None = None, install: bool = True) -> dict[str, MemberServingForm]:
     """Each member's serving form, for a bundle loaded without its models.
 
     Args:
         bundle: a :class:`cxr_core.learn.bundle.Bundle` or ``EnsembleBundle``
             (``load_bundle(path, load_model=False)`` is enough).
         cache: the cache folder (default :func:`cache_root`).
+        install: put a member's form that the bundle ships (:mod:`cxr_core.serving.shipped_form`) into the cache
+            when it is not there yet (no TensorFlow; about 0.1 s per member).
 
     Returns:
         ``{member name: form}`` in member order (a one-model bundle's member is named ``"model"``).
@@ -176,11 +197,68 @@ def find_serving_form(bundle, *, cache: str | os.PathLike | None = None) -> dict
         if not model_file.is_file():
             raise ServingFormError(f"member {name}: {model_file} is missing")
         directory = _form_dir(root, member_digest(model_file))
+        if not directory.is_dir() and install and _ships_form(folder, model_file):
+            _install_shipped(folder, model_file, directory)
         if not directory.is_dir():
             raise ServingFormError(f"member {name} has no serving form yet (python -m training.export_serving builds it)")
         forms[name] = MemberServingForm.open(directory, expected_size=int(meta["input_size"]),
                                              outputs=len(bundle.findings))
     return forms
+
+
+def _ships_form(folder: Path, model_file: Path) -> bool:
+    """Whether the member's folder ships a form cut from this very model.keras (a replaced member's is stale; an
+    unreadable recipe counts, so that putting it together says it is damaged)."""
+    return has_recipe(folder) and recipe_digest(folder) in (None, member_digest(model_file))
+
+
+def _install_shipped(folder: Path, model_file: Path, directory: Path) -> None:
+    """Put the member's shipped form together (no TensorFlow) and into the cache at ``directory``.
+
+    Raises:
+        ServingFormError: the shipped form is damaged, or the cache cannot be written.
+    """
+    try:
+        assembled = assemble(folder, model_file)
+    except RecipeError as exc:
+        raise ServingFormError(str(exc)) from exc
+    info = {"format": SERVING_FORMAT, "input_size": assembled.input_size,
+            "features_shape": list(assembled.features_shape), "from": "the form shipped in the bundle"}
+    try:
+        _write_into_place(directory, assembled.flatbuffer, assembled.kernel, info)
+    except OSError as exc:
+        raise ServingFormError(f"the serving cache {directory.parent} cannot be written ({exc})") from exc
+
+
+def _write_into_place(directory: Path, flatbuffer: bytes, kernel: np.ndarray, info: dict) -> None:
+    """Write a form in a scratch folder of the cache, then rename it to ``directory``: whole or not at all."""
+    root = directory.parent
+    root.mkdir(parents=True, exist_ok=True)
+    _sweep_scratch(root)
+    scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=root))
+    try:
+        _write_form(scratch / "form", flatbuffer, kernel, info)
+        try:
+            os.replace(scratch / "form", directory)  # atomic: the form appears whole or not at all
+        except OSError:
+            if not directory.is_dir():  # another process may have built it meanwhile
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _sweep_scratch(root: Path) -> None:
+    """Remove what a build killed outright (no ``finally`` ran) left half-written: scratch folders of dead processes."""
+    for scratch in root.glob(f"{SCRATCH_PREFIX}*"):
+        try:
+            pid = int(scratch.name[len(SCRATCH_PREFIX):].split("-")[0])
+            os.kill(pid, 0)
+        except ValueError:  # not a name this module writes: another version's; left alone
+            continue
+        except ProcessLookupError:
+            shutil.rmtree(scratch, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            continue
 
 
 def _model_file(folder: Path, meta: dict) -> Path:
@@ -200,6 +278,18 @@ def _members(bundle) -> list[tuple[str, Path, dict]]:
 
 def export_member(model, directory: str | os.PathLike) -> None:
     """Convert one member's Keras model to its serving form in ``directory`` (created; must not exist yet).
+
+    Args:
+        model: as :func:`convert_member` takes it.
+
+    Raises:
+        ServingFormError: as :func:`convert_member`.
+    """
+    _write_form(Path(directory), *convert_member(model))
+
+
+def convert_member(model) -> tuple[bytes, np.ndarray, dict]:
+    """One member's Keras model as ``(LiteRT flatbuffer, logits kernel float32 (d, 14), form info)``.
 
     The flatbuffer keeps float32 weights (the bundle's float16 weights as the
     Keras model loads them), so it computes what the Keras model computes in
@@ -235,16 +325,20 @@ def export_member(model, directory: str | os.PathLike) -> None:
     frozen = convert_variables_to_constants_v2(function.get_concrete_function())
     flatbuffer = tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert()
     kernel = np.asarray(model.get_layer("logits").kernel, dtype=np.float32)
-    directory = Path(directory)
+    return flatbuffer, kernel, {"format": SERVING_FORMAT, "input_size": size,
+                                "features_shape": [int(v) for v in features.shape[1:]],
+                                "tensorflow": tf.__version__, "keras": keras.__version__}
+
+
+def _write_form(directory: Path, flatbuffer: bytes, kernel: np.ndarray, info: dict) -> None:
+    """A form's three files in ``directory`` (created; must not exist yet)."""
     directory.mkdir(parents=True)
     _write_synced(directory / MODEL_FILE, flatbuffer)
     buffer = io.BytesIO()
     np.savez(buffer, kernel=kernel)
     _write_synced(directory / HEAD_FILE, buffer.getvalue())
-    _write_synced(directory / INFO_FILE, json.dumps({
-        "format": SERVING_FORMAT, "input_size": size, "features_shape": [int(v) for v in features.shape[1:]],
-        "tensorflow": tf.__version__, "keras": keras.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }, indent=2).encode())
+    info = {**info, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    _write_synced(directory / INFO_FILE, json.dumps(info, indent=2).encode())
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -262,7 +356,10 @@ def _activation_name(layer) -> str:
 
 def build_serving_form(bundle_path: str | os.PathLike, *, cache: str | os.PathLike | None = None,
                        progress=None) -> dict[str, Path]:
-    """Convert every member of a bundle that has no serving form yet (imports TensorFlow).
+    """Give every member of a bundle that has no serving form yet its form: the one the bundle ships where it ships
+    one for this model.keras (no TensorFlow), else converted (imports TensorFlow).
+
+    Members already done are kept: a build that was stopped resumes where it was.
 
     Args:
         bundle_path: the bundle folder.
@@ -284,32 +381,64 @@ def build_serving_form(bundle_path: str | os.PathLike, *, cache: str | os.PathLi
     root.mkdir(parents=True, exist_ok=True)
     done = {}
     for name, folder, meta in _members(bundle):
-        directory = _form_dir(root, member_digest(_model_file(folder, meta)))
+        model_file = _model_file(folder, meta)
+        directory = _form_dir(root, member_digest(model_file))
         if directory.is_dir() and not _usable(directory, int(meta["input_size"]), len(bundle.findings)):
-            # Damaged (a disk full, a file edited): set aside, not deleted, and converted again.
+            # Damaged (a disk full, a file edited): set aside, not deleted, and built again.
             aside = root / f".damaged-{directory.name}-{int(time.time())}"
             os.replace(directory, aside)
             if progress:
-                progress(f"{name}: its serving form was damaged, moved to {aside}; converting it again")
-        if not directory.is_dir():
-            started = time.monotonic()
-            model = Bundle.load(folder, expected_findings=bundle.findings).model
-            scratch = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
-            try:
-                export_member(model, scratch / "form")
-                try:
-                    os.replace(scratch / "form", directory)  # atomic: the form appears whole or not at all
-                except OSError:
-                    if not directory.is_dir():  # another process may have built it meanwhile
-                        raise
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
+                progress(f"{name}: its serving form was damaged, moved to {aside}; building it again")
+        if directory.is_dir():
             if progress:
-                progress(f"{name}: converted in {time.monotonic() - started:.1f} s -> {directory}")
-        elif progress:
-            progress(f"{name}: already converted ({directory})")
+                progress(f"{name}: already built ({directory})")
+            done[name] = directory
+            continue
+        started = time.monotonic()
+        how = "converted"
+        if _ships_form(folder, model_file):
+            try:
+                _install_shipped(folder, model_file, directory)
+                how = "put together from the form the bundle ships"
+            except ServingFormError as exc:
+                if progress:
+                    progress(f"{name}: the form the bundle ships is not usable ({exc}); converting instead")
+        if not directory.is_dir():
+            _write_into_place(directory, *convert_member(Bundle.load(folder, expected_findings=bundle.findings).model))
+        if progress:
+            progress(f"{name}: {how} in {time.monotonic() - started:.1f} s -> {directory}")
         done[name] = directory
     return done
+
+
+def ship_serving_form(bundle_path: str | os.PathLike, *, progress=None) -> dict[str, dict]:
+    """Convert each member (imports TensorFlow) and write the recipe of its form into the bundle
+    (``<member>/serving/``, :mod:`cxr_core.serving.shipped_form`): what lets a first start skip the conversion.
+
+    Returns:
+        ``{member name: {"skeleton_bytes", "patched_bytes", "kept_bytes"}}``.
+
+    Raises:
+        BundleError: not a bundle.
+        ServingFormError: a member cannot be converted, or its recipe does not rebuild its flatbuffer exactly.
+    """
+    from cxr_core.learn.bundle import Bundle
+    from cxr_core.learn.ensemble import load_bundle
+
+    bundle = load_bundle(bundle_path, load_model=False)
+    sizes = {}
+    for name, folder, meta in _members(bundle):
+        model_file = _model_file(folder, meta)
+        flatbuffer, kernel, info = convert_member(Bundle.load(folder, expected_findings=bundle.findings).model)
+        try:
+            sizes[name] = write_recipe(flatbuffer, kernel, model_file, folder, input_size=info["input_size"],
+                                       features_shape=info["features_shape"], model_sha256=member_digest(model_file),
+                                       progress=progress)
+        except RecipeError as exc:
+            raise ServingFormError(f"member {name}: {exc}") from exc
+        if progress:
+            progress(f"{name}: shipped form written ({sizes[name]['skeleton_bytes'] / 1e3:.0f} KB beside model.keras)")
+    return sizes
 
 
 def _usable(directory: Path, size: int, outputs: int) -> bool:
