@@ -310,6 +310,10 @@ def main() -> None:
         card = template.read_text()
         for key, value in fields.items():
             card = card.replace(key, value)
+        if meta.get("site"):  # an adapted bundle (python -m training.adapt): its site, beside the parent's NIH numbers
+            from cxr_core.adaptation.adapt import site_card_section
+
+            card = card.rstrip() + "\n\n" + site_card_section(meta["site"]) + "\n"
         (bundle / "MODEL_CARD.md").write_text(card)
     print(block)
 
