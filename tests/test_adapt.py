@@ -193,3 +193,34 @@ def test_the_command_line_reports_bad_input_in_one_line(tmp_path, tiny, site40, 
     assert main(["--bundle", str(tiny), "--site", str(site_dir), "--labels", str(labels), "--out", str(tmp_path / "o"),
                  "--n-boot", "20"]) == 0
     assert (tmp_path / "o" / "report.json").is_file()
+
+
+def test_last_block_fine_tunes_above_the_cut_only(tmp_path, tiny, site40):
+    from cxr_core.adaptation.finetune import _weights_digest
+    from cxr_core.learn import Bundle
+
+    site_dir, labels = site40
+    report = adapt_bundle(tiny, site_dir, labels, tmp_path / "out", fine_tune="last-block", epochs=2, learning_rate=1e-2,
+                          select_epoch=False, n_boot=20, log=_quiet)
+    [member] = report["fine_tune"]["members"]
+    assert member["cut"] == "block3_relu" and member["films_train"] == report["split"]["fit_films"]
+    assert member["best_epoch"] > 0 and member["weights_sha256"] != _weights_digest(Bundle.load(tiny).model)
+
+
+def test_finding_columns_with_unknown_cells_run_end_to_end(tmp_path, tiny, site40):
+    site_dir, labels = site40
+    table = pd.read_csv(labels, dtype=str)
+    columns = pd.DataFrame({"Image Index": table["Image Index"], "Patient ID": table["Patient ID"],
+                            "Effusion": table["Finding Labels"].str.contains("Effusion").astype(int).astype(str),
+                            "Infiltration": table["Finding Labels"].str.contains("Infiltration").astype(int).astype(str)})
+    columns.loc[::4, "Infiltration"] = ""  # unknown: left out of Infiltration
+    path = tmp_path / "columns.csv"
+    columns.to_csv(path, index=False)
+    report = adapt_bundle(tiny, site_dir, path, tmp_path / "out", min_positives=2, n_boot=20, log=_quiet)
+    rows = {r["finding"]: r for r in report["shipped"]["per_finding"]}
+    check = columns["Image Index"].isin(report["split"]["check"])
+    assert rows["Infiltration"]["films"] == int((check & (columns["Infiltration"] != "")).sum())
+    assert rows["Effusion"]["films"] == int(check.sum()) and rows["Mass"]["films"] == 0
+    assert report["site"]["findings"] == ["Effusion", "Infiltration"] and report["shipped"]["triage"] is None
+    assert report["local_validation"]["shipped"] is None  # no check film is labelled for all 14 findings
+    assert report["fitted"]["triage_source"] == "shipped" and "No-Finding" in report["fitted"]["triage_note"]
