@@ -421,7 +421,8 @@ def site_card_section(record: dict) -> str:
         f"{record['name']}: {record['films']} films of {record['patients']} patients, split patient-wise "
         f"(seed {split['seed']}) into a fit part ({split[FIT]['films']} films, {split[FIT]['patients']} patients) and a "
         f"check part ({split[CHECK]['films']} films, {split[CHECK]['patients']} patients). Calibration, cuts, flags and "
-        f"triage were refitted on the fit part; fine-tuning: {record['fine_tune']}. The check part was used for "
+        f"triage were refitted on the fit part where it had enough films of a finding (else kept from NIH validation); "
+        f"fine-tuning: {record['fine_tune']}. The check part was used for "
         f"nothing but the numbers below, measured against {record['name']}'s own labels.{few}",
         "",
         "| on the check part | shipped | adapted |",
@@ -435,7 +436,7 @@ def site_card_section(record: dict) -> str:
         a, b = shipped.get(key) or {}, adapted.get(key) or {}
         field = "sensitivity" if key == "triage" else "flags_per_no_finding_film"
         lines.append(f"| {label} | {_fmt(a.get(field))} | {_fmt(b.get(field))} |")
-    lines += ["", f"Decision: {record['reason']}.", "", f"The NIH numbers above: {record['nih_numbers']}."]
+    lines += ["", f"Decision, {record['reason']}.", "", f"The NIH numbers above: {record['nih_numbers']}."]
     if record.get("input_check"):
         lines += ["", record["input_check"] + "."]
     return "\n".join(lines)

@@ -1,0 +1,62 @@
+"""The never-worse rule and its paired patient bootstrap (cxr_core.adaptation.scores), on named synthetic scores.
+
+Synthetic, and named so: labels drawn at random and scores built from them,
+to know the answer (equal bundles, a bundle that lost a finding, a refit that
+keeps the ranking).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cxr_core.adaptation import NON_INFERIORITY_MARGIN, check_scores, never_worse, paired_mean_auroc_difference
+from cxr_core.findings import FINDINGS
+
+
+def _synthetic(n: int = 300, seed: int = 0):
+    """Synthetic labels (n, 14), informative scores, and 3 films per patient."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, len(FINDINGS))) < 0.2).astype(float)
+    scores = np.clip(0.3 * y + rng.normal(0.35, 0.15, y.shape), 0.001, 0.999)
+    return y, scores, np.repeat(np.arange(n // 3), 3)
+
+
+def test_the_same_scores_differ_by_exactly_nothing():
+    y, s, groups = _synthetic()
+    d = paired_mean_auroc_difference(y, s, s, groups, n_boot=200)
+    assert d["difference"] == 0 and d["low"] == 0 and d["high"] == 0 and d["share_below_zero"] == 0
+    assert d["findings"] == list(FINDINGS)
+
+
+def test_a_monotone_refit_keeps_the_auroc_and_a_lost_finding_shows_in_the_paired_interval():
+    y, s, groups = _synthetic()
+    refit = s ** 2  # same ranking in every finding
+    assert paired_mean_auroc_difference(y, s, refit, groups, n_boot=200)["difference"] == 0
+    worse = s.copy()
+    worse[:, 0] = 1 - worse[:, 0]  # Atelectasis ranked backwards: its AUROC becomes 1 - AUROC
+    d = paired_mean_auroc_difference(y, s, worse, groups, n_boot=200)
+    assert d["difference"] < -0.02 and d["high"] < 0 and d["share_below_zero"] == 1.0
+
+
+def test_unknown_labels_leave_a_film_out_of_that_finding_only():
+    y, s, groups = _synthetic()
+    y[:100, 2] = np.nan
+    scores = check_scores(y, s, groups, triage=None, flags=None, n_boot=50)
+    rows = {r["finding"]: r for r in scores["per_finding"]}
+    assert rows["Effusion"]["films"] == 200 and rows["Atelectasis"]["films"] == 300
+    assert scores["complete_films"] == 200 and scores["patients"] == 100
+
+
+@pytest.mark.parametrize("difference, low, ece, written, words", [
+    (0.0, 0.0, 0.05, True, "written: not worse"),
+    (0.01, -0.015, 0.06, True, "written: not worse"),
+    (-0.001, -0.01, 0.05, False, "mean AUROC is below"),
+    (0.005, -NON_INFERIORITY_MARGIN - 0.001, 0.05, False, "cannot rule out a loss"),
+    (0.01, 0.0, 0.061, False, "calibration error is higher"),
+])
+def test_the_rule(difference, low, ece, written, words):
+    shipped = {"mean_auroc": 0.70, "mean_ece": 0.06}
+    adapted = {"mean_auroc": 0.70 + difference, "mean_ece": ece}
+    ok, reason = never_worse(shipped, adapted, {"difference": difference, "low": low, "high": difference + 0.02})
+    assert ok == written and words in reason
