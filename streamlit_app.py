@@ -20,6 +20,7 @@ pages = {
         st.Page("pages/analyze.py", title="Analyze an image", icon=":material/search:", url_path="analyze"),
         st.Page("pages/browse.py", title="Browse dataset", icon=":material/photo_library:", url_path="browse"),
         st.Page("pages/performance.py", title="Model performance", icon=":material/monitoring:", url_path="performance"),
+        st.Page("pages/node.py", title="PACS node", icon=":material/lan:", url_path="node"),
     ],
     "Reader study": [
         st.Page("pages/reader_study.py", title="Read cases", icon=":material/visibility:", url_path="reader_study"),

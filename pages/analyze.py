@@ -9,6 +9,7 @@ import streamlit as st
 from cxr_core.errors import ImageReadError
 from cxr_core.findings import DISPLAY_NAMES
 from cxr_core.learn.bundle import describe_model
+from cxr_core.pacs import dicomweb
 from cxr_core.serving import overlays, report
 from cxr_core.serving.reading import BAND_LABELS, WITHHELD_NOTE, triage_words
 from pages import common
@@ -26,8 +27,66 @@ getting_ready = common.getting_ready_notice()  # the image can be chosen meanwhi
 if not getting_ready:
     common.require_predictor()  # loaded already, or a plain message (no bundle, a broken one) before anything else
 
-source = st.radio("Image source", ["Upload a file", "Demo image"], horizontal=True, key="analyze_source")
-if source == "Upload a file":
+
+
+# -- From the PACS (CXR_ASSIST_DICOMWEB): QIDO-RS search, WADO-RS retrieval; the film's bytes then go the upload's way.
+PACS_SOURCE = "From the PACS"
+PACS_SEARCH_BY = {"patient_id": "Patient ID", "accession_number": "Accession Number"}
+
+
+@st.cache_data(ttl=30, show_spinner="Searching the PACS ...")
+def pacs_studies(connection: dicomweb.PacsConnection, by: str, query: str) -> list[dicomweb.StudyRow]:
+    return dicomweb.search_studies(connection.client(), **{by: query})
+
+
+@st.cache_data(ttl=30, show_spinner="Listing the study's images ...")
+def pacs_images(connection: dicomweb.PacsConnection, study_uid: str) -> list[dicomweb.InstanceRow]:
+    return dicomweb.list_instances(connection.client(), study_uid)
+
+
+@st.cache_data(max_entries=4, show_spinner="Retrieving the image from the PACS ...")
+def pacs_film(connection: dicomweb.PacsConnection, study: str, series: str, instance: str) -> bytes:
+    return dicomweb.retrieve_instance(connection.client(), study, series, instance)
+
+
+def choose_from_pacs(connection: dicomweb.PacsConnection) -> tuple[str, bytes]:
+    """A film picked from the PACS as (name, DICOM bytes); stops the page with a message until there is one."""
+    st.caption(f"PACS: {connection.shown_url} (DICOMweb)")
+    by = st.radio("Search by", list(PACS_SEARCH_BY), format_func=PACS_SEARCH_BY.get, horizontal=True,
+                  key="analyze_pacs_by")
+    query = st.text_input(PACS_SEARCH_BY[by], key="analyze_pacs_query").strip()
+    if not query:
+        st.info(f"Type a {PACS_SEARCH_BY[by]} to search the PACS (exact match).")
+        st.stop()
+    try:
+        studies = {s.study_instance_uid: s for s in pacs_studies(connection, by, query)}
+        if not studies:
+            st.info(f"The PACS has no study with {PACS_SEARCH_BY[by]} **{query}**.")
+            st.stop()
+        study = st.selectbox("Study", list(studies), format_func=lambda uid: studies[uid].label, key="analyze_pacs_study")
+        images = {i.sop_instance_uid: i for i in pacs_images(connection, study)}
+        if not images:
+            st.info("This study has no image the model can read (only reports or other objects).")
+            st.stop()
+        chosen = images[st.selectbox("Image (radiographs first)", list(images), format_func=lambda uid: images[uid].label,
+                                     key="analyze_pacs_image")]
+        data = pacs_film(connection, chosen.study_instance_uid, chosen.series_instance_uid, chosen.sop_instance_uid)
+    except dicomweb.PacsError as exc:
+        st.error(str(exc))
+        st.stop()
+    return f"{chosen.sop_instance_uid}.dcm", data
+
+
+try:
+    pacs = dicomweb.PacsConnection.from_env()
+except dicomweb.PacsError as exc:  # a mistyped setting: the other sources still work
+    st.warning(f"The PACS source is off: {exc}")
+    pacs = None
+sources = ["Upload a file", "Demo image", *([PACS_SOURCE] if pacs else [])]
+source = st.radio("Image source", sources, horizontal=True, key="analyze_source")
+if source == PACS_SOURCE:
+    name, data = choose_from_pacs(pacs)
+elif source == "Upload a file":
     upload = st.file_uploader("A frontal chest X-ray: PNG, JPEG or DICOM", key="analyze_upload")
     if upload is None:
         st.info("Upload an image, or choose **Demo image** above.")
