@@ -142,6 +142,11 @@ def main() -> None:
     results = {"site": site, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
                "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": []}
     out = Path(args.out)
+    if out.with_suffix(".json").is_file():  # keep the rows of the modes not run again (same site, same seed)
+        earlier = json.loads(out.with_suffix(".json").read_text())
+        if earlier.get("site") == site and earlier.get("seed", args.seed) == args.seed:
+            results["rows"] = [row for row in earlier["rows"] if row["mode"] not in args.modes]
+    results["seed"] = args.seed
     for mode in args.modes:
         report_dir = work / f"out_{mode}"
         if (report_dir / "bundle").exists():
@@ -150,7 +155,8 @@ def main() -> None:
             shutil.rmtree(report_dir / "bundle")
         report = adapt_bundle(bundle, site_dir, labels, report_dir, fine_tune=mode, seed=args.seed,
                               site_name="NIH test split, AP films")
-        results["rows"].append(_row(mode, report))
+        results["rows"].append({**_row(mode, report), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+        results["rows"].sort(key=lambda row: ["none", "heads", "last-block"].index(row["mode"]))
         out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=float))
         out.write_text(markdown(results))
         print(markdown(results))

@@ -37,8 +37,9 @@ from cxr_core.data.splits import patient_split
 FINE_TUNE_MODES = ("none", "heads", "last-block")
 #: The layer below the last block, for the backbones without residual ``*_add`` layers at their top.
 LAST_BLOCK_CUTS = {"vgg16": "block4_pool", "small_cnn": "block3_relu"}
-#: Default AdamW learning rates: a head moves freely, a VGG16 block needs 1e-5 to stay stable (top_finetune).
-LEARNING_RATES = {"heads": 1e-3, "last-block": 1e-4, "last-block-vgg16": 1e-5}
+#: Default AdamW learning rates. The heads see raw pooled features (hundreds to a thousand channels, not standardised):
+#: at 1e-3 one step can move a logit by about one; a VGG16 block needs 1e-5 to stay stable (top_finetune).
+LEARNING_RATES = {"heads": 1e-4, "last-block": 1e-4, "last-block-vgg16": 1e-5}
 DEFAULT_EPOCHS = {"heads": 10, "last-block": 5}
 #: Share of the fit part's patients that choose the epoch.
 TUNE_SHARE = 0.2
