@@ -129,6 +129,23 @@ def test_status_in_words_and_as_data(tmp_path):
     assert "1 waiting to be sent (1 after a failed send, retried)" in text and "PACS down" in text
 
 
+def test_status_reads_without_writing(tmp_path):
+    import hashlib
+
+    from cxr_core.pacs.state import read_only_state
+
+    state = open_state(tmp_path)
+    _receive(state, "1.1")
+    state.close()  # the last connection checkpoints the WAL into the file
+    before = hashlib.sha256((tmp_path / "node.sqlite").read_bytes()).hexdigest()
+    reader = read_only_state(tmp_path)
+    assert reader.counts()[RECEIVED] == 1
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        _receive(reader, "1.2")
+    reader.close()
+    assert hashlib.sha256((tmp_path / "node.sqlite").read_bytes()).hexdigest() == before
+
+
 def test_status_command(tmp_path, capsys):
     state = open_state(tmp_path)
     _receive(state, "1.1")

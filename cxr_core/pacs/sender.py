@@ -150,7 +150,11 @@ class StowDestination:
             if not sep:
                 raise SendError(f"{self.credentials_env} must be user:password")
             session.auth = (user, password)
-        return DICOMwebClient(url=self.url.rstrip("/"), session=session)
+        client = DICOMwebClient(url=self.url.rstrip("/"), session=session, timeout=(5.0, self.timeout))
+        # One try per send: the node's own backoff (kept in its state database, visible in --status) retries, and
+        # dicomweb-client's retries would block the sender for about 30 s per attempt while the PACS is down.
+        client.set_http_retry_params(retry=False)
+        return client
 
     def send(self, datasets: Sequence[Dataset]) -> None:
         """Store every dataset with one STOW-RS request.

@@ -116,22 +116,29 @@ class NodeState:
     """The state database, safe to share between the node's threads (one connection behind a lock).
 
     Args:
-        path: the SQLite file (created with its schema when missing).
+        path: the SQLite file (created with its schema when missing, unless ``read_only``).
+        read_only: open for reading only (the status command, the app's page): nothing in the file changes.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, read_only: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
         self._lock = threading.Lock()
-        # isolation_level=None: transactions are opened explicitly (BEGIN IMMEDIATE) and committed at once.
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a commit is on the disk before the PACS hears "stored"
+        if read_only:
+            self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30,
+                                       isolation_level=None, check_same_thread=False)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: transactions are opened explicitly (BEGIN IMMEDIATE) and committed at once.
+            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")  # a commit is on the disk before the PACS hears "stored"
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"{self.path} was written by a newer cxr-assist (schema {version}); "
                                "update cxr-assist or use another --inbox")
-        self._db.executescript(_SCHEMA)
+        if not read_only:
+            self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
         with self._lock:
@@ -298,4 +305,4 @@ def read_only_state(inbox: str | os.PathLike) -> NodeState:
     path = Path(inbox) / STATE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: no node has used the inbox {inbox} yet")
-    return NodeState(path)
+    return NodeState(path, read_only=True)
