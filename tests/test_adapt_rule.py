@@ -48,6 +48,16 @@ def test_unknown_labels_leave_a_film_out_of_that_finding_only():
     assert scores["complete_films"] == 200 and scores["patients"] == 100
 
 
+@pytest.mark.parametrize("before, after, written", [(0.95, 0.95, True), (0.95, 0.96, True), (0.954, 0.920, False),
+                                                    (None, 0.9, True)])
+def test_the_rule_guards_the_triage_rule_out_sensitivity(before, after, written):
+    shipped = {"mean_auroc": 0.70, "mean_ece": 0.06, "triage": None if before is None else {"sensitivity": before}}
+    adapted = {"mean_auroc": 0.70, "mean_ece": 0.05, "triage": {"sensitivity": after, "abnormal_films": 88}}
+    ok, reason = never_worse(shipped, adapted, {"difference": 0.0, "low": 0.0, "high": 0.0})
+    assert ok == written
+    assert ("misses more abnormal check films" in reason) == (not written)
+
+
 @pytest.mark.parametrize("difference, low, ece, written, words", [
     (0.0, 0.0, 0.05, True, "written: not worse"),
     (0.01, -0.015, 0.06, True, "written: not worse"),

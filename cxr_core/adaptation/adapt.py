@@ -342,7 +342,8 @@ def adapt_bundle(
             "rule": {"non_inferiority_margin": NON_INFERIORITY_MARGIN,
                      "text": "written only when, on the check part, the adapted mean AUROC minus the shipped one is at "
                              f"least 0 and the lower bound of its paired patient-bootstrap 95% interval is above "
-                             f"-{NON_INFERIORITY_MARGIN}, and the adapted mean calibration error is not higher"},
+                             f"-{NON_INFERIORITY_MARGIN}, the adapted mean calibration error is not higher, and its triage "
+                             "sensitivity at the rule-out point is not lower"},
             "decision": decision, "reason": reason,
             "local_validation": local,
             # Every value fitted on the fit part (and nothing timed): the same fit part gives the same block.

@@ -16,7 +16,11 @@ when, on the check part,
    bundles in each of the resamples), is above -:data:`NON_INFERIORITY_MARGIN`:
    the check part rules out a loss larger than that margin;
 2. its mean calibration error (ECE, 10 bins, mean over findings) is not higher
-   than the shipped bundle's.
+   than the shipped bundle's;
+3. its triage sensitivity at the rule-out point (on the check films labelled
+   for all 14 findings) is not lower than the shipped bundle's: a refitted
+   rule-out point that sets aside abnormal films the shipped one caught is
+   worse where it matters most, whatever the AUROC says.
 
 It promises no more than the check part can show: with few films the interval
 is wide, a loss up to the margin is not ruled out, and the rule says nothing
@@ -171,4 +175,12 @@ def never_worse(shipped: dict, adapted: dict, difference: dict, *, margin: float
                        "more check films would narrow the interval")
     if adapted["mean_ece"] > shipped["mean_ece"]:
         return False, f"refused: the adapted bundle's calibration error is higher on the check part: {words}"
+    before, after = (shipped.get("triage") or {}).get("sensitivity"), (adapted.get("triage") or {}).get("sensitivity")
+    if before is not None and after is not None:
+        triage = (f"; triage sensitivity at the rule-out point {after:.3f} against {before:.3f} on "
+                  f"{adapted['triage']['abnormal_films']} abnormal check films")
+        if after < before:
+            return False, (f"refused: the adapted triage's rule-out point misses more abnormal check films than the "
+                           f"shipped one: {words}{triage}")
+        words += triage
     return True, f"written: not worse on the check part: {words}"
