@@ -453,9 +453,10 @@ def report_markdown(report: dict) -> str:
         f"{site['films']} films of {site['patients']} patients ({site['label_format']}; findings labelled: "
         f"{', '.join(site['findings'])}). Split patient-wise, seed {split['seed']}: fit part {split['fit_films']} films, "
         f"check part {split['check_films']} films. Every number below is measured on the CHECK part against the site's "
-        "labels; nothing was fitted on it.",
+        "labels; nothing was fitted on it." + (f" With only {split['check_films']} check films these are few-film "
+                                               "numbers: their intervals are wide." if split["check_films"] < FEW_FILMS else ""),
         "",
-        f"**Decision: {report['decision']}.** {report['reason']}.",
+        f"**Decision, {report['reason']}.**",
         "",
         f"Rule: {report['rule']['text']}.",
         "",
