@@ -27,6 +27,7 @@ pages = {
         st.Page("pages/reader_results.py", title="Results", icon=":material/analytics:", url_path="reader_results"),
     ],
 }
+common.remember_navigation(pages)  # the home page lists every page
 try:
     st.navigation(pages).run()
 finally:  # once the first page's script has run (or stopped), get the model ready in the background (once per process;

@@ -202,6 +202,21 @@ def _keep_keras_session() -> None:
         pass
 
 
+#: streamlit_app.py's pages, in its order (set on every script run, before the page runs; read by the home page).
+_NAVIGATION: list = []
+
+
+def remember_navigation(pages: dict[str, list]) -> None:
+    """Keep the navigation's pages (``{section: [st.Page, ...]}``) for :func:`navigation_pages`."""
+    global _NAVIGATION
+    _NAVIGATION = [page for section in pages.values() for page in section]  # one swap: a reader never sees it half-built
+
+
+def navigation_pages() -> list:
+    """Every page of the app's navigation, in order (empty when a page script runs without streamlit_app.py)."""
+    return list(_NAVIGATION)
+
+
 def compute_mode() -> str:
     """How the model computes, from ``CXR_ASSIST_COMPUTE`` (default ``auto``; checked when the model loads)."""
     return os.environ.get(COMPUTE_ENV, "").strip() or "auto"

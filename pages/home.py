@@ -4,8 +4,19 @@ import streamlit as st
 
 from cxr_core import __version__
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
-from cxr_core.learn.bundle import describe_model, input_sizes
+from cxr_core.learn.bundle import describe_model
 from pages import common
+
+#: What each page is for, by its URL path (a page not named here is listed by its title alone).
+PAGE_SUMMARIES = {
+    "tour": "a dozen demo films, one at a time, where the model helps and where it fails (a demo starts here)",
+    "analyze": "upload a film (PNG, JPEG or DICOM) or pick a demo image; triage, flags, heatmaps, PDF and JSON reports",
+    "browse": "the demo set or your own copy, labels and expert boxes against the model",
+    "performance": "every test number of the loaded model (ROC, PR, calibration, localisation)",
+    "node": "the DICOM node's recent work (films from a PACS, results sent back)",
+    "reader_study": "read cases unaided, then with the AI panel",
+    "reader_results": "the reader study's results (does the AI panel help?)",
+}
 
 st.title("cxr-assist")
 st.warning("Research tool. **Not for clinical use**: it has not been validated for diagnosis.")
@@ -28,20 +39,22 @@ else:
     data = meta.get("data") or {}
     counts, patients = data.get("counts") or {}, data.get("patients") or {}
     auroc = (meta.get("test_summary") or {}).get("mean_auroc")
-    cols = st.columns(5)
+    # The model's name and every member's input size as text, whole at any width (metric cards cut them: "ensembl…").
     members = meta.get("members") or []
-    if members:  # an ensemble: every member's backbone and input size, never one for all; the full line in the help
-        cols[0].metric("Backbone", f"ensemble of {len(members)}",
-                       help=f"{describe_model(meta)}; logits averaged with weights "
-                            + ", ".join(f"{m.get('weight', 0):.2f}" for m in members))
-        cols[1].metric("Input size", " / ".join(str(s) for s in input_sizes(meta)) + " px")
+    if members:
+        st.markdown(f"**Model:** an ensemble of {len(members)} networks, their logits averaged with the shares below "
+                    "(each network sees the film at its own input size).")
+        st.markdown("| member | network | input size | test-time views | share of the logits |\n|---|---|---|---|---|\n"
+                    + "\n".join(f"| `{m.get('name', '?')}` | {m.get('backbone', '?')} | {m.get('input_size', '?')} px | "
+                                f"{m.get('tta_views', 1)} | {m.get('weight', 0):.2f} |" for m in members))
     else:
-        cols[0].metric("Backbone", str(meta.get("backbone", "?")))
-        cols[1].metric("Input size", f"{meta.get('input_size', '?')} px")
-    cols[2].metric("Test mean AUROC", "not evaluated" if auroc is None else f"{auroc:.3f}")
-    cols[3].metric("Training images", f"{counts['train']:,}" if "train" in counts else "?")
+        st.markdown(f"**Model:** {meta.get('backbone') or '?'}; **input size:** {meta.get('input_size', '?')} px.")
+    cols = st.columns(3)
+    cols[0].metric("Test mean AUROC", "not evaluated" if auroc is None else f"{auroc:.3f}",
+                   help="Mean over the 14 findings on the bundle's test split, NIH labels")
+    cols[1].metric("Training images", f"{counts['train']:,}" if "train" in counts else "?")
     triage = ((common.bundle_metrics() or {}).get("reading") or {}).get("triage")
-    cols[4].metric("Triage AUROC (test)", "not fitted" if not triage else f"{triage['auroc']:.3f}",
+    cols[2].metric("Triage AUROC (test)", "not fitted" if not triage else f"{triage['auroc']:.3f}",
                    help="Abnormal (any of the 14 findings) against No-Finding films of the test split, NIH labels; "
                         "fitted on validation" + ("" if not triage else
                                                   f"; 95% CI {triage['auroc_low']:.3f}–{triage['auroc_high']:.3f}"))
@@ -56,9 +69,8 @@ else:
         st.info("This bundle has not been evaluated yet (`python -m training.evaluate`): no thresholds or metrics.")
 
 st.subheader("Pages")
-st.page_link("pages/analyze.py", label="Analyze an image: upload a film or pick a demo image: triage, flags, heatmaps",
-             icon=":material/search:")
-st.page_link("pages/browse.py", label="Browse the dataset: labels and expert boxes against the model", icon=":material/photo_library:")
-st.page_link("pages/performance.py", label="Model performance: ROC, PR, calibration, localisation", icon=":material/monitoring:")
-st.page_link("pages/reader_study.py", label="Reader study: read cases unaided, then with the AI panel", icon=":material/visibility:")
-st.page_link("pages/reader_results.py", label="Reader study results: does the AI panel help?", icon=":material/analytics:")
+# Every page of the navigation (streamlit_app.py), so a page added there is listed here too; the Home page itself not.
+for page in common.navigation_pages():
+    if page.url_path:
+        summary = PAGE_SUMMARIES.get(page.url_path)
+        st.page_link(page, label=f"{page.title} — {summary}" if summary else page.title)

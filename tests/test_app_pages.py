@@ -94,8 +94,16 @@ def test_home_shows_the_model_and_the_clinical_use_warning(monkeypatch, bundle):
     at = app(monkeypatch, bundle)
     assert any("Not for clinical use" in w.value for w in at.warning)
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Input size"].endswith("px") and metrics["Backbone"] not in ("", "?")
+    meta = json.loads((bundle / "bundle.json").read_text())
+    text = "\n".join(m.value for m in at.markdown)  # the model and every member's input size, as text: never cut
+    assert "**Model:**" in text
+    for member in meta.get("members") or [meta]:
+        assert f"{member['input_size']} px" in text and member["backbone"] in text
     assert float(metrics["Test mean AUROC"]) > 0
+    from pages.common import navigation_pages  # every page of the navigation is listed, the Guided tour included
+
+    linked = {link.proto.page for link in at.get("page_link")}
+    assert {page.url_path for page in navigation_pages() if page.url_path} == linked and "tour" in linked
     triage = (json.loads((bundle / "metrics.json").read_text()).get("reading") or {}).get("triage")
     assert metrics["Triage AUROC (test)"] == ("not fitted" if not triage else f"{triage['auroc']:.3f}")
 
