@@ -23,10 +23,13 @@ and measures:
 Goals on the 2-core machine: cold start <= 5 s, home page to first findings
 <= 5 s, <= 2 s per later image.
 
-The server runs the bundle's LiteRT serving form when it is built (the
-default cache, or ``CXR_ASSIST_SERVING_CACHE``); to time a machine's first
-start, point ``CXR_ASSIST_SERVING_CACHE`` at an empty folder (the server then
-runs the Keras models). On failure the server's log is printed.
+The server runs the bundle's LiteRT serving form (the default cache, or
+``CXR_ASSIST_SERVING_CACHE``). ``--first-start`` gives every fresh server an
+empty serving cache of its own, as on a machine that has never run cxr-assist:
+the shipped model's forms are then put together from the bundle as the server
+gets ready (a bundle that ships none runs the Keras models). The load average
+(``os.getloadavg``) is printed before and after: the machine is shared. On
+failure the server's log is printed.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -57,7 +61,7 @@ from benchmarks.app_driver import (
 )
 
 
-def run(bundle: Path, n_images: int, repeats: int, entry: str = "app.py") -> dict:
+def run(bundle: Path, n_images: int, repeats: int, entry: str = "app.py", first_start: bool = False) -> dict:
     from playwright.sync_api import sync_playwright
 
     from cxr_core.data import NIHDataset
@@ -71,6 +75,9 @@ def run(bundle: Path, n_images: int, repeats: int, entry: str = "app.py") -> dic
         for _ in range(repeats):
             port = free_port()
             env = {**os.environ, "CXR_ASSIST_BUNDLE": str(bundle), "TF_CPP_MIN_LOG_LEVEL": "2"}
+            fresh_cache = tempfile.mkdtemp(prefix="cxr-assist-first-start-") if first_start else None
+            if fresh_cache:
+                env["CXR_ASSIST_SERVING_CACHE"] = fresh_cache
             page = browser.new_page(viewport=VIEWPORT)
             started = time.perf_counter()
             log = tempfile.NamedTemporaryFile(prefix="cxr-assist-app-benchmark-", suffix=".log", delete=False)
@@ -110,6 +117,8 @@ def run(bundle: Path, n_images: int, repeats: int, entry: str = "app.py") -> dic
             finally:
                 page.close()
                 stop_streamlit(process)
+                if fresh_cache:
+                    shutil.rmtree(fresh_cache, ignore_errors=True)
             log.close()
             os.unlink(log.name)  # kept only when the run failed
         browser.close()
@@ -123,15 +132,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="fresh servers started")
     parser.add_argument("--entry", default="app.py", choices=["app.py", "streamlit_app.py"],
                         help="what `streamlit run` starts: app.py (the server, warm-up at start) or the pages alone")
+    parser.add_argument("--first-start", action="store_true",
+                        help="an empty serving cache for every server: a machine's first start")
     args = parser.parse_args(argv)
     bundle = Path(args.bundle).resolve()
     if not (bundle / "bundle.json").is_file():
         parser.error(f"no model bundle at {bundle} (pass --bundle)")
     if not Path(CHROMIUM).is_file():
         parser.error(f"{CHROMIUM} is missing: apt-get install chromium")
-    r = run(bundle, args.images, args.repeats, args.entry)
+    load_before = os.getloadavg()
+    r = run(bundle, args.images, args.repeats, args.entry, args.first_start)
     med = lambda v: statistics.median(v) if v else float("nan")  # noqa: E731
-    print(f"bundle {bundle} on {platform.machine()}, {os.cpu_count()} CPUs")
+    print(f"bundle {bundle} on {platform.machine()}, {os.cpu_count()} CPUs"
+          + (", every server with an empty serving cache (a first start)" if args.first_start else ""))
+    print("load average (1, 5, 15 min) before: " + ", ".join(f"{v:.2f}" for v in load_before)
+          + "; after: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
     print(f"server healthy:          median {med(r['health_s']):.2f} s  ({', '.join(f'{v:.2f}' for v in r['health_s'])})")
     print(f"cold start to home page: median {med(r['cold_start_s']):.2f} s  ({', '.join(f'{v:.2f}' for v in r['cold_start_s'])})  goal <= 5 s")
     print(f"first upload to findings: median {med(r['first_upload_s']):.2f} s  ({', '.join(f'{v:.2f}' for v in r['first_upload_s'])})")

@@ -1,6 +1,7 @@
 """Where a fresh process spends its time before its first analysis, part by part.
 
-    python -m benchmarks.startup [--bundle models/default] [--repeats 3] [--out benchmarks/results/startup.json]
+    python -m benchmarks.startup [--bundle models/default] [--repeats 3] [--modes first litert eager]
+                                 [--out benchmarks/results/startup.json]
 
 Each repeat is a fresh Python process (so TensorFlow is imported, the members
 loaded and their graphs traced from nothing, as in a newly started app), run
@@ -16,9 +17,11 @@ of a trunk, each member's runner); then either
   then the compiled graphs traced, then the same film again;
 
 and a later analysis of another film. ``litert`` (what the app runs once
-the bundle's serving form is built, ``python -m training.export_serving``):
-importing the serving code without TensorFlow, opening each member's LiteRT
-form, a first and a later analysis. CPU seconds (the process's, all
+the bundle's serving form is in the cache): importing the serving code
+without TensorFlow, opening each member's LiteRT form, a first and a later
+analysis. ``first`` (a machine that has never run cxr-assist: each probe gets
+an empty serving cache): the same, with the forms the bundle ships put
+together into the cache first (:mod:`cxr_core.serving.shipped_form`). CPU seconds (the process's, all
 threads) stand beside the wall seconds: on the 2-core machine they do not
 depend on what else runs.
 """
@@ -31,6 +34,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -42,10 +46,15 @@ marks = []
 def mark(name):
     marks.append((name, time.perf_counter() - t0, time.process_time() - c0))
 bundle_path, mode, first, later = sys.argv[1:5]
-if mode == "litert":
+if mode in ("litert", "first"):
     from cxr_core.serving import Predictor
     from cxr_core.serving.predictor import Analysis  # noqa: F401
     mark("import the serving code (numpy, OpenCV, SciPy, pandas; no TensorFlow)")
+    if mode == "first":
+        from cxr_core.learn.ensemble import load_bundle
+        from cxr_core.serving.litert import find_serving_form
+        find_serving_form(load_bundle(bundle_path, load_model=False))
+        mark("put the serving forms the bundle ships into the empty cache (SHA-256 of each model.keras and of each form)")
     predictor = Predictor.from_bundle(bundle_path, runtime="litert")
     mark("read the bundle, find each member's serving form (SHA-256), open the interpreters")
     predictor.analyze(first)
@@ -61,7 +70,7 @@ else:
     mark("read the bundle (Keras files)")
     predictor = Predictor.from_bundle(bundle_path, compute=compute, compiled=(mode == "traced"), runtime="keras")
     mark("read the bundle again and build the Predictor")
-if mode == "litert":
+if mode in ("litert", "first"):
     pass
 elif mode == "traced":
     predictor.warm_up()
@@ -85,8 +94,12 @@ print("PROBE" + json.dumps({"marks": marks, "threads": os.cpu_count(), "tensorfl
 
 def probe(bundle: Path, mode: str, first: Path, later: Path) -> list[tuple[str, float, float]]:
     """One fresh process: ``[(part, wall seconds, CPU seconds), ...]`` (each part's own, not cumulative)."""
-    out = subprocess.run([sys.executable, "-c", _PROBE, str(bundle), mode, str(first), str(later)], cwd=REPO_ROOT,
-                         capture_output=True, text=True, check=False, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    with tempfile.TemporaryDirectory(prefix="cxr-assist-first-start-") as empty_cache:
+        if mode == "first":
+            env["CXR_ASSIST_SERVING_CACHE"] = empty_cache
+        out = subprocess.run([sys.executable, "-c", _PROBE, str(bundle), mode, str(first), str(later)], cwd=REPO_ROOT,
+                             capture_output=True, text=True, check=False, env=env)
     line = next((x for x in out.stdout.splitlines() if x.startswith("PROBE")), None)
     if line is None:
         raise RuntimeError(f"the probe process failed:\n{out.stderr[-3000:]}")
@@ -105,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", type=Path, default=REPO_ROOT / "models" / "default")
     parser.add_argument("--images", type=Path, default=REPO_ROOT / "data" / "demo" / "images")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--modes", nargs="+", default=["litert", "eager"], choices=["litert", "traced", "eager"])
+    parser.add_argument("--modes", nargs="+", default=["first", "litert", "eager"],
+                        choices=["litert", "first", "traced", "eager"])
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "startup.json")
     args = parser.parse_args(argv)
     images = sorted(p for p in args.images.iterdir() if p.suffix.lower() == ".png")
