@@ -93,6 +93,17 @@ def _sr_count_per_study(orthanc, studies: list[str]) -> dict[str, int]:
     return counts
 
 
+def _counts(inbox: Path) -> dict:
+    """The node's state counts, read from its database (as --status does)."""
+    from cxr_core.pacs.state import read_only_state
+
+    state = read_only_state(inbox)
+    try:
+        return state.counts()
+    finally:
+        state.close()
+
+
 def run(single: int, burst: int, folder: Path) -> dict:
     from tests.pacs_harness import NodeProcess, Orthanc, chest_films, free_port
 
@@ -128,6 +139,8 @@ def run(single: int, burst: int, folder: Path) -> dict:
                 if restart and not killed["done"] and count >= burst // 3:
                     killed["done"] = True
                     node.kill9()
+                    killed["srs_back_at_kill"] = count
+                    killed["node_state_at_kill"] = _counts(node.inbox)
                     node.start(wait_ready=False)
 
             t0 = time.perf_counter()
@@ -143,7 +156,9 @@ def run(single: int, burst: int, folder: Path) -> dict:
             entry["films_without_sr"] = sum(c == 0 for c in counts.values())
             entry["films_with_more_than_one_sr"] = sum(c > 1 for c in counts.values())
             if restart:
-                entry["restarted_after_srs"] = burst // 3
+                entry["killed_after_srs"] = killed.get("srs_back_at_kill")
+                entry["node_state_at_kill"] = killed.get("node_state_at_kill")
+                entry["node_starts_in_log"] = node.log().count(" ready (")
             results[name] = entry
             print(name, entry, file=sys.stderr)
         results["node_status"] = node.status()["counts"]
@@ -160,10 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "PACS_RESULTS.json")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO_ROOT))
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="cxr-pacs-bench-") as folder:
         results = run(args.single, args.burst, Path(folder))
     results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
-                          "load_before": os.getloadavg()[0]}
+                          "load_before": load_before, "load_after": os.getloadavg()[0]}
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(results))
     print(markdown(results))
@@ -178,10 +194,13 @@ def markdown(r: dict) -> str:
         if not e:
             continue
         lost = e.get("films_without_sr", e["films"] - e["srs_back"])
+        if name == "burst_restart":
+            label += f" after {e.get('killed_after_srs')} SRs (queue at the kill: {e.get('node_state_at_kill')})"
         rows.append(f"| {label} | {e['films']} | {e['srs_back']} | {e['median_s']} | {e['p95_s']} | {e['max_s']} | "
                     f"{e['films_per_s']} | {lost} | {e.get('films_with_more_than_one_sr', 0)} |")
     return ("# The DICOM node with Orthanc: film stored -> SR stored\n\n"
-            f"`python -m benchmarks.pacs` on {r['machine']['cpus']} cores (load before: {r['machine']['load_before']:.2f}); "
+            f"`python -m benchmarks.pacs` on {r['machine']['cpus']} cores (1-minute load average before "
+            f"{r['machine']['load_before']:.2f}, after {r['machine']['load_after']:.2f}); "
             f"node runtime: {r['runtime']}, node start to model ready {r['node_start_s']} s. Time from the start of a "
             "film's C-STORE into Orthanc to its SR stored in Orthanc (polled every 50 ms); in a burst every film's "
             "clock starts when the burst starts.\n\n" + "\n".join(rows) + "\n")
