@@ -230,7 +230,7 @@ def _install_shipped(folder: Path, model_file: Path, directory: Path) -> None:
         raise ServingFormError(f"the serving cache {directory.parent} cannot be written ({exc})") from exc
 
 
-def _write_into_place(directory: Path, flatbuffer: bytes, kernel: np.ndarray, info: dict) -> None:
+def _write_into_place(directory: Path, flatbuffer: bytes | memoryview, kernel: np.ndarray, info: dict) -> None:
     """Write a form in a scratch folder of the cache, then rename it to ``directory``: whole or not at all."""
     root = directory.parent
     root.mkdir(parents=True, exist_ok=True)
@@ -330,7 +330,7 @@ def convert_member(model) -> tuple[bytes, np.ndarray, dict]:
                                 "tensorflow": tf.__version__, "keras": keras.__version__}
 
 
-def _write_form(directory: Path, flatbuffer: bytes, kernel: np.ndarray, info: dict) -> None:
+def _write_form(directory: Path, flatbuffer: bytes | memoryview, kernel: np.ndarray, info: dict) -> None:
     """A form's three files in ``directory`` (created; must not exist yet)."""
     directory.mkdir(parents=True)
     _write_synced(directory / MODEL_FILE, flatbuffer)
@@ -341,7 +341,7 @@ def _write_form(directory: Path, flatbuffer: bytes, kernel: np.ndarray, info: di
     _write_synced(directory / INFO_FILE, json.dumps(info, indent=2).encode())
 
 
-def _write_synced(path: Path, data: bytes) -> None:
+def _write_synced(path: Path, data: bytes | memoryview) -> None:
     """Write and fsync: the folder is renamed into place afterwards, and must not hold empty files after a power cut."""
     with open(path, "wb") as handle:
         handle.write(data)

@@ -68,13 +68,13 @@ class Assembled:
     """A member's flatbuffer put together from its recipe, and what its form needs beside it.
 
     Attributes:
-        flatbuffer: the LiteRT model, byte for byte the converter's.
+        flatbuffer: the LiteRT model, byte for byte the converter's (``bytes(...)`` for a copy).
         kernel: float32 (d, 14), the logits layer's Dense kernel (for the maps).
         input_size: the square input size in pixels.
         features_shape: ``(h, w, d)`` of the features.
     """
 
-    flatbuffer: bytes
+    flatbuffer: memoryview
     kernel: np.ndarray
     input_size: int
     features_shape: tuple[int, int, int]
@@ -94,14 +94,14 @@ def recipe_digest(member_folder: str | os.PathLike) -> str | None:
 
 
 def _weights(model_file: Path, names: set[str]) -> dict[str, np.ndarray]:
-    """The named float32 arrays of ``model.keras``'s weights file (its float16 values, exactly)."""
+    """The named arrays of ``model.keras``'s weights file, as stored (float16 in a float16 bundle)."""
     import h5py
 
     try:
         with zipfile.ZipFile(model_file) as archive:
             data = archive.read(WEIGHTS_ENTRY)
         with h5py.File(io.BytesIO(data), "r") as weights:
-            return {name: _as_float32(weights[name]) for name in names}
+            return {name: np.asarray(weights[name][()]) for name in names}
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise RecipeError(f"{model_file}: its weights cannot be read ({type(exc).__name__}: {exc})") from exc
 
@@ -130,10 +130,18 @@ def _laid_out(weight: np.ndarray, patch: dict) -> np.ndarray:
     return array
 
 
-def _scaled(array: np.ndarray, scale: np.ndarray, axis: int) -> np.ndarray:
-    shape = [1] * array.ndim
+def _put(destination: np.ndarray, source: np.ndarray, scale: np.ndarray | None, axis: int | None) -> None:
+    """Write ``source`` (a stored weight, laid out) into ``destination`` (float32), times ``scale`` along ``axis``.
+
+    One pass, no temporary: a float16 value widens to float32 exactly, and float32 times float32 is the converter's
+    product, rounded the same.
+    """
+    if scale is None:
+        np.copyto(destination, source, casting="same_kind")
+        return
+    shape = [1] * source.ndim
     shape[axis] = -1
-    return array * scale.reshape(shape)  # float32 times float32: the converter's product, rounded the same
+    np.multiply(source, scale.reshape(shape), out=destination, dtype=np.float32)
 
 
 def assemble(member_folder: str | os.PathLike, model_file: str | os.PathLike) -> Assembled:
@@ -177,18 +185,17 @@ def _assemble_from(folder: Path, model_file: Path) -> Assembled:
             gap = patch["offset"] - written
             out[written:patch["offset"]] = rest[taken:taken + gap]
             taken += gap
-            array = _laid_out(weights[patch["weight"]], patch)
-            if patch.get("scale") is not None:
-                array = _scaled(array, scales[patch["scale"]], int(patch["scale_axis"]))
-            data = np.ascontiguousarray(array, dtype="<f4").view(np.uint8).reshape(-1)
-            out[patch["offset"]:patch["offset"] + data.size] = data
-            written = patch["offset"] + data.size
+            source = _laid_out(weights[patch["weight"]], patch)
+            written = patch["offset"] + 4 * source.size
+            scaled = patch.get("scale") is not None
+            _put(out[patch["offset"]:written].view("<f4").reshape(source.shape), source,
+                 scales[patch["scale"]] if scaled else None, int(patch["scale_axis"]) if scaled else None)
         out[written:] = rest[taken:]
     except (KeyError, ValueError, TypeError) as exc:  # a shape or a length that does not fit
         raise RecipeError(f"the shipped serving form in {folder} does not fit {model_file} ({exc})") from exc
     if hashlib.sha256(out).hexdigest() != recipe["tflite_sha256"]:
         raise RecipeError(f"the flatbuffer assembled from {folder} is not the converted one (SHA-256 differs)")
-    return Assembled(flatbuffer=out.tobytes(), kernel=weights[head], input_size=int(recipe["input_size"]),
+    return Assembled(flatbuffer=out.data, kernel=weights[head].astype(np.float32), input_size=int(recipe["input_size"]),
                      features_shape=tuple(int(v) for v in recipe["features_shape"]))
 
 
@@ -326,7 +333,7 @@ def write_recipe(flatbuffer: bytes, kernel: np.ndarray, model_file: str | os.Pat
         (scratch / SCALES_FILE).write_bytes(buffer.getvalue())
         (scratch / RECIPE_FILE).write_text(json.dumps(recipe, indent=1) + "\n")
         check = _assemble_from(scratch, model_file)
-        if check.flatbuffer != flatbuffer or not np.array_equal(check.kernel, kernel):
+        if bytes(check.flatbuffer) != flatbuffer or not np.array_equal(check.kernel, kernel):
             raise RecipeError(f"{folder}: the recipe does not rebuild the converted flatbuffer")
         if folder.exists():
             shutil.rmtree(folder)
