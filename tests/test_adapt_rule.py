@@ -70,3 +70,21 @@ def test_the_rule(difference, low, ece, written, words):
     adapted = {"mean_auroc": 0.70 + difference, "mean_ece": ece}
     ok, reason = never_worse(shipped, adapted, {"difference": difference, "low": low, "high": difference + 0.02})
     assert ok == written and words in reason
+
+
+def test_intercept_recalibration_keeps_the_shipped_slope_and_moves_to_the_site_prevalence():
+    """Named synthetic: a shipped map, and site films whose prevalence of every finding is far above what it says."""
+    from cxr_core.adaptation.refit import refit_operating_points, shipped_operating_points
+    from cxr_core.evaluation.calibration import Calibration
+
+    y, s, groups = _synthetic(600)
+    y[:300] = np.maximum(y[:300], (np.random.default_rng(5).random((300, 14)) < 0.5))  # the site: more positives
+    shipped = shipped_operating_points({"calibration": Calibration("platt", FINDINGS, np.full(14, 1.3), np.full(14, -0.2),
+                                                                   np.ones(14, bool)).to_dict(), "thresholds": [0.5] * 14})
+    site = refit_operating_points(y, s, groups, shipped=shipped, recalibration="intercept")
+    np.testing.assert_allclose(site.calibration.slope, 1.3)
+    assert (site.calibration.intercept > -0.2).all()  # moved up, towards the site's higher prevalence
+    mean_after = site.calibration.apply(s).mean(axis=0)
+    np.testing.assert_allclose(mean_after, y.mean(axis=0), atol=0.03)  # calibrated in the large on the fit films
+    with pytest.raises(ValueError, match="recalibration must be one of"):
+        refit_operating_points(y, s, groups, shipped=shipped, recalibration="isotonic")

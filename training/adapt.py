@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fine-tune", default="none", choices=["none", "heads", "last-block"],
                         help="also train the members' heads, or their last block and heads, on the fit part "
                              "(default none: refit the operating points only)")
+    parser.add_argument("--recalibrate", default="refit", choices=["refit", "intercept"],
+                        help="refit: the shipped calibration method fitted anew on the fit part (default, the rule of NIH "
+                             "validation); intercept: the shipped map kept, only its intercept moved to the site's "
+                             "prevalence (one parameter per finding: steadier on a few hundred films)")
     parser.add_argument("--seed", type=int, default=0, help="the split's and the fine-tuning's seed (default 0)")
     parser.add_argument("--check-share", type=float, default=0.5,
                         help="share of the films in the check part (default 0.5)")
@@ -49,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = adapt_bundle(args.bundle, args.site, args.labels, args.out, fine_tune=args.fine_tune, seed=args.seed,
                               check_share=args.check_share, site_name=args.site_name, epochs=args.epochs,
-                              n_boot=args.n_boot, progress=lambda items: tqdm(items, unit="batch", leave=False))
+                              n_boot=args.n_boot, recalibration=args.recalibrate, progress=lambda items: tqdm(items, unit="batch", leave=False))
     except USER_ERRORS as exc:
         return report_user_error(exc)
     return 0 if report["decision"] in ("written", "refused") else 1

@@ -44,7 +44,13 @@ import numpy as np
 import pandas as pd
 
 from cxr_core.adaptation.finetune import FINE_TUNE_MODES, fine_tune_members
-from cxr_core.adaptation.refit import FITTED_ON, OperatingPoints, refit_operating_points, shipped_operating_points
+from cxr_core.adaptation.refit import (
+    FITTED_ON,
+    RECALIBRATIONS,
+    OperatingPoints,
+    refit_operating_points,
+    shipped_operating_points,
+)
 from cxr_core.adaptation.scores import (
     FEW_FILMS,
     NON_INFERIORITY_MARGIN,
@@ -237,6 +243,7 @@ def adapt_bundle(
     learning_rate: float | None = None,
     select_epoch: bool = True,
     min_positives: int = MIN_SITE_POSITIVES,
+    recalibration: str = "refit",
     progress: Callable | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
@@ -255,6 +262,7 @@ def adapt_bundle(
         epochs, learning_rate, select_epoch: fine-tuning options
             (:func:`~cxr_core.adaptation.finetune.fine_tune_members`).
         min_positives: a finding with fewer positive or negative fit-part films keeps the shipped calibration and cuts.
+        recalibration: ``"refit"`` or ``"intercept"`` (:func:`~cxr_core.adaptation.refit.refit_operating_points`).
         progress: wraps the prediction batches (e.g. ``tqdm``).
         log: one line per step.
 
@@ -266,6 +274,8 @@ def adapt_bundle(
     from cxr_core.serving.predictor import Predictor
 
     started = time.perf_counter()
+    if recalibration not in RECALIBRATIONS:
+        raise ValueError(f"--recalibrate must be one of {', '.join(RECALIBRATIONS)}, got {recalibration!r}")
     if fine_tune not in FINE_TUNE_MODES:
         raise ValueError(f"--fine-tune must be one of {', '.join(FINE_TUNE_MODES)}, got {fine_tune!r}")
     bundle_dir, out = Path(bundle_dir), Path(out_dir)
@@ -312,7 +322,7 @@ def adapt_bundle(
             raw_adapted = _predict_inputs(Predictor.from_bundle(candidate), inputs)
             predict_seconds += time.perf_counter() - t0
         points = refit_operating_points(y[fit], raw_adapted[fit], groups[fit], shipped=shipped_points,
-                                        min_positives=min_positives)
+                                        min_positives=min_positives, recalibration=recalibration)
         c_adapted = points.calibration.apply(raw_adapted)
         adapted = check_scores(y[check], c_adapted[check], groups[check], triage=points.triage, flags=points.flags,
                                n_boot=n_boot, seed=seed)
@@ -344,7 +354,7 @@ def adapt_bundle(
                              f"least 0 and the lower bound of its paired patient-bootstrap 95% interval is above "
                              f"-{NON_INFERIORITY_MARGIN}, the adapted mean calibration error is not higher, and its triage "
                              "sensitivity at the rule-out point is not lower"},
-            "decision": decision, "reason": reason,
+            "decision": decision, "reason": reason, "recalibration": recalibration,
             "local_validation": local,
             # Every value fitted on the fit part (and nothing timed): the same fit part gives the same block.
             "fitted": {**points.to_dict(), "fine_tune": [

@@ -85,17 +85,41 @@ def shipped_operating_points(metadata: dict) -> OperatingPoints:
     )
 
 
-def _one_finding(y: np.ndarray, p: np.ndarray, method: str, finding: str) -> tuple[Calibration, float]:
-    """Calibration and Youden cut of one finding, fitted on its labelled fit-part films."""
+def _intercept_shift(y: np.ndarray, z: np.ndarray) -> float:
+    """The offset ``b`` minimising the log-loss of ``sigmoid(z + b)``: a prevalence shift on the logit (convex, 1-D)."""
+    from scipy.optimize import minimize_scalar
+
+    result = minimize_scalar(lambda b: float(np.mean(np.logaddexp(0.0, z + b) - y * (z + b))), bounds=(-10.0, 10.0),
+                             method="bounded", options={"xatol": 1e-6})
+    return float(result.x)
+
+
+def _one_finding(y: np.ndarray, p: np.ndarray, shipped: Calibration, j: int, recalibration: str) -> tuple[Calibration, float]:
+    """Calibration and Youden cut of finding ``j``, fitted on its labelled fit-part films.
+
+    ``"refit"``: the shipped method (Platt or temperature) fitted anew, the rule of NIH validation; ``"intercept"``:
+    the shipped map kept and only its intercept moved (one parameter per finding, for the prevalence).
+    """
+    finding = FINDINGS[j]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # both classes are there (checked by the caller)
-        calibration = fit_calibration(y[:, None], p[:, None], method=method, findings=(finding,))
+        if recalibration == "intercept":
+            clipped = np.clip(p, shipped.eps, 1 - shipped.eps)
+            z = shipped.slope[j] * (np.log(clipped) - np.log1p(-clipped)) + shipped.intercept[j]  # the shipped logit
+            calibration = Calibration("platt", (finding,), [shipped.slope[j]],
+                                      [shipped.intercept[j] + _intercept_shift(y, z)], [True], eps=shipped.eps)
+        else:
+            calibration = fit_calibration(y[:, None], p[:, None], method=shipped.method, findings=(finding,))
         cut = fit_thresholds(y[:, None], calibration.apply(p[:, None]), method="youden")[0]
     return calibration, float(cut)
 
 
+#: How a finding's calibration is refitted: ``"refit"`` (the shipped method fitted anew) or ``"intercept"``.
+RECALIBRATIONS = ("refit", "intercept")
+
+
 def refit_operating_points(y_fit: np.ndarray, p_fit: np.ndarray, groups_fit, *, shipped: OperatingPoints,
-                           min_positives: int = MIN_SITE_POSITIVES) -> OperatingPoints:
+                           min_positives: int = MIN_SITE_POSITIVES, recalibration: str = "refit") -> OperatingPoints:
     """Refit the operating points on the site's fit part (see the module docstring).
 
     Args:
@@ -104,12 +128,17 @@ def refit_operating_points(y_fit: np.ndarray, p_fit: np.ndarray, groups_fit, *, 
         groups_fit: patient id per film (the triage's cross-validation folds).
         shipped: the bundle's own operating points, kept where the site has too few films.
         min_positives: fewer positives or negatives of a finding than this: shipped values kept.
+        recalibration: ``"refit"`` (default: the shipped calibration method fitted anew on the site, as on NIH
+            validation) or ``"intercept"`` (the shipped map kept, its intercept moved to the site's prevalence:
+            one parameter per finding instead of two, less variance on a small fit part).
 
     Returns:
         the site's :class:`OperatingPoints`.
     """
+    if recalibration not in RECALIBRATIONS:
+        raise ValueError(f"recalibration must be one of {', '.join(RECALIBRATIONS)}, got {recalibration!r}")
     y_fit, p_fit = np.asarray(y_fit, dtype=float), np.asarray(p_fit, dtype=float)
-    method = shipped.calibration.method
+    method = "platt" if recalibration == "intercept" else shipped.calibration.method
     slope, intercept = np.array(shipped.calibration.slope), np.array(shipped.calibration.intercept)
     fitted = np.array(shipped.calibration.fitted)
     thresholds = np.array(shipped.thresholds, dtype=float)
@@ -122,11 +151,12 @@ def refit_operating_points(y_fit: np.ndarray, p_fit: np.ndarray, groups_fit, *, 
                             "note": f"kept from NIH validation: {positives} positive and {negatives} negative films "
                                     f"in the fit part (at least {min_positives} of each needed)"})
             continue
-        calibration, thresholds[j] = _one_finding(y_fit[known, j], p_fit[known, j], method, finding)
+        calibration, thresholds[j] = _one_finding(y_fit[known, j], p_fit[known, j], shipped.calibration, j,
+                                                  recalibration)
         slope[j], intercept[j], fitted[j] = calibration.slope[0], calibration.intercept[0], True
         refitted[j] = True
         sources.append({"finding": finding, "source": "site", "positives": positives, "negatives": negatives,
-                        "note": f"refitted on {int(known.sum())} fit-part films"})
+                        "note": f"refitted ({recalibration}) on {int(known.sum())} fit-part films"})
     calibration = Calibration(method, FINDINGS, slope, intercept, fitted)
     c_fit = calibration.apply(np.clip(p_fit, 0.0, 1.0))
     flags = _refit_flags(y_fit, c_fit, refitted, shipped.flags)
