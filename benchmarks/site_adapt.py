@@ -122,13 +122,18 @@ def markdown(results: dict) -> str:
         for member in row["members"]:
             lines.append(f"  - {member['member']}: from {member['cut']}, learning rate {member['learning_rate']}, best epoch "
                          f"{member['best_epoch']}, {member['seconds']:.0f} s")
-    if results.get("split_seeds"):
+    seeds = list(results.get("split_seeds") or [])
+    first = next((row for row in results["rows"] if row["mode"] == "none"), None)
+    if seeds and first is not None and not any(r["seed"] == results.get("seed", 0) and
+                                               r.get("recalibration", "refit") == "refit" for r in seeds):
+        seeds.append({**first, "seed": results.get("seed", 0), "recalibration": "refit"})  # the table's own row
+    if seeds:
         lines += ["", "How the refit alone (mode none) fares on other patient-wise splits of the same site (the split's seed; "
                   "each row its own fit and check part):", "",
                   "| seed | calibration refit | check films | mean ECE shipped → refitted | rule-out sensitivity shipped → "
                   "refitted | films set aside | decision |",
                   "|---:|---|---:|---|---|---|---|"]
-        for row in sorted(results["split_seeds"], key=lambda r: (r.get("recalibration", "refit"), r["seed"])):
+        for row in sorted(seeds, key=lambda r: (r.get("recalibration", "refit"), r["seed"])):
             a, b = row["shipped"], row["adapted"]
             aside = [None if v is None else 100 * v for v in (a["set_aside_share"], b["set_aside_share"])]
             lines.append(f"| {row['seed']} | {row.get('recalibration', 'refit')} | {row['check_films']} | "
