@@ -116,8 +116,8 @@ def _ssl_context(settings: dict):
 
 
 def _status(inbox: Path, as_json: bool) -> int:
-    from cxr_core.pacs.status import status_lines, status_summary
     from cxr_core.pacs.state import read_only_state
+    from cxr_core.pacs.status import status_lines, status_summary
 
     state = read_only_state(inbox)
     try:
