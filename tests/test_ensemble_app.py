@@ -28,11 +28,11 @@ def _quiet_env(monkeypatch, tmp_path):
 
 def test_home_shows_every_member(monkeypatch, ensemble):
     at = app(monkeypatch, ensemble)
-    metrics = {m.label: m.value for m in at.metric}
-    # The card is short enough not to be cut; every member is named in the caption (and the card's help).
-    assert metrics["Backbone"] == "ensemble of 2" and metrics["Input size"] == "64 / 48 px"
-    assert "small_cnn 64 px + small_cnn 48 px" in [m for m in at.metric if m.label == "Backbone"][0].help
-    assert any("ensemble of 2: small_cnn 64 px + small_cnn 48 px" in c.value for c in at.caption)
+    # The model and every member with its input size, as text (a card would cut them); one table row per member.
+    text = "\n".join(m.value for m in at.markdown)
+    assert "**Model:** an ensemble of 2 networks" in text
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert len(rows) == 2 and "| small_cnn | 64 px |" in rows[0] and "| small_cnn | 48 px |" in rows[1]
 
 
 def test_analyze_an_uploaded_image_with_an_ensemble(monkeypatch, ensemble, demo_root):
