@@ -72,6 +72,7 @@ from cxr_core.evaluation.clinical import rates
 from cxr_core.evaluation.evaluate import _json, evaluate_predictions, reading_report
 from cxr_core.findings import FINDINGS
 from cxr_core.learn.bundle import METADATA_FILE, MODEL_FILE, Bundle, portable_path
+from cxr_core.serving.shipped_form import SHIPPED_DIR
 
 REPORT_FILE = "report.json"
 REPORT_MARKDOWN = "report.md"
@@ -202,6 +203,8 @@ def _candidate(parent: Path, out: Path, tuned_bundle, records: list[dict]) -> Pa
                    created=member.created, training=training,
                    extra={k: v for k, v in member.extra.items() if k != "weights_dtype"}).save(
                 folder, float16=float16, overwrite=True)
+            # The parent's shipped serving recipe describes the parent's weights: stale now (it would be refused).
+            shutil.rmtree(folder / SHIPPED_DIR, ignore_errors=True)
     return candidate
 
 
