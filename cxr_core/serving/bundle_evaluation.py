@@ -311,10 +311,10 @@ def evaluate_bundle(
         log(f"triage ({triage.method}): test AUROC {reading['triage']['auroc']:.3f}, rule-out sensitivity "
             f"{reading['triage']['at_rule_out']['sensitivity']:.3f}, {reading['triage']['at_rule_out']['set_aside_share']:.0%} set aside")
     if flags is not None:
-        burden = reading["burden"]["flags"]
+        burden, youden = reading["burden"]["flags"], reading["burden"]["youden"]
         log(f"flags: {burden['flags_per_no_finding_film']:.2f} per No-Finding film, {burden['no_finding_without_flag']:.0%} of "
-            f"them without any, {burden['flags_right']:.0%} of flags right (Youden: "
-            f"{reading['burden']['youden']['flags_per_no_finding_film']:.2f}, {reading['burden']['youden']['flags_right']:.0%})")
+            f"them without any, {_share(burden['flags_right'])} of flags right (Youden: "
+            f"{youden['flags_per_no_finding_film']:.2f}, {_share(youden['flags_right'])})")
 
     if fit_mode:
         # The Predictor used for localisation must use the new calibration.
@@ -361,3 +361,8 @@ def evaluate_bundle(
             fit_reference(bundle_dir, data_root, progress=progress, log=log)
     log(f"mean AUROC {report['macro']['auroc']:.3f}; report in {out / METRICS_FILE} ({report['seconds']} s)")
     return report
+
+
+def _share(value: float | None) -> str:
+    """A share as a percentage; "no flags" where it is undefined (no flag fired on the test films)."""
+    return "no flags" if value is None or value != value else f"{value:.0%}"  # None or NaN
