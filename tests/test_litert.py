@@ -368,3 +368,28 @@ def test_the_shipped_model_on_a_fresh_machine_gives_its_stored_probabilities(tmp
         assert list(served["calibrated"][film]) == list(stored[name])
         np.testing.assert_allclose(list(served["calibrated"][film].values()), list(stored[name].values()), atol=1e-4,
                                    err_msg=name)
+
+
+def test_a_server_start_puts_the_shipped_forms_in_place_before_any_page(shipped, tmp_path, monkeypatch):
+    """app.py's start (warm_up_at_start) puts the shipped forms into an empty cache at once, while the server and the
+    browser start, not after the first page: a first start then answers as fast as a second (APP_RESULTS.md)."""
+    import threading
+
+    from pages import common
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CXR_ASSIST_BUNDLE", str(shipped))
+    monkeypatch.setenv("CXR_ASSIST_SERVING_CACHE", str(cache))
+    monkeypatch.delenv("CXR_ASSIST_WARM", raising=False)
+    monkeypatch.delenv("CXR_ASSIST_RUNTIME", raising=False)
+    monkeypatch.setattr(common, "SERVER_STARTED", threading.Event())
+    page_came = threading.Event()
+    page_came.set()  # a browser's first page came: no warm-up from the start, only the forms
+    monkeypatch.setattr(common, "PAGE_STARTED", page_came)
+    common.warm_up_at_start(grace_s=0.0)
+    putting = [t for t in threading.enumerate() if t.name == "cxr-assist-serving-form"]
+    assert putting, "the server start did not put the shipped forms in place"
+    for thread in putting:
+        thread.join(timeout=120)
+    assert len(list(cache.glob("*-v1"))) == 2
+    assert common.serving_form_ready(shipped)
