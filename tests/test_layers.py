@@ -36,7 +36,7 @@ LAYERS: dict[str, frozenset[str]] = {
     # A site's own films: local validation, refitted operating points, fine-tuning (python -m training.adapt).
     "adaptation": frozenset({"core", "data", "learn", "evaluation", "serving", "adaptation"}),
     # The DICOM node: films from a PACS in, standard results (SR, Secondary Capture) back (python -m training.node).
-    "pacs": frozenset({"core", "data", "evaluation", "serving", "pacs"}),
+    "pacs": frozenset({"core", "data", "learn", "evaluation", "serving", "pacs"}),
     "reader_study": frozenset({"core", "data", "evaluation", "reader_study"}),
 }
 SUBPACKAGES = frozenset(LAYERS) - {"core"}

@@ -30,7 +30,6 @@ page shows "at your site") and ``site_split.csv``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -71,7 +70,7 @@ from cxr_core.errors import ImageReadError
 from cxr_core.evaluation.clinical import rates
 from cxr_core.evaluation.evaluate import _json, evaluate_predictions, reading_report
 from cxr_core.findings import FINDINGS
-from cxr_core.learn.bundle import METADATA_FILE, MODEL_FILE, Bundle, portable_path
+from cxr_core.learn.bundle import Bundle, bundle_sha256, portable_path
 from cxr_core.serving.shipped_form import SHIPPED_DIR
 
 REPORT_FILE = "report.json"
@@ -84,19 +83,6 @@ SITE_REPORT_FILE = "site_report.json"
 SITE_SPLIT_FILE = "site_split.csv"
 #: The parent's files that describe the parent only (its NIH predictions and tour); not copied into an adapted bundle.
 _PARENT_ONLY = ("predictions.csv.gz", "tour.json", REPORT_FILE, ".candidate")
-
-
-def bundle_sha256(bundle_dir: str | os.PathLike) -> str:
-    """SHA-256 over a bundle's ``bundle.json`` and model files (every member's), in path order: what it predicts with."""
-    root = Path(bundle_dir)
-    digest = hashlib.sha256()
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name in (METADATA_FILE, MODEL_FILE))
-    for path in files:
-        digest.update(path.relative_to(root).as_posix().encode() + b"\n")
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def _screened(predictor, site: SiteFilms, *, batch_size: int = 16, workers: int = 2, progress=None):

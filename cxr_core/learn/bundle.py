@@ -45,6 +45,7 @@ nothing elsewhere.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -240,6 +241,19 @@ def _store_float16(model_file: Path) -> int:
             archive.write(weights, "model.weights.h5")
         shutil.move(str(rebuilt), model_file)
     return converted
+
+
+def bundle_sha256(bundle_dir: str | os.PathLike) -> str:
+    """SHA-256 over a bundle's ``bundle.json`` and model files (every member's), in path order: what it predicts with."""
+    root = Path(bundle_dir)
+    digest = hashlib.sha256()
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name in (METADATA_FILE, MODEL_FILE))
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\n")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def read_metadata(directory: str | os.PathLike) -> dict:

@@ -21,7 +21,6 @@ a result sent again after a kill replaces the first copy instead of doubling it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import ssl
@@ -34,6 +33,7 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import UID
 
+from cxr_core.learn.bundle import bundle_sha256
 from cxr_core.pacs.assess import FilmResult, assess_film
 from cxr_core.pacs.assessment import Assessment
 from cxr_core.pacs.capture import build_sc, capture_lines, capture_pixels
@@ -72,20 +72,13 @@ def image_storage_classes() -> list[str]:
 
 
 def bundle_fingerprint(bundle_dir: str | os.PathLike) -> str:
-    """A short SHA-256 of a bundle: its ``bundle.json`` and every member's model file, in name order.
+    """The first 16 hex digits of the bundle's SHA-256 (:func:`cxr_core.learn.bundle.bundle_sha256`).
 
     It names the model in the results (the SR's algorithm parameters) and
     seeds their UIDs: another model's results for a film are new objects,
     the same model's are the same objects.
     """
-    from cxr_core.serving.litert import member_digest
-
-    root = Path(bundle_dir)
-    sha = hashlib.sha256((root / "bundle.json").read_bytes())
-    for model in sorted(root.rglob("model.keras")):
-        sha.update(model.relative_to(root).as_posix().encode())
-        sha.update(member_digest(model).encode())
-    return sha.hexdigest()[:16]
+    return bundle_sha256(bundle_dir)[:16]
 
 
 @dataclass(frozen=True)
@@ -238,13 +231,8 @@ class Node:
             return NOT_MATCHING
         try:
             data = event.encoded_dataset(include_meta=True)
-            film = self.inbox.store_film(uid, data)
-            outcome = self.state.record_received(
-                sop_instance_uid=uid, sop_class_uid=sop_class, study_instance_uid=study, film=film,
-                film_sha256=digest(data), modality=str(dataset.get("Modality", "") or ""),
-                patient_id=str(dataset.get("PatientID", "") or ""),
-                accession_number=str(dataset.get("AccessionNumber", "") or ""), calling_ae=calling,
-                transfer_syntax=str(event.context.transfer_syntax))
+            outcome = self._record(self.inbox.store_film(uid, data), data, dataset, calling_ae=calling,
+                                   transfer_syntax=str(event.context.transfer_syntax))
         except OSError as exc:  # disk full, inbox gone: the PACS keeps the film and may try again
             log.error("could not store %s from %r: %s", uid, calling, exc)
             return OUT_OF_RESOURCES
@@ -252,6 +240,18 @@ class Node:
         if outcome != "same":
             self._work.set()
         return 0x0000
+
+    def _record(self, film: Path, data: bytes, dataset, *, transfer_syntax: str, calling_ae: str = "") -> str:
+        """Record a film written to the inbox, with what its header says (see NodeState.record_received)."""
+
+        def text(keyword: str) -> str:
+            return str(dataset.get(keyword, "") or "")
+
+        return self.state.record_received(
+            sop_instance_uid=str(dataset.SOPInstanceUID), sop_class_uid=str(dataset.SOPClassUID),
+            study_instance_uid=str(dataset.StudyInstanceUID), film=film, film_sha256=digest(data),
+            modality=text("Modality"), patient_id=text("PatientID"), accession_number=text("AccessionNumber"),
+            calling_ae=calling_ae, transfer_syntax=transfer_syntax)
 
     def _register_orphans(self) -> None:
         """Films on the disk that the database lacks (killed between the write and the record): received now."""
@@ -262,12 +262,7 @@ class Node:
             try:
                 data = film.read_bytes()
                 ds = pydicom.dcmread(film, stop_before_pixels=True)
-                self.state.record_received(
-                    sop_instance_uid=str(ds.SOPInstanceUID), sop_class_uid=str(ds.SOPClassUID),
-                    study_instance_uid=str(ds.StudyInstanceUID), film=film, film_sha256=digest(data),
-                    modality=str(ds.get("Modality", "") or ""), patient_id=str(ds.get("PatientID", "") or ""),
-                    accession_number=str(ds.get("AccessionNumber", "") or ""),
-                    transfer_syntax=str(ds.file_meta.TransferSyntaxUID))
+                self._record(film, data, ds, transfer_syntax=str(ds.file_meta.TransferSyntaxUID))
                 log.info("registered %s, received before the node stopped", film.name)
             except Exception as exc:
                 log.error("a file in the inbox could not be registered (%s): %s; it is left where it is", film, exc)
