@@ -51,6 +51,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def terminate(process: subprocess.Popen | None, *, timeout: float) -> None:
+    """Stop a process politely (SIGTERM), and with SIGKILL when it has not ended after ``timeout`` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class Orthanc:
     """Orthanc in a temporary folder, stopped on exit.
 
@@ -124,13 +136,7 @@ class Orthanc:
         raise RuntimeError(f"Orthanc did not answer within {timeout} s: {self.log_tail()}")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, timeout=15)
 
     def __enter__(self) -> Orthanc:
         return self.start()
@@ -256,13 +262,7 @@ class NodeProcess:
         self.process.wait()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, timeout=20)
         if getattr(self, "_log", None):
             self._log.close()
 
