@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cxr_core.serving.reading import WITHHELD_NOTE
+from cxr_core.reporting.words import WITHHELD_NOTE
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, free_port, settle, wait_healthy
 
 __all__ = [

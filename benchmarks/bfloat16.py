@@ -40,7 +40,8 @@ def measure(bundle: str, data: str, *, compute: str, repeats: int) -> dict:
     from benchmarks.resources import machine
     from cxr_core.data import NIHDataset
     from cxr_core.evaluation.metrics import auroc, macro_mean
-    from cxr_core.serving import Predictor, localization_records
+    from cxr_core.jobs import localization_records
+    from cxr_core.serving import Predictor
     from cxr_core.serving.precision import cpu_has_native_bfloat16
 
     reference = Predictor.from_bundle(bundle)

@@ -46,9 +46,9 @@ def measure(bundle: Path, *, n_boot: int = 1000) -> dict:
     from cxr_core.evaluation.clinical import flag_burden
     from cxr_core.evaluation.evaluate import reading_report
     from cxr_core.evaluation.flags import fit_flags
+    from cxr_core.evaluation.reading import ReadingPolicy
     from cxr_core.findings import FINDINGS
-    from cxr_core.serving.bundle_evaluation import read_predictions
-    from cxr_core.serving.reading import ReadingPolicy
+    from cxr_core.jobs.bundle_evaluation import read_predictions
 
     meta = json.loads((bundle / "bundle.json").read_text(encoding="utf-8"))
     table = read_predictions(bundle)

@@ -49,7 +49,7 @@ def main() -> None:
 
     if args.bundle:
         predictor = Predictor.from_bundle(args.bundle, compute=args.compute)
-        from cxr_core.learn.bundle import describe_model
+        from cxr_core.bundle.format import describe_model
 
         dtypes = ", ".join(f"{name} {dtype}" for name, dtype in predictor.compute_dtypes.items())
         label = f"bundle {args.bundle} ({describe_model(predictor.metadata)}; {dtypes})"

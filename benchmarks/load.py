@@ -86,7 +86,7 @@ from benchmarks.app_driver import (
 )
 from benchmarks.load_report import GOAL_P95_UPLOAD_S, write_report
 from benchmarks.resources import Sampler, busy_processes, machine
-from cxr_core.serving.reading import WITHHELD_NOTE
+from cxr_core.reporting.words import WITHHELD_NOTE
 
 CASES = 60  # cases in the benchmark's study: more than a session reads in a few minutes
 ERRORS_SHOWN = '[data-testid="stException"], [data-testid="stAlertContentError"]'

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_core.serving.ood import SCORE_KEYS, SCORES
+from cxr_core.screening.ood import SCORE_KEYS, SCORES
 
 GOAL_DETECTION, GOAL_FALSE_ALARM = 0.95, 0.02
 
@@ -172,7 +172,7 @@ def _text(rng, n: int) -> list[tuple[str, np.ndarray]]:
 def screen(predictor, images: list[tuple[str, np.ndarray]], batch_size: int = 16) -> list[dict]:
     """Each image as training.predict sees it: PNG bytes -> load_checked -> predict_screened."""
     from cxr_core.data.imageio import decode_image
-    from cxr_core.data.input_checks import rule_warnings
+    from cxr_core.screening.rules import rule_warnings
 
     rows = []
     for start in range(0, len(images), batch_size):
@@ -258,7 +258,7 @@ def _fmt(value, pattern: str) -> str:
 
 
 def _markdown(args, predictor, results, detection, false_alarm, n_ood, seconds) -> str:
-    from cxr_core.learn.bundle import describe_model
+    from cxr_core.bundle.format import describe_model
 
     entry = predictor.metadata.get("ood") or {}
     parts = {key: entry.get(key) or {} for key in ("grid", "layout", "scale")}
@@ -297,7 +297,7 @@ def _markdown(args, predictor, results, detection, false_alarm, n_ood, seconds) 
         + (", ".join(f"{k} {v:.2%}" for k, v in bounds.items()) or "n/a")
         + f" (<= {sum(bounds.values()):.2%} for the check by the union bound); "
         f"{_fmt(entry.get('val_warned'), '{:.1%}')} of the validation images are warned. "
-        "Simple rules (cxr_core.data.input_checks): short side < 256 px, width/height outside 0.6-1.7, nearly uniform.",
+        "Simple rules (cxr_core.screening.rules): short side < 256 px, width/height outside 0.6-1.7, nearly uniform.",
         "",
         "## Per category",
         "",

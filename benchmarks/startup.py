@@ -51,7 +51,7 @@ if mode in ("litert", "first"):
     from cxr_core.serving.predictor import Analysis  # noqa: F401
     mark("import the serving code (numpy, OpenCV, SciPy, pandas; no TensorFlow)")
     if mode == "first":
-        from cxr_core.learn.ensemble import load_bundle
+        from cxr_core.bundle.ensemble import load_bundle
         from cxr_core.serving.litert import find_serving_form
         find_serving_form(load_bundle(bundle_path, load_model=False))
         mark("put the serving forms the bundle ships into the empty cache (SHA-256 of each model.keras and of each form)")
@@ -62,7 +62,7 @@ if mode in ("litert", "first"):
 else:
     import keras  # noqa: F401  (TensorFlow)
     mark("import TensorFlow and Keras")
-    from cxr_core.learn.ensemble import load_bundle
+    from cxr_core.bundle.ensemble import load_bundle
     from cxr_core.serving import Predictor
     from cxr_core.serving.precision import member_compute_dtype  # noqa: F401
     compute = os.environ.get("CXR_ASSIST_COMPUTE", "").strip() or "auto"

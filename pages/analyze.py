@@ -6,12 +6,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from cxr_core.bundle.format import describe_model
 from cxr_core.errors import ImageReadError
 from cxr_core.findings import DISPLAY_NAMES
-from cxr_core.learn.bundle import describe_model
 from cxr_core.pacs import dicomweb
-from cxr_core.serving import overlays, report
-from cxr_core.serving.reading import BAND_LABELS, WITHHELD_NOTE, triage_words
+from cxr_core.reporting import overlays, report
+from cxr_core.reporting.words import BAND_LABELS, WITHHELD_NOTE, triage_words
 from pages import common
 
 DISPLAY_SIDE = 768  # pictures are drawn at most this size (the model saw far less)

@@ -1,7 +1,7 @@
 """Browse a dataset (the demo set, or an allowed NIH folder): labels, expert boxes and radiologists' labels against the model.
 
 The case view shows what Analyze shows (the triage verdict, then each finding's band at the bundle's default operating
-point, :mod:`cxr_core.serving.reading`) beside the NIH labels, with each flag's outcome against its label. Where the
+point, :mod:`cxr_core.evaluation.reading`) beside the NIH labels, with each flag's outcome against its label. Where the
 input check warns on the image, the model's output is withheld until the reader ticks "Show the model's output anyway".
 """
 
@@ -13,8 +13,8 @@ import streamlit as st
 from cxr_core.data import EXPERT_CATEGORIES, decode_image
 from cxr_core.evaluation import category_labels, category_scores, heatmap_to_boxes, iou
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
-from cxr_core.serving import overlays, report
-from cxr_core.serving.reading import BAND_LABELS, WITHHELD_NOTE, triage_words
+from cxr_core.reporting import overlays, report
+from cxr_core.reporting.words import BAND_LABELS, WITHHELD_NOTE, triage_words
 from pages import common
 
 PER_PAGE, COLUMNS, SIDE = 12, 6, 640

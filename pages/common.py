@@ -232,7 +232,7 @@ def serving_form_ready(path: Path) -> bool:
     and puts the forms the bundle ships into the serving cache when they are not there yet (~0.5 s, once a machine)."""
     if runtime_mode() == "keras":
         return False
-    from cxr_core.learn.ensemble import load_bundle
+    from cxr_core.bundle.ensemble import load_bundle
     from cxr_core.serving.litert import ServingFormError, find_serving_form
 
     with _SERVING_FORM_LOCK:  # the server start's and the warm-up's calls: the shipped forms are put together once

@@ -3,8 +3,8 @@
 import streamlit as st
 
 from cxr_core import __version__
+from cxr_core.bundle.format import describe_model
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
-from cxr_core.learn.bundle import describe_model
 from pages import common
 
 #: What each page is for, by its URL path (a page not named here is listed by its title alone).

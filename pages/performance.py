@@ -8,7 +8,7 @@ import streamlit as st
 from cxr_core.adaptation import read_site_report
 from cxr_core.evaluation import expert
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
-from cxr_core.serving import report
+from cxr_core.reporting import report
 from pages import common
 
 

@@ -15,8 +15,8 @@ from cxr_core.data import decode_image
 from cxr_core.errors import ImageReadError
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS, from_multi_hot, to_multi_hot
 from cxr_core.reader_study import REFERENCE_NAMES, REFERENCES, MissingCasesError
-from cxr_core.serving import overlays, report
-from cxr_core.serving.reading import BAND_LABELS, triage_words
+from cxr_core.reporting import overlays, report
+from cxr_core.reporting.words import BAND_LABELS, triage_words
 from pages import common
 
 st.title("Reader study")

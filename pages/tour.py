@@ -1,10 +1,10 @@
 """Guided tour: a dozen demo films that show where the model helps and where it fails, one at a time.
 
 Reads the tour stored with the model (``<bundle>/tour.json``, built by ``python -m training.tour``,
-:mod:`cxr_core.serving.tour`); nothing is chosen here. Each stop shows its computed caption, the reading as every
-other page words it (:mod:`cxr_core.serving.reading`), the film with NIH's expert boxes, the heatmap of the stop's
+:mod:`cxr_core.jobs.tour`); nothing is chosen here. Each stop shows its computed caption, the reading as every
+other page words it (:mod:`cxr_core.evaluation.reading`), the film with NIH's expert boxes, the heatmap of the stop's
 finding with the model's boxes (from an analysis of the film, cached), NIH's labels and the radiologists' labels where
-the film has them. The whole tour downloads as a PDF handout (:mod:`cxr_core.serving.tour_handout`).
+the film has them. The whole tour downloads as a PDF handout (:mod:`cxr_core.reporting.handout`).
 """
 
 from pathlib import Path
@@ -12,11 +12,12 @@ from pathlib import Path
 import streamlit as st
 
 from cxr_core.data import decode_image
+from cxr_core.evaluation.reading import ReadingPolicy
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
-from cxr_core.serving.reading import BAND_LABELS, WITHHELD_NOTE, ReadingPolicy, flag_words, triage_words
-from cxr_core.serving.tour import CATEGORIES, TOUR_FILE, bundle_fingerprint, read_tour
-from cxr_core.serving.tour_handout import radiologists_rows, stop_pictures, stop_reading
-from cxr_core.serving.tour_outputs import resolve_image
+from cxr_core.jobs.tour import CATEGORIES, TOUR_FILE, bundle_fingerprint, read_tour
+from cxr_core.reporting.handout import radiologists_rows, stop_pictures, stop_reading
+from cxr_core.reporting.tour_file import resolve_image
+from cxr_core.reporting.words import BAND_LABELS, WITHHELD_NOTE, flag_words, triage_words
 from pages import common
 
 st.title("Guided tour")
@@ -151,7 +152,7 @@ if absent:
 st.divider()
 tour_key = f"{tour.get('created')}:{tour.get('bundle', {}).get('fingerprint')}"
 if st.button("Prepare the PDF handout of the whole tour", key="tour_pdf_prepare"):
-    from cxr_core.serving.tour_handout import tour_pdf
+    from cxr_core.reporting.handout import tour_pdf
 
     analyze = None
     common.wait_until_ready()

@@ -35,8 +35,9 @@ def build_tiny_bundle(directory: Path, demo_root: Path, *, size: int = 64, seed:
     import keras
     import pandas as pd
 
+    from cxr_core.bundle import Bundle
     from cxr_core.data import NIHDataset, PreprocessConfig, make_split
-    from cxr_core.learn import Bundle, build_model
+    from cxr_core.learn import build_model
 
     keras.utils.set_random_seed(seed)
     dataset = NIHDataset(demo_root)
@@ -65,7 +66,7 @@ def build_tiny_ensemble(directory: Path, demo_root: Path) -> Path:
 
     The members are saved under ``directory / "runs"``; the ensemble is ``directory / "ensemble"``.
     """
-    from cxr_core.learn import assemble_ensemble
+    from cxr_core.bundle import assemble_ensemble
 
     members = [build_tiny_bundle(directory / "runs" / name, demo_root, size=size, seed=seed, mean=mean, logit_scale=40.0)
                for name, size, seed, mean, _ in TINY_MEMBERS]
@@ -77,7 +78,7 @@ def tiny_app_bundle(tmp_path_factory, demo_root: Path) -> Path:
     """The tiny evaluated bundle (one per process, however many test modules ask)."""
     with _lock:
         if "tiny" not in _built:
-            from cxr_core.serving import evaluate_bundle
+            from cxr_core.jobs import evaluate_bundle
 
             path = build_tiny_bundle(tmp_path_factory.mktemp("app_bundle") / "tiny", demo_root)
             evaluate_bundle(path, demo_root, n_boot=50, log=lambda line: None)
@@ -89,7 +90,7 @@ def tiny_app_ensemble(tmp_path_factory, demo_root: Path) -> Path:
     """The tiny ensemble, evaluated like a shipped bundle (one per process)."""
     with _lock:
         if "ensemble" not in _built:
-            from cxr_core.serving import evaluate_bundle
+            from cxr_core.jobs import evaluate_bundle
 
             path = build_tiny_ensemble(tmp_path_factory.mktemp("app_ensemble"), demo_root)
             evaluate_bundle(path, demo_root, n_boot=50, log=lambda line: None)

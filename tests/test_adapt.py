@@ -66,7 +66,7 @@ def real_member(tmp_path_factory, shared_nih):
     """The shipped MobileNetV2 member as a bundle of its own, evaluated on 80 validation and 40 test films."""
     if not (MEMBER / "bundle.json").is_file():
         pytest.skip("the shipped model's members are not there")
-    from cxr_core.serving import evaluate_bundle
+    from cxr_core.jobs import evaluate_bundle
 
     root = tmp_path_factory.mktemp("member")
     bundle = root / "bundle"
@@ -154,7 +154,7 @@ def test_a_fine_tune_on_shuffled_fit_labels_is_refused_and_writes_no_bundle(tmp_
 
 
 def test_a_written_bundle_is_a_normal_bundle_that_records_its_site(tmp_path, real_member, shared_nih):
-    from cxr_core.learn import Bundle
+    from cxr_core.bundle import Bundle
     from cxr_core.serving import Predictor
     from training.predict import main as predict_main
 
@@ -197,7 +197,7 @@ def test_the_command_line_reports_bad_input_in_one_line(tmp_path, tiny, site40, 
 
 def test_last_block_fine_tunes_above_the_cut_only(tmp_path, tiny, site40):
     from cxr_core.adaptation.finetune import _weights_digest
-    from cxr_core.learn import Bundle
+    from cxr_core.bundle import Bundle
 
     site_dir, labels = site40
     report = adapt_bundle(tiny, site_dir, labels, tmp_path / "out", fine_tune="last-block", epochs=2, learning_rate=1e-2,

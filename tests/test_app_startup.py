@@ -33,7 +33,7 @@ def _page_imports() -> set[str]:
 
 def test_pages_import_nothing_that_imports_tensorflow():
     modules = _page_imports()
-    assert "cxr_core.serving.report" in modules and "cxr_core.serving.reading" in modules
+    assert "cxr_core.reporting.report" in modules and "cxr_core.evaluation.reading" in modules
     code = ("import importlib, sys\n"
             f"for name in {sorted(modules)!r}:\n"
             "    importlib.import_module(name)\n"

@@ -18,15 +18,7 @@ import pytest
 
 from cxr_core.errors import ImageReadError
 from cxr_core.findings import FINDINGS
-from cxr_core.serving import (
-    Listing,
-    ShardMergeError,
-    merge_shards,
-    parse_shard,
-    predict_to_csv,
-    run_record_path,
-    stable_listing,
-)
+from cxr_core.jobs import Listing, ShardMergeError, merge_shards, parse_shard, predict_to_csv, run_record_path, stable_listing
 from tests.app_bundle import build_tiny_ensemble
 from tests.conftest import REPO_ROOT
 
@@ -84,7 +76,7 @@ def test_stable_listing_is_sorted_by_relative_path_and_shards_partition_it(tmp_p
 _RSS_PROBE = """
 import json, os, sys
 from tests.test_batch_shards import FakePredictor, _names
-from cxr_core.serving import predict_to_csv
+from cxr_core.jobs import predict_to_csv
 
 def rss():
     with open("/proc/self/statm") as f:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from cxr_core.serving.reading import WITHHELD_NOTE
+from cxr_core.reporting.words import WITHHELD_NOTE
 from tests.app_bundle import SHIPPED_BUNDLE, tiny_app_bundle
 from tests.conftest import REPO_ROOT, SHARED_DICOM
 

@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cxr_core.bundle import Bundle, BundleError, load_weights_into
 from cxr_core.data import PreprocessConfig
 from cxr_core.findings import FINDINGS
-from cxr_core.learn import Bundle, BundleError, build_model, load_weights_into
+from cxr_core.learn import build_model
 
 SIZE = 48
 

@@ -3,7 +3,7 @@
 A bundle is copied to other machines: a path such as ``/home/someone/cache``
 means nothing there and leaks the writer's folders. Training writes the data
 or cache location and its configuration (data, cache, out folders) into
-``bundle.json``; :func:`cxr_core.learn.bundle.portable_path` keeps them
+``bundle.json``; :func:`cxr_core.bundle.format.portable_path` keeps them
 relative (to the working folder) or reduces them to the folder name.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cxr_core.learn import Bundle, portable_path
+from cxr_core.bundle import Bundle, portable_path
 from tests.conftest import REPO_ROOT
 
 

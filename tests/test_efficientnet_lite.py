@@ -219,8 +219,8 @@ def test_freeze_batchnorm_is_a_config_key():
 
 
 def test_a_tiny_lite0_recipe_runs_through_the_harness(demo_root, tmp_path):
+    from cxr_core.bundle.format import Bundle
     from cxr_core.experiments.harness import run_grid
-    from cxr_core.learn.bundle import Bundle
 
     recipe = tmp_path / "tiny_lite0.toml"
     recipe.write_text(f"""data = "{demo_root.as_posix()}"

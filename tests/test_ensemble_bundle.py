@@ -16,11 +16,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cxr_core.bundle import Bundle, BundleError, EnsembleBundle, assemble_ensemble, describe_model, load_bundle
 from cxr_core.data import NIHDataset, decode_image, preprocess
 from cxr_core.evaluation import fit_calibration
 from cxr_core.findings import FINDINGS
-from cxr_core.learn import Bundle, BundleError, EnsembleBundle, assemble_ensemble, describe_model, load_bundle
-from cxr_core.serving import Predictor, gradcam_plus_plus_per_finding, predict_files, resize_map
+from cxr_core.jobs import predict_files
+from cxr_core.serving import Predictor, gradcam_plus_plus_per_finding, resize_map
 from tests.app_bundle import TINY_MEMBERS, build_tiny_bundle, build_tiny_ensemble, tiny_app_ensemble
 from tests.test_bundle_paths import assert_portable
 
@@ -241,7 +242,7 @@ def test_ensemble_command_and_float16(ensemble, tmp_path, capsys):
 
 
 def test_reports_describe_the_ensemble(tmp_path_factory, demo_root):
-    from cxr_core.serving import json_report, model_summary, pdf_report
+    from cxr_core.reporting import json_report, model_summary, pdf_report
 
     evaluated = tiny_app_ensemble(tmp_path_factory, demo_root)
     predictor = Predictor.from_bundle(evaluated)

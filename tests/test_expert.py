@@ -209,7 +209,7 @@ def demo_with_expert_file(tmp_path, demo_root):
 
 
 def test_evaluate_bundle_writes_the_expert_blocks(tmp_path, demo_with_expert_file):
-    from cxr_core.serving import evaluate_bundle
+    from cxr_core.jobs import evaluate_bundle
     from tests.app_bundle import build_tiny_bundle
 
     bundle = build_tiny_bundle(tmp_path / "bundle", demo_with_expert_file)
@@ -234,7 +234,7 @@ def test_evaluate_bundle_writes_the_expert_blocks(tmp_path, demo_with_expert_fil
 
 
 def test_expert_file_given_by_path_and_failures_never_break_evaluation(tmp_path, demo_root):
-    from cxr_core.serving import evaluate_bundle
+    from cxr_core.jobs import evaluate_bundle
     from tests.app_bundle import build_tiny_bundle
     from training.evaluate import main
 

@@ -27,7 +27,7 @@ def expert_root(tmp_path_factory, demo_root):
 
 @pytest.fixture(scope="module")
 def expert_bundle(tmp_path_factory, expert_root):
-    from cxr_core.serving import evaluate_bundle
+    from cxr_core.jobs import evaluate_bundle
     from tests.app_bundle import build_tiny_bundle
 
     bundle = build_tiny_bundle(tmp_path_factory.mktemp("expert_bundle") / "tiny", expert_root)

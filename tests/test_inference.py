@@ -108,7 +108,7 @@ def test_predict_command_lists_unreadable_files(tiny_bundle, demo_root, tmp_path
 
 
 def test_evaluate_fits_on_validation_then_applies_elsewhere(tiny_bundle, demo_root, tmp_path):
-    from cxr_core.serving import evaluate_bundle
+    from cxr_core.jobs import evaluate_bundle
 
     report = evaluate_bundle(tiny_bundle, demo_root, n_boot=50, log=lambda line: None)
     assert report["data"]["mode"] == "fit"
@@ -143,8 +143,8 @@ def test_evaluate_fits_on_validation_then_applies_elsewhere(tiny_bundle, demo_ro
 def test_predict_writes_the_reading_columns_and_a_worklist(tiny_bundle, demo_root, tmp_path):
     """abnormal/triage/flagged follow the bundle's reading policy; the worklist puts not-assessed films first, then
     the most abnormal."""
-    from cxr_core.serving import evaluate_bundle
-    from cxr_core.serving.reading import ReadingPolicy
+    from cxr_core.evaluation.reading import ReadingPolicy
+    from cxr_core.jobs import evaluate_bundle
     from training.predict import main
 
     if "triage" not in json.loads((tiny_bundle / "bundle.json").read_text()):  # run alone: fit what evaluation fits
@@ -186,7 +186,7 @@ def test_worklist_refuses_a_file_that_is_not_a_prediction_csv(tmp_path):
     other.write_text("a,b\n1,2\n")
     # --merge of a non-shard fails first with its own message; the worklist reader is tested directly
     from cxr_core.errors import DataFormatError
-    from cxr_core.serving import write_worklist
+    from cxr_core.jobs import write_worklist
 
     with pytest.raises(DataFormatError, match="not a prediction CSV"):
         write_worklist(other, tmp_path / "w.csv")
@@ -198,7 +198,7 @@ def test_an_older_bundle_loads_falls_back_to_youden_and_evaluation_fits_what_is_
     evaluating it on its own data adds them."""
     import shutil
 
-    from cxr_core.serving import evaluate_bundle
+    from cxr_core.jobs import evaluate_bundle
 
     old = tmp_path / "old"
     shutil.copytree(tiny_bundle, old)

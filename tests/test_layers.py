@@ -1,6 +1,9 @@
 """cxr_core's layers, checked on the source (ast), imports inside functions included.
 
-    findings, errors (the shared vocabulary) <- data <- learn <- evaluation <- serving <- experiments, adaptation, pacs
+    findings, errors (the shared vocabulary) <- data <- bundle (the format) <- learn <- evaluation
+    data, bundle <- screening (the input check)
+    learn, evaluation, screening <- serving (the model runtime) <- reporting (output for people) <- jobs (offline)
+    jobs <- experiments, adaptation; reporting <- pacs
     reader_study uses data and evaluation only
 
 An import may point down or sideways, never up; nothing in cxr_core imports
@@ -29,14 +32,25 @@ CORE = REPO_ROOT / "cxr_core"
 LAYERS: dict[str, frozenset[str]] = {
     "core": frozenset({"core"}),
     "data": frozenset({"core", "data"}),
-    "learn": frozenset({"core", "data", "learn"}),
-    "evaluation": frozenset({"core", "data", "learn", "evaluation"}),
-    "serving": frozenset({"core", "data", "learn", "evaluation", "serving"}),
-    "experiments": frozenset({"core", "data", "learn", "evaluation", "serving", "experiments"}),
+    # The bundle format: what learn writes and serving reads, with the layer-name contract.
+    "bundle": frozenset({"core", "data", "bundle"}),
+    "learn": frozenset({"core", "data", "bundle", "learn"}),
+    "evaluation": frozenset({"core", "data", "bundle", "learn", "evaluation"}),
+    # The input check: rules, intensity, the learned check on a member's features.
+    "screening": frozenset({"core", "data", "bundle", "screening"}),
+    # The model runtime: a bundle's members run on an image, screened, read.
+    "serving": frozenset({"core", "data", "bundle", "learn", "evaluation", "screening", "serving"}),
+    # Output for people: words, overlays, reports, the tour's file and handout.
+    "reporting": frozenset({"core", "data", "bundle", "evaluation", "serving", "reporting"}),
+    # Offline jobs that run a bundle over many films (predict, evaluate, tour, fit the input check).
+    "jobs": frozenset({"core", "data", "bundle", "learn", "evaluation", "screening", "serving", "reporting", "jobs"}),
+    "experiments": frozenset({"core", "data", "bundle", "learn", "evaluation", "screening", "serving", "jobs",
+                              "experiments"}),
     # A site's own films: local validation, refitted operating points, fine-tuning (python -m training.adapt).
-    "adaptation": frozenset({"core", "data", "learn", "evaluation", "serving", "adaptation"}),
+    "adaptation": frozenset({"core", "data", "bundle", "learn", "evaluation", "screening", "serving", "reporting",
+                             "jobs", "adaptation"}),
     # The DICOM node: films from a PACS in, standard results (SR, Secondary Capture) back (python -m training.node).
-    "pacs": frozenset({"core", "data", "learn", "evaluation", "serving", "pacs"}),
+    "pacs": frozenset({"core", "data", "bundle", "learn", "evaluation", "screening", "serving", "reporting", "pacs"}),
     "reader_study": frozenset({"core", "data", "evaluation", "reader_study"}),
 }
 SUBPACKAGES = frozenset(LAYERS) - {"core"}
@@ -221,13 +235,13 @@ def test_the_circle_check_catches_what_it_should(modules, circle):
     ("cxr_core.evaluation.metrics", "from ..serving.predictor import Predictor", True),
     ("cxr_core.reader_study.store", "from cxr_core.learn import Bundle", True),
     ("cxr_core.reader_study.store", "from cxr_core import serving", True),
-    ("cxr_core.serving.batch", "def f():\n    from cxr_core.experiments.harness import run_grid", True),
+    ("cxr_core.jobs.batch", "def f():\n    from cxr_core.experiments.harness import run_grid", True),
     ("cxr_core.experiments.harness", "from cxr_core.serving.predictor import Predictor\nfrom cxr_core.learn.engine import train", False),
     ("cxr_core.findings", "from cxr_core.data import NIHDataset", True),
-    ("cxr_core.serving.report", "import streamlit as st", True),
+    ("cxr_core.reporting.report", "import streamlit as st", True),
     ("cxr_core.learn.config", "def f():\n    import argparse", True),
     ("cxr_core.data.imageio", "from training.predict import main", True),
-    ("cxr_core.serving.predictor", "from cxr_core.learn.bundle import Bundle\nfrom cxr_core.evaluation import Calibration", False),
+    ("cxr_core.serving.predictor", "from cxr_core.bundle.format import Bundle\nfrom cxr_core.evaluation import Calibration", False),
     ("cxr_core.reader_study.analysis", "from cxr_core.evaluation.metrics import auroc\nfrom .records import PHASES", False),
     ("cxr_core.learn.engine", "from cxr_core import __version__\nfrom cxr_core.findings import FINDINGS", False),
 ])

@@ -37,7 +37,7 @@ SHIPPED = REPO_ROOT / "models" / "default"
 @pytest.fixture(scope="module")
 def ensemble(tmp_path_factory, demo_root) -> Path:
     """The tiny two-member ensemble, its 48 px member with six test-time views."""
-    from cxr_core.learn import assemble_ensemble
+    from cxr_core.bundle import assemble_ensemble
 
     root = tmp_path_factory.mktemp("litert")
     members = [build_tiny_bundle(root / "runs" / name, demo_root, size=size, seed=seed, mean=mean, logit_scale=40.0)
@@ -62,7 +62,7 @@ def _films(demo_root, n=3) -> list[str]:
 def test_closed_form_maps_equal_the_tensorflow_engine(ensemble, method, signed):
     """Features after a ReLU (the members') and signed ones; a zero kernel column (no gradient) and an all-negative
     one (no positive evidence) among the 14: the closed form and the TensorFlow engine give the same maps."""
-    from cxr_core.learn import Bundle
+    from cxr_core.bundle import Bundle
 
     model = Bundle.load(ensemble / "members" / "a64").model
     kernel = np.asarray(model.get_layer("logits").kernel).copy()
@@ -90,7 +90,7 @@ def test_closed_form_maps_equal_the_tensorflow_engine(ensemble, method, signed):
 def test_a_head_the_closed_form_does_not_cover_is_refused(ensemble, tmp_path):
     import keras
 
-    from cxr_core.learn import Bundle
+    from cxr_core.bundle import Bundle
     from cxr_core.serving.litert import export_member
 
     model = Bundle.load(ensemble / "members" / "a64").model
@@ -134,8 +134,8 @@ def test_forms_are_named_by_the_model_they_came_from(ensemble, tmp_path, demo_ro
     """A member replaced after its conversion is never served by the old form: auto runs Keras until it is rebuilt."""
     import shutil
 
-    from cxr_core.learn import Bundle
-    from cxr_core.learn.ensemble import load_bundle
+    from cxr_core.bundle import Bundle
+    from cxr_core.bundle.ensemble import load_bundle
 
     copy = Path(shutil.copytree(ensemble, tmp_path / "ensemble"))
     cache = tmp_path / "cache"
@@ -299,8 +299,8 @@ def test_a_shipped_form_of_a_replaced_member_is_not_used(shipped, tmp_path):
     from weights it was not cut for."""
     import shutil
 
-    from cxr_core.learn import Bundle
-    from cxr_core.learn.ensemble import load_bundle
+    from cxr_core.bundle import Bundle
+    from cxr_core.bundle.ensemble import load_bundle
 
     copy = Path(shutil.copytree(shipped, tmp_path / "ensemble"))
     member = Bundle.load(copy / "members" / "a64")
@@ -327,7 +327,7 @@ def test_a_shipped_form_of_a_replaced_member_is_not_used(shipped, tmp_path):
 def test_a_damaged_shipped_form_is_refused_then_converted(shipped, tmp_path, damage, message):
     import shutil
 
-    from cxr_core.learn.ensemble import load_bundle
+    from cxr_core.bundle.ensemble import load_bundle
 
     copy = Path(shutil.copytree(shipped, tmp_path / "ensemble"))
     damage(copy / "members" / "b48" / "serving")
@@ -345,7 +345,7 @@ def test_a_damaged_shipped_form_is_refused_then_converted(shipped, tmp_path, dam
 def test_the_shipped_model_ships_the_serving_form_of_each_member():
     """models/default carries every member's recipe, cut from the model.keras it holds now (after retraining a
     member: python -m training.export_serving --ship), in well under the 40 MB the repository may grow by."""
-    from cxr_core.learn.ensemble import load_bundle
+    from cxr_core.bundle.ensemble import load_bundle
 
     bundle = load_bundle(SHIPPED, load_model=False)
     stale = [m.name for m in bundle.members

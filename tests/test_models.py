@@ -6,9 +6,10 @@ import keras
 import numpy as np
 import pytest
 
+from cxr_core.bundle.layer_names import model_input_size
 from cxr_core.data import PreprocessConfig
 from cxr_core.findings import FINDINGS
-from cxr_core.learn import BACKBONES, build_model, iter_layers, model_input_size
+from cxr_core.learn import BACKBONES, build_model, iter_layers
 
 NAMED = ("image", "features", "pool", "dropout", "logits", "probabilities")
 

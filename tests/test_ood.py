@@ -21,11 +21,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from cxr_core.bundle.format import Bundle, read_metadata
 from cxr_core.data import NIHDataset, decode_image
-from cxr_core.data.input_checks import ASPECT_RANGE, MIN_SHORT_SIDE, rule_warnings
-from cxr_core.learn.bundle import Bundle, read_metadata
-from cxr_core.serving import Predictor, json_report, predict_to_csv
-from cxr_core.serving.ood import (
+from cxr_core.jobs import predict_to_csv
+from cxr_core.jobs.ood_fit import fit_ood
+from cxr_core.reporting import json_report
+from cxr_core.screening.ood import (
     OOD_KEY,
     OOD_WARNING,
     PPCA,
@@ -36,7 +37,8 @@ from cxr_core.serving.ood import (
     pooled,
     spectrum_profile,
 )
-from cxr_core.serving.ood_fit import fit_ood
+from cxr_core.screening.rules import ASPECT_RANGE, MIN_SHORT_SIDE, rule_warnings
+from cxr_core.serving import Predictor
 from tests.app_bundle import build_tiny_bundle
 
 # -- the simple rules on synthetic images ----------------------------------------
@@ -300,7 +302,7 @@ def test_json_report_carries_the_check(predictor):
 
 
 def test_pdf_report_shows_the_learned_warning(predictor):
-    from cxr_core.serving import pdf_report
+    from cxr_core.reporting import pdf_report
     from tests.test_report import _pdf_text
 
     noise = np.random.default_rng(4).random((320, 320)).astype(np.float32)
@@ -332,7 +334,7 @@ def test_analyze_page_shows_the_learned_warning_and_withholds_the_findings_until
 
 
 def test_evaluate_fits_the_check_only_when_asked(tmp_path, demo_root):
-    from cxr_core.serving import evaluate_bundle
+    from cxr_core.jobs import evaluate_bundle
 
     bundle = build_tiny_bundle(tmp_path / "b", demo_root)
     evaluate_bundle(bundle, demo_root, n_boot=10, localization=False, expert_labels=False, log=lambda line: None)

@@ -1,11 +1,11 @@
-"""cxr_core.serving.overlays: window/level, heatmap colouring and blending, boxes."""
+"""cxr_core.reporting.overlays: window/level, heatmap colouring and blending, boxes."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from cxr_core.serving import overlays
+from cxr_core.reporting import overlays
 
 
 def test_window_level_identity_and_contrast():

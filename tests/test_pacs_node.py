@@ -110,7 +110,8 @@ def _dciodvfy(ds, folder: Path) -> str:
 @pytest.fixture(scope="module")
 def predictions():
     """training.predict's rows (the same code path and bundle) for files, by file name."""
-    from cxr_core.serving import Predictor, predict_files
+    from cxr_core.jobs import predict_files
+    from cxr_core.serving import Predictor
 
     predictor = Predictor.from_bundle(REPO_ROOT / "models" / "default")
 

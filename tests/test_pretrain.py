@@ -128,7 +128,8 @@ def test_pretraining_writes_a_trunk_that_training_starts_from(demo_cache, trunk,
         np.testing.assert_array_equal(stem.get_weights()[0], trunk["Conv1/0"])
         assert "logits/0" not in trunk.files
 
-    from cxr_core.learn import Bundle, train
+    from cxr_core.bundle import Bundle
+    from cxr_core.learn import train
 
     bundle_dir = train(config)
     bundle = Bundle.load(bundle_dir)
@@ -140,7 +141,7 @@ def test_pretraining_writes_a_trunk_that_training_starts_from(demo_cache, trunk,
     fine_tune = bundle.training["history"]["seconds"]
     assert _training_stats(bundle)[1] == pytest.approx(fine_tune + record["seconds"])  # the harness's wall column
 
-    from cxr_core.learn import assemble_ensemble, load_bundle
+    from cxr_core.bundle import assemble_ensemble, load_bundle
     from tools.model_card import network_text
 
     ensemble = assemble_ensemble([bundle_dir, bundle_dir], tmp_path / "ens", names=["ssl_a", "ssl_b"])

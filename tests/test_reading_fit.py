@@ -13,10 +13,11 @@ import pytest
 from cxr_core.evaluation.clinical import flag_burden, rates, wilson_interval
 from cxr_core.evaluation.evaluate import reading_report
 from cxr_core.evaluation.flags import BELOW, FLAG, NOT_SET, POSSIBLE, FindingFlags, fit_flags
+from cxr_core.evaluation.reading import ReadingPolicy
 from cxr_core.evaluation.thresholds import threshold_at_sensitivity, threshold_at_specificity
 from cxr_core.evaluation.triage import ABNORMAL, NO_FINDING_LIKELY, NOT_ASSESSED, Triage, fit_triage, noisy_or
 from cxr_core.findings import FINDINGS
-from cxr_core.serving.reading import ReadingPolicy, flag_words, triage_words
+from cxr_core.reporting.words import flag_words, triage_words
 
 
 def synthetic_split(n: int, seed: int, *, hernia_positives: int | None = None):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cxr_core.data import NIHDataset
-from cxr_core.serving.reading import WITHHELD_NOTE
+from cxr_core.reporting.words import WITHHELD_NOTE
 from tests.app_bundle import tiny_app_bundle
 from tests.test_app_pages import _quiet_env, app, count, png_bytes  # noqa: F401 - _quiet_env is an autouse fixture
 

@@ -1,4 +1,4 @@
-"""cxr_core.serving.report: findings rows, the JSON report and the PDF report of one analysis."""
+"""cxr_core.reporting.report: findings rows, the JSON report and the PDF report of one analysis."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 
 from cxr_core.data import DecodedImage
 from cxr_core.findings import FINDINGS
-from cxr_core.serving import DISCLAIMER, Analysis, findings_rows, json_report, model_summary, pdf_report
+from cxr_core.reporting import DISCLAIMER, findings_rows, json_report, model_summary, pdf_report
+from cxr_core.serving import Analysis
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +142,7 @@ def test_pdf_report_pages_and_text(analysis):
 
 
 def test_heatmap_picture_is_shrunk_and_boxed(analysis):
-    from cxr_core.serving import heatmap_picture
+    from cxr_core.reporting import heatmap_picture
 
     picture = heatmap_picture(analysis, "Mass", max_side=150)
     assert picture.dtype == np.uint8 and picture.shape == (150, 120, 3)
@@ -151,7 +152,7 @@ def test_heatmap_picture_is_shrunk_and_boxed(analysis):
 
 
 def test_heatmap_method_is_what_the_bundle_records():
-    from cxr_core.serving.report import heatmap_method
+    from cxr_core.reporting.report import heatmap_method
 
     assert heatmap_method(None) == "Grad-CAM++"  # bundles from before the key
     assert heatmap_method({"explanation": {"method": "gradcam"}}) == "Grad-CAM"

@@ -16,7 +16,7 @@ from cxr_core.evaluation.calibration import Calibration
 from cxr_core.evaluation.flags import FindingFlags, fit_flags
 from cxr_core.evaluation.triage import Triage, fit_triage
 from cxr_core.findings import FINDINGS
-from cxr_core.serving.bundle_evaluation import read_predictions
+from cxr_core.jobs.bundle_evaluation import read_predictions
 from tests.conftest import REPO_ROOT
 
 SHIPPED = REPO_ROOT / "models" / "default"

@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cxr_core.bundle import Bundle
 from cxr_core.findings import FINDINGS
-from cxr_core.learn import Bundle, TrainConfig, build_model, train
+from cxr_core.learn import TrainConfig, build_model, train
 from cxr_core.learn.linear_head import box_masks
 from cxr_core.learn.top_finetune import finetune_top, split_model
 

@@ -18,9 +18,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from cxr_core.data import NIHDataset, read_expert_labels
+from cxr_core.evaluation.reading import ReadingPolicy
 from cxr_core.findings import FINDINGS
-from cxr_core.serving.reading import ReadingPolicy
-from cxr_core.serving.tour import (
+from cxr_core.jobs.tour import (
     CATEGORIES,
     SMALL_BOX_SHARE,
     TOUR_FILE,
@@ -31,7 +31,7 @@ from cxr_core.serving.tour import (
     read_tour,
     select_tour,
 )
-from cxr_core.serving.tour_outputs import EXCLUDED_SPLITS, BoxScore, FilmOutput, box_scores
+from cxr_core.jobs.tour_outputs import EXCLUDED_SPLITS, BoxScore, FilmOutput, box_scores
 from tests.app_bundle import SHIPPED_BUNDLE, tiny_app_bundle
 from tests.conftest import REPO_ROOT, SHARED_NIH
 
@@ -191,7 +191,7 @@ def test_every_stored_stop_matches_the_data(shipped_tour, demo_root):
     """Each stop's film, labels, split, probabilities, reading and caption against the demo set, the bundle's split and
     its stored evaluation predictions (predictions.csv.gz, written by training.evaluate)."""
     from cxr_core.evaluation.calibration import Calibration
-    from cxr_core.serving.bundle_evaluation import read_predictions
+    from cxr_core.jobs.bundle_evaluation import read_predictions
 
     dataset = NIHDataset(demo_root)
     rows = dataset.csv.set_index("image")
@@ -268,8 +268,8 @@ def test_every_stored_stop_matches_the_data(shipped_tour, demo_root):
 
 def test_the_stored_heatmap_numbers_and_the_refusal_hold_when_the_model_runs_again(shipped_tour, demo_root):
     """The shipped model analyses the boxed stops again: the stored localisation numbers; and the photograph is refused."""
+    from cxr_core.reporting.tour_file import resolve_image
     from cxr_core.serving import Predictor
-    from cxr_core.serving.tour_outputs import resolve_image
 
     predictor = Predictor.from_bundle(SHIPPED_BUNDLE)
     dataset = NIHDataset(demo_root)
@@ -297,7 +297,7 @@ def test_the_stored_heatmap_numbers_and_the_refusal_hold_when_the_model_runs_aga
 @pytest.fixture(scope="module")
 def tiny_tour_bundle(tmp_path_factory, demo_root):
     """A copy of the tiny evaluated bundle with its tour built (the shared bundle stays as it is)."""
-    from cxr_core.serving.tour import build_tour
+    from cxr_core.jobs.tour import build_tour
 
     bundle = tmp_path_factory.mktemp("tour_bundle") / "tiny"
     shutil.copytree(tiny_app_bundle(tmp_path_factory, demo_root), bundle)
@@ -306,8 +306,8 @@ def tiny_tour_bundle(tmp_path_factory, demo_root):
 
 
 def test_the_tiny_bundle_tour_keeps_the_rules(tiny_tour_bundle, demo_root):
+    from cxr_core.jobs.tour_outputs import gather_outputs, package_photographs
     from cxr_core.serving import Predictor
-    from cxr_core.serving.tour_outputs import gather_outputs, package_photographs
 
     tour = read_tour(tiny_tour_bundle)
     predictor = Predictor.from_bundle(tiny_tour_bundle)
@@ -334,8 +334,8 @@ def test_the_tiny_bundle_tour_keeps_the_rules(tiny_tour_bundle, demo_root):
 
 
 def test_the_handout_pdf_has_a_page_per_stop(tiny_tour_bundle, demo_root):
+    from cxr_core.reporting.handout import tour_pdf
     from cxr_core.serving import Predictor
-    from cxr_core.serving.tour_handout import tour_pdf
     from tests.test_report import _pdf_text
 
     tour = read_tour(tiny_tour_bundle)
@@ -352,7 +352,7 @@ def test_the_handout_pdf_has_a_page_per_stop(tiny_tour_bundle, demo_root):
 
 def test_the_shipped_handout_names_every_stop(shipped_tour, demo_root):
     """The shipped tour's handout without the model (pictures and expert boxes only): every stop and absent category."""
-    from cxr_core.serving.tour_handout import tour_pdf
+    from cxr_core.reporting.handout import tour_pdf
     from tests.test_report import _pdf_text
 
     pdf = tour_pdf(shipped_tour, SHIPPED_META, dataset=NIHDataset(demo_root))

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from cxr_core.bundle import Bundle
 from cxr_core.data import NIHDataset, PatientLeakError, assert_patient_disjoint, make_split, preprocess
 from cxr_core.findings import FINDINGS
 from cxr_core.learn import (
-    Bundle,
     TrainConfig,
     WarmupCosine,
     choose_strategy,

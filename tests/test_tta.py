@@ -15,9 +15,9 @@ import keras
 import numpy as np
 import pytest
 
+from cxr_core.bundle import Bundle, BundleError, assemble_ensemble, describe_model
 from cxr_core.data import NIHDataset, preprocess
 from cxr_core.experiments.harness import read_recipe
-from cxr_core.learn import Bundle, BundleError, assemble_ensemble, describe_model
 from cxr_core.serving import Predictor
 from cxr_core.serving.members import Member
 from cxr_core.serving.tta import CROP_FRACTION, crop_views, mean_over_views

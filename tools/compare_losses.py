@@ -26,7 +26,8 @@ def main() -> None:
     parser.add_argument("--out", default="docs/loss_comparison.md")
     args = parser.parse_args()
 
-    from cxr_core.learn import Bundle, TrainConfig, train
+    from cxr_core.bundle import Bundle
+    from cxr_core.learn import TrainConfig, train
 
     rows = []
     for loss in LOSSES:

@@ -106,8 +106,8 @@ def member_logits(bundle: Path, views: int, paths: list[str], cache: Path) -> np
         stored = np.load(target, allow_pickle=False)
         if json.loads(str(stored["key"])) == key:
             return stored["logits"]
-    from cxr_core.learn.bundle import Bundle
-    from cxr_core.serving.bundle_evaluation import predict_rows
+    from cxr_core.bundle.format import Bundle
+    from cxr_core.jobs.bundle_evaluation import predict_rows
     from cxr_core.serving.predictor import Member, Predictor
 
     loaded = Bundle.load(bundle)
@@ -137,9 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from cxr_core.bundle.format import Bundle
     from cxr_core.data.dataset import NIHDataset
     from cxr_core.experiments.harness import read_recipe, recipe_bundle
-    from cxr_core.learn.bundle import Bundle
 
     runs = Path(args.runs)
     recipes = {r.name: r for r in map(read_recipe, args.grid)}

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr_core.bundle.format import describe_model, explanation_method, input_sizes
 from cxr_core.evaluation.expert import expert_markdown
-from cxr_core.learn.bundle import describe_model, explanation_method, input_sizes
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 HEADLINE_START, HEADLINE_END = "<!-- headline:start -->", "<!-- headline:end -->"

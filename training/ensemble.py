@@ -7,7 +7,7 @@ Each member's model and training provenance are copied into
 ``<out>/members/<name>/``; the members must have been trained on the same
 split (refused otherwise). The ensemble averages the members' logits with the
 given weights (default equal); evaluation fits its calibration and thresholds
-after averaging. See ``cxr_core.learn.bundle`` for the format.
+after averaging. See ``cxr_core.bundle.format`` for the format.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from cxr_core.learn import assemble_ensemble, describe_model, read_metadata
+    from cxr_core.bundle import assemble_ensemble, describe_model, read_metadata
 
     try:
         out = assemble_ensemble(args.members, args.out, weights=args.weights, names=args.names, float16=args.float16,

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tqdm import tqdm
 
-    from cxr_core.serving import evaluate_bundle
+    from cxr_core.jobs import evaluate_bundle
 
     try:
         evaluate_bundle(

@@ -18,7 +18,7 @@ film like the validation films is beyond it with probability <= alpha. Both
 go into the bundle: an .npz file named by its content and the "ood" key of
 bundle.json, updated atomically, every other key kept. The app, the reports
 and training.predict then warn about images beyond any threshold; a bundle
-without the key gets the simple rules only. See cxr_core/serving/ood.py.
+without the key gets the simple rules only. See cxr_core/screening/ood.py.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tqdm import tqdm
 
-    from cxr_core.serving.ood_fit import fit_ood
+    from cxr_core.jobs.ood_fit import fit_ood
 
     try:
         fit_ood(args.bundle, args.data, components=args.components, false_alarm=args.false_alarm,

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--merge joins shard outputs; it takes no --shard")
     if not args.merge and not args.images:
         parser.error("--images is required (or --merge SHARD_CSV ...)")
-    from cxr_core.serving import merge_shards
+    from cxr_core.jobs import merge_shards
 
     def log(line: str) -> None:
         print(line, file=sys.stderr)
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 def _worklist(args) -> int:
     if not args.worklist:
         return 0
-    from cxr_core.serving import write_worklist
+    from cxr_core.jobs import write_worklist
 
     try:
         rows = write_worklist(args.out, args.worklist)
@@ -97,7 +97,8 @@ def _worklist(args) -> int:
 def _predict(args, log) -> int:
     from tqdm import tqdm
 
-    from cxr_core.serving import Predictor, errors_path, list_image_files, parse_shard, predict_to_csv, stable_listing
+    from cxr_core.jobs import errors_path, list_image_files, parse_shard, predict_to_csv, stable_listing
+    from cxr_core.serving import Predictor
 
     try:
         shard = parse_shard(args.shard) if args.shard else (0, 1)

@@ -11,7 +11,7 @@ read that file. Run it again whenever the bundle is re-evaluated (the page says
 when the stored tour was built for an earlier fitting). The radiologists'
 labels (Majkowska et al.) are looked for under --data unless --expert-labels
 names the file; without them the two disagreement stops are marked absent.
-See cxr_core/serving/tour.py.
+See cxr_core/jobs/tour.py.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tqdm import tqdm
 
-    from cxr_core.serving.tour import build_tour
+    from cxr_core.jobs.tour import build_tour
 
     try:
         build_tour(args.bundle, args.data, expert_labels=args.expert_labels, seed=args.seed,

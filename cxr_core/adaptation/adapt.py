@@ -66,11 +66,11 @@ from cxr_core.adaptation.site_data import (
     read_site,
     split_site,
 )
+from cxr_core.bundle.format import Bundle, bundle_sha256, portable_path
 from cxr_core.errors import ImageReadError
 from cxr_core.evaluation.clinical import rates
 from cxr_core.evaluation.evaluate import _json, evaluate_predictions, reading_report
 from cxr_core.findings import FINDINGS
-from cxr_core.learn.bundle import Bundle, bundle_sha256, portable_path
 from cxr_core.serving.shipped_form import SHIPPED_DIR
 
 REPORT_FILE = "report.json"
@@ -259,7 +259,7 @@ def adapt_bundle(
         FileNotFoundError, SiteDataError: the site's data is not usable (the message names the rows);
         ValueError: the bundle is not evaluated, or an option is out of range; BundleError: not a bundle.
     """
-    from cxr_core.learn.ensemble import load_bundle
+    from cxr_core.bundle.ensemble import load_bundle
     from cxr_core.serving.predictor import Predictor
 
     started = time.perf_counter()

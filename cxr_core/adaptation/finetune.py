@@ -127,8 +127,8 @@ def fine_tune_members(
     """Fine-tune every member of a loaded bundle in place on the fit part's films.
 
     Args:
-        bundle: a :class:`~cxr_core.learn.bundle.Bundle` or
-            :class:`~cxr_core.learn.ensemble.EnsembleBundle` loaded with its models.
+        bundle: a :class:`~cxr_core.bundle.format.Bundle` or
+            :class:`~cxr_core.bundle.ensemble.EnsembleBundle` loaded with its models.
         inputs: ``{size: uint8 (n, size, size)}``, the fit-part films at every member's input size.
         labels: fit-part labels (n, 14): 1, 0 or NaN.
         groups: patient id per film (the 80/20 split that chooses the epoch).

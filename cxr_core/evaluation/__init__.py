@@ -1,6 +1,6 @@
-"""Evaluation maths: per-finding metrics with patient-level bootstrap CIs, operating thresholds, calibration, localisation scoring, the comparison with radiologists' labels (expert), and the evaluation of a set of predictions.
+"""Evaluation maths: per-finding metrics with patient-level bootstrap CIs, operating thresholds, calibration, localisation scoring, the comparison with radiologists' labels (expert), the evaluation of a set of predictions, and the reading of one film (triage and flags at an operating point).
 
-Works on arrays and tables; it never loads a model (applying a bundle to data is cxr_core.serving.bundle_evaluation).
+Works on arrays and tables; it never loads a model (applying a bundle to data is cxr_core.jobs.bundle_evaluation).
 """
 
 from cxr_core._lazy import lazy_exports
@@ -17,4 +17,5 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "expert": ("EXPERT_MAPPING", "COMBINE_METHODS", "category_scores", "category_labels", "cohen_kappa", "label_audit",
                "expert_auroc", "expert_report", "reference_table", "audit_table", "expert_markdown"),
     "evaluate": ("evaluate_predictions", "localization_report", "PUBLISHED_AUROC"),
+    "reading": ("Reading", "ReadingPolicy"),
 })

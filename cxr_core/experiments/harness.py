@@ -9,7 +9,7 @@ keys) with an ``[experiment]`` table that training ignores::
     kind = "train"                       # or "ensemble" (members = [...]) or "bundle" (bundle = "...")
 
 ``kind = "ensemble"`` averages the bundles of other recipes (``members``,
-optional ``weights``) with :func:`cxr_core.learn.ensemble.assemble_ensemble`;
+optional ``weights``) with :func:`cxr_core.bundle.ensemble.assemble_ensemble`;
 ``kind = "bundle"`` scores an existing bundle (e.g. the model shipped before)
 as it is. Every row is measured on the VALIDATION split only: the test split
 is read once, for the shipped model, by ``training.evaluate``. A recipe whose
@@ -117,9 +117,9 @@ def recipe_bundle(recipe: Recipe, runs: Path) -> Path:
 
 def build_recipe(recipe: Recipe, recipes: dict[str, Recipe], *, runs: Path, retrain: bool = False) -> Path:
     """Train (or assemble) a recipe's bundle unless it exists; returns the bundle folder."""
+    from cxr_core.bundle.ensemble import assemble_ensemble
     from cxr_core.learn.config import TrainConfig
     from cxr_core.learn.engine import train
-    from cxr_core.learn.ensemble import assemble_ensemble
 
     target = recipe_bundle(recipe, runs)
     if recipe.kind == "bundle":
@@ -173,7 +173,7 @@ def validate_bundle(bundle: str | os.PathLike, data_root: str | os.PathLike, *, 
     from cxr_core.data.dataset import NIHDataset
     from cxr_core.evaluation.localization import localization_accuracy
     from cxr_core.evaluation.metrics import bootstrap_ci, macro_mean
-    from cxr_core.serving.bundle_evaluation import localization_records, predict_rows
+    from cxr_core.jobs.bundle_evaluation import localization_records, predict_rows
     from cxr_core.serving.predictor import Predictor
 
     predictor = Predictor.from_bundle(bundle)

@@ -14,7 +14,7 @@ Run folder (``config.out``)::
     checkpoints/last.keras      model + optimizer state after the last epoch (resume)
     checkpoints/best.weights.h5 weights of the best validation mean AUROC
     checkpoints/state.json      epoch reached, best score, early-stopping counter
-    bundle/                     the model bundle (:mod:`cxr_core.learn.bundle`)
+    bundle/                     the model bundle (:mod:`cxr_core.bundle.format`)
 """
 
 from __future__ import annotations
@@ -321,7 +321,7 @@ def _history_summary(log_file: Path, checkpoint: ResumableCheckpoint) -> dict:
 
 def _bundle_of(config: TrainConfig, data: TrainingData, model: keras.Model, training: dict):
     """The bundle of a finished run (model, preprocessing, data summary, provenance, explanation method)."""
-    from cxr_core.learn.bundle import Bundle, code_version
+    from cxr_core.bundle.format import Bundle, code_version
 
     if config.init_from:
         from cxr_core.learn.pretrain import read_record

@@ -31,12 +31,11 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+from cxr_core.bundle import layer_names
 from cxr_core.findings import FINDINGS
 
 log = logging.getLogger(__name__)
 
-FEATURES_LAYER = "features"
-LOGITS_LAYER = "logits"
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,7 @@ def feature_maps(model: keras.Model, batches, *, pooled_only: bool = True):
     """
     import tensorflow as tf
 
-    trunk = keras.Model(model.inputs[0], model.get_layer(FEATURES_LAYER).output)
+    trunk = keras.Model(model.inputs[0], model.get_layer(layer_names.FEATURES).output)
     run = tf.function(lambda x: trunk(x, training=False), reduce_retracing=True)
     pooled, maps = [], []
     for batch in batches:
@@ -180,7 +179,7 @@ def fit_linear_head(
     if not 0.0 <= label_smoothing < 1.0 or mixup_alpha < 0:
         raise ValueError(f"label_smoothing must lie in [0, 1) and mixup_alpha be >= 0, got {label_smoothing}, {mixup_alpha}")
     y = y * (1.0 - label_smoothing) + 0.5 * label_smoothing
-    dense = model.get_layer(LOGITS_LAYER)
+    dense = model.get_layer(layer_names.LOGITS)
     kernel_shape = tuple(dense.kernel.shape)
     if kernel_shape != (x.shape[1], len(FINDINGS)):
         raise ValueError(f"the logits layer takes {kernel_shape[0]} features, the cached ones have {x.shape[1]}")

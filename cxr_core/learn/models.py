@@ -1,6 +1,7 @@
 """Model builders: a grayscale chest film in, 14 finding probabilities out.
 
-Every builder returns a Functional Keras model with the same contract:
+Every builder returns a Functional Keras model with the same contract (the names
+are :mod:`cxr_core.bundle.layer_names`):
 
 * input ``"image"``: float32 ``(size, size, 1)``, the output of
   :func:`cxr_core.data.preprocessing.normalize` (``(x / 255 - mean) / std``);
@@ -37,17 +38,11 @@ from typing import Callable
 import keras
 from keras import layers
 
+from cxr_core.bundle import layer_names
 from cxr_core.data.preprocessing import PreprocessConfig
 from cxr_core.findings import FINDINGS
 from cxr_core.learn import efficientnet_lite
 from cxr_core.learn.layer_walk import iter_layers
-
-#: Layer names the rest of cxr-assist relies on.
-INPUT_NAME = "image"
-FEATURES_NAME = "features"
-POOL_NAME = "pool"
-LOGITS_NAME = "logits"
-PROBABILITIES_NAME = "probabilities"
 
 # ImageNet statistics used by the "torch" preprocessing mode of keras.applications
 # (DenseNet), in RGB order, and the BGR means of the "caffe" mode (ResNet).
@@ -352,7 +347,7 @@ def build_model(
         raise ValueError(f"{backbone} takes the gray image directly; rgb_stem must be False")
     preprocess = preprocess or PreprocessConfig(size=input_size)
 
-    inputs = keras.Input(shape=(input_size, input_size, 1), name=INPUT_NAME, dtype="float32")
+    inputs = keras.Input(shape=(input_size, input_size, 1), name=layer_names.INPUT, dtype="float32")
     if spec.constructor is None:
         if features_layer is not None:
             raise ValueError(f"features_layer is for keras.applications backbones, not {backbone}")
@@ -378,12 +373,12 @@ def build_model(
             include_top=False, weights=None, input_tensor=x, input_shape=(input_size, input_size, channels)
         )
         x = _feature_map(base, features_layer or spec.feature_layer, backbone)
-    features = layers.Identity(name=FEATURES_NAME)(x)
-    x = layers.GlobalAveragePooling2D(name=POOL_NAME)(features)
-    x = layers.Dropout(dropout, name="dropout")(x)
-    logits = layers.Dense(num_findings, name=LOGITS_NAME)(x)
+    features = layers.Identity(name=layer_names.FEATURES)(x)
+    x = layers.GlobalAveragePooling2D(name=layer_names.POOL)(features)
+    x = layers.Dropout(dropout, name=layer_names.DROPOUT)(x)
+    logits = layers.Dense(num_findings, name=layer_names.LOGITS)(x)
     # float32 so that mixed-precision training still outputs float32 probabilities.
-    probabilities = layers.Activation("sigmoid", dtype="float32", name=PROBABILITIES_NAME)(logits)
+    probabilities = layers.Activation("sigmoid", dtype="float32", name=layer_names.PROBABILITIES)(logits)
     model = keras.Model(inputs, probabilities, name=f"cxr_{backbone}")
     if packaged == "hed-vgg16":
         load_hed_vgg16_weights(model)
@@ -391,16 +386,3 @@ def build_model(
         efficientnet_lite.load_efficientnet_lite_weights(model, packaged)
     set_bn_momentum(model, bn_momentum)
     return model
-
-
-def model_input_size(model: keras.Model) -> int:
-    """Side of the square input of a cxr-assist model."""
-    shape = model.inputs[0].shape
-    if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 1:
-        raise ValueError(f"expected a (size, size, 1) gray input, got {tuple(shape)}")
-    return int(shape[1])
-
-
-def model_num_outputs(model: keras.Model) -> int:
-    """Number of output columns (14 for every cxr-assist model)."""
-    return int(model.outputs[0].shape[-1])

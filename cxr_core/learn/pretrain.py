@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr_core.bundle import layer_names
+
 log = logging.getLogger(__name__)
 
 PRETRAIN_FORMAT = "cxr-assist-pretrain"
@@ -251,7 +253,7 @@ def nt_xent(projections, temperature: float):
 def _trunk_layers(model):
     from cxr_core.learn.layer_walk import iter_layers
 
-    return [layer for layer in iter_layers(model) if layer.weights and layer.name != "logits"
+    return [layer for layer in iter_layers(model) if layer.weights and layer.name != layer_names.LOGITS
             and not hasattr(layer, "layers")]
 
 
@@ -386,7 +388,7 @@ def pretrain_simclr(config: PretrainConfig, *, overwrite: bool = False) -> Path:
     """
     import keras
 
-    from cxr_core.learn.bundle import code_version, portable_path
+    from cxr_core.bundle.format import code_version, portable_path
     from cxr_core.learn.callbacks import WarmupCosine
 
     cache = check_pretraining(config, overwrite=overwrite)

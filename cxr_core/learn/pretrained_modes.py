@@ -25,6 +25,7 @@ import keras
 import numpy as np
 import pandas as pd
 
+from cxr_core.bundle import layer_names
 from cxr_core.learn.config import TrainConfig
 from cxr_core.learn.selection import mean_auroc
 from cxr_core.learn.training_data import TrainingData
@@ -141,7 +142,7 @@ def train_linear_head(config: TrainConfig, data: TrainingData, out: Path, *, wri
                           box_loss_weight=config.box_loss_weight, label_smoothing=config.label_smoothing,
                           mixup_alpha=config.mixup_alpha, seed=config.seed, **box_args)
     # Score exactly as full training does: logits of the model's own head on validation.
-    kernel, bias = model.get_layer("logits").get_weights()
+    kernel, bias = model.get_layer(layer_names.LOGITS).get_weights()
     val_scores = val_features @ kernel + bias
     score, _ = mean_auroc(data.split_labels("val"), val_scores)
     trunk_seconds = float(arrays.get("trunk_seconds", extracted))

@@ -30,8 +30,8 @@ import time
 import keras
 import numpy as np
 
+from cxr_core.bundle import layer_names
 from cxr_core.findings import FINDINGS
-from cxr_core.learn.linear_head import FEATURES_LAYER, LOGITS_LAYER
 from cxr_core.learn.selection import mean_auroc
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def split_model(model: keras.Model, at: str) -> tuple[keras.Model, keras.Model]:
     except ValueError:
         raise ValueError(f"the model has no layer named {at!r} to fine-tune from") from None
     try:
-        upper = keras.Model(cut, [model.get_layer(FEATURES_LAYER).output, model.get_layer(LOGITS_LAYER).output],
+        upper = keras.Model(cut, [model.get_layer(layer_names.FEATURES).output, model.get_layer(layer_names.LOGITS).output],
                             name=f"{model.name}_above_{at}")
     except ValueError as error:
         raise ValueError(f"cannot fine-tune from {at!r}: the features do not depend on it only ({error})") from None
@@ -140,7 +140,7 @@ def finetune_top(
     use_boxes = box_loss_weight > 0 and has_box is not None and float(np.sum(has_box)) > 0
     if use_boxes and (box_masks is None or len(box_masks) != n or len(has_box) != n):
         raise ValueError("box_masks and has_box need one row per training activation")
-    kernel = upper.get_layer(LOGITS_LAYER).kernel
+    kernel = upper.get_layer(layer_names.LOGITS).kernel
     optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
     variables = upper.trainable_variables
 

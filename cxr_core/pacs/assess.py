@@ -16,7 +16,7 @@ from pydicom.uid import UID
 
 from cxr_core.errors import ImageReadError
 from cxr_core.pacs.assessment import Assessment
-from cxr_core.serving.reading import WITHHELD_NOTE
+from cxr_core.reporting.words import WITHHELD_NOTE
 
 #: SOP classes of the films the model reads: projection radiographs for presentation, and secondary captures
 #: (digitised films and NIH-style exports are secondary captures with Modality DX or CR).

@@ -1,7 +1,7 @@
 """What the node says about one film: the numbers its DICOM results carry.
 
 An :class:`Assessment` is the bridge between the :class:`~cxr_core.serving.predictor.Predictor`'s
-:class:`~cxr_core.serving.reading.Reading` and the DICOM objects built from it (:mod:`cxr_core.pacs.results`),
+:class:`~cxr_core.evaluation.reading.Reading` and the DICOM objects built from it (:mod:`cxr_core.pacs.results`),
 so the objects never see the model and the model never sees DICOM.
 """
 

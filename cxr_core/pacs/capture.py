@@ -1,7 +1,7 @@
 """The Secondary Capture cxr-assist returns beside its SR: the film, the map, the words, "NOT FOR CLINICAL USE".
 
 A viewer that shows no Structured Report still shows this picture. It is the film (windowed as every cxr-assist
-picture is, :mod:`cxr_core.serving.overlays`) with, when a finding is flagged, the Grad-CAM++ map of the most probable
+picture is, :mod:`cxr_core.reporting.overlays`) with, when a finding is flagged, the Grad-CAM++ map of the most probable
 flagged one blended over it; when nothing is flagged, the film alone ("the triage view"). Above it, a black band
 carries "NOT FOR CLINICAL USE" and the lines of text (triage, flags, what the map shows), burned into the pixels
 (``BurnedInAnnotation`` YES), so the film itself is not covered. A film that is not assessed gets no capture.
@@ -29,7 +29,7 @@ from cxr_core.pacs.results import (
     instance_number,
     private_coding_scheme,
 )
-from cxr_core.serving.overlays import blend_heatmap, fit_to, gray_to_rgb, window_level
+from cxr_core.reporting.overlays import blend_heatmap, fit_to, gray_to_rgb, window_level
 
 __all__ = ["SC_SERIES_DESCRIPTION", "STAMP", "heatmap_finding", "capture_lines", "capture_pixels", "build_sc"]
 
@@ -123,7 +123,7 @@ def capture_pixels(
         heatmap: a 2-D map in [0, 1] (any size; resized to the film) or None for the triage view.
         lines: the text lines (e.g. :func:`capture_lines`); long lines wrap.
         max_side: the picture's longer side, at most (text scales with the width).
-        alpha, level, width: the map's opacity and the film's window (:func:`~cxr_core.serving.overlays.blend_heatmap`).
+        alpha, level, width: the map's opacity and the film's window (:func:`~cxr_core.reporting.overlays.blend_heatmap`).
 
     Returns:
         ``uint8`` RGB ``(H, W, 3)``, ``max(H, W) <= max_side``.

@@ -33,7 +33,7 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import UID
 
-from cxr_core.learn.bundle import bundle_sha256
+from cxr_core.bundle.format import bundle_sha256
 from cxr_core.pacs.assess import FilmResult, assess_film
 from cxr_core.pacs.assessment import Assessment
 from cxr_core.pacs.capture import build_sc, capture_lines, capture_pixels
@@ -72,7 +72,7 @@ def image_storage_classes() -> list[str]:
 
 
 def bundle_fingerprint(bundle_dir: str | os.PathLike) -> str:
-    """The first 16 hex digits of the bundle's SHA-256 (:func:`cxr_core.learn.bundle.bundle_sha256`).
+    """The first 16 hex digits of the bundle's SHA-256 (:func:`cxr_core.bundle.format.bundle_sha256`).
 
     It names the model in the results (the SR's algorithm parameters) and
     seeds their UIDs: another model's results for a film are new objects,

@@ -25,9 +25,9 @@ from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
 from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
 from tf_keras_vis.utils.scores import CategoricalScore
 
+from cxr_core.bundle import layer_names
 from cxr_core.serving.maps import resize_map  # noqa: F401 - public here too (TensorFlow-free in maps)
 
-FEATURES_LAYER = "features"
 #: ``"gradcam++"`` (Chattopadhay et al. 2018, the default) or ``"gradcam"``
 #: (Selvaraju et al. 2017). For a head that is global average pooling and one
 #: Dense layer, Grad-CAM's weights are the Dense kernel / (h * w): it IS the
@@ -43,7 +43,7 @@ def _layer_index(model: keras.Model, name: str) -> int:
     raise ValueError(f"the model has no layer named {name!r}; explanations need the last conv activation named so")
 
 
-def split_model(model: keras.Model, *, features_layer: str = FEATURES_LAYER) -> tuple[keras.Model, keras.Model]:
+def split_model(model: keras.Model, *, features_layer: str = layer_names.FEATURES) -> tuple[keras.Model, keras.Model]:
     """Split a classifier into a backbone and a head at ``features_layer``.
 
     Args:
@@ -91,7 +91,7 @@ class HeadGradcamPlusPlus:
     """
 
     def __init__(
-        self, head: keras.Model, *, features_layer: str = FEATURES_LAYER, engine: str = "compiled", method: str = "gradcam++",
+        self, head: keras.Model, *, features_layer: str = layer_names.FEATURES, engine: str = "compiled", method: str = "gradcam++",
         compiled: bool = True,
     ) -> None:
         if engine not in {"compiled", "tf-keras-vis"}:
@@ -202,7 +202,7 @@ def _compiled_gradcam(linear_head: keras.Model, *, plus_plus: bool = True):
 
 
 def gradcam_plus_plus_per_finding(
-    model: keras.Model, image: np.ndarray, finding_index: int, *, features_layer: str = FEATURES_LAYER,
+    model: keras.Model, image: np.ndarray, finding_index: int, *, features_layer: str = layer_names.FEATURES,
     method: str = "gradcam++",
 ) -> np.ndarray:
     """The reference (slow) path: tf-keras-vis on the whole model for one finding.

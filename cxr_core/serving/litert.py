@@ -58,6 +58,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr_core.bundle import layer_names
 from cxr_core.serving.shipped_form import RecipeError, assemble, has_recipe, recipe_digest, write_recipe
 
 __all__ = [
@@ -176,7 +177,7 @@ def find_serving_form(bundle, *, cache: str | os.PathLike | None = None, install
     """Each member's serving form, for a bundle loaded without its models.
 
     Args:
-        bundle: a :class:`cxr_core.learn.bundle.Bundle` or ``EnsembleBundle``
+        bundle: a :class:`cxr_core.bundle.format.Bundle` or ``EnsembleBundle``
             (``load_bundle(path, load_model=False)`` is enough).
         cache: the cache folder (default :func:`cache_root`).
         install: put a member's form that the bundle ships (:mod:`cxr_core.serving.shipped_form`) into the cache
@@ -262,8 +263,8 @@ def _sweep_scratch(root: Path) -> None:
 
 
 def _model_file(folder: Path, meta: dict) -> Path:
-    """A member's Keras file, as :meth:`cxr_core.learn.bundle.Bundle.load` finds it."""
-    from cxr_core.learn.bundle import MODEL_FILE as KERAS_FILE
+    """A member's Keras file, as :meth:`cxr_core.bundle.format.Bundle.load` finds it."""
+    from cxr_core.bundle.format import MODEL_FILE as KERAS_FILE
 
     return folder / meta.get("model_file", KERAS_FILE)
 
@@ -307,24 +308,24 @@ def convert_member(model) -> tuple[bytes, np.ndarray, dict]:
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     names = [layer.name for layer in model.layers]
-    if "features" not in names or "logits" not in names:
+    if layer_names.FEATURES not in names or layer_names.LOGITS not in names:
         raise ServingFormError("the model has no 'features' and 'logits' layers")
-    layers = [layer for layer in model.layers[names.index("features") + 1:] if type(layer).__name__ != "Dropout"]
+    layers = [layer for layer in model.layers[names.index(layer_names.FEATURES) + 1:] if type(layer).__name__ != "Dropout"]
     head = [type(layer).__name__ for layer in layers]
-    linear_logits = head == ["GlobalAveragePooling2D", "Dense", "Activation"] and layers[1].name == "logits" and \
+    linear_logits = head == ["GlobalAveragePooling2D", "Dense", "Activation"] and layers[1].name == layer_names.LOGITS and \
         _activation_name(layers[1]) == "linear" and _activation_name(layers[2]) == "sigmoid"
     if not linear_logits:
         raise ServingFormError(f"the head after 'features' is {head}: only pooling, dropout, a linear Dense 'logits' "
                                "layer and a sigmoid map without TensorFlow")
     size = int(model.inputs[0].shape[1])
-    features = model.get_layer("features").output
-    logits = keras.ops.cast(model.get_layer("logits").output, "float32")
+    features = model.get_layer(layer_names.FEATURES).output
+    logits = keras.ops.cast(model.get_layer(layer_names.LOGITS).output, "float32")
     both = keras.Model(model.inputs[0], [keras.ops.cast(features, "float32"), logits])
     function = tf.function(lambda x: both(x, training=False),
                            input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)])
     frozen = convert_variables_to_constants_v2(function.get_concrete_function())
     flatbuffer = tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert()
-    kernel = np.asarray(model.get_layer("logits").kernel, dtype=np.float32)
+    kernel = np.asarray(model.get_layer(layer_names.LOGITS).kernel, dtype=np.float32)
     return flatbuffer, kernel, {"format": SERVING_FORMAT, "input_size": size,
                                 "features_shape": [int(v) for v in features.shape[1:]],
                                 "tensorflow": tf.__version__, "keras": keras.__version__}
@@ -373,8 +374,8 @@ def build_serving_form(bundle_path: str | os.PathLike, *, cache: str | os.PathLi
         BundleError: not a bundle.
         ServingFormError: a member cannot be converted.
     """
-    from cxr_core.learn.bundle import Bundle
-    from cxr_core.learn.ensemble import load_bundle
+    from cxr_core.bundle.ensemble import load_bundle
+    from cxr_core.bundle.format import Bundle
 
     bundle = load_bundle(bundle_path, load_model=False)
     root = cache_root(cache)
@@ -422,8 +423,8 @@ def ship_serving_form(bundle_path: str | os.PathLike, *, progress=None) -> dict[
         BundleError: not a bundle.
         ServingFormError: a member cannot be converted, or its recipe does not rebuild its flatbuffer exactly.
     """
-    from cxr_core.learn.bundle import Bundle
-    from cxr_core.learn.ensemble import load_bundle
+    from cxr_core.bundle.ensemble import load_bundle
+    from cxr_core.bundle.format import Bundle
 
     bundle = load_bundle(bundle_path, load_model=False)
     sizes = {}

@@ -254,10 +254,10 @@ def _logits_output(model: keras.Model):
     """The output of the model's ``"logits"`` layer (cast to float32), or None for a model without one."""
     import keras
 
-    from cxr_core.learn.models import LOGITS_NAME
+    from cxr_core.bundle.layer_names import LOGITS
 
     try:
-        output = model.get_layer(LOGITS_NAME).output
+        output = model.get_layer(LOGITS).output
     except ValueError:
         return None
     return keras.ops.cast(output, "float32")

@@ -27,6 +27,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cxr_core.bundle import layer_names
+
 if TYPE_CHECKING:
     import keras
 
@@ -86,7 +88,7 @@ def member_compute_dtype(mode: str, backbone: str, *, native_bfloat16: bool | No
     return "bfloat16" if native else "float32"
 
 
-def with_bfloat16_trunk(model: keras.Model, *, features_layer: str = "features") -> keras.Model:
+def with_bfloat16_trunk(model: keras.Model, *, features_layer: str = layer_names.FEATURES) -> keras.Model:
     """A copy of ``model`` whose layers before ``features_layer`` compute in bfloat16.
 
     The copy has the same layer names, the same (float32) weights and the same

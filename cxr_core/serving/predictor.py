@@ -34,16 +34,17 @@ import numpy as np
 
 from cxr_core.data.decoding import DecodedImage
 from cxr_core.data.imageio import ImageSource, decode_image
-from cxr_core.data.input_checks import constant_warning, rule_warnings
 from cxr_core.data.preprocessing import PreprocessConfig, normalize, resize_to_model, to_model_uint8
 from cxr_core.errors import ImageReadError
 from cxr_core.evaluation.calibration import Calibration
+from cxr_core.evaluation.reading import Reading, ReadingPolicy
 from cxr_core.findings import FINDINGS, canonical_finding
+from cxr_core.screening.ood import OOD_WARNING, FeatureReference, load_reference, pooled
+from cxr_core.screening.intensity import intensity_warnings
+from cxr_core.screening.rules import constant_warning, rule_warnings
 from cxr_core.serving.maps import resize_map
 from cxr_core.serving.members import Member, runner_for, sigmoid
-from cxr_core.serving.ood import OOD_WARNING, FeatureReference, load_reference, pooled
 from cxr_core.serving.precision import check_compute_mode, member_compute_dtype
-from cxr_core.serving.reading import Reading, ReadingPolicy
 
 if TYPE_CHECKING:
     import keras
@@ -74,13 +75,13 @@ class Analysis:
             ``layout_margin`` and ``scale_distance``, each with its
             ``*_threshold`` (None for a score the reference lacks), ``beyond``
             (the scores past their threshold) and ``unlike_training`` (any is;
-            see :meth:`cxr_core.serving.ood.FeatureReference.check`).
+            see :meth:`cxr_core.screening.ood.FeatureReference.check`).
         withheld_because: the input check's warnings (the simple rules, the
             intensity check, the learned check), a subset of ``warnings``:
             any of them withholds the reading by default.
         reading: what a reader is shown at the bundle's default operating
             point, output withheld where the input check warned
-            (:class:`cxr_core.serving.reading.Reading`); pages that offer
+            (:class:`cxr_core.evaluation.reading.Reading`); pages that offer
             another operating point or "show anyway" ask
             :attr:`Predictor.policy` again.
     """
@@ -95,29 +96,6 @@ class Analysis:
     input_check: dict | None = None
     withheld_because: tuple[str, ...] = ()
     reading: Reading | None = None
-
-
-def intensity_warnings(model_input_uint8: np.ndarray, reference: dict | None) -> list[str]:
-    """Warn when an image's intensity statistics are far from the training images'.
-
-    Args:
-        model_input_uint8: the resized 8-bit image, (size, size).
-        reference: ``{"mean": m, "std": s, "mean_sd": ..., "std_sd": ...}`` of
-            per-image mean and standard deviation over the training images (in
-            [0, 1] units), as recorded in the bundle; ``None`` skips the check.
-    """
-    if not reference:
-        return []
-    x = model_input_uint8.astype(np.float32) / 255.0
-    notes = []
-    z_mean = (float(x.mean()) - reference["mean"]) / max(reference.get("mean_sd", 0.05), 1e-3)
-    z_std = (float(x.std()) - reference["std"]) / max(reference.get("std_sd", 0.03), 1e-3)
-    if abs(z_mean) > 4 or abs(z_std) > 4:
-        notes.append(
-            "This image's brightness and contrast are very unlike the chest X-rays the model was trained on "
-            "(it may be inverted, cropped, a photo, or not a frontal chest film). Read the results with care."
-        )
-    return notes
 
 
 def _shares(values, what: str) -> np.ndarray:
@@ -143,7 +121,7 @@ class Predictor:
         thresholds: per-finding operating thresholds on calibrated probabilities, or None.
         metadata: the bundle's metadata (shown by the app; validated sensitivity etc.).
         ood: the learned not-a-chest-X-ray check's reference
-            (:mod:`cxr_core.serving.ood`; from the bundle's ``"ood"`` key), or
+            (:mod:`cxr_core.screening.ood`; from the bundle's ``"ood"`` key), or
             None to skip that check (the simple rules still apply).
         compiled: True (default): every member call is a compiled graph,
             traced on first use or by :meth:`warm_up`. False: the members run
@@ -250,7 +228,7 @@ class Predictor:
     @classmethod
     def from_bundle(cls, path: str | Path, *, compute: str = "float32", compiled: bool = True,
                     runtime: str = "keras", serving_cache: str | Path | None = None) -> "Predictor":
-        """Load a model bundle folder, one model or an ensemble (see :mod:`cxr_core.learn.bundle`).
+        """Load a model bundle folder, one model or an ensemble (see :mod:`cxr_core.bundle.format`).
 
         Args:
             path: the bundle folder.
@@ -274,7 +252,7 @@ class Predictor:
                 not match this code or its stored model.
             ServingFormError: ``runtime="litert"`` and a member has no usable serving form.
         """
-        from cxr_core.learn.ensemble import load_bundle
+        from cxr_core.bundle.ensemble import load_bundle
 
         check_compute_mode(compute)  # before the (slow) model load
         if runtime not in RUNTIMES:
@@ -293,8 +271,8 @@ class Predictor:
     @classmethod
     def _assemble(cls, bundle, forms: Mapping | None, compute: str, compiled: bool) -> "Predictor":
         """The Predictor of a loaded bundle: its members' serving forms (``forms``) or Keras models (None)."""
-        from cxr_core.learn.bundle import explanation_method
-        from cxr_core.learn.ensemble import EnsembleBundle
+        from cxr_core.bundle.ensemble import EnsembleBundle
+        from cxr_core.bundle.format import explanation_method
 
         meta = bundle.metadata()
         calibration = Calibration.from_dict(meta["calibration"]) if meta.get("calibration") else None
@@ -501,7 +479,7 @@ class Predictor:
 
         Returns:
             ``(raw, calibrated, checks)``: per image, the learned check's
-            numbers (:meth:`cxr_core.serving.ood.FeatureReference.check`; warn
+            numbers (:meth:`cxr_core.screening.ood.FeatureReference.check`; warn
             with :meth:`feature_warnings`), or None when the bundle has no reference.
         """
         raw, checks = self._forward(self._normalised(images), screen=images)
@@ -510,7 +488,7 @@ class Predictor:
     def pooled_features(self, member_index: int, batch: np.ndarray) -> np.ndarray:
         """One member's ``"features"`` for its normalised inputs (n, size, size, 1), averaged over a 2 x 2 grid.
 
-        Returns (n, 2, 2, D) float64 (:func:`cxr_core.serving.ood.pooled`): the
+        Returns (n, 2, 2, D) float64 (:func:`cxr_core.screening.ood.pooled`): the
         grid score reads the cells, the feature score their mean, which is the
         global average pool.
         """

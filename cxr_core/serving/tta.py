@@ -17,7 +17,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from cxr_core.learn.bundle import TTA_CHOICES, check_tta_views
+from cxr_core.bundle.format import TTA_CHOICES, check_tta_views
 
 __all__ = ["TTA_CHOICES", "CROP_FRACTION", "check_tta_views", "crop_views", "mean_over_views"]
 

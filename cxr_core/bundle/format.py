@@ -11,7 +11,7 @@ A single-model bundle (format version 1)::
                    run (plus ``used``: False for images a quick run left
                    out), so the app can say whether an image was seen in training
 
-An ensemble bundle (format version 2, :class:`cxr_core.learn.ensemble.EnsembleBundle`) holds several
+An ensemble bundle (format version 2, :class:`cxr_core.bundle.ensemble.EnsembleBundle`) holds several
 full classifiers, each with its own input size, preprocessing and backbone::
 
     bundle.json    findings order, ``members`` (name, folder, weight, backbone,
@@ -26,11 +26,11 @@ full classifiers, each with its own input size, preprocessing and backbone::
     members/<name>/model.keras, members/<name>/bundle.json
                    each member as a single-model bundle with its own training
                    provenance (data, split, code, training history), as
-                   :func:`cxr_core.learn.ensemble.assemble_ensemble` copied it from the member's run
+                   :func:`cxr_core.bundle.ensemble.assemble_ensemble` copied it from the member's run
 
 Single-model bundles stay at format version 1, so code that predates
 ensembles keeps reading them; an ensemble is version 2, which such code
-refuses with a clear message instead of misreading it. :func:`cxr_core.learn.ensemble.load_bundle`
+refuses with a clear message instead of misreading it. :func:`cxr_core.bundle.ensemble.load_bundle`
 opens either kind.
 
 Loading refuses a bundle whose findings order or input size differ from what
@@ -288,7 +288,7 @@ def _check_findings(meta: dict, expected_findings, directory) -> tuple[str, ...]
 
 
 def _check_model(model, findings, input_size: int, where: str) -> None:
-    from cxr_core.learn.models import model_input_size, model_num_outputs
+    from cxr_core.bundle.layer_names import model_input_size, model_num_outputs
 
     try:
         size = model_input_size(model)

@@ -1,6 +1,6 @@
 """The learned not-a-chest-X-ray check: how far an image is from the training images, four ways.
 
-    fit_ood("models/default", "../shared/nih")      # cxr_core.serving.ood_fit (python -m training.fit_ood): into the bundle
+    fit_ood("models/default", "../shared/nih")      # cxr_core.jobs.ood_fit (python -m training.fit_ood): into the bundle
     reference = load_reference(bundle_dir, meta)    # None for a bundle without one (the check is then skipped)
     reference.check(pooled(features), inputs_uint8) # per image: the scores, thresholds, "unlike_training"
 
@@ -406,7 +406,7 @@ def save_reference(bundle_dir: str | os.PathLike, reference: FeatureReference, e
     Returns:
         the ``"ood"`` entry written.
     """
-    from cxr_core.learn.bundle import Bundle, read_metadata
+    from cxr_core.bundle.format import Bundle, read_metadata
 
     bundle_dir = Path(bundle_dir)
     old = (read_metadata(bundle_dir).get(OOD_KEY) or {}).get("file")

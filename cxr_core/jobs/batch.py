@@ -197,7 +197,7 @@ def predict_files(
         workers: decoding threads.
         progress: wraps the row iterator (e.g. ``tqdm``), for a progress bar.
         operating_point: the flags' operating point, ``"specificity"`` or
-            ``"youden"`` (:mod:`cxr_core.serving.reading`); None: the bundle's default.
+            ``"youden"`` (:mod:`cxr_core.evaluation.reading`); None: the bundle's default.
 
     Returns:
         DataFrame with ``Image Index`` (file name), one column per finding

@@ -1,14 +1,14 @@
 """The guided tour's raw material: what the model said about every eligible demo film, and where the files are.
 
-:func:`gather_outputs` runs the model (:mod:`cxr_core.serving.tour` then
+:func:`gather_outputs` runs the model (:mod:`cxr_core.jobs.tour` then
 chooses the stops from its outputs without any model): for every film
 outside the model's training and validation splits, the reading at the
 bundle's default operating point, the calibrated probabilities, NIH's
 labels, the radiologists' labels where the film has them, and each boxed
 finding's heatmap scored against each expert box (:func:`box_scores`); and
 the same for non-chest photographs that ship with installed packages
-(:func:`package_photographs`). :func:`resolve_image` finds a stop's file on
-this machine.
+(:func:`package_photographs`). :func:`cxr_core.reporting.tour_file.resolve_image`
+finds a stop's file on this machine.
 """
 
 from __future__ import annotations
@@ -23,15 +23,16 @@ import numpy as np
 
 from cxr_core.data.expert_labels import EXPERT_CATEGORIES
 from cxr_core.evaluation.localization import best_iobb, heatmap_to_boxes, iou
+from cxr_core.evaluation.reading import Reading
 from cxr_core.findings import FINDINGS
-from cxr_core.serving.reading import Reading
+from cxr_core.reporting.tour_file import resolve_image
 
 if TYPE_CHECKING:
     from cxr_core.data.dataset import NIHDataset
     from cxr_core.serving.predictor import Predictor
 
 __all__ = ["EXCLUDED_SPLITS", "PHOTOGRAPHS", "BoxScore", "FilmOutput", "box_scores", "gather_outputs",
-           "package_photographs", "resolve_image"]
+           "package_photographs"]
 
 #: Films of these splits are never on the tour.
 EXCLUDED_SPLITS = ("train", "val")
@@ -40,8 +41,6 @@ PHOTOGRAPHS = (
     ("scikit-learn", "datasets/images/china.jpg", "scikit-learn's sample photograph china.jpg (a temple in China)"),
     ("scikit-learn", "datasets/images/flower.jpg", "scikit-learn's sample photograph flower.jpg (a flower)"),
 )
-_MODULES = {"scikit-learn": "sklearn"}
-
 
 
 @dataclass(frozen=True)
@@ -107,32 +106,6 @@ def package_photographs() -> list[tuple[Path, dict]]:
         if path is not None:
             found.append((path, source))
     return found
-
-
-def resolve_image(source: Mapping, image: str, data_root: str | os.PathLike | None = None,
-                  dataset_paths: Mapping[str, str] | None = None) -> Path | None:
-    """The file of a stop or film on this machine, or None when it is not here.
-
-    Args:
-        source: the stop's ``source``.
-        image: the image name.
-        data_root: the dataset folder (for a dataset film).
-        dataset_paths: {image: path} of the dataset, when already read (else ``data_root/images/<image>``).
-    """
-    if source.get("kind") == "package":
-        import importlib.util
-
-        spec = importlib.util.find_spec(_MODULES.get(source["package"], source["package"]))
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        path = Path(list(spec.submodule_search_locations)[0]) / source["path"]
-        return path if path.is_file() else None
-    if dataset_paths is not None and image in dataset_paths:
-        return Path(dataset_paths[image])
-    if data_root is None:
-        return None
-    path = Path(data_root) / "images" / image
-    return path if path.is_file() else None
 
 
 def box_scores(heatmap: np.ndarray, finding: str, truth: Iterable[Sequence[float]]) -> list[BoxScore]:

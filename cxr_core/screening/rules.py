@@ -6,7 +6,7 @@ Each rule is a pure function of the decoded image and gives one plain-language
 sentence. They catch what needs no model: an image too small to hold a chest
 film's detail, a shape no chest film has, an image with (almost) nothing in it.
 The learned check (features far from the training images',
-:mod:`cxr_core.serving.ood`) catches the rest.
+:mod:`cxr_core.screening.ood`) catches the rest.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ possible, below, or no flag set and why) and what a flag was worth on
 validation (PPV with its interval, lift), and the input warnings. Where the
 input check warned and the reader did not ask to see the output anyway, the
 report says the output was withheld and why, and holds no findings
-(:mod:`cxr_core.serving.reading`).
+(:mod:`cxr_core.evaluation.reading`).
 """
 
 from __future__ import annotations
@@ -27,11 +27,20 @@ import cv2
 import numpy as np
 
 from cxr_core import __version__
+from cxr_core.bundle.format import describe_model, explanation_method, input_sizes
 from cxr_core.evaluation.localization import heatmap_to_boxes
+from cxr_core.evaluation.reading import Reading, ReadingPolicy
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
-from cxr_core.learn.bundle import describe_model, explanation_method, input_sizes
-from cxr_core.serving.overlays import HEATMAP_BOX_COLOR, blend_heatmap, draw_boxes, fit_to, gray_to_rgb, scale_boxes, window_level
-from cxr_core.serving.reading import WITHHELD_NOTE, Reading, ReadingPolicy, flag_words, triage_words
+from cxr_core.reporting.overlays import (
+    HEATMAP_BOX_COLOR,
+    blend_heatmap,
+    draw_boxes,
+    fit_to,
+    gray_to_rgb,
+    scale_boxes,
+    window_level,
+)
+from cxr_core.reporting.words import WITHHELD_NOTE, flag_words, triage_words
 
 if TYPE_CHECKING:  # the predictor imports TensorFlow: pages that only format a report must not wait for it
     from cxr_core.serving.predictor import Analysis
@@ -303,7 +312,7 @@ def input_check(analysis: Analysis) -> dict:
     ``learned`` is None when the bundle has no fitted reference (only the
     simple rules and the intensity check ran); else the feature and grid
     distances, the layout margin and the scale distance with their
-    thresholds, and which of them went past (``beyond``; :mod:`cxr_core.serving.ood`).
+    thresholds, and which of them went past (``beyond``; :mod:`cxr_core.screening.ood`).
     """
     learned = analysis.input_check
     if learned is not None:

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxr_core.bundle.format import Bundle, portable_path
 from cxr_core.data.dataset import NIHDataset, stored_image_size
 from cxr_core.data.expert_labels import find_expert_labels, read_expert_labels
 from cxr_core.data.preprocessing import to_model_uint8
@@ -42,7 +43,6 @@ from cxr_core.evaluation.evaluate import _json, evaluate_predictions, localizati
 from cxr_core.evaluation.expert import expert_markdown, expert_report
 from cxr_core.evaluation.localization import best_iobb, heatmap_to_boxes, iou
 from cxr_core.findings import FINDINGS
-from cxr_core.learn.bundle import Bundle, portable_path
 from cxr_core.serving.predictor import Predictor
 
 METRICS_FILE = "metrics.json"
@@ -242,7 +242,7 @@ def evaluate_bundle(
             ``data_root`` (:func:`cxr_core.data.expert_labels.find_expert_labels`),
             False skips the expert reference. A given path must exist.
         fit_ood: also fit the learned not-a-chest-X-ray check into the bundle
-            (:func:`cxr_core.serving.ood_fit.fit_ood`; fit mode on the bundle itself only).
+            (:func:`cxr_core.jobs.ood_fit.fit_ood`; fit mode on the bundle itself only).
         progress: wraps iterables with a progress bar (e.g. ``tqdm``).
         log: receives one line per step.
 
@@ -356,7 +356,7 @@ def evaluate_bundle(
         )
         _write_predictions(out / PREDICTIONS_FILE, names, split, val_rows, p_val, test_rows, p_test, dataset)
         if fit_ood:
-            from cxr_core.serving.ood_fit import fit_ood as fit_reference
+            from cxr_core.jobs.ood_fit import fit_ood as fit_reference
 
             fit_reference(bundle_dir, data_root, progress=progress, log=log)
     log(f"mean AUROC {report['macro']['auroc']:.3f}; report in {out / METRICS_FILE} ({report['seconds']} s)")

@@ -1,7 +1,7 @@
 """Ensemble bundles: several classifiers in one bundle folder, their logits averaged.
 
 The folder layout and ``bundle.json`` keys are described in
-:mod:`cxr_core.learn.bundle` (format version 2). This module holds what only
+:mod:`cxr_core.bundle.format` (format version 2). This module holds what only
 ensembles need: the member record, :class:`EnsembleBundle` (load and check
 every member), :func:`load_bundle` (either kind of bundle) and
 :func:`assemble_ensemble`, which copies finished single-model runs into one
@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_core.findings import FINDINGS
-from cxr_core.learn.bundle import (
+from cxr_core.bundle.format import (
     BUNDLE_FORMAT,
     COMBINE_LOGIT_MEAN,
     CORE_KEYS,
@@ -45,6 +44,7 @@ from cxr_core.learn.bundle import (
     portable_path,
     read_metadata,
 )
+from cxr_core.findings import FINDINGS
 
 _MEMBER_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
@@ -354,7 +354,7 @@ def assemble_ensemble(
     ensemble = EnsembleBundle(
         members=ensemble_members, findings=bundles[0].findings, data=data,
         split={k: v for k, v in bundles[0].split.items() if k != "file"}, splits=splits, code=code_version(),
-        training={"assembled_by": "cxr_core.learn.ensemble.assemble_ensemble",
+        training={"assembled_by": "cxr_core.bundle.ensemble.assemble_ensemble",
                   "sources": {m.name: portable_path(s.resolve()) for m, s in zip(ensemble_members, sources)},
                   "history": f"each member's own, in {MEMBERS_DIR}/<name>/bundle.json"},
         path=out,

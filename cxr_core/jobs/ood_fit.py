@@ -1,12 +1,12 @@
-"""Fitting the learned not-a-chest-X-ray check of :mod:`cxr_core.serving.ood` on a bundle's own training and validation images.
+"""Fitting the learned not-a-chest-X-ray check of :mod:`cxr_core.screening.ood` on a bundle's own training and validation images.
 
     fit_ood("models/default", "../shared/nih")      # python -m training.fit_ood; writes the reference into the bundle
 
 Runs the bundle's :class:`~cxr_core.serving.predictor.Predictor` over the
 images of its recorded split (the reference member's pooled ``"features"``
 and 8-bit inputs), fits the reference with
-:func:`cxr_core.serving.ood.fit_reference` and stores it with
-:func:`cxr_core.serving.ood.save_reference`. Kept apart from the check,
+:func:`cxr_core.screening.ood.fit_reference` and stores it with
+:func:`cxr_core.screening.ood.save_reference`. Kept apart from the check,
 which the Predictor uses, so imports run one way: ood <- predictor <- ood_fit.
 """
 
@@ -22,14 +22,14 @@ import numpy as np
 
 from cxr_core.data.dataset import NIHDataset
 from cxr_core.data.preprocessing import normalize, to_model_uint8
-from cxr_core.serving.ood import COMPONENTS, FALSE_ALARM, GRID, THRESHOLD_RULE, fit_reference, save_reference
+from cxr_core.screening.ood import COMPONENTS, FALSE_ALARM, GRID, THRESHOLD_RULE, fit_reference, save_reference
 from cxr_core.serving.predictor import Predictor
 
 
 def member_features(predictor, member_index: int, paths: Sequence[str], *, batch_size: int = 16, workers: int = 2,
                     progress: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`~cxr_core.serving.ood.pooled` ``"features"`` (n, 2, 2, D) of one member for image files and their 8-bit inputs (n, size, size),
-    through the one preprocessing (the same numbers :meth:`~cxr_core.serving.ood.FeatureReference.check` gets at prediction)."""
+    """:func:`~cxr_core.screening.ood.pooled` ``"features"`` (n, 2, 2, D) of one member for image files and their 8-bit inputs (n, size, size),
+    through the one preprocessing (the same numbers :meth:`~cxr_core.screening.ood.FeatureReference.check` gets at prediction)."""
     member = predictor.members[member_index]
     size = int(member.preprocess.size)
     chunks = [list(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
@@ -56,7 +56,7 @@ def fit_ood(
     progress: Callable | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Fit the learned check of ``bundle_dir`` on its own data and store it in the bundle (the check: :mod:`cxr_core.serving.ood`).
+    """Fit the learned check of ``bundle_dir`` on its own data and store it in the bundle (the check: :mod:`cxr_core.screening.ood`).
 
     Reads the bundle's TRAINING images (the reference) and VALIDATION images
     (the thresholds) of its recorded split, nothing else.
@@ -66,7 +66,7 @@ def fit_ood(
             names the training and validation images).
         components: principal directions kept for the pooled and the grid features.
         false_alarm: the budget on validation-like films, split evenly over
-            the scores (:func:`~cxr_core.serving.ood.conformal_threshold`).
+            the scores (:func:`~cxr_core.screening.ood.conformal_threshold`).
         max_train: at most this many training images (a seeded random
             choice; None: all). A few hundred fix 32 directions well.
 

@@ -6,12 +6,12 @@
     build_tour("models/default", "data/demo")                            # both, written to models/default/tour.json
 
 ``python -m training.tour`` runs :func:`build_tour`; the app's Guided tour page
-and the PDF handout (:mod:`cxr_core.serving.tour_handout`) only read the stored
+and the PDF handout (:mod:`cxr_core.reporting.handout`) only read the stored
 file.
 
 Each stop is one film with a category, a title and a caption written from
 numbers (``facts``) measured on that film: the calibrated probabilities, the
-reading at the bundle's default operating point (:mod:`cxr_core.serving.reading`),
+reading at the bundle's default operating point (:mod:`cxr_core.evaluation.reading`),
 the heatmap boxes scored against NIH's expert boxes as the evaluation scores
 them (:func:`cxr_core.evaluation.localization.heatmap_to_boxes`, IoU, IoBB),
 NIH's labels and, where the film has them, the radiologists' labels of
@@ -49,10 +49,10 @@ import numpy as np
 from cxr_core.data.expert_labels import EXPERT_CATEGORIES
 from cxr_core.evaluation.expert import EXPERT_MAPPING, category_labels, category_scores
 from cxr_core.evaluation.flags import FLAG, POSSIBLE
+from cxr_core.evaluation.reading import ReadingPolicy
 from cxr_core.evaluation.triage import ABNORMAL, NO_FINDING_LIKELY
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
-from cxr_core.serving.reading import ReadingPolicy
-from cxr_core.serving.tour_outputs import EXCLUDED_SPLITS, FilmOutput, gather_outputs, package_photographs
+from cxr_core.jobs.tour_outputs import EXCLUDED_SPLITS, FilmOutput, gather_outputs, package_photographs
 
 if TYPE_CHECKING:  # the model is needed only to gather outputs
     pass
@@ -485,8 +485,8 @@ def build_tour(
         ValueError: the dataset has no film outside the model's training and validation splits.
     """
     from cxr_core import __version__
+    from cxr_core.bundle.format import describe_model, portable_path
     from cxr_core.data import NIHDataset, find_expert_labels, read_expert_labels
-    from cxr_core.learn.bundle import describe_model, portable_path
     from cxr_core.serving.predictor import Predictor
 
     bundle_dir, data_root = Path(bundle_dir), Path(data_root)

@@ -1,13 +1,13 @@
-"""The stored guided tour as pictures and as a PDF handout (the layout of :mod:`cxr_core.serving.report`).
+"""The stored guided tour as pictures and as a PDF handout (the layout of :mod:`cxr_core.reporting.report`).
 
     pictures = stop_pictures(stop, path, dataset=dataset, analysis=analysis)    # what the page shows
     pdf = tour_pdf(tour, metadata, dataset=dataset, analyze=predictor.analyze)  # bytes
 
-Both read the stop as stored (:mod:`cxr_core.serving.tour`): its caption, the
+Both read the stop as stored (:mod:`cxr_core.jobs.tour`): its caption, the
 reading at the bundle's default operating point, NIH's labels, the
 radiologists' labels; the heatmap comes from an analysis of the stop's image
 when one is given (a stop whose output was withheld gets none). The reading's
-words are those of every other page (:func:`cxr_core.serving.reading.triage_words`).
+words are those of every other page (:func:`cxr_core.reporting.words.triage_words`).
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ import numpy as np
 
 from cxr_core.data.expert_labels import EXPERT_CATEGORIES
 from cxr_core.evaluation.localization import heatmap_to_boxes
+from cxr_core.evaluation.reading import Reading, ReadingPolicy
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
-from cxr_core.serving import overlays
-from cxr_core.serving.reading import WITHHELD_NOTE, Reading, ReadingPolicy, triage_words
-from cxr_core.serving.tour_outputs import resolve_image
+from cxr_core.reporting import overlays
+from cxr_core.reporting.tour_file import resolve_image
+from cxr_core.reporting.words import WITHHELD_NOTE, triage_words
 
 __all__ = ["StopPictures", "stop_pictures", "stop_reading", "tour_pdf", "radiologists_rows"]
 
@@ -127,7 +128,7 @@ def tour_pdf(
     """The tour as a PDF handout: a cover page with the stops and the absent categories, then one page per stop.
 
     Args:
-        tour: the stored tour (:func:`cxr_core.serving.tour.read_tour`).
+        tour: the stored tour (:func:`cxr_core.jobs.tour.read_tour`).
         metadata: the bundle's metadata (its triage and cuts write the reading's words).
         dataset: the demo set (paths and expert boxes); None draws no expert box.
         analyze: ``analyze(path) -> Analysis`` for the heatmaps (e.g. a cached :meth:`Predictor.analyze`); None: none.
@@ -144,7 +145,7 @@ def tour_pdf(
 
     from cxr_core import __version__
     from cxr_core.data.imageio import decode_image
-    from cxr_core.serving.report import DISCLAIMER, _build_pdf, _escape, _jpeg
+    from cxr_core.reporting.report import DISCLAIMER, _build_pdf, _escape, _jpeg
 
     policy = ReadingPolicy.from_metadata(metadata)
     styles = getSampleStyleSheet()
