@@ -1,10 +1,10 @@
 """Training augmentation settings, kept free of TensorFlow.
 
 :class:`AugmentConfig` holds the magnitudes that
-:func:`cxr_core.learn.pipeline.augment_batch` applies inside tf.data. It
-lives apart from the pipeline so that code running where TensorFlow is not
-installed (the GPU exploration in ``tools/gpu_sweep.py``, Keras on JAX)
-reads the same magnitudes instead of copying them.
+:func:`cxr_core.learn.pipeline.augment_batch` applies inside tf.data, for
+supervised training and for the self-supervised views of
+:mod:`cxr_core.learn.pretrain` alike. It imports nothing heavy, so the
+magnitudes can be read without TensorFlow.
 """
 
 from __future__ import annotations
