@@ -17,7 +17,7 @@ Starting the worker processes costs seconds whatever the count, which a
 112,120-image run does not notice, so the rate reported is the steady one,
 (all - warmup images) / (difference of the two wall times); the raw rate is
 given too. The TFRecord sizes give bytes per cached image.
-``docs/scaling.md`` uses both.
+``docs/evidence/scaling.md`` uses both.
 """
 
 from __future__ import annotations

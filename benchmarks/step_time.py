@@ -12,7 +12,7 @@ with ``train_on_batch`` after warm-up, which waits for the step to finish,
 so the time is the device's. Where Keras cannot run, ``--torch`` measures
 torchvision's implementation of the same architecture instead, labelled as
 such. Each result is one JSON line appended to ``--out`` as soon as it is
-measured (a run cut off keeps what it measured). ``docs/scaling.md`` uses these
+measured (a run cut off keeps what it measured). ``docs/evidence/scaling.md`` uses these
 numbers for its epoch-time estimates.
 """
 

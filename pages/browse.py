@@ -99,7 +99,7 @@ def expert_comparison(scores=None):
     st.markdown("**Radiologists' labels** (Majkowska et al., Radiology 2019) beside NIH's text-mined labels")
     st.dataframe(shown, hide_index=True, key="browse_expert", column_config={"model": st.column_config.NumberColumn(format="%.3f")})
     st.caption("NIH's Nodule or mass is Nodule OR Mass; its Airspace opacity is Consolidation, Pneumonia, Infiltration OR "
-               "Atelectasis; NIH has no fracture label and the model no fracture output (docs/expert_reference.md).")
+               "Atelectasis; NIH has no fracture label and the model no fracture output (docs/build/expert_reference.md).")
 
 
 predictor = common.optional_predictor()

@@ -1,4 +1,4 @@
-"""The DICOM node's recent work, read from its state database (CXR_ASSIST_NODE_INBOX; docs/pacs.md)."""
+"""The DICOM node's recent work, read from its state database (CXR_ASSIST_NODE_INBOX; docs/use/pacs.md)."""
 
 import os
 import sqlite3
@@ -21,7 +21,7 @@ python -m training.node --port 11112 --ae-title CXR_ASSIST --send-to ORTHANC@127
 ```
 
 The node takes chest films routed from a PACS and sends a structured report (TID 1500) and an overlay back
-into the same study. The five-minute walk with Orthanc is in `docs/pacs.md`."""
+into the same study. The five-minute walk with Orthanc is in `docs/use/pacs.md`."""
 
 st.title("PACS node")
 st.caption("What the cxr-assist DICOM node has received from the PACS, analysed and sent back. "

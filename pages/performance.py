@@ -234,7 +234,7 @@ if metrics.get("expert_reference", {}).get("per_category"):  # bundles evaluated
     st.dataframe(expert.reference_table(reference), hide_index=True, key="perf_expert",
                  column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("AUROC vs experts", "AUROC vs NIH")})
     st.caption("Nodule or mass and Airspace opacity combine several model outputs (the largest probability); NIH's label "
-               "for them is the OR of those findings. Fracture has no model output. Mapping and reasons: docs/expert_reference.md.")
+               "for them is the OR of those findings. Fracture has no model output. Mapping and reasons: docs/build/expert_reference.md.")
     if metrics.get("label_audit", {}).get("per_category"):
         st.markdown("**How often NIH's labels agree with the radiologists** (the experts as the reference)")
         st.dataframe(expert.audit_table(metrics["label_audit"]).round(3), hide_index=True, key="perf_label_audit")

@@ -7,7 +7,7 @@ TensorFlow), then every page of the navigation, each with no error and no
 exception text; Analyze with a PNG, a JPEG and a DICOM film, waiting for the
 findings table and the heatmaps; the Guided tour through every stop; a
 reader's first case. Screenshots go to the test's tmp_path; with
-``CXR_ASSIST_SCREENSHOTS=1`` they are also copied to docs/screenshots/ (for
+``CXR_ASSIST_SCREENSHOTS=1`` they are also copied to docs/use/screenshots/ (for
 the README). The shipped model is used when present, else the tiny test
 bundle. Skips when /usr/bin/chromium is missing (CI installs it: .ci/run).
 """
@@ -33,7 +33,7 @@ from tests.conftest import REPO_ROOT, SHARED_DICOM
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
+SCREENSHOTS = REPO_ROOT / "docs" / "use" / "screenshots"
 VIEWPORT = {"width": 1400, "height": 1700}  # Streamlit scrolls inside the page: a tall window shows more
 PAGES = {"home": "", "analyze": "analyze", "browse": "browse", "performance": "performance",
          "reader_study": "reader_study", "reader_results": "reader_results"}

@@ -1,4 +1,5 @@
-"""The README is a landing page and every relative Markdown link in it and in docs/ points at a file that exists."""
+"""The README is a landing page, docs/README.md indexes every docs page, and every relative Markdown link in them
+and in docs/ points at a file that exists."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-PAGES = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+PAGES = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").rglob("*.md"))]
+INDEX = REPO_ROOT / "docs" / "README.md"
+#: The four groups of docs/, each a folder.
+GROUPS = ("use", "build", "evidence", "develop")
 # [text](target) or ![alt](target); the target ends at the first space (an optional "title" follows) or ")".
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 FENCE = re.compile(r"^```.*?^```", re.S | re.M)
@@ -45,9 +49,15 @@ def test_readme_is_a_landing_page():
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     assert len(readme.splitlines()) <= 250
     # The first commands a newcomer runs, and the screenshot.
-    for line in ("pip install -r requirements.txt", "streamlit run app.py", "pytest", "docs/screenshots/analyze.png"):
+    for line in ("pip install -r requirements.txt", "streamlit run app.py", "pytest", "docs/use/screenshots/analyze.png"):
         assert line in readme
-    # Every docs page is reachable from the README.
-    linked = set(relative_links(REPO_ROOT / "README.md"))
-    unlinked = [p.name for p in PAGES[1:] if f"docs/{p.name}" not in linked]
-    assert not unlinked, f"docs pages the README does not link: {unlinked}"
+    assert "docs/README.md" in relative_links(REPO_ROOT / "README.md")
+
+
+def test_docs_index_links_every_page_and_every_page_has_a_group():
+    linked = {(INDEX.parent / t).resolve() for t in relative_links(INDEX)}
+    pages = [p for p in PAGES[1:] if p != INDEX]
+    unlinked = [str(p.relative_to(REPO_ROOT)) for p in pages if p.resolve() not in linked]
+    assert not unlinked, f"docs pages docs/README.md does not link: {unlinked}"
+    outside = [str(p.relative_to(REPO_ROOT)) for p in pages if p.relative_to(INDEX.parent).parts[0] not in GROUPS]
+    assert not outside, f"docs pages outside the groups {GROUPS}: {outside}"

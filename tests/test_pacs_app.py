@@ -372,7 +372,7 @@ def test_node_page_shows_the_counts_and_the_recent_work(monkeypatch, no_bundle, 
 def test_node_page_says_how_to_start_the_node(monkeypatch, no_bundle, tmp_path):
     at = app(monkeypatch, no_bundle, "node")
     shown = " ".join(x.value for x in [*at.info, *at.markdown])
-    assert "CXR_ASSIST_NODE_INBOX" in shown and "python -m training.node" in shown and "docs/pacs.md" in shown
+    assert "CXR_ASSIST_NODE_INBOX" in shown and "python -m training.node" in shown and "docs/use/pacs.md" in shown
     assert not at.error and not at.dataframe and not at.metric
 
     monkeypatch.setenv("CXR_ASSIST_NODE_INBOX", str(tmp_path / "never-used"))

@@ -88,8 +88,8 @@ def test_readme_and_model_card_numbers_come_from_metrics_json(metrics):
 
     meta = json.loads((SHIPPED / "bundle.json").read_text())
     block = results_block(metrics, meta)
-    # The full block in docs/results.md and the card; the headline table in the README.
-    assert between(REPO_ROOT / "docs" / "results.md", START, END) == block.strip()
+    # The full block in docs/evidence/results.md and the card; the headline table in the README.
+    assert between(REPO_ROOT / "docs" / "evidence" / "results.md", START, END) == block.strip()
     assert block.strip() in (SHIPPED / "MODEL_CARD.md").read_text()
     headline = between(REPO_ROOT / "README.md", HEADLINE_START, HEADLINE_END)
     assert headline == headline_block(metrics).strip()

@@ -62,8 +62,8 @@ def test_readme_and_card_give_the_measured_reading(meta):
     triage, burden = metrics["reading"]["triage"], metrics["reading"]["burden"]
     flags_per_normal = burden["flags"]["flags_per_no_finding_film"]
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    results = (REPO_ROOT / "docs" / "results.md").read_text(encoding="utf-8")
-    benchmarks = (REPO_ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    results = (REPO_ROOT / "docs" / "evidence" / "results.md").read_text(encoding="utf-8")
+    benchmarks = (REPO_ROOT / "docs" / "evidence" / "benchmarks.md").read_text(encoding="utf-8")
     card = (SHIPPED / "MODEL_CARD.md").read_text(encoding="utf-8")
     for text in (results, card):  # the full results block
         assert f"test AUROC **{triage['auroc']:.3f}**" in text

@@ -5,7 +5,7 @@
 Same recipe as configs/shipped.toml, shortened (fewer epochs, smaller input)
 so that the three runs fit in about 20 minutes on 2 CPU cores. Judged on the
 validation split only (best validation mean AUROC over the epochs); writes
-docs/loss_comparison.md.
+docs/evidence/loss_comparison.md.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--cache", default="cache/nih192")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--input-size", type=int, default=128)
-    parser.add_argument("--out", default="docs/loss_comparison.md")
+    parser.add_argument("--out", default="docs/evidence/loss_comparison.md")
     args = parser.parse_args()
 
     from cxr_core.bundle import Bundle

@@ -1,12 +1,12 @@
-"""Write models/default/MODEL_CARD.md, the full results in docs/results.md and the README's headline table.
+"""Write models/default/MODEL_CARD.md, the full results in docs/evidence/results.md and the README's headline table.
 
-    python -m tools.model_card [--bundle models/default] [--readme README.md] [--results docs/results.md]
+    python -m tools.model_card [--bundle models/default] [--readme README.md] [--results docs/evidence/results.md]
 
 Every number comes from the committed ``metrics.json`` and ``bundle.json``
 (for an ensemble, the network line lists every member with its backbone,
 start, input size, weight and training time; the expert-reference table and
 the label audit appear when ``metrics.json`` has them). The full block
-(``results_block``) goes between ``START`` and ``END`` in ``docs/results.md``
+(``results_block``) goes between ``START`` and ``END`` in ``docs/evidence/results.md``
 and into the card; a compact headline table (``headline_block``) goes between
 ``HEADLINE_START`` and ``HEADLINE_END`` in the README.
 ``tests/test_shipped_model.py`` and ``tests/test_shipped_reading.py`` check
@@ -122,7 +122,7 @@ def headline_block(metrics: dict) -> str:
         "| measure | result | target | details |",
         "|---|---|---|---|",
         f"| mean AUROC over the 14 findings (mean of their 95% CI bounds) | **{fmt(macro['auroc'])}** ({fmt(macro['auroc_low'])}–"
-        f"{fmt(macro['auroc_high'])}) | 0.75{_shortfall(macro['auroc'], 0.75)} | [results](docs/results.md) |",
+        f"{fmt(macro['auroc_high'])}) | 0.75{_shortfall(macro['auroc'], 0.75)} | [results](docs/evidence/results.md) |",
         "| the same, for the models shipped before | " + ", ".join(f"{name} {a:.3f} ({low:.3f}–{high:.3f})"
                                                             for name, a, low, high in SHIPPED_BEFORE)
         + " | - | [model card](models/default/MODEL_CARD.md) |",
@@ -132,17 +132,17 @@ def headline_block(metrics: dict) -> str:
     if t01:
         mean_t01 = float(np.mean(t01))
         rows.append(f"| heatmaps: mean T(IoBB)=0.1 over the {len(t01)} boxed findings | **{fmt(mean_t01, 2)}** "
-                    f"| 0.57{_shortfall(mean_t01, 0.57, 2)} | [localisation](docs/results.md) |")
+                    f"| 0.57{_shortfall(mean_t01, 0.57, 2)} | [localisation](docs/evidence/results.md) |")
     reading = metrics.get("reading") or {}
     triage, burden = reading.get("triage"), reading.get("burden") or {}
     if triage:
         rule_out = triage["at_rule_out"]
         rows += [
             f"| normal/abnormal triage AUROC (95% CI, patient bootstrap) | **{fmt(triage['auroc'])}** ({fmt(triage['auroc_low'])}–"
-            f"{fmt(triage['auroc_high'])}) | 0.80{_shortfall(triage['auroc'], 0.80)} | [triage](docs/reading.md) |",
+            f"{fmt(triage['auroc_high'])}) | 0.80{_shortfall(triage['auroc'], 0.80)} | [triage](docs/use/reading.md) |",
             f"| rule-out point: sensitivity for abnormal films; films set aside as \"no finding likely\" "
             f"| **{fmt(rule_out['sensitivity'])}**; {100 * rule_out['set_aside_share']:.1f}% "
-            f"| 0.95{_shortfall(rule_out['sensitivity'], 0.95)} | [triage](docs/reading.md) |",
+            f"| 0.95{_shortfall(rule_out['sensitivity'], 0.95)} | [triage](docs/use/reading.md) |",
         ]
     if burden.get("flags"):
         new, old = burden["flags"], burden["youden"]
@@ -152,7 +152,7 @@ def headline_block(metrics: dict) -> str:
             f"{100 * new['no_finding_without_flag']:.0f}% of No-Finding films without a flag, "
             f"{100 * new['flags_right']:.0f}% of flags right (Youden: {100 * old['flags_right']:.0f}%) "
             f"| ≤ 0.5{'; met' if new['flags_per_no_finding_film'] <= 0.5 else '; missed'} "
-            "| [flags](docs/reading.md), [benchmark](benchmarks/CLINICAL_OUTPUT_RESULTS.md) |"
+            "| [flags](docs/use/reading.md), [benchmark](benchmarks/CLINICAL_OUTPUT_RESULTS.md) |"
         )
     return "\n".join(rows)
 
@@ -273,7 +273,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", default="models/default")
     parser.add_argument("--readme", default="README.md", help="gets the headline table")
-    parser.add_argument("--results", default="docs/results.md", help="gets the full results block")
+    parser.add_argument("--results", default="docs/evidence/results.md", help="gets the full results block")
     args = parser.parse_args()
     bundle = Path(args.bundle)
     metrics = json.loads((bundle / "metrics.json").read_text())

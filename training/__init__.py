@@ -7,7 +7,7 @@
 * ``python -m training.evaluate`` - metrics, calibration, thresholds and localisation of a bundle;
 * ``python -m training.fit_ood``  - fit a bundle's not-a-chest-X-ray check;
 * ``python -m training.predict``  - batch prediction to CSV, sharded or not;
-* ``python -m training.experiment`` - train recipes and write their table to docs/experiments.md.
+* ``python -m training.experiment`` - train recipes and write their table to docs/evidence/experiments.md.
 
 A user error (bad path, malformed file, wrong option value) ends a command with
 one line on stderr and exit status 2 (``training._errors``), never a traceback.

@@ -5,7 +5,7 @@
 
 The site's films (PNG, JPEG or DICOM, any layout under DIR) and its labels CSV
 (``Image Index``, ``Patient ID`` and ``Finding Labels`` or one column per
-finding with 1, 0 or empty; docs/site.md) are split patient-wise into a fit
+finding with 1, 0 or empty; docs/use/site.md) are split patient-wise into a fit
 part and a check part. The shipped bundle is measured on the check part (the
 report training.evaluate writes), the calibration, cuts, flags and triage are
 refitted on the fit part (and, with --fine-tune, the members' heads or last
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.adapt", description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", default="models/default", help="the bundle to adapt (default models/default)")
     parser.add_argument("--site", required=True, help="the folder of the site's images (any layout)")
-    parser.add_argument("--labels", required=True, help="the site's labels CSV (docs/site.md)")
+    parser.add_argument("--labels", required=True, help="the site's labels CSV (docs/use/site.md)")
     parser.add_argument("--out", required=True, help="report folder; the adapted bundle goes to OUT/bundle")
     parser.add_argument("--fine-tune", default="none", choices=["none", "heads", "last-block"],
                         help="also train the members' heads, or their last block and heads, on the fit part "

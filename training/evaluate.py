@@ -10,7 +10,7 @@ and thresholds are applied unchanged to the images the model did not train
 on, and the report goes to --out. Where DATA/extras/ holds the radiologists'
 labels of Majkowska et al. 2019 (or --expert-labels names them), the evaluated
 images that have them are also scored against the experts and NIH's labels are
-audited (metrics.json: expert_reference, label_audit; docs/expert_reference.md).
+audited (metrics.json: expert_reference, label_audit; docs/build/expert_reference.md).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Each recipe is a training TOML with an ``[experiment]`` table (see
 ``cxr_core.experiments.harness``). Rows are measured on the VALIDATION split
 only and appended to ``<runs>/results.csv`` as each finishes (a cut-off grid
 resumes: measured recipes are skipped); the table in ``--doc`` (default
-``docs/experiments.md``) is rewritten between its markers.
+``docs/evidence/experiments.md``) is rewritten between its markers.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grid", nargs="+", required=True, help="recipe TOML files")
     parser.add_argument("--data", required=True, help="NIH folder with the validation images and boxes")
     parser.add_argument("--runs", default="runs/exp", help="folder of ensemble bundles and results.csv (default runs/exp)")
-    parser.add_argument("--doc", default="docs/experiments.md", help="Markdown file whose table is rewritten")
+    parser.add_argument("--doc", default="docs/evidence/experiments.md", help="Markdown file whose table is rewritten")
     parser.add_argument("--only", nargs="+", help="recipe names to run (default all)")
     parser.add_argument("--retrain", action="store_true", help="train and measure again recipes already measured")
     return parser

@@ -9,7 +9,7 @@ Results go back by C-STORE (``--send-to AET@HOST:PORT``) or by DICOMweb STOW-RS
 (``--stow URL``; HTTP basic credentials as ``user:password`` in the environment
 variable CXR_ASSIST_STOW_CREDENTIALS, never on the command line). A film is
 written durably to the inbox before the PACS is told it was stored; killed and
-restarted, the node sends every film's results exactly once. See docs/pacs.md.
+restarted, the node sends every film's results exactly once. See docs/use/pacs.md.
 """
 
 from __future__ import annotations

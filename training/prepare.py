@@ -4,7 +4,7 @@
 
 The cache stores ``cxr_core.data.preprocessing.to_model_uint8(image, size)`` of
 every image as uint8 in TFRecord shards per split, with ``index.csv`` and
-``manifest.json`` (see ``cxr_core/learn/cache.py`` and ``docs/training.md``).
+``manifest.json`` (see ``cxr_core/learn/cache.py`` and ``docs/build/training.md``).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 
 Writes ``trunk.npz``, ``pretrain.json`` and ``log.csv`` into ``out``; a
 training run starts from it with ``init_from = "<out>"`` (see
-docs/training.md). Labels are never read.
+docs/build/training.md). Labels are never read.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     python -m training.train --config configs/cpu_small.toml --cache cache/nih256 [--epochs 5] [--set learning_rate=3e-4]
 
-Settings come from the TOML file (flat keys, see docs/training.md), then the
+Settings come from the TOML file (flat keys, see docs/build/training.md), then the
 named options, then each ``--set key=value`` in order. The run folder gets
 checkpoints, log.csv and ``bundle/``; ``--resume`` continues from
 ``checkpoints/last.keras`` with its optimizer state.
@@ -19,7 +19,7 @@ from training._errors import USER_ERRORS, report_user_error
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0],
-                                     epilog="Configuration keys: see docs/training.md or cxr_core.learn.config.TrainConfig.")
+                                     epilog="Configuration keys: see docs/build/training.md or cxr_core.learn.config.TrainConfig.")
     parser.add_argument("--config", help="TOML file with TrainConfig keys")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--data", help="NIH dataset folder (decode files on the fly)")

@@ -4,12 +4,12 @@
 
 Searched: learning rate (log scale), backbone, input size, loss and
 augmentation strength. The ranges come from the ``[tune]`` table of the TOML
-file (see docs/training.md); everything else from its flat keys. Writes
+file (see docs/build/training.md); everything else from its flat keys. Writes
 ``results.csv`` and ``results.md`` (one row per trial, best first) and
 ``best_config.json`` into ``--out``. An interrupted search resumes where it
 stopped when run again with the same ``--out`` (``--overwrite`` restarts).
 
-Distributed (keras-tuner's own mode, docs/tuning.md): the same command in a
+Distributed (keras-tuner's own mode, docs/build/tuning.md): the same command in a
 chief process (KERASTUNER_TUNER_ID=chief) and in workers (tuner0, tuner1 ...),
 all with KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT; only the chief
 writes the results. The logic is in ``cxr_core.learn.tuning``.
@@ -24,7 +24,7 @@ import sys
 from training._errors import USER_ERRORS, report_user_error
 
 EPILOG = ("Distributed search: set KERASTUNER_TUNER_ID (chief, or tuner0, tuner1 ... on the workers), "
-          "KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT; see docs/tuning.md.")
+          "KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT; see docs/build/tuning.md.")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,7 @@
 """Adapt a bundle to a site: local validation, refitted operating points, an optional fine-tune, never worse.
 
 The engine behind ``python -m training.adapt`` (the steps are described in
-``docs/site.md``):
+``docs/use/site.md``):
 
 1. read the site's films and labels and split them patient-wise, seeded,
    into a FIT part and a CHECK part (:mod:`~cxr_core.adaptation.site_data`);

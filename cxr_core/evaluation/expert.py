@@ -4,7 +4,7 @@ NIH's labels were text-mined from reports; Google Health had 4,376 of the images
 re-read and adjudicated by radiologists for four categories
 (:data:`cxr_core.data.expert_labels.EXPERT_CATEGORIES`). This module maps the
 model's 14 outputs and NIH's 14 labels onto those categories
-(:data:`EXPERT_MAPPING`, justified in ``docs/expert_reference.md``), then
+(:data:`EXPERT_MAPPING`, justified in ``docs/build/expert_reference.md``), then
 
 * :func:`expert_auroc` measures the model against the experts **beside** the
   model against NIH's labels on the same images (patient-bootstrap CIs, one
@@ -54,7 +54,7 @@ __all__ = [
 #: for a category combines those findings' probabilities (:func:`category_scores`);
 #: NIH's label for it is their OR (:func:`category_labels`). Fracture: none
 #: (ChestX-ray14 has no fracture finding). Why Atelectasis is in Airspace
-#: opacity and Edema is not: ``docs/expert_reference.md``.
+#: opacity and Edema is not: ``docs/build/expert_reference.md``.
 EXPERT_MAPPING: dict[str, tuple[str, ...]] = {
     "Pneumothorax": ("Pneumothorax",),
     "Nodule or mass": ("Nodule", "Mass"),
@@ -392,7 +392,7 @@ def expert_markdown(metrics: dict) -> list[str]:
         return []
     split = ref.get("split", "test")
     lines = [
-        f"Against radiologists' labels (Majkowska et al., Radiology 2019; mapping in `docs/expert_reference.md`): "
+        f"Against radiologists' labels (Majkowska et al., Radiology 2019; mapping in `docs/build/expert_reference.md`): "
         f"{ref['images']} of the {ref['images_offered']} {split} images ({ref['patients']} patients) have them. "
         "AUROC of the model against the experts beside AUROC against NIH's labels on the same images "
         "(95% CI, patient bootstrap):",

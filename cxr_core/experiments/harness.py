@@ -291,7 +291,7 @@ def put_between_markers(text: str, start: str, end: str, block: str) -> str:
     """``text`` with ``block`` between its ``start`` and ``end`` markers (both appended first if either is missing).
 
     Everything outside the markers is kept as it is: the tables of
-    ``docs/experiments.md`` are regenerated, the prose around them is not.
+    ``docs/evidence/experiments.md`` are regenerated, the prose around them is not.
     """
     if start not in text or end not in text:
         text = text.rstrip("\n") + f"\n\n{start}\n{end}\n"

@@ -3,7 +3,7 @@
 With a pretrained trunk and 2,400 training images, fine-tuning the trunk on
 2 CPU cores is slow and, for VGG16 (no BatchNormalization, large
 activations), unstable; a linear head on the frozen trunk's pooled features
-is the measured better start (``docs/experiments.md``). Since the trunk does
+is the measured better start (``docs/evidence/experiments.md``). Since the trunk does
 not change, its features are computed ONCE per image (no augmentation, the
 exact preprocessing the app uses) and the head is fitted on those arrays in
 seconds instead of epochs of full forward passes.
@@ -14,7 +14,7 @@ pooled ``"features"``, so the class activation map of finding k is
 (after Li et al., CVPR 2018, who trained with NIH's boxes) asks that the
 spatial softmax of that map puts its mass inside the expert box of the
 finding, on TRAINING images only; it is what moves the heatmaps onto the
-lesions (validation T(IoBB) in ``docs/experiments.md``).
+lesions (validation T(IoBB) in ``docs/evidence/experiments.md``).
 
 Features are standardised with the training split's mean and standard
 deviation while fitting (well-conditioned, one L2 strength for all

@@ -1,7 +1,7 @@
 """Fine-tune the top block of a pretrained trunk over its cached lower-block activations.
 
 Full fine-tuning of VGG16 at 224 px trains at 1.3 images/s on 2 CPU
-cores (``docs/scaling.md``), half an hour an epoch. The lower blocks hold most of the compute and,
+cores (``docs/evidence/scaling.md``), half an hour an epoch. The lower blocks hold most of the compute and,
 pretrained on edges, transfer as they are; the top block and the head are
 what must adapt to chest films. Their input (for VGG16, ``block4_pool``'s
 activation) does not change while they train, so it is computed ONCE per

@@ -6,7 +6,7 @@ backbone, input size, loss and augmentation strength; the ranges come from the
 the :class:`~cxr_core.learn.config.TrainConfig`.
 
 Distributed mode is keras-tuner's own, chosen by three environment variables
-(see docs/tuning.md): ``KERASTUNER_TUNER_ID`` (``chief`` for the process
+(see docs/build/tuning.md): ``KERASTUNER_TUNER_ID`` (``chief`` for the process
 that runs the oracle, ``tuner0``, ``tuner1`` ... for the workers),
 ``KERASTUNER_ORACLE_IP`` and ``KERASTUNER_ORACLE_PORT`` (where the chief's
 gRPC service listens and the workers connect). The chief hands out trials and
@@ -94,7 +94,7 @@ def distributed_role(environ: Mapping[str, str] | None = None) -> Distributed | 
             f"distributed tuning needs {ENV_ID}, {ENV_IP} and {ENV_PORT} all set; "
             f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing or empty. Set all three "
             f"({ENV_ID}=chief for the oracle's process, tuner0, tuner1 ... for the workers; the chief's address "
-            "and port for every process), or none of them to search in one process. See docs/tuning.md."
+            "and port for every process), or none of them to search in one process. See docs/build/tuning.md."
         )
     tuner_id = env[ENV_ID].strip()
     if CHIEF in tuner_id and tuner_id != CHIEF:

@@ -1,5 +1,5 @@
 """The DICOM node: chest films routed from a PACS in, standard results (a TID 1500 Structured Report and a
-Secondary Capture overlay) sent back into the same study (``python -m training.node``; docs/pacs.md).
+Secondary Capture overlay) sent back into the same study (``python -m training.node``; docs/use/pacs.md).
 
 It may use data, evaluation, serving (through the Predictor's public API) and, from learn, the bundle format (its
 SHA-256 names the model in the results); nothing in cxr_core imports it.

@@ -1,6 +1,6 @@
 """The coded concepts of cxr-assist's DICOM results: the 14 findings, the triage, the flag, the probability.
 
-Every code here was looked up, not guessed (docs/pacs.md lists the sources):
+Every code here was looked up, not guessed (docs/use/pacs.md lists the sources):
 
 - DICOM PS3.16 first (its SNOMED CT "SCT" and DICOM "DCM" codes, as pydicom's PS3.16 concept dictionary and the
   DICOM context group tables carry them): Cardiomegaly (CID 12248), Pleural effusion, Mass, Nodule and Infiltrate

@@ -1,6 +1,6 @@
 """The Structured Report cxr-assist returns into the study: TID 1500, IHE AI Results (AIR) style, built with highdicom.
 
-One film gives one Comprehensive 3D SR document (docs/pacs.md shows its content tree):
+One film gives one Comprehensive 3D SR document (docs/use/pacs.md shows its content tree):
 
 - the Measurement Report (TID 1500) of a plain chest X-ray, observed by the cxr-assist device, with the source film
   in its image library;

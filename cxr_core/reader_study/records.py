@@ -53,7 +53,7 @@ EXPERT_PREFIX = "expert_"
 
 #: A study's reference standard: NIH's text-mined labels (14 findings), or the
 #: radiologists' labels of Majkowska et al. 2019 (their categories; only cases
-#: that have them are selected). See docs/expert_reference.md.
+#: that have them are selected). See docs/build/expert_reference.md.
 REFERENCES: tuple[str, ...] = ("nih", "expert")
 
 #: How each reference standard is named on the pages.

@@ -4,7 +4,7 @@ The views are the image itself and five crops of it (four corners and the
 centre), each keeping 176/192 of the side (84% of the area) and resized back
 to the model's input size. There is no horizontal flip: laterality carries
 meaning on a chest film. On the GPU exploration of issue 11
-(``docs/experiments.md``) these six views raised the validation mean AUROC of
+(``docs/evidence/experiments.md``) these six views raised the validation mean AUROC of
 11 of 12 from-scratch models, by +0.009 on average, scoring the same
 checkpoint, at six forward passes per image.
 
