@@ -14,9 +14,9 @@ import streamlit as st
 from cxr_core.data import decode_image
 from cxr_core.evaluation.reading import ReadingPolicy
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
-from cxr_core.jobs.tour import CATEGORIES, TOUR_FILE, bundle_fingerprint, read_tour
+from cxr_core.jobs.tour import CATEGORIES, bundle_fingerprint
 from cxr_core.reporting.handout import radiologists_rows, stop_pictures, stop_reading
-from cxr_core.reporting.tour_file import resolve_image
+from cxr_core.reporting.tour_file import TOUR_FILE, read_tour, resolve_image
 from cxr_core.reporting.words import BAND_LABELS, WITHHELD_NOTE, flag_words, triage_words
 from pages import common
 
@@ -43,11 +43,10 @@ if tour is None:
             f"`python -m training.tour --bundle {bundle} --data {common.demo_root()}`")
     st.stop()
 metadata = common.bundle_metadata()
-if tour.get("bundle", {}).get("fingerprint") != bundle_fingerprint(metadata):
+if tour.fingerprint != bundle_fingerprint(metadata):
     st.warning("This tour was built for an earlier fitting of the model: its captions may not match what the model says "
-               f"now. Rebuild it with `{tour.get('command') or 'python -m training.tour'}`.")
-stops = tour.get("stops") or []
-absent = tour.get("absent") or []
+               f"now. Rebuild it with `{tour.command or 'python -m training.tour'}`.")
+stops, absent = tour.stops, tour.absent
 if not stops:
     st.info("The stored tour has no stop: no demo film fits any of its categories.")
     st.stop()
@@ -65,26 +64,26 @@ index = st.session_state.get("tour_stop", 0)
 nav = st.columns([1, 1, 5])
 nav[0].button("← Previous", key="tour_prev", on_click=_go, args=(-1,), disabled=index == 0, width="stretch")
 nav[1].button("Next →", key="tour_next", on_click=_go, args=(1,), disabled=index == n - 1, width="stretch")
-nav[2].selectbox("Stop", range(n), format_func=lambda k: f"{k + 1}. {stops[k]['title']}", key="tour_stop",
+nav[2].selectbox("Stop", range(n), format_func=lambda k: f"{k + 1}. {stops[k].title}", key="tour_stop",
                  label_visibility="collapsed")
 index = st.session_state["tour_stop"]
 stop = stops[index]
 
-st.subheader(f"Stop {index + 1} of {n}: {stop['title']}")
-st.info(stop["caption"])
-why = CATEGORIES.get(stop["category"], ("", ""))[1]
-chosen = f" Chosen among {stop['candidates']} such films." if stop.get("candidates") else ""
-if stop.get("nih_labels") is None:
-    st.caption(f"Why this stop: {why}.{chosen} Image: {stop['image']} ({(stop.get('source') or {}).get('description', '')}).")
+st.subheader(f"Stop {index + 1} of {n}: {stop.title}")
+st.info(stop.caption)
+why = CATEGORIES.get(stop.category, ("", ""))[1]
+chosen = f" Chosen among {stop.candidates} such films." if stop.candidates else ""
+if stop.nih_labels is None:
+    st.caption(f"Why this stop: {why}.{chosen} Image: {stop.image} ({stop.description}).")
 else:
-    labels = ", ".join(DISPLAY_NAMES[f] for f in stop["nih_labels"]) or "No Finding"
-    st.caption(f"Why this stop: {why}.{chosen} Image {stop['image']}, patient {stop['patient_id']}, model split "
-               f"{stop['split']}. NIH labels: {labels}.")
+    labels = ", ".join(DISPLAY_NAMES[f] for f in stop.nih_labels) or "No Finding"
+    st.caption(f"Why this stop: {why}.{chosen} Image {stop.image}, patient {stop.patient_id}, model split "
+               f"{stop.split}. NIH labels: {labels}.")
 
 policy = ReadingPolicy.from_metadata(metadata)
 reading = stop_reading(stop, policy)
 if reading.withheld:
-    for note in stop.get("withheld_because") or []:
+    for note in stop.withheld_because:
         st.warning(note)
     st.error(WITHHELD_NOTE)
 else:
@@ -96,19 +95,19 @@ else:
 
 dataset = None
 paths = None
-if stop.get("nih_labels") is not None:
+if stop.nih_labels is not None:
     try:
         dataset = common.load_dataset(str(common.demo_root()))
         paths = dict(zip(dataset.csv["image"], dataset.csv["path"]))
     except (ValueError, OSError) as exc:
         st.error(f"The demo set could not be read: {exc}")
-path = resolve_image(stop.get("source") or {}, stop["image"], common.demo_root(), paths)
+path = resolve_image(stop.source, stop.image, common.demo_root(), paths)
 if path is None:
-    st.error(f"The image {stop['image']} is not on this machine (demo set: `{common.demo_root()}`).")
+    st.error(f"The image {stop.image} is not on this machine (demo set: `{common.demo_root()}`).")
 else:
     left, right = st.columns(2)
     analysis, getting_ready = None, False
-    if not reading.withheld and stop.get("finding"):
+    if not reading.withheld and stop.finding:
         with right:  # while the app is still getting the model ready: its progress here, the page reruns when done
             getting_ready = common.getting_ready_notice()
         if not getting_ready and common.optional_predictor() is not None:
@@ -119,21 +118,21 @@ else:
         right.image(pictures.heatmap, caption=pictures.heatmap_caption, width="stretch")
     elif reading.withheld:
         right.caption("No heatmap: the output is withheld for this image.")
-    elif stop.get("finding") and not getting_ready:
+    elif stop.finding and not getting_ready:
         right.caption("No heatmap: no model is loaded.")
 
-measured = [b for b in stop.get("boxes") or [] if b["finding"] == stop.get("finding")]
+measured = [b for b in stop.boxes if b.finding == stop.finding]
 for box in measured:
-    st.caption(f"{DISPLAY_NAMES[box['finding']]} heatmap against its expert box, measured when the tour was built: IoU "
-               f"{box['iou']:.2f}, IoBB {box['iobb']:.2f} (share of the best heatmap box inside the expert box), the heatmap "
-               f"boxes cover {100 * box['coverage']:.0f}% of the expert box; its strongest value inside the box is "
-               f"{100 * box['peak_in_box']:.0f}% of the map's peak.")
+    st.caption(f"{DISPLAY_NAMES[box.finding]} heatmap against its expert box, measured when the tour was built: IoU "
+               f"{box.iou:.2f}, IoBB {box.iobb:.2f} (share of the best heatmap box inside the expert box), the heatmap "
+               f"boxes cover {100 * box.coverage:.0f}% of the expert box; its strongest value inside the box is "
+               f"{100 * box.peak_in_box:.0f}% of the map's peak.")
 
 if not reading.withheld:
-    order = sorted(FINDINGS, key=lambda f: -stop["probabilities"][f])
+    order = sorted(FINDINGS, key=lambda f: -stop.probabilities[f])
     st.dataframe(
-        {"finding": [DISPLAY_NAMES[f] for f in order], "NIH label": ["yes" if f in stop["nih_labels"] else "" for f in order],
-         "probability": [stop["probabilities"][f] for f in order], "band": [BAND_LABELS.get(reading.bands[f], "") for f in order]},
+        {"finding": [DISPLAY_NAMES[f] for f in order], "NIH label": ["yes" if f in (stop.nih_labels or ()) else "" for f in order],
+         "probability": [stop.probabilities[f] for f in order], "band": [BAND_LABELS.get(reading.bands[f], "") for f in order]},
         hide_index=True, key="tour_findings", height=250,
         column_config={"probability": st.column_config.NumberColumn("calibrated probability", format="%.3f")},
     )
@@ -147,10 +146,10 @@ if rows:
 
 if absent:
     st.markdown("**Not on this tour**: no demo film fits these categories.")
-    st.markdown("\n".join(f"- {a['title']}: {a['reason']}." for a in absent))
+    st.markdown("\n".join(f"- {a.title}: {a.reason}." for a in absent))
 
 st.divider()
-tour_key = f"{tour.get('created')}:{tour.get('bundle', {}).get('fingerprint')}"
+tour_key = f"{tour.created}:{tour.fingerprint}"
 if st.button("Prepare the PDF handout of the whole tour", key="tour_pdf_prepare"):
     from cxr_core.reporting.handout import tour_pdf
 

@@ -23,15 +23,14 @@ from cxr_core.findings import FINDINGS
 from cxr_core.jobs.tour import (
     CATEGORIES,
     SMALL_BOX_SHARE,
-    TOUR_FILE,
     WEAK_PEAK,
     WELL_PLACED_IOBB,
     bundle_fingerprint,
     caption,
-    read_tour,
     select_tour,
 )
-from cxr_core.jobs.tour_outputs import EXCLUDED_SPLITS, BoxScore, FilmOutput, box_scores
+from cxr_core.jobs.tour_outputs import EXCLUDED_SPLITS, FilmOutput, box_scores
+from cxr_core.reporting.tour_file import TOUR_FILE, BoxScore, read_tour, tour_from_document
 from tests.app_bundle import SHIPPED_BUNDLE, tiny_app_bundle
 from tests.conftest import REPO_ROOT, SHARED_NIH
 
@@ -179,12 +178,12 @@ def shipped_tour():
 
 
 def test_the_stored_tour_is_of_this_bundle_with_portable_paths(shipped_tour):
-    assert shipped_tour["bundle"]["fingerprint"] == bundle_fingerprint(SHIPPED_META)
+    assert shipped_tour.fingerprint == bundle_fingerprint(SHIPPED_META)
     text = (SHIPPED_BUNDLE / TOUR_FILE).read_text()
     assert not re.search(r'"(/|[A-Za-z]:\\)', text) and "/work/" not in text and "/root/" not in text and "/home/" not in text
-    assert 10 <= len(shipped_tour["stops"]) <= 14
-    assert {s["category"] for s in shipped_tour["stops"]} | {a["category"] for a in shipped_tour["absent"]} == set(CATEGORIES)
-    assert all(a["reason"] for a in shipped_tour["absent"])
+    assert 10 <= len(shipped_tour.stops) <= 14
+    assert {s.category for s in shipped_tour.stops} | {a.category for a in shipped_tour.absent} == set(CATEGORIES)
+    assert all(a.reason for a in shipped_tour.absent)
 
 
 def test_every_stored_stop_matches_the_data(shipped_tour, demo_root):
@@ -201,69 +200,69 @@ def test_every_stored_stop_matches_the_data(shipped_tour, demo_root):
     policy = ReadingPolicy.from_metadata(SHIPPED_META)
     cuts = policy.cuts()
     patients = []
-    for stop in shipped_tour["stops"]:
-        assert stop["title"] and stop["caption"] == caption(stop["category"], stop["facts"]), stop["category"]
-        if stop["nih_labels"] is None:  # the non-chest image: withheld, nothing of the reading stored
-            assert stop["category"] == "refused" and stop["withheld_because"] and stop["probabilities"] == {}
-            assert stop["source"]["kind"] == "package" and stop["triage"] == "not assessed"
+    for stop in shipped_tour.stops:
+        assert stop.title and stop.caption == caption(stop.category, stop.facts), stop.category
+        if stop.nih_labels is None:  # the non-chest image: withheld, nothing of the reading stored
+            assert stop.category == "refused" and stop.withheld_because and stop.probabilities == {} and stop.withheld
+            assert stop.source["kind"] == "package" and stop.triage == "not assessed"
             continue
-        image = stop["image"]
-        assert splits.get(image, "unseen") not in EXCLUDED_SPLITS and stop["split"] == splits.get(image, "unseen")
-        assert stop["patient_id"] == int(rows.loc[image, "patient_id"])
-        patients.append(stop["patient_id"])
+        image = stop.image
+        assert splits.get(image, "unseen") not in EXCLUDED_SPLITS and stop.split == splits.get(image, "unseen")
+        assert stop.patient_id == int(rows.loc[image, "patient_id"])
+        patients.append(stop.patient_id)
         y = dataset.labels[dataset.csv.index[dataset.csv["image"] == image][0]]
-        assert stop["nih_labels"] == [f for f, v in zip(FINDINGS, y) if v > 0.5]
-        p = np.array([stop["probabilities"][f] for f in FINDINGS])
+        assert stop.nih_labels == tuple(f for f, v in zip(FINDINGS, y) if v > 0.5)
+        p = np.array([stop.probabilities[f] for f in FINDINGS])
         stored = calibration.apply(predictions.loc[image, list(FINDINGS)].to_numpy(dtype=float)[None, :])[0]
         np.testing.assert_allclose(p, stored, atol=2e-3)  # one film analysed vs the batch evaluation, 6 decimals
         reading = policy.read(p)
-        assert (reading.triage, list(reading.flagged)) == (stop["triage"], stop["flagged"])
-        assert stop["triage_probability"] == pytest.approx(reading.triage_probability, abs=1e-5)
-        facts, category = stop["facts"], stop["category"]
+        assert (reading.triage, tuple(reading.flagged)) == (stop.triage, stop.flagged)
+        assert stop.triage_probability == pytest.approx(reading.triage_probability, abs=1e-5)
+        facts, category = stop.facts, stop.category
         for key in ("p", "top_p"):
             if key in facts:
                 finding = facts.get("finding") or facts.get("top_finding") or "Nodule"
-                assert facts[key] == pytest.approx(stop["probabilities"][finding], abs=1e-4)
+                assert facts[key] == pytest.approx(stop.probabilities[finding], abs=1e-4)
         if "triage_p" in facts:
-            assert facts["triage_p"] == pytest.approx(stop["triage_probability"], abs=1e-4)
-        box = {b["finding"]: b for b in stop["boxes"]}
+            assert facts["triage_p"] == pytest.approx(stop.triage_probability, abs=1e-4)
+        box = {b.finding: b for b in stop.boxes}
         if category.startswith("hit_"):
             f = facts["finding"]
-            assert f in stop["nih_labels"] and f in stop["flagged"] and box[f]["iobb"] >= WELL_PLACED_IOBB
+            assert f in stop.nih_labels and f in stop.flagged and box[f].iobb >= WELL_PLACED_IOBB
             assert facts["flag_cut"] == pytest.approx(cuts.flag[FINDINGS.index(f)], abs=1e-4)
-            assert (facts["iobb"], facts["iou"], facts["coverage"]) == (box[f]["iobb"], box[f]["iou"], box[f]["coverage"])
+            assert (facts["iobb"], facts["iou"], facts["coverage"]) == (box[f].iobb, box[f].iou, box[f].coverage)
         elif category == "normal_set_aside":
-            assert stop["nih_labels"] == [] and stop["triage"] == "no finding likely" and stop["flagged"] == []
+            assert stop.nih_labels == () and stop.triage == "no finding likely" and stop.flagged == ()
         elif category == "abnormal_no_flag":
-            assert stop["nih_labels"] and stop["triage"] == "abnormal" and stop["flagged"] == []
+            assert stop.nih_labels and stop.triage == "abnormal" and stop.flagged == ()
         elif category == "triage_miss":
-            assert stop["nih_labels"] and stop["triage"] == "no finding likely"
+            assert stop.nih_labels and stop.triage == "no finding likely"
         elif category == "false_alarm":
-            assert stop["nih_labels"] == [] and stop["flagged"][0] == facts["finding"]
+            assert stop.nih_labels == () and stop.flagged[0] == facts["finding"]
         elif category == "miss":
             f = facts["finding"]
-            assert f in stop["nih_labels"] and reading.bands[f] == "below" and f in box
+            assert f in stop.nih_labels and reading.bands[f] == "below" and f in box
         elif category == "small_nodule":
-            assert "Nodule" in stop["nih_labels"] and box["Nodule"]["box_share"] < SMALL_BOX_SHARE
-            assert box["Nodule"]["peak_in_box"] < WEAK_PEAK and facts["peak_in_box"] == box["Nodule"]["peak_in_box"]
+            assert "Nodule" in stop.nih_labels and box["Nodule"].box_share < SMALL_BOX_SHARE
+            assert box["Nodule"].peak_in_box < WEAK_PEAK and facts["peak_in_box"] == box["Nodule"].peak_in_box
         elif category in ("nih_overturned", "nih_missed"):
-            said = stop["expert_labels"][facts["category"]]
+            said = stop.expert_labels[facts["category"]]
             assert said == (0.0 if category == "nih_overturned" else 1.0)
             members = {"Pneumothorax": ["Pneumothorax"], "Nodule or mass": ["Nodule", "Mass"],
                        "Airspace opacity": ["Consolidation", "Pneumonia", "Infiltration", "Atelectasis"]}[facts["category"]]
-            assert bool(set(members) & set(stop["nih_labels"])) == (category == "nih_overturned")
-            assert facts["model_score"] == pytest.approx(max(stop["probabilities"][f] for f in members), abs=1e-4)
+            assert bool(set(members) & set(stop.nih_labels)) == (category == "nih_overturned")
+            assert facts["model_score"] == pytest.approx(max(stop.probabilities[f] for f in members), abs=1e-4)
     assert len(patients) == len(set(patients)), "one film per patient"
     # The radiologists' labels, where the label file is beside the checkout.
     file = SHARED_NIH / "extras" / "google2019_nih-chest-xray-labels.csv.gz"
     if file.is_file():
         table = read_expert_labels(file).set_index("image")
-        for stop in shipped_tour["stops"]:
-            if stop["expert_labels"] is not None:
-                row = table.loc[stop["image"]]
-                assert stop["expert_labels"] == {c: None if row[c] != row[c] else float(row[c]) for c in stop["expert_labels"]}
-            elif stop["nih_labels"] is not None:
-                assert stop["image"] not in table.index
+        for stop in shipped_tour.stops:
+            if stop.expert_labels is not None:
+                row = table.loc[stop.image]
+                assert stop.expert_labels == {c: None if row[c] != row[c] else float(row[c]) for c in stop.expert_labels}
+            elif stop.nih_labels is not None:
+                assert stop.image not in table.index
 
 
 def test_the_stored_heatmap_numbers_and_the_refusal_hold_when_the_model_runs_again(shipped_tour, demo_root):
@@ -274,20 +273,20 @@ def test_the_stored_heatmap_numbers_and_the_refusal_hold_when_the_model_runs_aga
     predictor = Predictor.from_bundle(SHIPPED_BUNDLE)
     dataset = NIHDataset(demo_root)
     paths = dict(zip(dataset.csv["image"], dataset.csv["path"]))
-    boxed = [s for s in shipped_tour["stops"] if s["boxes"] and s["finding"] in {b["finding"] for b in s["boxes"]}][:3]
+    boxed = [s for s in shipped_tour.stops if s.boxes and s.finding in {b.finding for b in s.boxes}][:3]
     for stop in boxed:
-        analysis = predictor.analyze(paths[stop["image"]], explain=[stop["finding"]])
+        analysis = predictor.analyze(paths[stop.image], explain=[stop.finding])
         h, w = analysis.image.pixels.shape
-        truth = dataset.boxes_for(stop["image"], width=w, height=h)
-        truth = truth[truth["finding"] == stop["finding"]][["x", "y", "w", "h"]].to_numpy()
-        again = box_scores(analysis.heatmaps[stop["finding"]], stop["finding"], truth)
-        stored = [b for b in stop["boxes"] if b["finding"] == stop["finding"]]
+        truth = dataset.boxes_for(stop.image, width=w, height=h)
+        truth = truth[truth["finding"] == stop.finding][["x", "y", "w", "h"]].to_numpy()
+        again = box_scores(analysis.heatmaps[stop.finding], stop.finding, truth)
+        stored = [b for b in stop.boxes if b.finding == stop.finding]
         for a, b in zip(again, stored):
             for key in ("iou", "iobb", "coverage", "peak_in_box", "box_share"):
-                assert getattr(a, key) == pytest.approx(b[key], abs=2e-3), (stop["image"], key)
-    for stop in shipped_tour["stops"]:
-        if stop["category"] == "refused":
-            path = resolve_image(stop["source"], stop["image"])
+                assert getattr(a, key) == pytest.approx(getattr(b, key), abs=2e-3), (stop.image, key)
+    for stop in shipped_tour.stops:
+        if stop.category == "refused":
+            path = resolve_image(stop.source, stop.image)
             assert path is not None and predictor.analyze(path, explain=[]).reading.withheld
 
 
@@ -312,25 +311,25 @@ def test_the_tiny_bundle_tour_keeps_the_rules(tiny_tour_bundle, demo_root):
     tour = read_tour(tiny_tour_bundle)
     predictor = Predictor.from_bundle(tiny_tour_bundle)
     dataset = NIHDataset(demo_root)
-    assert tour["data"]["left_out_train_or_val"] == sum(predictor.split_of(n) in EXCLUDED_SPLITS for n in dataset.image_names) > 0
-    assert tour["eligible_films"] == len(dataset) - tour["data"]["left_out_train_or_val"]
-    assert {s["category"] for s in tour["stops"]} | {a["category"] for a in tour["absent"]} == set(CATEGORIES)
-    assert tour["data"]["expert_labels"] is None and {"nih_overturned", "nih_missed"} <= {a["category"] for a in tour["absent"]}
-    patients = [s["patient_id"] for s in tour["stops"] if s["patient_id"] is not None]
+    assert tour.data["left_out_train_or_val"] == sum(predictor.split_of(n) in EXCLUDED_SPLITS for n in dataset.image_names) > 0
+    assert tour.eligible_films == len(dataset) - tour.data["left_out_train_or_val"]
+    assert {s.category for s in tour.stops} | {a.category for a in tour.absent} == set(CATEGORIES)
+    assert tour.data["expert_labels"] is None and {"nih_overturned", "nih_missed"} <= {a.category for a in tour.absent}
+    patients = [s.patient_id for s in tour.stops if s.patient_id is not None]
     assert len(patients) == len(set(patients))
     outputs = gather_outputs(predictor, dataset, extra_images=package_photographs())
     assert all(o.split not in EXCLUDED_SPLITS for o in outputs)
     by_image = {o.image: o for o in outputs}
-    for stop in tour["stops"]:
-        assert predictor.split_of(stop["image"]) not in EXCLUDED_SPLITS
-        assert stop["caption"] == caption(stop["category"], stop["facts"])
-        film = by_image[stop["image"]]
-        assert stop["triage"] == film.reading.triage and stop["flagged"] == list(film.reading.flagged)
-        for f, p in stop["probabilities"].items():
+    for stop in tour.stops:
+        assert predictor.split_of(stop.image) not in EXCLUDED_SPLITS
+        assert stop.caption == caption(stop.category, stop.facts)
+        film = by_image[stop.image]
+        assert stop.triage == film.reading.triage and stop.flagged == tuple(film.reading.flagged)
+        for f, p in stop.probabilities.items():
             assert p == pytest.approx(film.probabilities[f], abs=1e-5)
     # Same outputs, same seed: the same stops.
-    again = select_tour(outputs, predictor.policy, seed=0)
-    assert again["stops"] == tour["stops"] and again["absent"] == tour["absent"]
+    again = tour_from_document(select_tour(outputs, predictor.policy, seed=0))
+    assert again.stops == tour.stops and again.absent == tour.absent
 
 
 def test_the_handout_pdf_has_a_page_per_stop(tiny_tour_bundle, demo_root):
@@ -342,11 +341,11 @@ def test_the_handout_pdf_has_a_page_per_stop(tiny_tour_bundle, demo_root):
     predictor = Predictor.from_bundle(tiny_tour_bundle)
     pdf = tour_pdf(tour, predictor.metadata, dataset=NIHDataset(demo_root), analyze=predictor.analyze)
     assert pdf.startswith(b"%PDF")
-    assert len(re.findall(rb"/Type /Page\b", pdf)) >= 1 + len(tour["stops"])
+    assert len(re.findall(rb"/Type /Page\b", pdf)) >= 1 + len(tour.stops)
     text = _pdf_text(pdf)
-    for expected in ("guided tour", "NOT for clinical use", *(f"Stop {i + 1} of {len(tour['stops'])}" for i in range(len(tour["stops"])))):
+    for expected in ("guided tour", "NOT for clinical use", *(f"Stop {i + 1} of {len(tour.stops)}" for i in range(len(tour.stops)))):
         assert expected in text, expected
-    if tour["absent"]:
+    if tour.absent:
         assert "Not on this tour" in text
 
 
@@ -356,10 +355,10 @@ def test_the_shipped_handout_names_every_stop(shipped_tour, demo_root):
     from tests.test_report import _pdf_text
 
     pdf = tour_pdf(shipped_tour, SHIPPED_META, dataset=NIHDataset(demo_root))
-    assert len(re.findall(rb"/Type /Page\b", pdf)) >= 1 + len(shipped_tour["stops"])
+    assert len(re.findall(rb"/Type /Page\b", pdf)) >= 1 + len(shipped_tour.stops)
     text = _pdf_text(pdf)
-    for stop in shipped_tour["stops"]:
-        assert stop["image"] in text
+    for stop in shipped_tour.stops:
+        assert stop.image in text
     assert "Triage: ABNORMAL" in text and "Output withheld" in text
 
 
@@ -392,30 +391,30 @@ def test_the_page_walks_the_tour(_env, monkeypatch, which, tiny_tour_bundle, shi
         pytest.skip("no shipped tour")
     tour = read_tour(bundle)
     at = _tour_page(monkeypatch, bundle)
-    n = len(tour["stops"])
+    n = len(tour.stops)
     assert at.title[0].value == "Guided tour" and "not for clinical use" in at.caption[0].value
     if n == 0:
         assert any("no stop" in i.value for i in at.info)
         return
-    assert _heading(at) == f"Stop 1 of {n}: {tour['stops'][0]['title']}"
-    assert at.info[0].value == tour["stops"][0]["caption"]
+    assert _heading(at) == f"Stop 1 of {n}: {tour.stops[0].title}"
+    assert at.info[0].value == tour.stops[0].caption
     assert at.button(key="tour_prev").disabled
     for k in range(1, min(n, 4)):
         at.button(key="tour_next").click().run()
         assert not at.exception, at.exception
-        assert _heading(at) == f"Stop {k + 1} of {n}: {tour['stops'][k]['title']}"
+        assert _heading(at) == f"Stop {k + 1} of {n}: {tour.stops[k].title}"
     if n > 1:
         at.button(key="tour_prev").click().run()
         assert _heading(at).startswith(f"Stop {min(n, 4) - 1} of {n}")
     at.selectbox(key="tour_stop").set_value(n - 1).run()
     assert _heading(at).startswith(f"Stop {n} of {n}") and at.button(key="tour_next").disabled
-    for stop_index, stop in enumerate(tour["stops"]):  # the findings table of a stop with a reading
-        if stop["probabilities"] and which == "shipped":
+    for stop_index, stop in enumerate(tour.stops):  # the findings table of a stop with a reading
+        if stop.probabilities and which == "shipped":
             at.selectbox(key="tour_stop").set_value(stop_index).run()
             table = next(d.value for d in at.dataframe if "NIH label" in d.value.columns)  # the findings table
-            assert len(table) == 14 and table["probability"].iloc[0] == max(stop["probabilities"].values())
+            assert len(table) == 14 and table["probability"].iloc[0] == max(stop.probabilities.values())
             break
-    if tour["absent"]:
+    if tour.absent:
         assert any("Not on this tour" in m.value for m in at.markdown)
     at.button(key="tour_pdf_prepare").click().run()
     assert not at.exception, at.exception

@@ -59,6 +59,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxr_core.bundle.versioned_json import read_versioned_json
 from cxr_core.data.preprocessing import PreprocessConfig
 from cxr_core.findings import FINDINGS
 
@@ -265,15 +266,9 @@ def read_metadata(directory: str | os.PathLike) -> dict:
     meta_file = Path(directory) / METADATA_FILE
     if not meta_file.is_file():
         raise BundleError(f"{directory} is not a model bundle (no {METADATA_FILE})")
-    try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise BundleError(f"{meta_file} is not valid JSON: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{meta_file} is not a cxr-assist bundle (format {meta.get('format') if isinstance(meta, dict) else None!r})")
-    if int(meta.get("format_version", 0)) > BUNDLE_FORMAT_VERSION:
-        raise BundleError(f"{meta_file} has format version {meta['format_version']}; this code reads up to {BUNDLE_FORMAT_VERSION}")
-    return meta
+    # A bundle.json written before versions were numbered counts as version 0.
+    return read_versioned_json(meta_file, format=BUNDLE_FORMAT, versions=range(0, BUNDLE_FORMAT_VERSION + 1),
+                               error=BundleError, missing_version=0)
 
 
 def _check_findings(meta: dict, expected_findings, directory) -> tuple[str, ...]:
@@ -511,15 +506,12 @@ class Bundle(_Records):
         Returns:
             the new ``bundle.json`` content.
         """
-        meta_file = Path(directory) / METADATA_FILE
-        if not meta_file.is_file():
-            raise BundleError(f"{directory} is not a model bundle (no {METADATA_FILE})")
+        meta = read_metadata(directory)
         refused = sorted(set(keys) & CORE_KEYS)
         if refused:
             raise BundleError(f"update_metadata cannot change {', '.join(refused)}: they describe the stored model")
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
         meta.update(keys)
-        _write_json_atomic(meta_file, meta)  # serialises before touching the file
+        _write_json_atomic(Path(directory) / METADATA_FILE, meta)  # serialises before touching the file
         return meta
 
     def predict(self, images, *, batch_size: int = 32) -> np.ndarray:

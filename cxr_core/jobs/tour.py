@@ -7,7 +7,7 @@
 
 ``python -m training.tour`` runs :func:`build_tour`; the app's Guided tour page
 and the PDF handout (:mod:`cxr_core.reporting.handout`) only read the stored
-file.
+file (:func:`cxr_core.reporting.tour_file.read_tour`, where its format lives).
 
 Each stop is one film with a category, a title and a caption written from
 numbers (``facts``) measured on that film: the calibrated probabilities, the
@@ -53,16 +53,13 @@ from cxr_core.evaluation.reading import ReadingPolicy
 from cxr_core.evaluation.triage import ABNORMAL, NO_FINDING_LIKELY
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
 from cxr_core.jobs.tour_outputs import EXCLUDED_SPLITS, FilmOutput, gather_outputs, package_photographs
+from cxr_core.reporting.tour_file import TOUR_FILE, TOUR_FORMAT, TOUR_VERSION
 
 if TYPE_CHECKING:  # the model is needed only to gather outputs
     pass
 
-__all__ = ["CATEGORIES", "TOUR_FILE", "TOUR_FORMAT", "build_tour", "bundle_fingerprint", "caption", "read_tour", "select_tour",
-           "write_tour"]
+__all__ = ["CATEGORIES", "build_tour", "bundle_fingerprint", "caption", "select_tour", "write_tour"]
 
-TOUR_FILE = "tour.json"
-TOUR_FORMAT = "cxr-assist-tour"
-TOUR_VERSION = 1
 #: The seeded choice takes one of this many best-ranked candidates.
 TOP_K = 3
 #: A heatmap is well placed when its best box lies at least this much inside the expert box (Wang et al.'s T(IoBB) = 0.5).
@@ -432,26 +429,6 @@ def write_tour(tour: Mapping, directory: str | os.PathLike) -> Path:
     tmp.write_text(json.dumps(tour, indent=1, allow_nan=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
-
-
-def read_tour(directory: str | os.PathLike) -> dict | None:
-    """The stored tour of a bundle folder, or None when it has none.
-
-    Raises:
-        ValueError: the file is not a tour this version reads.
-    """
-    path = Path(directory) / TOUR_FILE
-    if not path.is_file():
-        return None
-    try:
-        tour = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(tour, dict) or tour.get("format") != TOUR_FORMAT:
-        raise ValueError(f"{path} is not a cxr-assist tour (format {TOUR_FORMAT!r})")
-    if int(tour.get("format_version", 0)) > TOUR_VERSION:
-        raise ValueError(f"{path} has tour format version {tour.get('format_version')}; this cxr-assist reads up to {TOUR_VERSION}")
-    return tour
 
 
 def build_tour(

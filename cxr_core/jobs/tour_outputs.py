@@ -25,14 +25,13 @@ from cxr_core.data.expert_labels import EXPERT_CATEGORIES
 from cxr_core.evaluation.localization import best_iobb, heatmap_to_boxes, iou
 from cxr_core.evaluation.reading import Reading
 from cxr_core.findings import FINDINGS
-from cxr_core.reporting.tour_file import resolve_image
+from cxr_core.reporting.tour_file import BoxScore, resolve_image
 
 if TYPE_CHECKING:
     from cxr_core.data.dataset import NIHDataset
     from cxr_core.serving.predictor import Predictor
 
-__all__ = ["EXCLUDED_SPLITS", "PHOTOGRAPHS", "BoxScore", "FilmOutput", "box_scores", "gather_outputs",
-           "package_photographs"]
+__all__ = ["EXCLUDED_SPLITS", "PHOTOGRAPHS", "FilmOutput", "box_scores", "gather_outputs", "package_photographs"]
 
 #: Films of these splits are never on the tour.
 EXCLUDED_SPLITS = ("train", "val")
@@ -41,27 +40,6 @@ PHOTOGRAPHS = (
     ("scikit-learn", "datasets/images/china.jpg", "scikit-learn's sample photograph china.jpg (a temple in China)"),
     ("scikit-learn", "datasets/images/flower.jpg", "scikit-learn's sample photograph flower.jpg (a flower)"),
 )
-
-
-@dataclass(frozen=True)
-class BoxScore:
-    """The heatmap of one finding against one expert box of it.
-
-    Attributes:
-        finding: the boxed finding.
-        iou: best IoU of a heatmap box with the expert box.
-        iobb: best IoBB (share of a heatmap box inside the expert box, Wang et al. 2017).
-        coverage: share of the expert box covered by the heatmap boxes together.
-        peak_in_box: the heatmap's strongest value inside the expert box, as a share of its peak.
-        box_share: the expert box's area as a share of the film's.
-    """
-
-    finding: str
-    iou: float
-    iobb: float
-    coverage: float
-    peak_in_box: float
-    box_share: float
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxr_core.bundle.versioned_json import read_versioned_json
 from cxr_core.data.preprocessing import PREPROCESSING_VERSION, to_model_uint8
 from cxr_core.errors import ImageReadError
 from cxr_core.findings import FINDINGS
@@ -366,9 +367,7 @@ def open_cache(root: str | os.PathLike) -> Cache:
     manifest_file = root / MANIFEST_NAME
     if not manifest_file.is_file():
         raise CacheError(f"{root} is not a finished cache (no {MANIFEST_NAME}); run python -m training.prepare")
-    manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
-    if manifest.get("format") != CACHE_FORMAT or manifest.get("format_version") != CACHE_FORMAT_VERSION:
-        raise CacheError(f"{root}: unsupported cache format {manifest.get('format')!r} v{manifest.get('format_version')!r}")
+    manifest = read_versioned_json(manifest_file, format=CACHE_FORMAT, versions=(CACHE_FORMAT_VERSION,), error=CacheError)
     if tuple(manifest.get("findings", ())) != FINDINGS:
         raise CacheError(f"{root}: the cache's findings order differs from cxr_core.findings.FINDINGS; rebuild it")
     version = manifest.get("preprocessing", {}).get("version")

@@ -41,10 +41,12 @@ from pathlib import Path
 import numpy as np
 
 from cxr_core.bundle import layer_names
+from cxr_core.bundle.versioned_json import read_versioned_json
 
 log = logging.getLogger(__name__)
 
 PRETRAIN_FORMAT = "cxr-assist-pretrain"
+PRETRAIN_VERSION = 1
 TRUNK_FILE = "trunk.npz"
 RECORD_FILE = "pretrain.json"
 #: Settings a trunk and the model it is loaded into must share.
@@ -275,8 +277,8 @@ def save_trunk(model, out: str | os.PathLike, record: dict) -> Path:
     temporary = out / (TRUNK_FILE + ".partial.npz")
     np.savez(temporary, **arrays)
     temporary.replace(out / TRUNK_FILE)  # a cut-off run never leaves half a trunk under the real name
-    (out / RECORD_FILE).write_text(json.dumps({"format": PRETRAIN_FORMAT, "version": 1, **record}, indent=2) + "\n",
-                                   encoding="utf-8")
+    document = {"format": PRETRAIN_FORMAT, "version": PRETRAIN_VERSION, **record}
+    (out / RECORD_FILE).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     return out
 
 
@@ -284,17 +286,15 @@ def read_record(folder: str | os.PathLike) -> dict:
     """``pretrain.json`` of a pretraining folder.
 
     Raises:
-        ValueError: the folder holds no finished pretraining.
+        ValueError: the folder holds no finished pretraining, or its record is of another format or version.
     """
     folder = Path(folder)
     path = folder / RECORD_FILE
     if not path.is_file() or not (folder / TRUNK_FILE).is_file():
         raise ValueError(f"{folder} holds no pretrained trunk ({RECORD_FILE} and {TRUNK_FILE}); "
                          "make one with python -m training.pretrain")
-    record = json.loads(path.read_text(encoding="utf-8"))
-    if record.get("format") != PRETRAIN_FORMAT:
-        raise ValueError(f"{path} is not a cxr-assist pretraining record")
-    return record
+    return read_versioned_json(path, format=PRETRAIN_FORMAT, versions=(PRETRAIN_VERSION,), version_key="version",
+                               missing_version=PRETRAIN_VERSION)
 
 
 def load_trunk(model, folder: str | os.PathLike, *, architecture: dict) -> dict:
