@@ -11,7 +11,10 @@ import numpy as np
 import streamlit as st
 
 from cxr_core.data import EXPERT_CATEGORIES, decode_image
-from cxr_core.evaluation import category_labels, category_scores, heatmap_to_boxes, iou
+from cxr_core.data.film_filter import ANY_FINDING, NO_FINDING, FilmFilter, age_bounds, select_films
+from cxr_core.evaluation import category_labels, category_scores
+from cxr_core.evaluation.flags import FLAG, flag_outcomes
+from cxr_core.evaluation.localization import best_iou_each, heatmap_to_boxes
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
 from cxr_core.reporting import overlays, report
 from cxr_core.reporting.words import BAND_LABELS, WITHHELD_NOTE, triage_words
@@ -38,30 +41,17 @@ expert_note = "" if experts is None else f", {int(csv['image'].isin(experts.inde
 st.caption(f"{len(dataset)} images of {csv['patient_id'].nunique()} patients, {len(dataset.boxes)} expert boxes{expert_note}.")
 
 c = st.columns(5)
-finding = c[0].selectbox("Finding", ["Any", "No Finding", *FINDINGS], format_func=lambda f: DISPLAY_NAMES.get(f, f), key="browse_finding")
+finding = c[0].selectbox("Finding", [ANY_FINDING, NO_FINDING, *FINDINGS], format_func=lambda f: DISPLAY_NAMES.get(f, f),
+                         key="browse_finding")
 patient = c[1].text_input("Patient ID", key="browse_patient")
 views = c[2].multiselect("View", sorted(csv["view"].dropna().unique()), key="browse_view")
 sexes = c[3].multiselect("Sex", sorted(csv["sex"].dropna().unique()), key="browse_sex")
-ages = csv["age"].dropna()
-low, high = (int(ages.min()), int(ages.max())) if len(ages) else (0, 120)
-age = c[4].slider("Age", low, max(high, low + 1), (low, max(high, low + 1)), key="browse_age")
-
-mask = np.ones(len(csv), dtype=bool)
-if finding == "No Finding":
-    mask &= labels.sum(axis=1) == 0
-elif finding != "Any":
-    mask &= labels[:, FINDINGS.index(finding)] == 1
-if patient.strip():
-    mask &= csv["patient_id"].astype(str).to_numpy() == patient.strip()
-if views:
-    mask &= csv["view"].isin(views).to_numpy()
-if sexes:
-    mask &= csv["sex"].isin(sexes).to_numpy()
-full_age_range = age == (low, max(high, low + 1))
-mask &= (csv["age"].between(*age) | (csv["age"].isna() & full_age_range)).to_numpy()
-if experts is not None and st.checkbox("Only images with radiologists' labels", key="browse_expert_only"):
-    mask &= csv["image"].isin(experts.index).to_numpy()
-table = csv[mask]
+bounds = age_bounds(csv)
+age = c[4].slider("Age", *bounds, bounds, key="browse_age")
+expert_only = experts is not None and st.checkbox("Only images with radiologists' labels", key="browse_expert_only")
+wanted = FilmFilter(finding=finding, patient=patient, views=tuple(views), sexes=tuple(sexes),
+                    ages=None if tuple(age) == bounds else tuple(age), images=set(experts.index) if expert_only else None)
+table = csv[select_films(csv, labels, wanted)]
 st.dataframe(table[["image", "finding_labels", "patient_id", "age", "sex", "view"]], hide_index=True, key="browse_table", height=220)
 if table.empty:
     st.info("No image matches these filters.")
@@ -132,11 +122,11 @@ st.caption(triage_words(reading, predictor.policy))
 y = labels[int(np.flatnonzero(csv["image"].to_numpy() == name)[0])].astype(bool)
 cuts = predictor.policy.cuts(reading.operating_point)
 band = np.array([reading.bands[f] for f in FINDINGS])
-flagged = band == "flag"
+flagged = band == FLAG
 st.dataframe(
     {"finding": [DISPLAY_NAMES[f] for f in FINDINGS], "label": y.astype(int), "probability": [analysis.probabilities[f] for f in FINDINGS],
      "band": [BAND_LABELS.get(b, b) for b in band], "flag at": cuts.flag,
-     "outcome": np.select([y & flagged, ~y & flagged, y & ~flagged], ["TP", "FP", "FN"], "TN")},
+     "outcome": flag_outcomes(y, flagged)},
     hide_index=True, key="browse_outcomes",
     column_config={"label": "NIH label", "probability": st.column_config.NumberColumn("calibrated probability", format="%.3f"),
                    "flag at": st.column_config.NumberColumn(format="%.3f"), "outcome": "flag vs NIH label"},
@@ -153,7 +143,7 @@ choices = boxed + [f for f in analysis.ranked if f not in boxed]
 heat_finding = st.selectbox("Heatmap of", choices, format_func=DISPLAY_NAMES.get, key="browse_heat_finding")
 gt = [b for b, f in zip(truth_boxes, truth["finding"]) if f == heat_finding]
 predicted = overlays.scale_boxes(heatmap_to_boxes(analysis.heatmaps[heat_finding], out_shape=(height, width)), scale)
-best = [max((iou(p, g) for g in gt), default=0.0) for p in predicted]
+best = best_iou_each(predicted, gt)
 left, right = st.columns(2)
 left.image(overlays.draw_boxes(overlays.gray_to_rgb(pixels), truth_boxes, labels=[DISPLAY_NAMES[f] for f in truth["finding"]]),
            caption="Expert boxes (green)", width="stretch")

@@ -38,7 +38,7 @@ from cxr_core.findings import FINDINGS
 
 __all__ = [
     "FLAG_SPECIFICITY", "POSSIBLE_SPECIFICITY", "MIN_VAL_POSITIVES", "FLAG", "POSSIBLE", "BELOW", "NOT_SET",
-    "BANDS", "OPERATING_POINTS", "FindingFlags", "fit_flags", "youden_flags",
+    "BANDS", "OPERATING_POINTS", "FindingFlags", "fit_flags", "flag_outcomes", "youden_flags",
 ]
 
 FLAG_SPECIFICITY = 0.95
@@ -224,3 +224,16 @@ def youden_flags(thresholds, *, validation: Sequence[dict] = (), findings: Seque
     return FindingFlags(flag=cuts, possible=cuts, findings=tuple(findings), operating_point="youden",
                         target_specificity=None, possible_specificity=None, min_val_positives=0,
                         validation=tuple(validation))
+
+
+def flag_outcomes(labels, flagged) -> np.ndarray:
+    """Each finding's flag against its label: ``"TP"`` flagged and labelled, ``"FP"`` flagged only, ``"FN"`` labelled
+    only (possible, below, or no flag set), ``"TN"`` neither.
+
+    Args:
+        labels, flagged: boolean arrays of the same shape (one film's findings, or films x findings).
+    """
+    y, f = np.asarray(labels, dtype=bool), np.asarray(flagged, dtype=bool)
+    if y.shape != f.shape:
+        raise ValueError(f"labels and flags must have the same shape, got {y.shape} and {f.shape}")
+    return np.select([y & f, ~y & f, y & ~f], ["TP", "FP", "FN"], "TN")

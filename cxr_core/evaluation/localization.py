@@ -27,6 +27,7 @@ __all__ = [
     "iou",
     "iobb",
     "best_iobb",
+    "best_iou_each",
     "localization_accuracy",
 ]
 
@@ -153,6 +154,16 @@ def best_iobb(pred_boxes: Iterable[Sequence[float]], gt_box: Sequence[float]) ->
     image; the result is the ``iobb`` of one :func:`localization_accuracy` record.
     """
     return max((iobb(p, gt_box) for p in pred_boxes), default=0.0)
+
+
+def best_iou_each(pred_boxes: Iterable[Sequence[float]], gt_boxes: Iterable[Sequence[float]]) -> list[float]:
+    """For each predicted box, its largest IoU with any ground-truth box (0 without one), in the predicted boxes' order.
+
+    How the heatmap boxes of one finding on one film match the expert boxes of that finding (the Browse page labels
+    each heatmap box with it). Boxes are ``(x, y, w, h)``, a 5th element (a score) allowed.
+    """
+    gt = list(gt_boxes)
+    return [max((iou(p, g) for g in gt), default=0.0) for p in pred_boxes]
 
 
 def localization_accuracy(
