@@ -9,6 +9,7 @@ from cxr_core._lazy import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     'intensity': ('intensity_warnings',),
+    'check': ('model_free_warnings', 'learned_warnings'),
     'rules': ('rule_warnings', 'size_warning', 'aspect_warning', 'constant_warning', 'MIN_SHORT_SIDE', 'ASPECT_RANGE'),
     'ood': ('FeatureReference', 'PPCA', 'conformal_threshold', 'fit_reference', 'load_reference', 'save_reference', 'OOD_WARNING', 'OOD_KEY'),
 })
