@@ -1,16 +1,20 @@
 """cxr-assist's pages and navigation: the Streamlit script that ``app.py`` serves (not for clinical use).
 
 Run with ``streamlit run app.py`` (the server, see app.py); ``streamlit run
-streamlit_app.py`` also works. The model bundle folder comes from
+streamlit_app.py`` also serves the pages, without app.py's start: no warm-up
+before the first page, and until someone opens the home page Streamlit takes
+pages/ for a legacy page folder (a first visit straight to a page's URL shows
+the folder's files). The model bundle folder comes from
 ``CXR_ASSIST_BUNDLE`` (default ``models/default``), the demo data from
-``CXR_ASSIST_DEMO`` (default ``data/demo``); see ``pages/common.py``.
+``CXR_ASSIST_DEMO`` (default ``data/demo``); see ``cxr_core/host/settings.py``.
 """
 
 import streamlit as st
 
+from cxr_core.host import HOST
 from pages import common
 
-common.PAGE_STARTED.set()  # a browser came: app.py's server leaves the warm-up to the end of this first page run
+HOST.page_started.set()  # a browser came: app.py's server leaves the warm-up to the end of this first page run
 st.set_page_config(page_title="cxr-assist", page_icon="🩻", layout="wide")
 
 pages = {
@@ -32,4 +36,4 @@ try:
     st.navigation(pages).run()
 finally:  # once the first page's script has run (or stopped), get the model ready in the background (once per process;
     # app.py's server starts it itself when no browser comes within 2 s of its start).
-    common.warm_up()
+    HOST.warm_up()

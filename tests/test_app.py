@@ -1,4 +1,5 @@
-"""The app's shared helpers (pages/common.py): configuration from the environment and the dataset-folder guard.
+"""The app's shared helpers (pages/common.py, its settings from cxr_core/host/settings.py): configuration from the
+environment and the dataset-folder guard. The host itself (model loading, warm-up) is tested in tests/test_host.py.
 
 The pages themselves are tested through AppTest in tests/test_app_pages.py and
 in a real browser in tests/test_browser.py.
@@ -51,22 +52,3 @@ def test_dataset_root_guard(monkeypatch, tmp_path):
     (tmp_path / "one-evil").mkdir()
     with pytest.raises(ValueError, match="outside"):
         common.check_dataset_root(str(tmp_path / "one-evil"))
-
-
-def test_streamlit_keeps_the_keras_session_between_runs():
-    """Streamlit's per-run keras clear_session is skipped; every other caller still clears."""
-    import keras
-    from streamlit import config
-
-    common._keep_keras_session()
-    common._keep_keras_session()  # idempotent: wraps once
-    assert keras.backend.clear_session._cxr_assist_wrapper and not config.get_option("runner.postScriptGC")
-
-    def _clean_problem_modules():  # the name of the Streamlit function that calls it
-        keras.backend.clear_session()
-
-    before = keras.layers.Dense(1).name
-    _clean_problem_modules()
-    assert keras.layers.Dense(1).name != before  # names keep counting: the session was kept
-    keras.backend.clear_session()
-    assert keras.layers.Dense(1).name == "dense"  # a direct call still resets Keras

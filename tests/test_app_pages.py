@@ -152,7 +152,7 @@ def test_analyze_says_when_a_trunk_computes_in_bfloat16(monkeypatch, demo_root, 
 @pytest.mark.parametrize("runtime", ["auto", "litert", "keras"])
 def test_analyze_runs_the_runtime_asked_for(monkeypatch, demo_root, runtime):
     """The shipped model with its serving form: LiteRT unless Keras is asked for; same findings either way."""
-    from pages import common
+    from cxr_core.host import HOST
 
     monkeypatch.setenv("CXR_ASSIST_RUNTIME", runtime)
     monkeypatch.setenv("CXR_ASSIST_COMPUTE", "float32")
@@ -161,7 +161,7 @@ def test_analyze_runs_the_runtime_asked_for(monkeypatch, demo_root, runtime):
     at.file_uploader(key="analyze_upload").upload(name, data, "image/png").run()
     assert_findings_shown(at, name)
     assert not any("Computed with" in c.value for c in at.caption)
-    assert [p.runtime for p in common._PREDICTORS.values()] == ["keras" if runtime == "keras" else "litert"]
+    assert [p.runtime for p in HOST.loaded()] == ["keras" if runtime == "keras" else "litert"]
     # LiteRT and the Keras models in float32 agree to about 1e-6 (tests/test_shipped_model.py).
     np.testing.assert_allclose(at.dataframe[0].value["probability"].tolist(), _shipped_table(demo_root, name), atol=1e-4)
 
@@ -369,17 +369,15 @@ def test_analyze_an_uploaded_dicom_without_extension(monkeypatch, tiny, shared_d
 def test_pages_say_the_model_is_getting_ready_instead_of_waiting(monkeypatch, tiny):
     """While the background warm-up is still loading the model, Analyze shows the step and a progress bar (and no
     error); once it is done the page works as usual."""
-    from pages import common
+    from cxr_core.host import HOST, WarmState
 
     at = app(monkeypatch, tiny)
-    monkeypatch.setitem(common._WARM_STATE, "running", True)
-    monkeypatch.setitem(common._WARM_STATE, "stage", "loading the model")
-    monkeypatch.setitem(common._WARM_STATE, "step", 1)
+    monkeypatch.setattr(HOST, "_state", WarmState(running=True, stage="loading the model", step=1))
     at.switch_page("pages/analyze.py").run()
     assert not at.exception, at.exception
     shown = [p.proto.text for p in at.get("progress")]
     assert shown and "Getting the model ready: loading the model" in shown[0]
     assert not at.error and at.file_uploader and not at.dataframe  # an image can be chosen meanwhile; no findings yet
-    monkeypatch.setitem(common._WARM_STATE, "running", False)
+    monkeypatch.setattr(HOST, "_state", WarmState(stage="ready"))
     at.run()
     assert not at.get("progress") and at.file_uploader and not at.exception

@@ -5,7 +5,7 @@ the first page has run. A page that imported TensorFlow at the same time, on
 its own thread, would get a half-initialised module (two threads importing
 TensorFlow at once fail with "module 'tensorflow...' has no attribute ...").
 So every module a page imports at its top stays free of TensorFlow; the model
-itself comes through pages.common, under its load lock.
+itself comes through the host (cxr_core.host), under its load lock.
 """
 
 from __future__ import annotations
@@ -45,13 +45,13 @@ def test_pages_import_nothing_that_imports_tensorflow():
 
 def test_app_py_is_the_server_and_starts_the_warm_up_when_it_starts(monkeypatch):
     """`streamlit run app.py` serves streamlit_app.py through an st.App whose start-up hook sees to the model's
-    warm-up (pages.common.warm_up_at_start) and returns at once: the server must answer while the model gets ready."""
+    warm-up (HOST.warm_up_at_start) and returns at once: the server must answer while the model gets ready."""
     import asyncio
     import importlib.util
 
     import streamlit as st
 
-    from pages import common
+    from cxr_core.host import HOST
 
     spec = importlib.util.spec_from_file_location("cxr_assist_server", REPO_ROOT / "app.py")
     server = importlib.util.module_from_spec(spec)
@@ -59,7 +59,7 @@ def test_app_py_is_the_server_and_starts_the_warm_up_when_it_starts(monkeypatch)
     assert isinstance(server.app, st.App)
     assert str(server.app.script_path) == "streamlit_app.py" and (REPO_ROOT / "streamlit_app.py").is_file()
     calls = []
-    monkeypatch.setattr(common, "warm_up_at_start", lambda: calls.append("warm_up"))
+    monkeypatch.setattr(HOST, "warm_up_at_start", lambda: calls.append("warm_up"))
 
     async def start_and_stop():
         async with server.lifespan(server.app):
@@ -69,24 +69,11 @@ def test_app_py_is_the_server_and_starts_the_warm_up_when_it_starts(monkeypatch)
     assert calls == ["warm_up"]
 
 
-def test_the_server_warms_up_unless_a_page_comes_first(monkeypatch):
-    """No browser within the grace time: the warm-up starts by itself. A page first: it is left to that page."""
-    import threading
-
-    from pages import common
-
-    started = threading.Event()
-    monkeypatch.setattr(common, "warm_up", started.set)
-    monkeypatch.setattr(common, "PAGE_STARTED", threading.Event())
-    common.warm_up_at_start(0.05)
-    assert started.wait(10), "no page came and the warm-up did not start"
-
-    started.clear()
-    common.PAGE_STARTED.set()  # streamlit_app.py's first line
-    common.warm_up_at_start(0.05)
-    assert not started.wait(0.5), "a page came first, yet the server started the warm-up too"
+def test_streamlit_app_marks_the_first_page_before_its_navigation_runs():
+    """app.py's server leaves the warm-up to a first page (tests/test_host.py): streamlit_app.py marks it before the
+    page runs."""
     source = (REPO_ROOT / "streamlit_app.py").read_text(encoding="utf-8")
-    assert source.index("common.PAGE_STARTED.set()") < source.index("st.navigation(")
+    assert source.index("HOST.page_started.set()") < source.index("st.navigation(")
 
 
 def _tiny_copy(tmp_path, tmp_path_factory, demo_root):
@@ -108,14 +95,14 @@ def test_with_its_serving_form_the_warm_up_loads_the_model_without_tensorflow(tm
     build_serving_form(bundle, cache=cache)
     film = sorted((demo_root / "images").glob("*.png"))[0]
     code = ("import sys, time\n"
-            "from pages import common\n"
-            "common.warm_up()\n"
+            "from cxr_core.host import HOST\n"
+            "HOST.warm_up()\n"
             "deadline = time.monotonic() + 120\n"
-            "while common.warm_state()['running'] and time.monotonic() < deadline:\n"
+            "while HOST.warm_state().running and time.monotonic() < deadline:\n"
             "    time.sleep(0.05)\n"
-            "assert common.warm_state()['error'] is None, common.warm_state()['error']\n"
-            "predictor = common._load_predictor(*common.current_bundle())\n"
-            f"analysis = common.on_model_thread(predictor.analyze, {str(film)!r})\n"
+            "assert HOST.warm_state().error is None, HOST.warm_state().error\n"
+            "predictor = HOST.predictor()\n"
+            f"analysis = HOST.on_model_thread(predictor.analyze, {str(film)!r})\n"
             "assert len(analysis.heatmaps) == 14\n"
             "print(predictor.runtime, sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))\n")
     env = {**__import__("os").environ, "CXR_ASSIST_BUNDLE": str(bundle), "CXR_ASSIST_WARM": "1",
@@ -137,7 +124,7 @@ def test_a_server_builds_the_serving_form_after_its_first_keras_warm_up(monkeypa
     alone) starts the background build; the build makes the form the next start uses."""
     import threading
 
-    from pages import common
+    from cxr_core.host import ModelHost, model_host
 
     bundle = _tiny_copy(tmp_path, tmp_path_factory, demo_root)
     # Forms are named by their model's content, so the tiny bundle's copies share them: a cache of this test's own.
@@ -145,22 +132,19 @@ def test_a_server_builds_the_serving_form_after_its_first_keras_warm_up(monkeypa
     monkeypatch.setenv("CXR_ASSIST_BUNDLE", str(bundle))
     monkeypatch.setenv("CXR_ASSIST_WARM", "1")
     monkeypatch.delenv("CXR_ASSIST_RUNTIME", raising=False)
-    monkeypatch.setattr(common, "TRACE_DELAY_S", 0.0)
+    host = ModelHost(trace_delay_s=0.0)
     asked = threading.Event()
-    real_build = common.start_serving_build
-    monkeypatch.setattr(common, "start_serving_build", lambda path: asked.set())
-    server = threading.Event()
-    server.set()
-    monkeypatch.setattr(common, "SERVER_STARTED", server)
-    assert not common.serving_form_ready(bundle)
-    common.warm_up()
+    real_build = model_host.start_serving_build
+    monkeypatch.setattr(model_host, "start_serving_build", lambda path: asked.set())
+    host.server_started.set()
+    assert not host.serving_form_ready()
+    host.warm_up()
     assert asked.wait(180), "the warm-up ended without starting the serving-form build"
-    assert [p.runtime for p in common._PREDICTORS.values()] == ["keras"]
+    assert [p.runtime for p in host.loaded()] == ["keras"]
 
-    monkeypatch.setattr(common, "start_serving_build", real_build)
-    build = common.start_serving_build(bundle)  # the real one: training.export_serving at low priority
+    build = real_build(bundle)  # the real one: training.export_serving at low priority
     assert build is not None and build.wait(timeout=600) == 0
-    assert common.serving_form_ready(bundle)
+    assert host.serving_form_ready()
 
 
 def test_the_keras_session_is_kept_before_the_keras_models_are_built(monkeypatch, tmp_path, tmp_path_factory,
@@ -170,8 +154,8 @@ def test_the_keras_session_is_kept_before_the_keras_models_are_built(monkeypatch
     skips Streamlit's call must be in place before the first Keras model is built."""
     import keras
 
+    from cxr_core.host import ModelHost, ModelKey
     from cxr_core.serving import Predictor
-    from pages import common
 
     bundle = _tiny_copy(tmp_path, tmp_path_factory, demo_root)
     monkeypatch.setenv("CXR_ASSIST_SERVING_CACHE", str(tmp_path / "empty-cache"))  # no form: the Keras models
@@ -185,6 +169,6 @@ def test_the_keras_session_is_kept_before_the_keras_models_are_built(monkeypatch
         return original(cls, *args, **kwargs)
 
     monkeypatch.setattr(Predictor, "from_bundle", classmethod(from_bundle))
-    predictor = common._load_predictor(str(bundle), 1.0, "float32", "auto")
+    predictor = ModelHost().predictor(ModelKey(str(bundle), 1.0, "float32", "auto"))
     assert predictor.runtime == "keras"
-    assert seen == [("litert", False), ("keras", True)]
+    assert seen == [("auto", True)]  # one load, Predictor.from_bundle's own choice, the session already kept

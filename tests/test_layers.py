@@ -4,6 +4,7 @@
     data, bundle <- screening (the input check)
     learn, evaluation, screening <- serving (the model runtime) <- reporting (output for people) <- jobs (offline)
     jobs <- experiments, adaptation; reporting <- pacs
+    data, bundle, serving <- host (the app's model: loading, warm-up, model thread; no Streamlit)
     reader_study uses data and evaluation only
 
 An import may point down or sideways, never up; nothing in cxr_core imports
@@ -40,6 +41,8 @@ LAYERS: dict[str, frozenset[str]] = {
     "screening": frozenset({"core", "data", "bundle", "screening"}),
     # The model runtime: a bundle's members run on an image, screened, read.
     "serving": frozenset({"core", "data", "bundle", "learn", "evaluation", "screening", "serving"}),
+    # The app's host: which model serves (the environment), loading it, the warm-up, the model thread.
+    "host": frozenset({"core", "data", "bundle", "serving", "host"}),
     # Output for people: words, overlays, reports, the tour's file and handout.
     "reporting": frozenset({"core", "data", "bundle", "evaluation", "serving", "reporting"}),
     # Offline jobs that run a bundle over many films (predict, evaluate, tour, fit the input check).
