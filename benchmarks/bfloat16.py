@@ -63,11 +63,10 @@ def measure(bundle: str, data: str, *, compute: str, repeats: int) -> dict:
         started = time.perf_counter()
         raw, calibrated, flagged = [], [], []
         for path in paths:  # one image at a time, as the app sees them
-            inputs = predictor.load_inputs(path)
-            z, p, checks = predictor.predict_screened({size: x[np.newaxis] for size, x in inputs.items()})
-            raw.append(z[0])
-            calibrated.append(p[0])
-            flagged.append(bool(checks and checks[0]["unlike_training"]))
+            analysis = predictor.analyze(predictor.prepare(path, keep_image=False), explain=[])
+            raw.append(list(analysis.raw_probabilities.values()))
+            calibrated.append(list(analysis.probabilities.values()))
+            flagged.append(bool(analysis.input_check and analysis.input_check["unlike_training"]))
         raw, calibrated, flagged = np.array(raw), np.array(calibrated), np.array(flagged)
         records = localization_records(predictor, dataset, names.iloc[rows])
         outputs[tag] = {"calibrated": calibrated, "flagged": flagged, "records": records}

@@ -44,6 +44,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from cxr_core.data import PreprocessConfig, preprocess
+    from cxr_core.data.imageio import decode_image
     from cxr_core.findings import FINDINGS
     from cxr_core.serving import Predictor, gradcam_plus_plus_per_finding
 
@@ -60,7 +61,7 @@ def main() -> None:
         predictor = Predictor(model, preprocess=PreprocessConfig(size=args.size))
         label = f"untrained {args.backbone} at {args.size} px"
     image_path = sorted((Path(__file__).resolve().parents[1] / "data" / "demo" / "images").glob("*.png"))[0]
-    decoded = predictor._decode(image_path)  # decode once: we time the model, not PNG decoding
+    decoded = decode_image(image_path)  # decode once: we time the model, not PNG decoding
     # One input per member (an ensemble's members each have their own size and normalisation).
     batches = [preprocess(image_path, m.preprocess)[np.newaxis] for m in predictor.members]
 

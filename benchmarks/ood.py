@@ -3,8 +3,8 @@
     python -m benchmarks.ood --bundle models/default --data ../shared/nih [--per-transform 100] [--out benchmarks/OOD_RESULTS.md]
 
 Every image goes through the path ``training.predict`` takes (encoded as PNG,
-decoded, resized for every member, ``Predictor.load_checked`` +
-``predict_screened``), so a row is warned exactly when the app, the reports
+decoded, resized for every member and screened by ``Predictor.prepare``, then
+``Predictor.analyze`` as a batch), so a row is warned exactly when the app, the reports
 and the ``warning`` column would warn it.
 
 The corpus (all made here, seeded):
@@ -170,24 +170,24 @@ def _text(rng, n: int) -> list[tuple[str, np.ndarray]]:
 
 
 def screen(predictor, images: list[tuple[str, np.ndarray]], batch_size: int = 16) -> list[dict]:
-    """Each image as training.predict sees it: PNG bytes -> load_checked -> predict_screened."""
+    """Each image as training.predict sees it: PNG bytes -> prepare -> analyze (a batch)."""
     from cxr_core.data.imageio import decode_image
+    from cxr_core.screening.check import learned_warnings
     from cxr_core.screening.rules import rule_warnings
 
     rows = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        loaded = []
-        for name, pixels in chunk:
+        films, rules = [], []
+        for _, pixels in chunk:
             data = _png(pixels)
-            inputs, notes = predictor.load_checked(data)
+            films.append(predictor.prepare(data, keep_image=False))
             decoded = decode_image(data)
-            loaded.append((name, inputs, notes, rule_warnings(decoded.pixels, decoded.original_shape)))
-        stacked = {size: np.stack([inputs[size] for _, inputs, _, _ in loaded]) for size in predictor.input_sizes}
-        _, _, checks = predictor.predict_screened(stacked)
-        for (name, _, notes, rules), check in zip(loaded, checks or [None] * len(loaded)):
-            learned = predictor.feature_warnings(check)
-            rows.append({"name": name, "warned": bool(notes or learned), "rules": bool(rules), "learned": bool(learned),
+            rules.append(rule_warnings(decoded.pixels, decoded.original_shape))
+        for (name, _), film_rules, analysis in zip(chunk, rules, predictor.analyze(films, explain=[])):
+            check = analysis.input_check
+            learned = learned_warnings(check)
+            rows.append({"name": name, "warned": bool(analysis.warnings), "rules": bool(film_rules), "learned": bool(learned),
                          **{key: (check or {}).get(key) for key in SCORE_KEYS.values()},
                          **{score: bool(check and score in check.get("beyond", ())) for score in SCORES}})
     return rows

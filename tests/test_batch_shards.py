@@ -11,14 +11,17 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from cxr_core.errors import ImageReadError
+from cxr_core.evaluation.reading import ReadingPolicy
 from cxr_core.findings import FINDINGS
 from cxr_core.jobs import Listing, ShardMergeError, merge_shards, parse_shard, predict_to_csv, run_record_path, stable_listing
+from cxr_core.serving.predictor import Inputs
 from tests.app_bundle import build_tiny_ensemble
 from tests.conftest import REPO_ROOT
 
@@ -26,18 +29,19 @@ from tests.conftest import REPO_ROOT
 class FakePredictor:
     """Scores from the file name (a stable hash), no decoding; names containing "bad" are unreadable."""
 
-    input_sizes = (4,)
+    policy = ReadingPolicy.from_metadata({})
 
-    def load_inputs(self, path):
+    def prepare(self, path, *, keep_image=True):
         name = str(path).rsplit("/", 1)[-1]
         if "bad" in name:
             raise ImageReadError(f"{name} is not an image", reason="not_an_image")
-        return {4: np.full((4, 4), sum(name.encode()) % 251, np.uint8)}
+        return Inputs(resized={4: np.full((4, 4), sum(name.encode()) % 251, np.uint8)})
 
-    def predict_uint8(self, inputs):
-        x = inputs[4][:, 0, 0].astype(float)[:, None] / 251.0
+    def analyze(self, films, *, explain=None):
+        x = np.array([film.resized[4][0, 0] for film in films], float)[:, None] / 251.0
         p = (x + np.arange(len(FINDINGS)) / 100.0) % 1.0
-        return p, p
+        return [SimpleNamespace(probabilities=dict(zip(FINDINGS, row.tolist())), warnings=(), withheld_because=())
+                for row in p]
 
 
 def _names(n: int) -> list[str]:

@@ -41,7 +41,7 @@ def test_predict_and_explain(predictor, demo_root):
     probabilities = predictor.predict(path)
     assert list(probabilities) == list(FINDINGS)
     assert all(0.0 <= p <= 1.0 for p in probabilities.values())
-    maps = predictor.explain(path, ["Mass", "Infiltrate"])
+    maps = predictor.analyze(path, explain=["Mass", "Infiltrate"]).heatmaps
     assert list(maps) == ["Mass", "Infiltration"]
     assert all(m.shape == (512, 512) and m.dtype == np.float32 and 0 <= m.min() and m.max() <= 1 for m in maps.values())
     analysis = predictor.analyze(path)

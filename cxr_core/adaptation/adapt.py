@@ -94,7 +94,7 @@ def _screened(predictor, site: SiteFilms, *, batch_size: int = 16, workers: int 
     """
     def load(path):
         try:
-            return predictor.load_screened(path)
+            return predictor.prepare(path, keep_image=False)
         except ImageReadError as exc:
             return exc
 
@@ -107,13 +107,11 @@ def _screened(predictor, site: SiteFilms, *, batch_size: int = 16, workers: int 
             unreadable += [f"{site.table['row'].iloc[i]} ({site.table['image'].iloc[i]}: {exc})" for i, exc in bad]
             if bad:
                 continue
-            batch = {size: np.stack([item[0][size] for item in loaded]) for size in predictor.input_sizes}
-            p_raw, _, checks = predictor.predict_screened(batch)
-            raw.append(p_raw)
+            analyses = predictor.analyze(loaded, explain=[])
+            raw.append([list(a.raw_probabilities.values()) for a in analyses])
             for size in predictor.input_sizes:
-                inputs[size].append(batch[size])
-            for k, item in enumerate(loaded):
-                notes.append(list(item[2]) + predictor.feature_warnings(None if checks is None else checks[k]))
+                inputs[size].append(np.stack([film.resized[size] for film in loaded]))
+            notes += [list(a.withheld_because) for a in analyses]
     if unreadable:
         shown = "; ".join(unreadable[:8]) + (f"; and {len(unreadable) - 8} more" if len(unreadable) > 8 else "")
         raise SiteDataError(f"{len(unreadable)} image(s) could not be read: rows {shown}")
@@ -122,9 +120,11 @@ def _screened(predictor, site: SiteFilms, *, batch_size: int = 16, workers: int 
 
 def _predict_inputs(predictor, inputs: dict[int, np.ndarray], *, batch_size: int = 32) -> np.ndarray:
     """Raw probabilities of already resized films (the adapted bundle's pass: no decoding again)."""
-    n = len(next(iter(inputs.values())))
-    return np.concatenate([predictor.predict_uint8({s: a[i:i + batch_size] for s, a in inputs.items()})[0]
-                           for i in range(0, n, batch_size)])
+    from cxr_core.serving.predictor import Inputs
+
+    films = [Inputs(resized={s: a[i] for s, a in inputs.items()}) for i in range(len(next(iter(inputs.values()))))]
+    return np.array([list(a.raw_probabilities.values()) for i in range(0, len(films), batch_size)
+                     for a in predictor.analyze(films[i:i + batch_size], explain=[])])
 
 
 def _changed(points: OperatingPoints, records: list[dict]) -> bool:

@@ -73,30 +73,13 @@ def list_image_files(target: str | os.PathLike) -> list[Path]:
     raise DataFormatError(f"{target.name} needs a column '{IMAGE_COLUMN}' or 'path'")
 
 
-def _load(predictor, path: str) -> tuple[dict[int, np.ndarray] | None, list[str] | str, list[str]]:
-    """The file decoded once and resized for every member (``{size: uint8}``), its input warnings and the input check's
-    among them; or None, the reason and [].
-
-    A :class:`Predictor` also checks the input (``load_screened``); any other
-    object with ``load_inputs`` and ``predict_uint8`` (a test double) gives no warnings.
-    """
+def _prepare(predictor, path: str):
+    """The file decoded once, resized for every member and screened without the model (its pixels not kept: the maps
+    come at the largest member input size); or why it cannot be read."""
     try:
-        if hasattr(predictor, "load_screened"):
-            return predictor.load_screened(path)
-        return predictor.load_inputs(path), [], []
+        return predictor.prepare(path, keep_image=False)
     except ImageReadError as exc:
-        return None, str(exc), []
-
-
-def _predict(predictor, inputs: dict[int, np.ndarray]) -> tuple[np.ndarray, list[list[str]]]:
-    """Calibrated probabilities and, with a Predictor that has a reference, the learned check's warnings per image."""
-    if not hasattr(predictor, "predict_screened"):
-        _, calibrated = predictor.predict_uint8(inputs)
-        return calibrated, [[] for _ in calibrated]
-    _, calibrated, checks = predictor.predict_screened(inputs)
-    if checks is None:
-        return calibrated, [[] for _ in calibrated]
-    return calibrated, [predictor.feature_warnings(c) for c in checks]
+        return str(exc)
 
 
 def iter_predictions(
@@ -114,48 +97,40 @@ def iter_predictions(
     probability, NaN when unreadable), ``abnormal``, ``triage``, ``flagged``,
     ``warning`` and ``error``; see :func:`predict_files`.
     """
-    policy = getattr(predictor, "policy", None)
-    if policy is not None:
-        policy.cuts(operating_point)  # an unusable operating point fails before any image is read
+    policy = predictor.policy
+    policy.cuts(operating_point)  # an unusable operating point fails before any image is read
     out_dir = Path(heatmap_dir) if heatmap_dir is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for batch_files in _batches(files, batch_size):
-            loaded = list(pool.map(lambda p: _load(predictor, p), batch_files))
-            good = [i for i, (img, _, _) in enumerate(loaded) if img is not None]
-            calibrated, learned = np.empty((0, len(FINDINGS))), []
-            if good:
-                # One stack per member input size: each member gets its own resize and normalisation.
-                inputs = {size: np.stack([loaded[i][0][size] for i in good]) for size in predictor.input_sizes}
-                calibrated, learned = _predict(predictor, inputs)
-            by_position = dict(zip(good, calibrated))
-            notes = {i: [*loaded[i][1], *extra] for i, extra in zip(good, learned)}
-            withheld = {i: bool(loaded[i][2] or extra) for i, extra in zip(good, learned)}
-            readings = _readings(policy, calibrated, operating_point)
-            reading_of = dict(zip(good, readings))
+            loaded = list(pool.map(lambda p: _prepare(predictor, p), batch_files))
+            good = [i for i, film in enumerate(loaded) if not isinstance(film, str)]
+            # One forward pass per member for the batch, the input check (the learned one too) with it.
+            analyses = dict(zip(good, predictor.analyze([loaded[i] for i in good], explain=[]) if good else []))
+            calibrated = np.array([list(analyses[i].probabilities.values()) for i in good]).reshape(-1, len(FINDINGS))
+            reading_of = dict(zip(good, _readings(policy, calibrated, operating_point)))
             for i, path in enumerate(batch_files):
                 name = os.path.basename(path)
                 row = {IMAGE_COLUMN: name, ABNORMAL_COLUMN: np.nan, TRIAGE_COLUMN: NOT_ASSESSED, FLAGGED_COLUMN: ""}
-                if i in by_position:
-                    row.update(dict(zip(FINDINGS, map(float, by_position[i]))))
-                    if not withheld[i]:  # where the input check warned, the film is not assessed (as on the Analyze page)
+                if i in analyses:
+                    analysis = analyses[i]
+                    row.update(analysis.probabilities)
+                    if not analysis.withheld_because:  # where the input check warned, the film is not assessed (as on the Analyze page)
                         row[ABNORMAL_COLUMN], row[TRIAGE_COLUMN], row[FLAGGED_COLUMN] = reading_of[i]
-                    row[WARNING_COLUMN] = WARNING_SEPARATOR.join(notes[i])
+                    row[WARNING_COLUMN] = WARNING_SEPARATOR.join(analysis.warnings)
                     row[ERROR_COLUMN] = ""
                     if out_dir is not None:
-                        _write_heatmaps(predictor, loaded[i][0], by_position[i], out_dir / os.path.splitext(name)[0])
+                        _write_heatmaps(predictor, loaded[i], analysis.probabilities, out_dir / os.path.splitext(name)[0])
                 else:
                     row.update({f: np.nan for f in FINDINGS})
                     row[WARNING_COLUMN] = ""
-                    row[ERROR_COLUMN] = loaded[i][1]
+                    row[ERROR_COLUMN] = loaded[i]
                 yield row
 
 
 def _readings(policy, calibrated: np.ndarray, operating_point: str | None) -> list[tuple[float, str, str]]:
-    """``(abnormal, triage, flagged)`` per assessed film; "not assessed" throughout without a reading policy."""
-    if policy is None or len(calibrated) == 0:
-        return [(np.nan, NOT_ASSESSED, "")] * len(calibrated)
+    """``(abnormal, triage, flagged)`` per assessed film at the operating point."""
     abnormal, verdicts, flagged = policy.read_batch(calibrated, operating_point=operating_point)
     return list(zip(abnormal.tolist(), verdicts, flagged))
 
@@ -217,17 +192,17 @@ def predict_files(
     return pd.DataFrame(list(progress(rows) if progress is not None else rows), columns=COLUMNS)
 
 
-def _write_heatmaps(predictor, inputs: dict[int, np.ndarray], probabilities: np.ndarray, stem: Path) -> None:
-    # Maps at the largest member input size, from the inputs the probabilities came from.
-    image_uint8 = inputs[max(inputs)]
-    analysis = predictor.analyze(image_uint8.astype(np.float32) / 255.0, inputs=inputs)
+def _write_heatmaps(predictor, film, probabilities: dict[str, float], stem: Path) -> None:
+    # Maps at the largest member input size (the film was prepared without its pixels), from the same inputs.
+    image_uint8 = film.resized[max(film.resized)]
+    analysis = predictor.analyze(film)
     maps = {f.replace(" ", "_"): np.rint(m * 255).astype(np.uint8) for f, m in analysis.heatmaps.items()}
     np.savez_compressed(stem.with_suffix(".npz"), **maps)
-    top = FINDINGS[int(np.argmax(probabilities))]
-    heat = cv2.applyColorMap(maps[top], cv2.COLORMAP_JET)
+    top = max(probabilities, key=probabilities.get)
+    heat = cv2.applyColorMap(maps[top.replace(" ", "_")], cv2.COLORMAP_JET)
     gray = cv2.cvtColor(image_uint8, cv2.COLOR_GRAY2BGR)
     overlay = cv2.addWeighted(gray, 0.6, heat, 0.4, 0)
-    cv2.putText(overlay, f"{top} {probabilities[FINDINGS.index(top)]:.2f}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
+    cv2.putText(overlay, f"{top} {probabilities[top]:.2f}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
     cv2.imwrite(str(stem.parent / f"{stem.name}_heatmap.png"), overlay)
 
 

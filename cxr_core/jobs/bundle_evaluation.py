@@ -59,14 +59,8 @@ def _model_inputs(paths: list[str], size: int, workers: int = 2) -> np.ndarray:
         return np.stack(list(pool.map(lambda path: to_model_uint8(path, size), paths)))
 
 
-def _member_inputs(predictor: Predictor, paths: list[str], workers: int = 2) -> dict[int, np.ndarray]:
-    """``{size: uint8 (n, size, size)}`` for every member input size; each file decoded once."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        loaded = list(pool.map(predictor.load_inputs, paths))
-    return {size: np.stack([images[size] for images in loaded]) for size in predictor.input_sizes}
-
-
-def predict_rows(predictor: Predictor, paths: list[str], *, batch_size: int = 32, progress=None) -> np.ndarray:
+def predict_rows(predictor: Predictor, paths: list[str], *, batch_size: int = 32, workers: int = 2,
+                 progress=None) -> np.ndarray:
     """Raw (uncalibrated) probabilities (n, 14) for image files, via the one preprocessing.
 
     For an ensemble, every member gets its own input size and normalisation
@@ -75,9 +69,10 @@ def predict_rows(predictor: Predictor, paths: list[str], *, batch_size: int = 32
     """
     chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
     outputs = []
-    for chunk in progress(chunks) if progress else chunks:
-        raw, _ = predictor.predict_uint8(_member_inputs(predictor, chunk))
-        outputs.append(raw)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for chunk in progress(chunks) if progress else chunks:
+            films = list(pool.map(lambda path: predictor.prepare(path, keep_image=False), chunk))
+            outputs.append([list(a.raw_probabilities.values()) for a in predictor.analyze(films, explain=[])])
     return np.concatenate(outputs) if outputs else np.zeros((0, len(FINDINGS)))
 
 

@@ -21,23 +21,23 @@ from pathlib import Path
 import numpy as np
 
 from cxr_core.data.dataset import NIHDataset
-from cxr_core.data.preprocessing import normalize, to_model_uint8
+from cxr_core.data.preprocessing import to_model_uint8
 from cxr_core.screening.ood import COMPONENTS, FALSE_ALARM, GRID, THRESHOLD_RULE, fit_reference, save_reference
 from cxr_core.serving.predictor import Predictor
 
 
-def member_features(predictor, member_index: int, paths: Sequence[str], *, batch_size: int = 16, workers: int = 2,
-                    progress: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`~cxr_core.screening.ood.pooled` ``"features"`` (n, 2, 2, D) of one member for image files and their 8-bit inputs (n, size, size),
-    through the one preprocessing (the same numbers :meth:`~cxr_core.screening.ood.FeatureReference.check` gets at prediction)."""
-    member = predictor.members[member_index]
-    size = int(member.preprocess.size)
+def reference_features(predictor, paths: Sequence[str], *, batch_size: int = 16, workers: int = 2,
+                       progress: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`~cxr_core.screening.ood.pooled` ``"features"`` (n, 2, 2, D) of the learned check's member
+    (:meth:`Predictor.features`) for image files, and their 8-bit inputs (n, size, size), through the one
+    preprocessing (the same numbers :meth:`~cxr_core.screening.ood.FeatureReference.check` gets at prediction)."""
+    size = int(predictor.members[predictor.ood_member_index].preprocess.size)
     chunks = [list(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
     out, inputs = [], []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for chunk in progress(chunks) if progress else chunks:
             images = np.stack(list(pool.map(lambda p: to_model_uint8(p, size), chunk)))
-            out.append(predictor.pooled_features(member_index, normalize(images, member.preprocess)[..., np.newaxis]))
+            out.append(predictor.features(images))
             inputs.append(images)
     if not out:
         return np.zeros((0, GRID, GRID, 0)), np.zeros((0, size, size), np.uint8)
@@ -93,8 +93,8 @@ def fit_ood(
     name = predictor.members[index].name
     log(f"features of member {name!r} ({predictor.members[index].preprocess.size} px): "
         f"{len(train)} of {total_train} training and {len(val)} validation images")
-    f_train, x_train = member_features(predictor, index, list(train), batch_size=batch_size, progress=progress)
-    f_val, x_val = member_features(predictor, index, list(val), batch_size=batch_size, progress=progress)
+    f_train, x_train = reference_features(predictor, list(train), batch_size=batch_size, progress=progress)
+    f_val, x_val = reference_features(predictor, list(val), batch_size=batch_size, progress=progress)
     reference, fit = fit_reference(f_train, f_val, components=components, grid_components=components,
                                    false_alarm=false_alarm, member=name, train_images=x_train, val_images=x_val)
     warned = [c["unlike_training"] for c in reference.check(f_val, x_val)]

@@ -6,7 +6,7 @@ It may use data, the bundle format, learn, evaluation and the input check (scree
 from cxr_core._lazy import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
-    'predictor': ('Predictor', 'Analysis'),
+    'predictor': ('Predictor', 'Analysis', 'Inputs'),
     'members': ('Member', 'MemberRunner'),
     'explain': ('HeadGradcamPlusPlus', 'gradcam_plus_plus_per_finding', 'split_model'),
     'maps': ('resize_map', 'linear_head_cams'),

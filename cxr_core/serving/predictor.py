@@ -1,9 +1,11 @@
-"""The public face of a trained model: calibrated probabilities and heatmaps.
+"""The public face of a trained model: a film screened, read and explained from one forward pass.
 
     predictor = Predictor.from_bundle("models/default")
-    predictor.predict("scan.png")            # {finding: calibrated probability}
-    predictor.explain("scan.png", ["Mass"])  # {finding: heatmap in [0, 1] at the image's size}
-    predictor.analyze("scan.png")            # both, from ONE forward pass
+    inputs = predictor.prepare("scan.png")            # decoded once, at every member's size, screened without the model
+    analysis = predictor.analyze(inputs)              # probabilities, the learned check, the reading and the maps
+    predictor.analyze("scan.png", explain=["Mass"])   # the same from a file, one finding mapped
+    predictor.analyze([a, b, c], explain=[])          # a batch: one forward pass per member, one Analysis per film
+    predictor.predict("scan.png")                     # {finding: calibrated probability}
 
 A Predictor loads once and is safe to share between threads (the app shares
 one across sessions): model calls are serialised by a lock, and nothing in
@@ -26,22 +28,21 @@ import contextlib
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
 from cxr_core.data.decoding import DecodedImage
 from cxr_core.data.imageio import ImageSource, decode_image
-from cxr_core.data.preprocessing import PreprocessConfig, normalize, resize_to_model, to_model_uint8
+from cxr_core.data.preprocessing import normalize, resize_to_model
 from cxr_core.errors import ImageReadError
 from cxr_core.evaluation.calibration import Calibration
 from cxr_core.evaluation.reading import Reading, ReadingPolicy
 from cxr_core.findings import FINDINGS, canonical_finding
-from cxr_core.screening.ood import OOD_WARNING, FeatureReference, load_reference, pooled
-from cxr_core.screening.intensity import intensity_warnings
-from cxr_core.screening.rules import constant_warning, rule_warnings
+from cxr_core.screening.check import learned_warnings, model_free_warnings
+from cxr_core.screening.ood import FeatureReference, load_reference, pooled
 from cxr_core.serving.maps import resize_map
 from cxr_core.serving.members import Member, runner_for, sigmoid
 from cxr_core.serving.precision import check_compute_mode, member_compute_dtype
@@ -49,11 +50,34 @@ from cxr_core.serving.precision import check_compute_mode, member_compute_dtype
 if TYPE_CHECKING:
     import keras
 
+    from cxr_core.data.preprocessing import PreprocessConfig
+
 #: How :meth:`Predictor.from_bundle` runs the members: Keras (TensorFlow), their LiteRT serving forms, or LiteRT
 #: where every member has one.
 RUNTIMES = ("keras", "litert", "auto")
 #: Default operating point when a bundle has no fitted thresholds yet.
 UNFITTED_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """One film made ready for the members (:meth:`Predictor.prepare`): decoded once, resized, screened without the model.
+
+    Attributes:
+        resized: ``{size: uint8 (size, size)}``, one entry per member input size (:attr:`Predictor.input_sizes`).
+        image: the decoded film; None when prepared without it (its maps then come at the largest input size).
+        notes: decoding's notes (a colour file converted, a damaged tag ...): shown, never withholding.
+        checks: the input check's warnings that need no model (:func:`cxr_core.screening.check.model_free_warnings`).
+    """
+
+    resized: Mapping[int, np.ndarray]
+    image: DecodedImage | None = None
+    notes: tuple[str, ...] = ()
+    checks: tuple[str, ...] = ()
+
+
+#: What :meth:`Predictor.analyze` takes: prepared inputs, or anything :meth:`Predictor.prepare` takes.
+Film = Union[Inputs, ImageSource, DecodedImage, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -64,33 +88,24 @@ class Analysis:
         probabilities: {finding: calibrated probability}, FINDINGS order.
         raw_probabilities: {finding: model output before calibration}.
         positive: {finding: probability >= the finding's operating threshold}.
-        heatmaps: {finding: float32 map in [0, 1] at the image's size}.
-        image: the decoded image (pixels in [0, 1]).
-        warnings: reasons to doubt the input: from decoding, the simple rules
-            (size, shape, near-constant), the intensity check and the learned
-            check (features far from the training images').
+        heatmaps: {finding: float32 map in [0, 1] at the image's size}, the findings asked for.
+        image: the decoded image (pixels in [0, 1]); None when prepared without it.
+        warnings: reasons to doubt the input: decoding's notes and the input check's warnings.
         ranked: the findings, most probable first.
-        input_check: the learned check's numbers (None when the bundle has no
-            reference): ``feature_distance``, ``grid_distance``,
-            ``layout_margin`` and ``scale_distance``, each with its
-            ``*_threshold`` (None for a score the reference lacks), ``beyond``
-            (the scores past their threshold) and ``unlike_training`` (any is;
-            see :meth:`cxr_core.screening.ood.FeatureReference.check`).
-        withheld_because: the input check's warnings (the simple rules, the
-            intensity check, the learned check), a subset of ``warnings``:
-            any of them withholds the reading by default.
-        reading: what a reader is shown at the bundle's default operating
-            point, output withheld where the input check warned
-            (:class:`cxr_core.evaluation.reading.Reading`); pages that offer
-            another operating point or "show anyway" ask
-            :attr:`Predictor.policy` again.
+        input_check: the learned check's numbers (:meth:`cxr_core.screening.ood.FeatureReference.check`:
+            each score, its threshold, ``beyond``, ``unlike_training``); None when the bundle has no reference.
+        withheld_because: the input check's warnings (the simple rules, the intensity check, the learned
+            check), a subset of ``warnings``: any of them withholds the reading by default.
+        reading: what a reader is shown at the bundle's default operating point, withheld where the input
+            check warned (:class:`cxr_core.evaluation.reading.Reading`); pages that offer another operating
+            point or "show anyway" ask :attr:`Predictor.policy` again.
     """
 
     probabilities: dict[str, float]
     raw_probabilities: dict[str, float]
     positive: dict[str, bool]
     heatmaps: dict[str, np.ndarray]
-    image: DecodedImage
+    image: DecodedImage | None
     warnings: tuple[str, ...] = ()
     ranked: tuple[str, ...] = field(default=())
     input_check: dict | None = None
@@ -110,24 +125,20 @@ class Predictor:
     """Calibrated findings and Grad-CAM++ maps from a classifier or an ensemble of them.
 
     Args:
-        model: Keras model with the cxr-assist layer names (``"features"`` ...
-            ``"probabilities"``); or None with ``members``.
+        model: Keras model with the cxr-assist layer names (``"features"`` ... ``"probabilities"``); or None with
+            ``members``.
         preprocess: the preprocessing ``model`` was trained with.
-        members: instead of ``model`` and ``preprocess``: the classifiers of an
-            ensemble, each with its own preprocessing and weight.
+        members: instead of ``model`` and ``preprocess``: the classifiers of an ensemble, each with its own
+            preprocessing and weight.
         findings: output column names (must be the 14 FINDINGS in order).
-        calibration: per-finding calibration fitted on validation (after
-            averaging, for an ensemble), or None.
+        calibration: per-finding calibration fitted on validation (after averaging, for an ensemble), or None.
         thresholds: per-finding operating thresholds on calibrated probabilities, or None.
         metadata: the bundle's metadata (shown by the app; validated sensitivity etc.).
-        ood: the learned not-a-chest-X-ray check's reference
-            (:mod:`cxr_core.screening.ood`; from the bundle's ``"ood"`` key), or
-            None to skip that check (the simple rules still apply).
-        compiled: True (default): every member call is a compiled graph,
-            traced on first use or by :meth:`warm_up`. False: the members run
-            op by op until :meth:`warm_up` has traced them, so a model just
-            loaded answers a first image without waiting for its tracing (the
-            app's start); same numbers either way.
+        ood: the learned not-a-chest-X-ray check's reference (:mod:`cxr_core.screening.ood`; from the bundle's
+            ``"ood"`` key), or None to skip that check (the simple rules still apply).
+        compiled: True (default): every member call is a compiled graph, traced on first use or by :meth:`warm_up`.
+            False: the members run op by op until :meth:`warm_up` has traced them, so a model just loaded answers a
+            first image without waiting for its tracing (the app's start); same numbers either way.
     """
 
     def __init__(
@@ -170,86 +181,27 @@ class Predictor:
         self._lock = threading.Lock()
         self.bundle = None
 
-    def warm_up(self, progress: Callable[[str], None] | None = None) -> None:
-        """Trace every member's compiled calls before they are needed, the members in parallel threads.
-
-        Tracing (building the graphs of the forward pass, the test-time views
-        and the heatmap head for each input size) costs a second or more per
-        member the first time; done here, the first real analysis costs what
-        every later one does. The members are traced at once on their own
-        threads (graph building is partly in C++, so two cores overlap part of
-        it); then one full analysis of a plain gray image checks the whole path.
-
-        With ``compiled=True`` analyses wait while the members trace; with
-        ``compiled=False`` they go on op by op meanwhile, each member switching
-        to its compiled calls once they are traced.
-
-        Args:
-            progress: receives one line per step ("compiling 3 members ...", "checking ...").
-        """
-        image = np.full((256, 256), 0.5, dtype=np.float32)
-        batches = self._normalised(self.resize_inputs(image))
-
-        def trace(k: int) -> None:
-            self._compile(k, batches[k])
-
-        if progress:
-            progress(f"compiling {len(self._runners)} member{'s' * (len(self._runners) > 1)} for this CPU")
-        waiting = all(runner.compiled for runner in self._runners)
-        with self._lock if waiting else contextlib.nullcontext():
-            with ThreadPoolExecutor(max_workers=len(self._runners), thread_name_prefix="cxr-assist-trace") as pool:
-                list(pool.map(trace, range(len(self._runners))))
-        if progress:
-            progress("checking a full analysis")
-        self.analyze(image)
-
-    def compile_member(self, index: int) -> None:
-        """Trace one member's compiled calls for an analysis (as :meth:`warm_up` does for all), holding the
-        analysis lock: a caller that traces the members one by one between analyses (the app, on its model thread)
-        keeps an analysis from waiting for more than one member's tracing.
-
-        Args:
-            index: the member's position in :attr:`members`.
-        """
-        image = np.full((256, 256), 0.5, dtype=np.float32)
-        batch = self._normalised(self.resize_inputs(image))[index]
-        with self._lock:
-            self._compile(index, batch)
-
-    def _compile(self, index: int, batch: np.ndarray) -> None:
-        """Trace member ``index``'s calls for ``batch``; its heatmap head only where it contributes to the maps."""
-        self._runners[index].compile(batch, explain=bool(self.map_weights[index] > 0))
-
-    @property
-    def is_compiled(self) -> bool:
-        """Whether every member runs its compiled calls (False while an eager-start model is still tracing)."""
-        return all(runner.compiled for runner in self._runners)
-
     @classmethod
     def from_bundle(cls, path: str | Path, *, compute: str = "float32", compiled: bool = True,
                     runtime: str = "keras", serving_cache: str | Path | None = None) -> "Predictor":
         """Load a model bundle folder, one model or an ensemble (see :mod:`cxr_core.bundle.format`).
 
+        The one place the runtime is chosen: ``"auto"`` falls back to the Keras models here, and nowhere else.
+
         Args:
             path: the bundle folder.
-            compute: ``"float32"`` (the reference the bundle was evaluated
-                with), ``"bfloat16"`` or ``"auto"``: trunks of the backbones
-                that gain from it in bfloat16, ``"auto"`` only on a CPU that
-                computes it natively (:mod:`cxr_core.serving.precision`).
-                Keras members only: a serving form computes in float32.
+            compute: ``"float32"`` (the reference the bundle was evaluated with), ``"bfloat16"`` or ``"auto"``: trunks
+                of the backbones that gain from it in bfloat16, ``"auto"`` only on a CPU that computes it natively
+                (:mod:`cxr_core.serving.precision`). Keras members only: a serving form computes in float32.
             compiled: as the constructor's (False: answer op by op until :meth:`warm_up`).
-            runtime: one of :data:`RUNTIMES`: ``"keras"`` (default) loads
-                each member's ``model.keras`` with TensorFlow; ``"litert"``
-                runs each member's serving form (:mod:`cxr_core.serving.litert`;
-                same float32 numbers, no TensorFlow) and raises
-                ``ServingFormError`` where a member has none; ``"auto"`` is
+            runtime: one of :data:`RUNTIMES`: ``"keras"`` (default) loads each member's ``model.keras`` with
+                TensorFlow; ``"litert"`` runs each member's serving form (:mod:`cxr_core.serving.litert`; same float32
+                numbers, no TensorFlow) and raises ``ServingFormError`` where a member has none; ``"auto"`` is
                 ``"litert"`` when every member has one, else ``"keras"``.
-            serving_cache: the serving forms' folder (default
-                :func:`cxr_core.serving.litert.cache_root`).
+            serving_cache: the serving forms' folder (default :func:`cxr_core.serving.litert.cache_root`).
 
         Raises:
-            BundleError: not a bundle, or its findings order or input size do
-                not match this code or its stored model.
+            BundleError: not a bundle, or its findings order or input size do not match this code or its stored model.
             ServingFormError: ``runtime="litert"`` and a member has no usable serving form.
         """
         from cxr_core.bundle.ensemble import load_bundle
@@ -298,12 +250,17 @@ class Predictor:
         predictor.bundle = bundle
         return predictor
 
+    # -- what it is -----------------------------------------------------------
+
     @property
     def runtime(self) -> str:
         """``"litert"`` when every member runs its serving form (no TensorFlow), else ``"keras"``."""
         return "litert" if all(m.serving is not None for m in self.members) else "keras"
 
-    # -- what it is -----------------------------------------------------------
+    @property
+    def is_compiled(self) -> bool:
+        """Whether every member runs its compiled calls (False while an eager-start model is still tracing)."""
+        return all(runner.compiled for runner in self._runners)
 
     @property
     def is_ensemble(self) -> bool:
@@ -313,24 +270,6 @@ class Predictor:
     def compute_dtypes(self) -> dict[str, str]:
         """``{member name: "float32" or "bfloat16"}``: what each member's trunk computes in."""
         return {m.name: m.compute_dtype for m in self.members}
-
-    def _single(self, what: str) -> Member:
-        if self.is_ensemble:
-            raise ValueError(
-                f"this Predictor is an ensemble of {len(self.members)} members, each with its own {what}; "
-                "use predictor.members (or input_sizes / predict_uint8 for inputs)"
-            )
-        return self.members[0]
-
-    @property
-    def model(self) -> keras.Model | None:
-        """The one Keras model (None when served by its LiteRT form; ValueError for an ensemble: see :attr:`members`)."""
-        return self._single("model").model
-
-    @property
-    def preprocess(self) -> PreprocessConfig:
-        """The one preprocessing (ValueError for an ensemble: see :attr:`members`)."""
-        return self._single("preprocessing").preprocess
 
     @property
     def input_sizes(self) -> tuple[int, ...]:
@@ -355,9 +294,70 @@ class Predictor:
         """The split (train/val/test) an image had in this model's data, or None."""
         return None if self.bundle is None else self.bundle.split_of(image_name)
 
-    # -- inputs ---------------------------------------------------------------
+    # -- warming up -----------------------------------------------------------
 
-    def _decode(self, image: ImageSource | DecodedImage | np.ndarray) -> DecodedImage:
+    def warm_up(self, progress: Callable[[str], None] | None = None) -> None:
+        """Trace every member's compiled calls before they are needed, the members in parallel threads.
+
+        Tracing (the graphs of the forward pass, the test-time views and the heatmap head for each input size) costs a
+        second or more per member the first time; done here, the first real analysis costs what every later one does.
+        The members trace at once on their own threads (graph building is partly in C++), then one full analysis of a
+        plain gray image checks the whole path. With ``compiled=True`` analyses wait meanwhile; with
+        ``compiled=False`` they go on op by op, each member switching to its compiled calls once traced.
+
+        Args:
+            progress: receives one line per step ("compiling 3 members ...", "checking ...").
+        """
+        gray = self.prepare(np.full((256, 256), 0.5, dtype=np.float32))
+        batches = self._normalised([gray])
+
+        def trace(k: int) -> None:
+            self._runners[k].compile(batches[k], explain=bool(self.map_weights[k] > 0))
+
+        if progress:
+            progress(f"compiling {len(self._runners)} member{'s' * (len(self._runners) > 1)} for this CPU")
+        waiting = all(runner.compiled for runner in self._runners)
+        with self._lock if waiting else contextlib.nullcontext():
+            with ThreadPoolExecutor(max_workers=len(self._runners), thread_name_prefix="cxr-assist-trace") as pool:
+                list(pool.map(trace, range(len(self._runners))))
+        if progress:
+            progress("checking a full analysis")
+        self.analyze(gray)
+
+    def compile_member(self, index: int) -> None:
+        """Trace one member's compiled calls for an analysis (as :meth:`warm_up` does for all), holding the
+        analysis lock: a caller that traces the members one by one between analyses (the app, on its model thread)
+        keeps an analysis from waiting for more than one member's tracing.
+
+        Args:
+            index: the member's position in :attr:`members`.
+        """
+        batch = self._normalised([self.prepare(np.full((256, 256), 0.5, dtype=np.float32))])[index]
+        with self._lock:  # its heatmap head only where it contributes to the maps
+            self._runners[index].compile(batch, explain=bool(self.map_weights[index] > 0))
+
+    # -- a film in ------------------------------------------------------------
+
+    def prepare(self, source: ImageSource | DecodedImage | np.ndarray, *, keep_image: bool = True) -> Inputs:
+        """A film decoded once, through the one preprocessing at every member's input size, and screened by the
+        input check's rules that need no model (the simple rules, the intensity check).
+
+        Args:
+            source: path, bytes, decoded image or 2-D [0, 1] array.
+            keep_image: keep the decoded film (for its maps at its own size and for showing it); False (batch jobs)
+                keeps only the resized copies.
+
+        Raises:
+            ImageReadError: the image cannot be used.
+        """
+        decoded = self._decode(source)
+        resized = {size: resize_to_model(decoded.pixels, size) for size in self.input_sizes}
+        checks = model_free_warnings(decoded, resized[self.reference_size], self.metadata.get("intensity_reference"))
+        return Inputs(resized=resized, image=decoded if keep_image else None, notes=tuple(decoded.warnings),
+                      checks=tuple(checks))
+
+    @staticmethod
+    def _decode(image: ImageSource | DecodedImage | np.ndarray) -> DecodedImage:
         if isinstance(image, DecodedImage):
             return image
         if isinstance(image, np.ndarray):
@@ -369,54 +369,84 @@ class Predictor:
             return DecodedImage(pixels=pixels, source_format="array", original_shape=pixels.shape, bit_depth=32)
         return decode_image(image)
 
-    def resize_inputs(self, pixels: np.ndarray) -> dict[int, np.ndarray]:
-        """``{size: uint8 (size, size)}``: a decoded [0, 1] image through the one preprocessing at each member's size."""
-        return {size: resize_to_model(pixels, size) for size in self.input_sizes}
-
-    def load_inputs(self, source: ImageSource) -> dict[int, np.ndarray]:
-        """Decode a file once and resize it for every member (what batch prediction feeds :meth:`predict_uint8`).
-
-        Raises:
-            ImageReadError: the image cannot be used.
-        """
-        if len(self.input_sizes) == 1:
-            return {self.input_sizes[0]: to_model_uint8(source, self.input_sizes[0])}
-        return self.resize_inputs(decode_image(source).pixels)
-
-    def load_checked(self, source: ImageSource) -> tuple[dict[int, np.ndarray], list[str]]:
-        """:meth:`load_inputs` and the warnings that need no model (:meth:`image_warnings`), from one decode.
-
-        Raises:
-            ImageReadError: the image cannot be used.
-        """
-        inputs, notes, _ = self.load_screened(source)
-        return inputs, notes
-
-    def load_screened(self, source: ImageSource) -> tuple[dict[int, np.ndarray], list[str], list[str]]:
-        """:meth:`load_checked` that also says which warnings are the input check's (:meth:`check_warnings`).
-
-        Returns:
-            ``(inputs, all warnings that need no model, the input check's among them)``.
-
-        Raises:
-            ImageReadError: the image cannot be used.
-        """
-        decoded = decode_image(source)
-        inputs = self.resize_inputs(decoded.pixels)
-        checks = self.check_warnings(decoded, inputs[self.reference_size])
-        return inputs, list(decoded.warnings) + checks, checks
-
-    def _normalised(self, images_uint8: Mapping[int, np.ndarray]) -> list[np.ndarray]:
+    def _normalised(self, films: Sequence[Inputs]) -> list[np.ndarray]:
+        """Each member's batch: the films' 8-bit copies at its size, normalised its way, (n, size, size, 1) float32."""
         batches = []
         for member in self.members:
             size = int(member.preprocess.size)
-            if size not in images_uint8:
+            if any(size not in film.resized for film in films):
                 raise ValueError(f"no {size} px input given for member {member.name}")
-            images = np.asarray(images_uint8[size])
-            if images.ndim == 2:
-                images = images[np.newaxis]
+            images = np.stack([np.asarray(film.resized[size]) for film in films])
             batches.append(normalize(images, member.preprocess)[..., np.newaxis])
         return batches
+
+    # -- what the model says --------------------------------------------------
+
+    def predict(self, source: Film) -> dict[str, float]:
+        """Calibrated probability of each finding for one film (:meth:`analyze` without maps).
+
+        Raises:
+            ImageReadError: the image cannot be used.
+        """
+        return self.analyze(source, explain=[]).probabilities
+
+    def features(self, images_uint8: np.ndarray) -> np.ndarray:
+        """The learned check's member's ``"features"`` for its 8-bit inputs (n, size, size), averaged over a 2 x 2 grid
+        (what fitting the learned check reads, :mod:`cxr_core.jobs.ood_fit`).
+
+        Returns (n, 2, 2, D) float64 (:func:`cxr_core.screening.ood.pooled`): the
+        grid score reads the cells, the feature score their mean, which is the
+        global average pool.
+        """
+        index = self.ood_member_index
+        batch = normalize(np.asarray(images_uint8), self.members[index].preprocess)[..., np.newaxis]
+        with self._lock:
+            features = self._runners[index].features(np.asarray(batch, dtype=np.float32))
+        return pooled(features)
+
+    def analyze(
+        self,
+        inputs: Film | Sequence[Film],
+        *,
+        explain: Sequence[str] | Callable[[Reading], Sequence[str]] | None = None,
+    ) -> Analysis | list[Analysis]:
+        """Probabilities, the input check, the reading and the maps of one film or a batch, from one forward pass of
+        each member.
+
+        Args:
+            inputs: one film (:class:`Inputs` from :meth:`prepare`, or anything it takes: prepared here), or a list
+                or tuple of them (a batch: one forward pass per member for all).
+            explain: the findings to map; ``None`` maps all 14; or a function of a film's :class:`Reading` that names
+                them (e.g. ``lambda reading: reading.flagged[:1]``, the most probable flagged finding).
+
+        Returns:
+            the film's :class:`Analysis`, or one per film, in order, for a list or tuple.
+
+        Raises:
+            ImageReadError: an image cannot be used.
+        """
+        batch = isinstance(inputs, (list, tuple))
+        films = [film if isinstance(film, Inputs) else self.prepare(film) for film in (inputs if batch else [inputs])]
+        if not films:
+            return []
+        batches = self._normalised(films)
+        logits, probabilities, features, checks = [], [], [], None
+        with self._lock:
+            for k, (runner, x) in enumerate(zip(self._runners, batches)):
+                f, z, p = runner.features_and_scores(x)
+                if self.ood is not None and k == self.ood_member_index:
+                    small = np.stack([np.asarray(film.resized[int(runner.size)]) for film in films])
+                    checks = self.ood.check(pooled(f), small)
+                features.append(f)
+                logits.append(z)
+                probabilities.append(p)
+            raw = self._combine(logits, probabilities)
+            calibrated = self._calibrate(raw)
+            analyses = [self._read(film, raw[i], calibrated[i], None if checks is None else checks[i])
+                        for i, film in enumerate(films)]
+            cams = [self._cams(features, i, self._wanted(explain, a.reading)) for i, a in enumerate(analyses)]
+        analyses = [replace(a, heatmaps=self._maps(film, c)) if c else a for a, film, c in zip(analyses, films, cams)]
+        return analyses if batch else analyses[0]
 
     def _combine(self, logits: Sequence[np.ndarray], probabilities: Sequence[np.ndarray]) -> np.ndarray:
         """Raw probabilities: the one model's own output, or the sigmoid of the weighted mean of the members' logits."""
@@ -427,171 +457,45 @@ class Predictor:
     def _calibrate(self, raw: np.ndarray) -> np.ndarray:
         return raw if self.calibration is None else np.asarray(self.calibration.apply(raw), dtype=float)
 
-    # -- public API -----------------------------------------------------------
-
-    def predict(self, image: ImageSource | DecodedImage | np.ndarray) -> dict[str, float]:
-        """Calibrated probability of each finding for one image.
-
-        Raises:
-            ImageReadError: the image cannot be used.
-        """
-        decoded = self._decode(image)
-        _, calibrated = self.predict_uint8(self.resize_inputs(decoded.pixels))
-        return dict(zip(self.findings, calibrated[0].tolist()))
-
-    def predict_batch(self, images: np.ndarray | Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Raw (uncalibrated) and calibrated probabilities of preprocessed images.
-
-        Args:
-            images: float32 (n, size, size, 1) already normalised, for a
-                one-model Predictor; for an ensemble, one such array per
-                member (each at the member's size and normalisation).
-
-        Returns:
-            ``(raw, calibrated)``, each (n, 14).
-        """
-        if isinstance(images, np.ndarray) or not isinstance(images, Sequence):
-            images = [images]
-        if len(images) != len(self.members):
-            raise ValueError(f"{len(images)} input arrays for {len(self.members)} members")
-        raw, _ = self._forward(images)
-        return raw, self._calibrate(raw)
-
-    def _forward(self, batches: Sequence[np.ndarray], screen: Mapping[int, np.ndarray] | None = None):
-        """``(raw, checks)``: every member once; with ``screen`` (the 8-bit inputs) and a reference, the reference
-        member also gives its features for the learned check (``checks``, else None)."""
-        logits, probabilities, checks = [], [], None
-        with self._lock:
-            for k, (runner, batch) in enumerate(zip(self._runners, batches)):
-                batch = np.asarray(batch, dtype=np.float32)
-                if screen is not None and self.ood is not None and k == self.ood_member_index:
-                    features, z, p = runner.features_and_scores(batch)
-                    small = np.asarray(screen[int(runner.size)])
-                    checks = self.ood.check(pooled(features), small if small.ndim == 3 else small[np.newaxis])
-                else:
-                    z, p = runner.scores(batch)
-                logits.append(z)
-                probabilities.append(p)
-        return self._combine(logits, probabilities), checks
-
-    def predict_screened(self, images: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[dict] | None]:
-        """:meth:`predict_uint8` plus the learned check, from the same forward pass.
-
-        Returns:
-            ``(raw, calibrated, checks)``: per image, the learned check's
-            numbers (:meth:`cxr_core.screening.ood.FeatureReference.check`; warn
-            with :meth:`feature_warnings`), or None when the bundle has no reference.
-        """
-        raw, checks = self._forward(self._normalised(images), screen=images)
-        return raw, self._calibrate(raw), checks
-
-    def pooled_features(self, member_index: int, batch: np.ndarray) -> np.ndarray:
-        """One member's ``"features"`` for its normalised inputs (n, size, size, 1), averaged over a 2 x 2 grid.
-
-        Returns (n, 2, 2, D) float64 (:func:`cxr_core.screening.ood.pooled`): the
-        grid score reads the cells, the feature score their mean, which is the
-        global average pool.
-        """
-        with self._lock:
-            features = self._runners[member_index].features(np.asarray(batch, dtype=np.float32))
-        return pooled(features)
-
-    def image_warnings(self, decoded: DecodedImage, small_uint8: np.ndarray | None = None) -> list[str]:
-        """Warnings that need no model: decoding's, the simple rules' (size, shape, near-constant) and the intensity check's.
-
-        Args:
-            decoded: the decoded image.
-            small_uint8: the image at :attr:`reference_size` (8-bit), for the intensity check; None skips it.
-        """
-        return list(decoded.warnings) + self.check_warnings(decoded, small_uint8)
-
-    def check_warnings(self, decoded: DecodedImage, small_uint8: np.ndarray | None = None) -> list[str]:
-        """The input check's warnings that need no model (the simple rules, the intensity check): those that withhold
-        the reading, unlike decoding's notes (a colour file converted, a damaged orientation tag)."""
-        notes = rule_warnings(decoded.pixels, decoded.original_shape)
-        if small_uint8 is not None and constant_warning(decoded.pixels) is None:  # a blank image is already warned
-            notes += intensity_warnings(small_uint8, self.metadata.get("intensity_reference"))
-        return notes
-
-    @staticmethod
-    def feature_warnings(check: dict | None) -> list[str]:
-        """The learned check's warning for one image's numbers (none without a reference)."""
-        return [OOD_WARNING] if check and check.get("unlike_training") else []
-
-    def predict_uint8(self, images: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Raw and calibrated probabilities of 8-bit model-size images.
-
-        Args:
-            images: ``{size: uint8 (n, size, size)}`` with one entry per
-                distinct member input size (:attr:`input_sizes`), as
-                :meth:`load_inputs` or the training cache gives them; each
-                member normalises with its own preprocessing.
-
-        Returns:
-            ``(raw, calibrated)``, each (n, 14).
-        """
-        return self.predict_batch(self._normalised(images))
-
-    def explain(
-        self, image: ImageSource | DecodedImage | np.ndarray, findings: Sequence[str] | None = None
-    ) -> dict[str, np.ndarray]:
-        """Grad-CAM++ map of each requested finding (all 14 by default), at the image's size."""
-        return self.analyze(image, explain=findings if findings is not None else self.findings).heatmaps
-
-    def analyze(
-        self,
-        image: ImageSource | DecodedImage | np.ndarray,
-        *,
-        explain: Sequence[str] | None = None,
-        inputs: Mapping[int, np.ndarray] | None = None,
-    ) -> Analysis:
-        """Probabilities and maps from one forward pass of each member's backbone.
-
-        Args:
-            image: path, bytes, decoded image or 2-D [0, 1] array.
-            explain: findings to map; ``None`` maps all 14.
-            inputs: the image already resized for every member
-                (``{size: uint8 (size, size)}``, :meth:`load_inputs`); skips resizing.
-
-        Raises:
-            ImageReadError: the image cannot be used.
-        """
-        decoded = self._decode(image)
-        smalls = dict(inputs) if inputs is not None else self.resize_inputs(decoded.pixels)
-        batches = self._normalised(smalls)
-        wanted = self.findings if explain is None else tuple(canonical_finding(f) for f in explain)
-        indices = [self.findings.index(f) for f in wanted]
-        logits, probabilities, cams, check = [], [], [], None
-        with self._lock:
-            for k, (runner, batch) in enumerate(zip(self._runners, batches)):
-                features, z, p = runner.features_and_scores(batch)
-                if self.ood is not None and k == self.ood_member_index:
-                    check = self.ood.check(pooled(features), smalls[int(runner.size)][np.newaxis])[0]
-                # A member kept out of the maps (map weight 0) is not explained: its maps would be multiplied by 0.
-                cams.append(runner.explainer(features, indices) if self.map_weights[k] > 0 else None)
-                logits.append(z)
-                probabilities.append(p)
-        raw = self._combine(logits, probabilities)
-        calibrated = self._calibrate(raw)[0]
-        height, width = decoded.pixels.shape
-        heatmaps = {}
-        for k, finding in enumerate(wanted):
-            maps = [(w, resize_map(member_cams[k], (height, width)))
-                    for w, member_cams in zip(self.map_weights, cams) if member_cams is not None]
-            heatmaps[finding] = maps[0][1] if len(cams) == 1 else np.clip(
-                sum(np.float32(w) * m for w, m in maps), 0.0, 1.0).astype(np.float32)
-        probabilities_by_finding = dict(zip(self.findings, calibrated.tolist()))
-        checks = self.check_warnings(decoded, smalls[self.reference_size]) + self.feature_warnings(check)
-        notes = list(decoded.warnings) + checks
+    def _read(self, film: Inputs, raw: np.ndarray, calibrated: np.ndarray, check: dict | None) -> Analysis:
+        """One film's Analysis without its maps: the probabilities, every warning, and the reading."""
+        probabilities = dict(zip(self.findings, calibrated.tolist()))
+        withheld = [*film.checks, *learned_warnings(check)]
         return Analysis(
-            probabilities=probabilities_by_finding,
-            raw_probabilities=dict(zip(self.findings, raw[0].tolist())),
-            positive={f: bool(p >= t) for (f, p), t in zip(probabilities_by_finding.items(), self.thresholds)},
-            heatmaps=heatmaps,
-            image=decoded,
-            warnings=tuple(notes),
-            ranked=tuple(sorted(self.findings, key=lambda f: -probabilities_by_finding[f])),
+            probabilities=probabilities,
+            raw_probabilities=dict(zip(self.findings, raw.tolist())),
+            positive={f: bool(p >= t) for (f, p), t in zip(probabilities.items(), self.thresholds)},
+            heatmaps={},
+            image=film.image,
+            warnings=(*film.notes, *withheld),
+            ranked=tuple(sorted(self.findings, key=lambda f: -probabilities[f])),
             input_check=check,
-            withheld_because=tuple(checks),
-            reading=self.policy.read(probabilities_by_finding, withheld_because=checks),
+            withheld_because=tuple(withheld),
+            reading=self.policy.read(probabilities, withheld_because=withheld),
         )
+
+    def _wanted(self, explain, reading: Reading) -> tuple[str, ...]:
+        if explain is None:
+            return self.findings
+        return tuple(canonical_finding(f) for f in (explain(reading) if callable(explain) else explain))
+
+    def _cams(self, features: Sequence[np.ndarray], i: int, wanted: tuple[str, ...]) -> dict[str, list]:
+        """Film ``i``'s maps at each member's feature size: ``{finding: [(map weight, cam) per member in the maps]}``.
+        A member kept out of the maps (map weight 0) is not explained: its maps would be multiplied by 0."""
+        if not wanted:
+            return {}
+        indices = [self.findings.index(f) for f in wanted]
+        per_member = [(w, runner.explainer(f[i:i + 1], indices))
+                      for w, runner, f in zip(self.map_weights, self._runners, features) if w > 0]
+        return {finding: [(w, cams[k]) for w, cams in per_member] for k, finding in enumerate(wanted)}
+
+    def _maps(self, film: Inputs, cams: dict[str, list]) -> dict[str, np.ndarray]:
+        """The maps at the film's size (the largest input size without its image), averaged with the map weights."""
+        largest = max(self.input_sizes)
+        shape = film.image.pixels.shape if film.image is not None else (largest, largest)
+        maps = {}
+        for finding, weighted in cams.items():
+            resized = [(w, resize_map(cam, shape)) for w, cam in weighted]
+            maps[finding] = resized[0][1] if len(self.members) == 1 else np.clip(
+                sum(np.float32(w) * m for w, m in resized), 0.0, 1.0).astype(np.float32)
+        return maps
