@@ -1,4 +1,5 @@
-"""Grad-CAM++: the fast head-only path equals tf-keras-vis on the whole model."""
+"""Grad-CAM(++): tf-keras-vis on the whole model is the oracle; the head-only engines and the runtime's closed form
+(both backends, :mod:`cxr_core.serving.maps`) equal it."""
 
 from __future__ import annotations
 
@@ -108,3 +109,64 @@ def test_plain_gradcam_equals_tf_keras_vis_and_is_the_class_activation_map(model
     assert not np.allclose(plus_plus, maps, atol=1e-3)  # the two methods really differ
     with pytest.raises(ValueError, match="method"):
         HeadGradcamPlusPlus(head, method="lime")
+
+
+@pytest.mark.parametrize("method", ["gradcam++", "gradcam"])
+@pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
+def test_the_keras_runner_maps_in_closed_form_equal_tf_keras_vis(model_and_image, method, compute_dtype):
+    """The runtime never runs tf-keras-vis: a Keras member's runner maps its features in closed form, and those maps
+    are tf-keras-vis's on the whole model (float32), or on the runner's own float32 features (a bfloat16 trunk)."""
+    from cxr_core.data import PreprocessConfig
+    from cxr_core.findings import FINDINGS
+    from cxr_core.serving.maps import LinearHeadCams
+    from cxr_core.serving.members import Member, runner_for
+
+    model, image = model_and_image
+    member = Member(model=model, preprocess=PreprocessConfig(size=48), explanation=method, compute_dtype=compute_dtype)
+    runner = runner_for(member, FINDINGS)
+    assert isinstance(runner.explainer, LinearHeadCams)
+    features, logits, probabilities = runner.features_and_scores(image[None])
+    assert features.dtype == np.float32 and features.shape == (1, 12, 12, 16)
+    np.testing.assert_allclose(probabilities, 1 / (1 + np.exp(-logits)))
+    maps = runner.explainer(features, range(14))
+    if compute_dtype == "float32":
+        np.testing.assert_allclose(probabilities, model(image[None]).numpy(), atol=1e-6)
+        for i in range(14):
+            np.testing.assert_allclose(maps[i], gradcam_plus_plus_per_finding(model, image, i, method=method),
+                                       atol=1e-4, err_msg=f"finding {i}")
+    else:
+        _, head = split_model(model)
+        np.testing.assert_allclose(maps, HeadGradcamPlusPlus(head, method=method)(features, range(14)), atol=2e-5)
+
+
+def test_an_eager_keras_runner_gives_the_compiled_numbers(model_and_image):
+    from cxr_core.data import PreprocessConfig
+    from cxr_core.findings import FINDINGS
+    from cxr_core.serving.members import Member, runner_for
+
+    model, image = model_and_image
+    member = Member(model=model, preprocess=PreprocessConfig(size=48), tta_views=6)
+    eager, compiled = runner_for(member, FINDINGS, compiled=False), runner_for(member, FINDINGS)
+    assert not eager.compiled and compiled.compiled
+    before = eager.features_and_scores(image[None])
+    eager.compile(image[None])
+    assert eager.compiled
+    for a, b, c in zip(before, eager.features_and_scores(image[None]), compiled.features_and_scores(image[None])):
+        np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(b, c, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(compiled.scores(image[None])[1], before[2], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(compiled.features(image[None]), before[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_head_the_closed_form_does_not_cover_is_refused_with_the_members_name():
+    from cxr_core.data import PreprocessConfig
+    from cxr_core.findings import FINDINGS
+    from cxr_core.serving.members import Member, runner_for
+
+    inputs = keras.Input((48, 48, 1), name="image")
+    features = keras.layers.Activation("relu", name="features")(keras.layers.Conv2D(8, 3, strides=4)(inputs))
+    hidden = keras.layers.Dense(32, activation="relu")(keras.layers.GlobalAveragePooling2D(name="pool")(features))
+    logits = keras.layers.Dense(14, name="logits")(hidden)
+    two_layers = keras.Model(inputs, keras.layers.Activation("sigmoid", name="probabilities")(logits))
+    with pytest.raises(ValueError, match="odd: the head after 'features' is .*linear Dense 'logits'"):
+        runner_for(Member(model=two_layers, preprocess=PreprocessConfig(size=48), name="odd"), FINDINGS)

@@ -1,17 +1,23 @@
-"""Grad-CAM++ explanations with tf-keras-vis, for all 14 findings at once.
+"""Grad-CAM(++) by automatic differentiation with tf-keras-vis: the oracle the closed-form maps are tested against.
 
-Models built by :mod:`cxr_core.learn.models` name their last convolutional
-activation ``"features"``, and everything after it is a cheap head
-(pooling -> dropout -> ``"logits"`` -> ``"probabilities"``). Grad-CAM++ only
-needs the gradient of each finding's score with respect to those features,
-so the fast path runs the backbone ONCE, then lets tf-keras-vis explain the
-head alone over the cached activations, with all findings in one batch. The
-result equals tf-keras-vis run on the whole model once per finding (tested),
-at a fraction of the cost (``benchmarks/explain.py``).
+The runtime computes its maps in closed form (:mod:`cxr_core.serving.maps`),
+for both backends: every cxr-assist head after ``"features"`` is pooling,
+dropout, a linear Dense ``"logits"`` layer and a sigmoid, whose gradient needs
+no automatic differentiation. This module is what that closed form is checked
+against (``tests/test_explain.py``, ``tests/test_litert.py``, the Predictor's
+maps in ``tests/test_ensemble_bundle.py`` and ``tests/test_experiment.py``),
+and what ``benchmarks/explain.py`` times as the naive loop; the runtime never
+imports it.
+
+:func:`gradcam_plus_plus_per_finding` runs tf-keras-vis on the whole model,
+one finding at a time. :class:`HeadGradcamPlusPlus` explains the head alone
+over one image's cached features (:func:`split_model`), all findings in one
+batch: with tf-keras-vis itself, or (``engine="compiled"``) its arithmetic
+in one TensorFlow function with the gradient taken by TensorFlow (tested
+equal to tf-keras-vis per finding).
 
 Scores are logits: the sigmoid is replaced by a linear activation
 (``ReplaceToLinear``), since a saturated sigmoid has vanishing gradients.
-This module computes maps; drawing them is the app's business.
 """
 
 from __future__ import annotations
@@ -26,14 +32,7 @@ from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
 from tf_keras_vis.utils.scores import CategoricalScore
 
 from cxr_core.bundle import layer_names
-from cxr_core.serving.maps import resize_map  # noqa: F401 - public here too (TensorFlow-free in maps)
-
-#: ``"gradcam++"`` (Chattopadhay et al. 2018, the default) or ``"gradcam"``
-#: (Selvaraju et al. 2017). For a head that is global average pooling and one
-#: Dense layer, Grad-CAM's weights are the Dense kernel / (h * w): it IS the
-#: class activation map of Zhou et al. 2016, the map a box loss trains
-#: (:mod:`cxr_core.learn.linear_head`); a bundle records which one it uses.
-METHODS = ("gradcam++", "gradcam")
+from cxr_core.serving.maps import check_method
 
 
 def _layer_index(model: keras.Model, name: str) -> int:
@@ -76,45 +75,31 @@ class HeadGradcamPlusPlus:
     Two engines give the same maps (tested against tf-keras-vis on the whole
     model): ``"tf-keras-vis"`` runs the library on the head; ``"compiled"``
     (the default) runs the same arithmetic as tf-keras-vis 0.8.7's
-    ``GradcamPlusPlus`` in one compiled TensorFlow function, because the
-    library rebuilds a Keras model on every call, which alone costs about
-    twice a MobileNetV2 forward pass on a CPU.
+    ``GradcamPlusPlus`` in one compiled TensorFlow function (the library
+    rebuilds a Keras model on every call), without its exp(score) factor,
+    which cancels and overflows for confident findings.
 
     Args:
         head: the head model from :func:`split_model`.
         features_layer: the name of its first (identity) layer.
         engine: ``"compiled"`` or ``"tf-keras-vis"``.
-        method: ``"gradcam++"`` or ``"gradcam"`` (see :data:`METHODS`).
-        compiled: with the ``"compiled"`` engine, start with its traced graph
-            (traced on first use); False runs the same arithmetic op by op until
-            :meth:`compile` (no tracing before a first map).
+        method: ``"gradcam++"`` or ``"gradcam"`` (:data:`cxr_core.serving.maps.METHODS`).
     """
 
     def __init__(
         self, head: keras.Model, *, features_layer: str = layer_names.FEATURES, engine: str = "compiled", method: str = "gradcam++",
-        compiled: bool = True,
     ) -> None:
         if engine not in {"compiled", "tf-keras-vis"}:
             raise ValueError(f"engine must be 'compiled' or 'tf-keras-vis', got {engine!r}")
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.features_layer = features_layer
         self.engine = engine
-        self.method = method
+        self.method = check_method(method)
         if engine == "tf-keras-vis":
             # tf-keras-vis clones the head once and swaps the sigmoid for a linear activation.
             library = GradcamPlusPlus if method == "gradcam++" else Gradcam
             self._gradcam = library(head, model_modifier=ReplaceToLinear(), clone=True)
         else:
             self._compiled = _compiled_gradcam(_linear_head(head), plus_plus=method == "gradcam++")
-        self._outputs = int(head.outputs[0].shape[-1])
-        self.compiled = bool(compiled)
-
-    def compile(self, features: np.ndarray) -> None:
-        """Trace the compiled engine for these features' shape (all the head's outputs at once), then use it."""
-        if self.engine == "compiled":
-            self._compiled(np.asarray(features, dtype=np.float32)[:1], np.arange(self._outputs, dtype=np.int32))
-        self.compiled = True
 
     def __call__(self, features: np.ndarray, finding_indices: Sequence[int]) -> np.ndarray:
         """Maps for one image's features.
@@ -136,8 +121,7 @@ class HeadGradcamPlusPlus:
         if not indices:
             return np.zeros((0,) + features.shape[1:3], dtype=np.float32)
         if self.engine == "compiled":
-            run = self._compiled if self.compiled else self._compiled.python_function
-            return np.asarray(run(features, np.asarray(indices, dtype=np.int32)))
+            return np.asarray(self._compiled(features, np.asarray(indices, dtype=np.int32)))
         batch = np.repeat(features, len(indices), axis=0)
         cams = self._gradcam(
             CategoricalScore(indices),
@@ -218,9 +202,7 @@ def gradcam_plus_plus_per_finding(
     image = np.asarray(image, dtype=np.float32)
     if image.ndim == 3:
         image = image[np.newaxis]
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    library = GradcamPlusPlus if method == "gradcam++" else Gradcam
+    library = GradcamPlusPlus if check_method(method) == "gradcam++" else Gradcam
     gradcam = library(model, model_modifier=ReplaceToLinear(), clone=True)
     cam = gradcam(
         CategoricalScore([int(finding_index)]),

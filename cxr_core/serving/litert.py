@@ -40,8 +40,8 @@ They get there two ways:
 Either way each member's form is written whole or not at all, so a build that
 is stopped (a server stopped, a power cut) is resumed at the next start: the
 members already done are kept, only the others are built, and what a killed
-build left half-written is removed. :class:`cxr_core.serving.members.LiteMemberRunner`
-runs the forms.
+build left half-written is removed. :class:`LiteModel` runs a form: the LiteRT
+forward pass of :class:`cxr_core.serving.members.MemberRunner`.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_core.bundle import layer_names
+from cxr_core.serving.maps import linear_head_kernel
 from cxr_core.serving.shipped_form import RecipeError, assemble, has_recipe, recipe_digest, write_recipe
 
 __all__ = [
@@ -301,33 +301,27 @@ def convert_member(model) -> tuple[bytes, np.ndarray, dict]:
             ``"probabilities"`` (sigmoid).
 
     Raises:
-        ServingFormError: the head is not that chain (its maps would need automatic differentiation).
+        ServingFormError: the head is not that chain (its maps would need automatic differentiation;
+            :func:`cxr_core.serving.maps.linear_head_kernel`).
     """
     import keras
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    names = [layer.name for layer in model.layers]
-    if layer_names.FEATURES not in names or layer_names.LOGITS not in names:
-        raise ServingFormError("the model has no 'features' and 'logits' layers")
-    layers = [layer for layer in model.layers[names.index(layer_names.FEATURES) + 1:] if type(layer).__name__ != "Dropout"]
-    head = [type(layer).__name__ for layer in layers]
-    linear_logits = head == ["GlobalAveragePooling2D", "Dense", "Activation"] and layers[1].name == layer_names.LOGITS and \
-        _activation_name(layers[1]) == "linear" and _activation_name(layers[2]) == "sigmoid"
-    if not linear_logits:
-        raise ServingFormError(f"the head after 'features' is {head}: only pooling, dropout, a linear Dense 'logits' "
-                               "layer and a sigmoid map without TensorFlow")
+    from cxr_core.serving.keras_forward import features_and_logits
+
+    try:
+        kernel = linear_head_kernel(model)
+    except ValueError as exc:
+        raise ServingFormError(str(exc)) from exc
     size = int(model.inputs[0].shape[1])
-    features = model.get_layer(layer_names.FEATURES).output
-    logits = keras.ops.cast(model.get_layer(layer_names.LOGITS).output, "float32")
-    both = keras.Model(model.inputs[0], [keras.ops.cast(features, "float32"), logits])
+    both = features_and_logits(model)
     function = tf.function(lambda x: both(x, training=False),
                            input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)])
     frozen = convert_variables_to_constants_v2(function.get_concrete_function())
     flatbuffer = tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert()
-    kernel = np.asarray(model.get_layer(layer_names.LOGITS).kernel, dtype=np.float32)
     return flatbuffer, kernel, {"format": SERVING_FORMAT, "input_size": size,
-                                "features_shape": [int(v) for v in features.shape[1:]],
+                                "features_shape": [int(v) for v in both.outputs[0].shape[1:]],
                                 "tensorflow": tf.__version__, "keras": keras.__version__}
 
 
@@ -348,11 +342,6 @@ def _write_synced(path: Path, data: bytes | memoryview) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _activation_name(layer) -> str:
-    activation = getattr(layer, "activation", None)
-    return getattr(activation, "__name__", str(activation))
 
 
 def build_serving_form(bundle_path: str | os.PathLike, *, cache: str | os.PathLike | None = None,
@@ -459,7 +448,8 @@ def _threads() -> int:
 
 
 class LiteModel:
-    """One member's flatbuffer in a LiteRT interpreter: ``model(batch) -> (features, logits)``.
+    """One member's flatbuffer in a LiteRT interpreter: ``model(batch) -> (features, logits)``, the LiteRT backend of
+    :class:`cxr_core.serving.members.MemberRunner` (as :class:`cxr_core.serving.keras_forward.KerasForward` is the Keras one).
 
     Not thread-safe (one interpreter, resized when the batch size changes): the
     Predictor calls its members under its lock.
@@ -467,7 +457,14 @@ class LiteModel:
     Args:
         form: the member's serving form.
         threads: the interpreter's threads (default: the CPUs this process may use).
+
+    Attributes:
+        size: the square input size in pixels.
+        kernel: float32 (d, n_findings), the logits layer's Dense kernel (for the maps).
+        compiled: always True: nothing to trace.
     """
+
+    compiled = True
 
     def __init__(self, form: MemberServingForm, *, threads: int | None = None) -> None:
         from ai_edge_litert.interpreter import Interpreter
@@ -485,6 +482,12 @@ class LiteModel:
             raise ServingFormError(f"{form.model_file} does not give features and logits")
         self._features, self._logits = by_rank[4], by_rank[2]
         self._batch = int(details["shape"][0])
+        self.size = int(form.input_size)
+        self.kernel = form.kernel
+
+    def compile(self, batch: np.ndarray) -> None:
+        """Nothing to trace: runs ``batch`` once so that its size is allocated."""
+        self(batch)
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(features (n, h, w, d), logits (n, 14))`` float32 for normalised inputs (n, size, size, 1)."""

@@ -1,13 +1,15 @@
 """Heatmap arithmetic that needs no TensorFlow: resizing a map, and Grad-CAM(++) of a linear head in closed form.
 
 Every cxr-assist head after the ``"features"`` layer is global average
-pooling, dropout (the identity at inference) and one Dense layer (the logits).
-For such a head the gradient of finding ``c``'s logit with respect to the
-features is the same at every position: ``kernel[:, c] / (h * w)``. Grad-CAM
-and Grad-CAM++ then need no automatic differentiation, only the features and
-the Dense kernel, so the LiteRT serving form (:mod:`cxr_core.serving.litert`)
-computes the same maps as :class:`cxr_core.serving.explain.HeadGradcamPlusPlus`
-without TensorFlow (tested equal to it).
+pooling, dropout (the identity at inference) and one Dense layer (the logits)
+with a sigmoid after it (:func:`cxr_core.learn.models.build_model`; every
+member of ``models/default``). For such a head the gradient of finding ``c``'s
+logit with respect to the features is the same at every position:
+``kernel[:, c] / (h * w)``. Grad-CAM and Grad-CAM++ then need no automatic
+differentiation, only the features and the Dense kernel, so both runtimes
+(Keras and the LiteRT serving form, :mod:`cxr_core.serving.members`) compute
+their maps here. :class:`cxr_core.serving.explain.HeadGradcamPlusPlus`
+(tf-keras-vis, automatic differentiation) is the oracle they are tested equal to.
 """
 
 from __future__ import annotations
@@ -17,10 +19,26 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-__all__ = ["resize_map", "linear_head_cams"]
+from cxr_core.bundle import layer_names
+
+__all__ = ["METHODS", "check_method", "resize_map", "linear_head_cams", "linear_head_kernel", "LinearHeadCams"]
+
+#: ``"gradcam++"`` (Chattopadhay et al. 2018, the default) or ``"gradcam"``
+#: (Selvaraju et al. 2017). For a head that is global average pooling and one
+#: Dense layer, Grad-CAM's weights are the Dense kernel / (h * w): it IS the
+#: class activation map of Zhou et al. 2016, the map a box loss trains
+#: (:mod:`cxr_core.learn.linear_head`); a bundle records which one it uses.
+METHODS = ("gradcam++", "gradcam")
 
 #: Keras' ``backend.epsilon()``: the guard in the min-max normalisation of the TensorFlow engine, kept identical.
 EPSILON = 1e-7
+
+
+def check_method(method: str) -> str:
+    """``method`` if it is one of :data:`METHODS`; else ValueError with the choices."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return method
 
 
 def resize_map(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -51,8 +69,7 @@ def linear_head_cams(
         float32 (len(finding_indices), h, w), each map min-max scaled to [0, 1]
         (all zeros where the finding has no positive evidence).
     """
-    if method not in ("gradcam++", "gradcam"):
-        raise ValueError(f"method must be 'gradcam++' or 'gradcam', got {method!r}")
+    check_method(method)
     activations = np.asarray(features, dtype=np.float32)
     if activations.ndim == 4:
         if activations.shape[0] != 1:
@@ -86,3 +103,50 @@ def linear_head_cams(
     low = cams.min(axis=(1, 2), keepdims=True)
     high = cams.max(axis=(1, 2), keepdims=True)
     return ((cams - low) / (high - low + np.float32(EPSILON))).astype(np.float32)
+
+
+def linear_head_kernel(model) -> np.ndarray:
+    """The ``"logits"`` Dense kernel of a model whose head the closed form covers: after ``"features"``, pooling,
+    dropout, a linear Dense ``"logits"`` layer and a sigmoid.
+
+    Reads the layers of a Keras model without importing TensorFlow.
+
+    Returns:
+        float32 (d, n_findings), a copy.
+
+    Raises:
+        ValueError: the model has another head (its maps would need automatic differentiation).
+    """
+    names = [layer.name for layer in model.layers]
+    if layer_names.FEATURES not in names or layer_names.LOGITS not in names:
+        raise ValueError("the model has no 'features' and 'logits' layers")
+    layers = [layer for layer in model.layers[names.index(layer_names.FEATURES) + 1:] if type(layer).__name__ != "Dropout"]
+    head = [type(layer).__name__ for layer in layers]
+    linear_logits = head == ["GlobalAveragePooling2D", "Dense", "Activation"] and layers[1].name == layer_names.LOGITS and \
+        _activation_name(layers[1]) == "linear" and _activation_name(layers[2]) == "sigmoid"
+    if not linear_logits:
+        raise ValueError(f"the head after 'features' is {head}: only pooling, dropout, a linear Dense 'logits' "
+                         "layer and a sigmoid have maps in closed form")
+    return np.array(layers[1].get_weights()[0], dtype=np.float32)
+
+
+def _activation_name(layer) -> str:
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", str(activation))
+
+
+class LinearHeadCams:
+    """A member's heatmaps: ``cams(features, finding_indices)`` by :func:`linear_head_cams` with its kernel and method.
+
+    Args:
+        kernel: the logits layer's Dense kernel, (d, n_findings).
+        method: ``"gradcam++"`` or ``"gradcam"``.
+    """
+
+    def __init__(self, kernel: np.ndarray, *, method: str = "gradcam++") -> None:
+        self.method = check_method(method)
+        self.kernel = np.asarray(kernel, dtype=np.float32)
+
+    def __call__(self, features: np.ndarray, finding_indices: Sequence[int]) -> np.ndarray:
+        """float32 (len(finding_indices), h, w) maps in [0, 1] for one image's features (1, h, w, d) or (h, w, d)."""
+        return linear_head_cams(features, self.kernel, finding_indices, method=self.method)

@@ -17,9 +17,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from cxr_core.bundle.format import TTA_CHOICES, check_tta_views
-
-__all__ = ["TTA_CHOICES", "CROP_FRACTION", "check_tta_views", "crop_views", "mean_over_views"]
+__all__ = ["CROP_FRACTION", "crop_views", "with_views", "mean_over_views"]
 
 #: Side of each crop as a fraction of the image's side (176 of 192 px in the exploration).
 CROP_FRACTION = 176 / 192
