@@ -122,8 +122,10 @@ if show_anyway or not analysis.withheld_because:
     choices = [p for p in OPERATING_POINTS if p == "youden" or policy.flags is not None]
     point = st.radio("Operating point of the flags", choices, format_func=OPERATING_POINTS.get, horizontal=True,
                      key="analyze_operating_point")
-reading = policy.read(analysis.probabilities, withheld_because=analysis.withheld_because, show_anyway=show_anyway,
-                      operating_point=point)
+reading = analysis.reading  # the default operating point's, withheld where the input check warned
+if show_anyway or point not in (None, policy.default_operating_point):
+    reading = policy.read(analysis.probabilities, withheld_because=analysis.withheld_because, show_anyway=show_anyway,
+                          operating_point=point)
 stem = Path(name).stem or "image"
 
 

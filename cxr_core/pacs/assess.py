@@ -73,7 +73,7 @@ def assess_film(predictor, path: str | os.PathLike, *, sop_class_uid: str) -> Fi
     if refused:
         return FilmResult(Assessment.not_assessed(refused, operating_point=point))
     try:
-        analysis = predictor.analyze(path)
+        analysis = predictor.analyze(path, explain=_top_flag)  # the one map the capture shows, not all 14
     except ImageReadError as exc:
         return FilmResult(Assessment.not_assessed(f"The film could not be read: {exc}", operating_point=point))
     reading = analysis.reading
@@ -93,3 +93,8 @@ def assess_film(predictor, path: str | os.PathLike, *, sop_class_uid: str) -> Fi
     top = reading.flagged[0] if reading.flagged else None
     return FilmResult(assessment, pixels=analysis.image.pixels,
                       heatmap=analysis.heatmaps.get(top) if top else None, heatmap_finding=top)
+
+
+def _top_flag(reading) -> tuple[str, ...]:
+    """The finding whose map the Secondary Capture shows: the most probable flagged one (none when nothing is flagged)."""
+    return tuple(reading.flagged[:1])
