@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxr_core.serving import HeadGradcamPlusPlus, Predictor, split_model
+from cxr_core.serving import HeadGradcamPlusPlus, Inputs, Predictor, split_model
 from cxr_core.serving.litert import (
     ServingFormError,
     build_serving_form,
@@ -124,10 +124,10 @@ def test_litert_analysis_equals_keras_float32(ensemble, cache, demo_root):
         for finding in a.heatmaps:
             np.testing.assert_allclose(a.heatmaps[finding], b.heatmaps[finding], atol=1e-4)
     # Batches (the Browse page, the input check's features) go through the same interpreters at any batch size.
-    batch = {64: np.full((5, 64, 64), 90, np.uint8), 48: np.full((5, 48, 48), 90, np.uint8)}
-    np.testing.assert_allclose(lite.predict_uint8(batch)[0], keras_.predict_uint8(batch)[0], atol=1e-5)
-    np.testing.assert_allclose(lite.predict_uint8({k: v[:1] for k, v in batch.items()})[0], keras_.predict_uint8(
-        {k: v[:1] for k, v in batch.items()})[0], atol=1e-5)
+    films = [Inputs(resized={64: np.full((64, 64), 90, np.uint8), 48: np.full((48, 48), 90, np.uint8)})] * 5
+    for batch in (films, films[:1]):
+        np.testing.assert_allclose([list(a.raw_probabilities.values()) for a in lite.analyze(batch, explain=[])],
+                                   [list(a.raw_probabilities.values()) for a in keras_.analyze(batch, explain=[])], atol=1e-5)
 
 
 def test_forms_are_named_by_the_model_they_came_from(ensemble, tmp_path, demo_root):
@@ -375,21 +375,19 @@ def test_a_server_start_puts_the_shipped_forms_in_place_before_any_page(shipped,
     browser start, not after the first page: a first start then answers as fast as a second (APP_RESULTS.md)."""
     import threading
 
-    from pages import common
+    from cxr_core.host import ModelHost
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("CXR_ASSIST_BUNDLE", str(shipped))
     monkeypatch.setenv("CXR_ASSIST_SERVING_CACHE", str(cache))
     monkeypatch.delenv("CXR_ASSIST_WARM", raising=False)
     monkeypatch.delenv("CXR_ASSIST_RUNTIME", raising=False)
-    monkeypatch.setattr(common, "SERVER_STARTED", threading.Event())
-    page_came = threading.Event()
-    page_came.set()  # a browser's first page came: no warm-up from the start, only the forms
-    monkeypatch.setattr(common, "PAGE_STARTED", page_came)
-    common.warm_up_at_start(grace_s=0.0)
+    host = ModelHost()
+    host.page_started.set()  # a browser's first page came: no warm-up from the start, only the forms
+    host.warm_up_at_start(grace_s=0.0)
     putting = [t for t in threading.enumerate() if t.name == "cxr-assist-serving-form"]
     assert putting, "the server start did not put the shipped forms in place"
     for thread in putting:
         thread.join(timeout=120)
     assert len(list(cache.glob("*-v1"))) == 2
-    assert common.serving_form_ready(shipped)
+    assert host.serving_form_ready()
