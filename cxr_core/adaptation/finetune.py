@@ -89,9 +89,9 @@ def _head_model(model):
     """pooled features -> (features, logits), through the member's own ``"logits"`` layer (training it trains the member)."""
     import keras
 
-    from cxr_core.learn.linear_head import LOGITS_LAYER
+    from cxr_core.bundle.layer_names import LOGITS
 
-    dense = model.get_layer(LOGITS_LAYER)
+    dense = model.get_layer(LOGITS)
     pooled = keras.Input((dense.kernel.shape[0],), name="pooled_features")
     features = keras.layers.Identity(name="features")(pooled)
     return keras.Model(pooled, [features, dense(pooled)], name=f"{model.name}_head")
