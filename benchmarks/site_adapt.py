@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -74,6 +75,9 @@ def _row(mode: str, report: dict) -> dict:
                 "flags_right": flags.get("flags_right")}
 
     return {"mode": mode, "decision": report["decision"], "reason": report["reason"],
+            "recalibration": report.get("recalibration", "refit"), "triage_refit": report.get("triage_refit", "refit"),
+            "calibration_choices": {s["finding"]: s.get("calibration", s["source"]) for s in report["fitted"]["sources"]
+                                    if s["source"] == "site"},
             "shipped": part(report["shipped"]), "adapted": part(report["adapted"]),
             "difference": report["difference"], "seconds": report["seconds"],
             "fit_films": report["split"]["fit_films"], "check_films": report["split"]["check_films"],
@@ -87,6 +91,43 @@ def _fmt(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _method(row: dict) -> str:
+    """How a row's operating points were refitted, in words."""
+    calibration = {"auto": "calibration per finding kept, intercept-shifted or refitted as patient-grouped "
+                           "cross-validation inside the fit part supports (one-standard-error rule)",
+                   "refit": "calibration refitted (Platt) for every finding with 10 positive and negative fit films",
+                   "intercept": "calibration intercept moved for every finding with 10 positive and negative fit films"}
+    triage = {"auto": "triage kept as shipped unless cross-validation inside the fit part supports a refit",
+              "refit": "triage always refitted"}
+    return (f"{calibration[row.get('recalibration', 'refit')]}; {triage[row.get('triage_refit', 'refit')]} "
+            f"(`--recalibrate {row.get('recalibration', 'refit')} --triage {row.get('triage_refit', 'refit')}`)")
+
+
+def _key(row: dict) -> tuple:
+    """A split-seed row's identity: its seed and how it was refitted (rows from before ``--triage`` refitted it)."""
+    return row["seed"], row.get("recalibration", "refit"), row.get("triage_refit", "refit")
+
+
+def _decision(row: dict) -> str:
+    """``written``, ``refused`` or, where nothing moved, ``nothing to write``."""
+    return "nothing to write" if row["reason"].startswith("no bundle written") else row["decision"]
+
+
+def _mode_table(rows: list[dict]) -> list[str]:
+    lines = ["| mode | check films | mean AUROC (95% CI) | mean ECE | rule-out sensitivity | set aside | flags per No-Finding "
+             "film | decision |", "|---|---:|---|---:|---:|---:|---:|---|"]
+    for row in rows:
+        for label, block in (("shipped", row["shipped"]), (f"adapted: {row['mode']}", row["adapted"])):
+            if label == "shipped" and row is not rows[0]:
+                continue
+            lines.append(
+                f"| {label} | {row['check_films']} | {_fmt(block['mean_auroc'])} ({_fmt(block['mean_auroc_low'])}–"
+                f"{_fmt(block['mean_auroc_high'])}) | {_fmt(block['mean_ece'])} | {_fmt(block['rule_out_sensitivity'])} | "
+                f"{_fmt(None if block['set_aside_share'] is None else 100 * block['set_aside_share'], 1)}% | "
+                f"{_fmt(block['flags_per_no_finding_film'], 2)} | {'' if label == 'shipped' else _decision(row)} |")
+    return lines
+
+
 def markdown(results: dict) -> str:
     site = results["site"]
     lines = [
@@ -98,48 +139,45 @@ def markdown(results: dict) -> str:
         "too ill to stand, taken with a portable machine: another population and acquisition, at another prevalence.",
         "",
         f"Machine: {results['machine']}; {results['when']}. Every number is measured on the CHECK part (NIH labels), "
-        "which nothing was fitted on; same seed, so the same split, for every mode.",
+        "which nothing was fitted on; same seed, so the same split, for every mode. Method: " + _method(results["rows"][0])
+        + ".",
         "",
-        "| mode | check films | mean AUROC (95% CI) | mean ECE | rule-out sensitivity | set aside | flags per No-Finding film | decision |",
-        "|---|---:|---|---:|---:|---:|---:|---|",
     ]
-    for row in results["rows"]:
-        for label, block in (("shipped", row["shipped"]), (f"adapted: {row['mode']}", row["adapted"])):
-            if label == "shipped" and row is not results["rows"][0]:
-                continue
-            lines.append(
-                f"| {label} | {row['check_films']} | {_fmt(block['mean_auroc'])} ({_fmt(block['mean_auroc_low'])}–"
-                f"{_fmt(block['mean_auroc_high'])}) | {_fmt(block['mean_ece'])} | {_fmt(block['rule_out_sensitivity'])} | "
-                f"{_fmt(None if block['set_aside_share'] is None else 100 * block['set_aside_share'], 1)}% | "
-                f"{_fmt(block['flags_per_no_finding_film'], 2)} | {'' if label == 'shipped' else row['decision']} |")
+    lines += _mode_table(results["rows"])
     lines += ["", "Paired patient bootstrap of the mean AUROC (adapted minus shipped), the decision, and the cost:", ""]
     for row in results["rows"]:
         d, s = row["difference"], row["seconds"]
         lines.append(f"- **{row['mode']}**: {_fmt(d['difference'])} (95% interval {_fmt(d['low'])} to {_fmt(d['high'])}); "
                      f"{row['reason']}. Refitted on the fit part ({row['fit_films']} films): "
                      f"{', '.join(row['refitted_findings']) or 'no finding'}; triage: {row['triage']}. Time: predicting "
-                     f"{s['predicting']:.0f} s, fine-tuning {s['fine_tuning']:.0f} s, total {s['total']:.0f} s.")
+                     f"{s['predicting']:.0f} s{' (the shipped pass reused from an earlier run)' if s.get('shipped_pass_reused') else ''}, fine-tuning {s['fine_tuning']:.0f} s, total {s['total']:.0f} s.")
         for member in row["members"]:
             lines.append(f"  - {member['member']}: from {member['cut']}, learning rate {member['learning_rate']}, best epoch "
                          f"{member['best_epoch']}, {member['seconds']:.0f} s")
+    previous = results.get("previous")
+    if previous:
+        lines += ["", f"The previous method ({previous['when']}; {_method(previous['rows'][0])}), same site, same seed, "
+                      "same split:", ""]
+        lines += _mode_table(previous["rows"])
     seeds = list(results.get("split_seeds") or [])
-    first = next((row for row in results["rows"] if row["mode"] == "none"), None)
-    if seeds and first is not None and not any(r["seed"] == results.get("seed", 0) and
-                                               r.get("recalibration", "refit") == "refit" for r in seeds):
-        seeds.append({**first, "seed": results.get("seed", 0), "recalibration": "refit"})  # the table's own row
+    for row in results["rows"]:  # the main table's own refit-only row belongs to its seed's split too
+        if row["mode"] == "none" and not any(_key(r) == _key({**row, "seed": results.get("seed", 0)}) for r in seeds):
+            seeds.append({**row, "seed": results.get("seed", 0)})
     if seeds:
         lines += ["", "How the refit alone (mode none) fares on other patient-wise splits of the same site (the split's seed; "
-                  "each row its own fit and check part):", "",
-                  "| seed | calibration refit | check films | mean ECE shipped → refitted | rule-out sensitivity shipped → "
-                  "refitted | films set aside | decision |",
-                  "|---:|---|---:|---|---|---|---|"]
-        for row in sorted(seeds, key=lambda r: (r.get("recalibration", "refit"), r["seed"])):
+                  "each row its own fit and check part; `auto` is this method, the others the previous one):", "",
+                  "| seed | calibration | triage | check films | mean ECE shipped → adapted | rule-out sensitivity shipped → "
+                  "adapted | films set aside | findings moved | decision |",
+                  "|---:|---|---|---:|---|---|---|---|---|"]
+        for row in sorted(seeds, key=lambda r: (_key(r)[1] != "auto", _key(r)[1:], r["seed"])):
             a, b = row["shipped"], row["adapted"]
             aside = [None if v is None else 100 * v for v in (a["set_aside_share"], b["set_aside_share"])]
-            lines.append(f"| {row['seed']} | {row.get('recalibration', 'refit')} | {row['check_films']} | "
+            moved = row.get("calibration_choices")
+            moved = ("n/a" if moved is None else ", ".join(f"{k} ({v})" for k, v in moved.items()) or "none")
+            lines.append(f"| {row['seed']} | {_key(row)[1]} | {_key(row)[2]} | {row['check_films']} | "
                          f"{_fmt(a['mean_ece'])} → {_fmt(b['mean_ece'])} | {_fmt(a['rule_out_sensitivity'])} → "
-                         f"{_fmt(b['rule_out_sensitivity'])} | {_fmt(aside[0], 1)}% → {_fmt(aside[1], 1)}% | "
-                         f"{row['decision']} |")
+                         f"{_fmt(b['rule_out_sensitivity'])} | {_fmt(aside[0], 1)}% → {_fmt(aside[1], 1)}% | {moved} | "
+                         f"{_decision(row)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -153,8 +191,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split-seeds", nargs="*", type=int, default=[],
                         help="also refit (mode none) on the splits of these seeds: how the decision depends on the split")
-    parser.add_argument("--recalibrate", default="refit", choices=["refit", "intercept"],
-                        help="the recalibration of the --split-seeds runs (training.adapt --recalibrate)")
+    parser.add_argument("--recalibrate", default="auto", choices=["auto", "refit", "intercept"],
+                        help="training.adapt --recalibrate, for every run (default auto)")
+    parser.add_argument("--triage", default="auto", choices=["auto", "refit"],
+                        help="training.adapt --triage, for every run (default auto)")
     args = parser.parse_args()
 
     from cxr_core.adaptation import adapt_bundle
@@ -162,40 +202,41 @@ def main() -> None:
     bundle, work = Path(args.bundle), Path(args.work)
     site_dir, labels, site = build_site(bundle, Path(args.data), work)
     results = {"site": site, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
-               "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": []}
+               "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": [], "seed": args.seed}
+    method = {"recalibration": args.recalibrate, "triage_refit": args.triage}
     out = Path(args.out)
-    if out.with_suffix(".json").is_file():  # keep the rows of the modes not run again (same site, same seed)
-        earlier = json.loads(out.with_suffix(".json").read_text())
-        if earlier.get("site") == site and earlier.get("seed", args.seed) == args.seed:
-            results["rows"] = [row for row in earlier["rows"] if row["mode"] not in args.modes]
-    results["seed"] = args.seed
-    if out.with_suffix(".json").is_file():
-        results["split_seeds"] = json.loads(out.with_suffix(".json").read_text()).get("split_seeds", [])
-    for seed in args.split_seeds:
-        folder = work / f"seed_{seed}_{args.recalibrate}"
-        report = adapt_bundle(bundle, site_dir, labels, folder, seed=seed, site_name="NIH test split, AP films",
-                              recalibration=args.recalibrate)
-        if (folder / "bundle").exists():
-            import shutil
+    earlier = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").is_file() else {}
+    if earlier.get("site") == site and earlier.get("seed", args.seed) == args.seed:
+        # Rows of another method (the earlier runs) are kept as the previous method's table; rows of this method for
+        # the modes not run again stay.
+        same = [row for row in earlier["rows"] if all(row.get(k, "refit") == v for k, v in method.items())]
+        other = [row for row in earlier["rows"] if row not in same]
+        results["rows"] = [row for row in same if row["mode"] not in args.modes]
+        results["previous"] = ({"when": earlier["when"], "rows": other} if other else earlier.get("previous"))
+    results["split_seeds"] = earlier.get("split_seeds", [])
+    # One pass of the shipped bundle over the site serves every run (the same bundle, the same films).
+    options = {"site_name": "NIH test split, AP films", "recalibration": args.recalibrate, "triage": args.triage,
+               "screened": {}}
 
-            shutil.rmtree(folder / "bundle")  # the benchmark keeps the report only
-        row = {**_row("none", report), "seed": seed, "recalibration": args.recalibrate}
-        results["split_seeds"] = [r for r in results.get("split_seeds", [])
-                                  if (r["seed"], r.get("recalibration", "refit")) != (seed, args.recalibrate)] + [row]
+    def write() -> None:
         out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=float))
         out.write_text(markdown(results))
+
+    for seed in args.split_seeds:
+        folder = work / f"seed_{seed}_{args.recalibrate}_{args.triage}"
+        shutil.rmtree(folder / "bundle", ignore_errors=True)
+        report = adapt_bundle(bundle, site_dir, labels, folder, seed=seed, **options)
+        shutil.rmtree(folder / "bundle", ignore_errors=True)  # the benchmark keeps the report only
+        row = {**_row("none", report), "seed": seed}
+        results["split_seeds"] = [r for r in results["split_seeds"] if _key(r) != _key(row)] + [row]
+        write()
     for mode in args.modes:
         report_dir = work / f"out_{mode}"
-        if (report_dir / "bundle").exists():
-            import shutil
-
-            shutil.rmtree(report_dir / "bundle")
-        report = adapt_bundle(bundle, site_dir, labels, report_dir, fine_tune=mode, seed=args.seed,
-                              site_name="NIH test split, AP films")
+        shutil.rmtree(report_dir / "bundle", ignore_errors=True)
+        report = adapt_bundle(bundle, site_dir, labels, report_dir, fine_tune=mode, seed=args.seed, **options)
         results["rows"].append({**_row(mode, report), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
         results["rows"].sort(key=lambda row: ["none", "heads", "last-block"].index(row["mode"]))
-        out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=float))
-        out.write_text(markdown(results))
+        write()
         print(markdown(results))
 
 
