@@ -139,8 +139,8 @@ def markdown(results: dict) -> str:
         "too ill to stand, taken with a portable machine: another population and acquisition, at another prevalence.",
         "",
         f"Machine: {results['machine']}; {results['when']}. Every number is measured on the CHECK part (NIH labels), "
-        "which nothing was fitted on; same seed, so the same split, for every mode. Method: " + _method(results["rows"][0])
-        + ".",
+        "which nothing was fitted on; same seed, so the same split, for every mode. Method: "
+        + _method(results.get("method") or (results["rows"] or [{}])[0]) + ".",
         "",
     ]
     lines += _mode_table(results["rows"])
@@ -160,7 +160,7 @@ def markdown(results: dict) -> str:
                       "same split:", ""]
         lines += _mode_table(previous["rows"])
     seeds = list(results.get("split_seeds") or [])
-    for row in results["rows"]:  # the main table's own refit-only row belongs to its seed's split too
+    for row in results["rows"] + (previous or {}).get("rows", []):  # the main tables' refit-only rows: seed 0's split
         if row["mode"] == "none" and not any(_key(r) == _key({**row, "seed": results.get("seed", 0)}) for r in seeds):
             seeds.append({**row, "seed": results.get("seed", 0)})
     if seeds:
@@ -178,6 +178,17 @@ def markdown(results: dict) -> str:
                          f"{_fmt(a['mean_ece'])} → {_fmt(b['mean_ece'])} | {_fmt(a['rule_out_sensitivity'])} → "
                          f"{_fmt(b['rule_out_sensitivity'])} | {_fmt(aside[0], 1)}% → {_fmt(aside[1], 1)}% | {moved} | "
                          f"{_decision(row)} |")
+        lines += ["", "In sum, per method (check-part mean ECE adapted against shipped, on each split):", ""]
+        for method in sorted({_key(r)[1:] for r in seeds}, key=lambda m: (m[0] != "auto", m)):
+            rows = [r for r in seeds if _key(r)[1:] == method]
+            change = [r["adapted"]["mean_ece"] - r["shipped"]["mean_ece"] for r in rows]
+            decisions = [_decision(r) for r in rows]
+            lines.append(f"- `--recalibrate {method[0]} --triage {method[1]}`, {len(rows)} splits (seeds "
+                         f"{', '.join(str(r['seed']) for r in sorted(rows, key=lambda r: r['seed']))}): calibration error "
+                         f"lower on {sum(c < -1e-12 for c in change)}, equal on {sum(abs(c) <= 1e-12 for c in change)}, "
+                         f"higher on {sum(c > 1e-12 for c in change)} (mean change {sum(change) / len(change):+.4f}); "
+                         + ", ".join(f"{decisions.count(d)} {d}" for d in ("written", "refused", "nothing to write")
+                                     if d in decisions))
     return "\n".join(lines) + "\n"
 
 
@@ -203,7 +214,7 @@ def main() -> None:
     site_dir, labels, site = build_site(bundle, Path(args.data), work)
     results = {"site": site, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
                "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": [], "seed": args.seed}
-    method = {"recalibration": args.recalibrate, "triage_refit": args.triage}
+    method = results["method"] = {"recalibration": args.recalibrate, "triage_refit": args.triage}
     out = Path(args.out)
     earlier = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").is_file() else {}
     if earlier.get("site") == site and earlier.get("seed", args.seed) == args.seed:
