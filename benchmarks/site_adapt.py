@@ -214,10 +214,15 @@ def main() -> None:
     site_dir, labels, site = build_site(bundle, Path(args.data), work)
     results = {"site": site, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
                "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": [], "seed": args.seed}
-    method = results["method"] = {"recalibration": args.recalibrate, "triage_refit": args.triage}
+    method = {"recalibration": args.recalibrate, "triage_refit": args.triage}
+    if args.modes:
+        results["method"] = method
     out = Path(args.out)
     earlier = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").is_file() else {}
-    if earlier.get("site") == site and earlier.get("seed", args.seed) == args.seed:
+    if earlier.get("site") == site and earlier.get("seed", args.seed) == args.seed and not args.modes:
+        # Split seeds only: the mode tables stay as they are (whatever their method).
+        results.update({k: earlier[k] for k in ("rows", "previous", "method", "when") if k in earlier})
+    elif earlier.get("site") == site and earlier.get("seed", args.seed) == args.seed:
         # Rows of another method (the earlier runs) are kept as the previous method's table; rows of this method for
         # the modes not run again stay.
         same = [row for row in earlier["rows"] if all(row.get(k, "refit") == v for k, v in method.items())]
