@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import platform
 import shutil
 import time
@@ -209,15 +210,26 @@ def _mode_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def markdown(results: dict) -> str:
-    site = results["site"]
+def _site_line(site: dict) -> str:
+    """What the site is, its size and prevalence, and why."""
+    key = site.get("key", "ap")
+    if key == "ap":
+        return (f"Site: {site['what']}: {site['films']} films of {site['patients']} patients; No-Finding films "
+                f"{site['no_finding_share']:.0%} (training: {site['training_no_finding_share']:.0%}); AP films are "
+                f"{site['training_ap_share']:.0%} of training. Labels: {site['labels']}. Why: {SITE_WHY[key]}")
+    prevalence = ", ".join(f"{f} {site['prevalence'][f]:.3f} ({site['test_split_prevalence'][f]:.3f})"
+                           for f in site["prevalence"])
+    return (f"Site: {site['what']}: {site['films']} films of {site['patients']} patients, of the test split's "
+            f"{site['test_split_films']} films of {site['test_split_patients']} patients; No-Finding films "
+            f"{site['no_finding_share']:.0%} (the whole test split: {site['test_split_no_finding_share']:.0%}; training: "
+            f"{site['training_no_finding_share']:.0%}); AP films {site['ap_share']:.0%}. Labels: {site['labels']}. Why: "
+            f"{SITE_WHY[key]}\n\nEach finding's prevalence on the site (in the whole test split): {prevalence}.")
+
+
+def _section(results: dict) -> list[str]:
+    """One site's tables (the Markdown below its heading)."""
     lines = [
-        "# Site adaptation on a shifted site (`python -m benchmarks.site_adapt`)",
-        "",
-        f"Site: {site['what']}: {site['films']} films of {site['patients']} patients; No-Finding films "
-        f"{site['no_finding_share']:.0%} (training: {site['training_no_finding_share']:.0%}); AP films are "
-        f"{site['training_ap_share']:.0%} of training. Labels: {site['labels']}. Why: AP films are bedside films of patients "
-        "too ill to stand, taken with a portable machine: another population and acquisition, at another prevalence.",
+        _site_line(results["site"]),
         "",
         f"Machine: {results['machine']}; {results['when']}. Every number is measured on the CHECK part (NIH labels), "
         "which nothing was fitted on; same seed, so the same split, for every mode. Method: "
@@ -270,6 +282,21 @@ def markdown(results: dict) -> str:
                          f"higher on {sum(c > 1e-12 for c in change)} (mean change {sum(change) / len(change):+.4f}); "
                          + ", ".join(f"{decisions.count(d)} {d}" for d in ("written", "refused", "nothing to write")
                                      if d in decisions))
+    return lines
+
+
+def markdown(results: dict) -> str:
+    """The whole file: the AP site's section, its reading, then each other site's (``results["sites"]``)."""
+    lines = ["# Site adaptation on a shifted site (`python -m benchmarks.site_adapt`)", ""]
+    readings = results.get("readings") or {}
+    if "site" in results:
+        lines += _section(results)
+        if readings.get("ap"):
+            lines += ["", readings["ap"].rstrip()]
+    for key, sub in (results.get("sites") or {}).items():
+        lines += ["", f"## Second site: {SITES[key][1]} (`--site {key}`)", ""] + _section(sub)
+        if readings.get(key):
+            lines += ["", readings[key].rstrip()]
     return "\n".join(lines) + "\n"
 
 
@@ -287,19 +314,25 @@ def main() -> None:
                         help="training.adapt --recalibrate, for every run (default auto)")
     parser.add_argument("--triage", default="auto", choices=["auto", "refit"],
                         help="training.adapt --triage, for every run (default auto)")
+    parser.add_argument("--site", default="ap", choices=list(SITES),
+                        help="ap: the test split's AP films; screening: the test split sub-sampled to 50%% No-Finding "
+                             "films (see the module docstring)")
     args = parser.parse_args()
 
     from cxr_core.adaptation import adapt_bundle
 
     bundle, work = Path(args.bundle), Path(args.work)
-    site_dir, labels, site = build_site(bundle, Path(args.data), work)
+    site_dir, labels, site = build_site(bundle, Path(args.data), work, args.site)
+    # The AP site's runs keep their folders as before; another site's lie in its own.
+    runs = work if args.site == "ap" else work / SITES[args.site][0]
     results = {"site": site, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
                "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": [], "seed": args.seed}
     method = {"recalibration": args.recalibrate, "triage_refit": args.triage}
     if args.modes:
         results["method"] = method
     out = Path(args.out)
-    earlier = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").is_file() else {}
+    whole = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").is_file() else {}
+    earlier = whole if args.site == "ap" else (whole.get("sites") or {}).get(args.site, {})
     if earlier.get("site") == site and earlier.get("seed", args.seed) == args.seed and not args.modes:
         # Split seeds only: the mode tables stay as they are (whatever their method).
         results.update({k: earlier[k] for k in ("rows", "previous", "method", "when") if k in earlier})
@@ -312,15 +345,27 @@ def main() -> None:
         results["previous"] = ({"when": earlier["when"], "rows": other} if other else earlier.get("previous"))
     results["split_seeds"] = earlier.get("split_seeds", [])
     # One pass of the shipped bundle over the site serves every run (the same bundle, the same films).
-    options = {"site_name": "NIH test split, AP films", "recalibration": args.recalibrate, "triage": args.triage,
-               "screened": {}}
+    # Kept on disk too, so that runs of other methods on the same site reuse it (the key names the bundle's digest and
+    # the films, so a stale pass is never used).
+    cache = work / SITES[args.site][0] / "shipped_pass.pkl"
+    screened = pickle.loads(cache.read_bytes()) if cache.is_file() else {}
+    options = {"site_name": SITES[args.site][1], "recalibration": args.recalibrate, "triage": args.triage,
+               "screened": screened}
 
     def write() -> None:
-        out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=float))
-        out.write_text(markdown(results))
+        if not cache.is_file() and screened:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_bytes(pickle.dumps(screened))
+        readings = {k: v for k, v in (whole.get("readings") or {}).items() if k != args.site}  # a rerun drops its own
+        if args.site == "ap":
+            everything = {**results, "sites": whole.get("sites") or {}, "readings": readings}
+        else:
+            everything = {**whole, "sites": {**(whole.get("sites") or {}), args.site: results}, "readings": readings}
+        out.with_suffix(".json").write_text(json.dumps(everything, indent=1, default=float))
+        out.write_text(markdown(everything))
 
     for seed in args.split_seeds:
-        folder = work / f"seed_{seed}_{args.recalibrate}_{args.triage}"
+        folder = runs / f"seed_{seed}_{args.recalibrate}_{args.triage}"
         shutil.rmtree(folder / "bundle", ignore_errors=True)
         report = adapt_bundle(bundle, site_dir, labels, folder, seed=seed, **options)
         shutil.rmtree(folder / "bundle", ignore_errors=True)  # the benchmark keeps the report only
@@ -328,13 +373,13 @@ def main() -> None:
         results["split_seeds"] = [r for r in results["split_seeds"] if _key(r) != _key(row)] + [row]
         write()
     for mode in args.modes:
-        report_dir = work / f"out_{mode}"
+        report_dir = runs / f"out_{mode}"
         shutil.rmtree(report_dir / "bundle", ignore_errors=True)
         report = adapt_bundle(bundle, site_dir, labels, report_dir, fine_tune=mode, seed=args.seed, **options)
         results["rows"].append({**_row(mode, report), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
         results["rows"].sort(key=lambda row: ["none", "heads", "last-block"].index(row["mode"]))
         write()
-        print(markdown(results))
+        print("\n".join(_section(results)))
 
 
 if __name__ == "__main__":
