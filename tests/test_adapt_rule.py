@@ -88,3 +88,62 @@ def test_intercept_recalibration_keeps_the_shipped_slope_and_moves_to_the_site_p
     np.testing.assert_allclose(mean_after, y.mean(axis=0), atol=0.03)  # calibrated in the large on the fit films
     with pytest.raises(ValueError, match="recalibration must be one of"):
         refit_operating_points(y, s, groups, shipped=shipped, recalibration="isotonic")
+
+
+def _site_and_shipped(n: int = 150, seed: int = 3, shift=None):
+    """Named synthetic: films whose labels are drawn from the shipped calibrated probability itself (a site the shipped
+    calibration fits), or with ``shift`` added to one finding's logit (a site where that finding is more common)."""
+    from cxr_core.adaptation.refit import shipped_operating_points
+    from cxr_core.evaluation.calibration import Calibration
+    from cxr_core.evaluation.triage import fit_triage
+
+    rng = np.random.default_rng(seed)
+    raw = rng.beta(0.8, 8.0, (n, len(FINDINGS)))
+    logit = np.log(raw) - np.log1p(-raw) + (0.0 if shift is None else shift)
+    y = (rng.random(raw.shape) < 1 / (1 + np.exp(-logit))).astype(float)
+    nih = rng.beta(0.8, 8.0, (400, len(FINDINGS)))  # "NIH validation", where the shipped triage was fitted
+    triage = fit_triage((rng.random(nih.shape) < nih).astype(float), nih)
+    shipped = shipped_operating_points({
+        "calibration": Calibration("platt", FINDINGS, np.ones(14), np.zeros(14), np.ones(14, bool)).to_dict(),
+        "thresholds": [0.3] * 14, "triage": triage.to_dict()})
+    return y, raw, np.repeat(np.arange(n), 1), shipped
+
+
+def test_auto_keeps_the_shipped_calibration_where_the_site_agrees_with_it():
+    from cxr_core.adaptation.refit import refit_operating_points
+
+    y, raw, groups, shipped = _site_and_shipped()
+    site = refit_operating_points(y, raw, groups, shipped=shipped)  # recalibration="auto", triage="auto"
+    kept = [s for s in site.sources if s["source"] == "shipped"]
+    assert len(kept) >= 12, [s["note"] for s in site.sources if s["source"] == "site"]
+    for s in kept:
+        j = FINDINGS.index(s["finding"])
+        assert site.calibration.slope[j] == 1 and site.calibration.intercept[j] == 0 and site.thresholds[j] == 0.3
+        if s.get("cross_validation"):  # judged, not just too few films: out-of-fold log loss of the three candidates
+            assert set(s["cross_validation"]["oof_log_loss"]) == {"shipped", "intercept", "refit"}
+
+
+def test_auto_moves_a_finding_whose_prevalence_the_site_shifts():
+    from cxr_core.adaptation.refit import refit_operating_points
+
+    shift = np.zeros(14)
+    shift[2] = 1.5  # Effusion: far more common at this site than the shipped calibration says
+    y, raw, groups, shipped = _site_and_shipped(shift=shift)
+    site = refit_operating_points(y, raw, groups, shipped=shipped)
+    effusion = site.sources[2]
+    assert effusion["source"] == "site" and effusion["calibration"] in ("intercept", "refit"), effusion["note"]
+    assert site.calibration.intercept[2] > 0.8  # moved towards the shift
+    assert abs(site.calibration.apply(raw)[:, 2].mean() - y[:, 2].mean()) < 0.03
+
+
+def test_auto_keeps_the_shipped_triage_unless_the_fit_part_supports_a_refit():
+    from cxr_core.adaptation.refit import refit_operating_points
+
+    y, raw, groups, shipped = _site_and_shipped(n=120)
+    auto = refit_operating_points(y, raw, groups, shipped=shipped)
+    assert auto.triage_source == "shipped" and auto.triage == shipped.triage
+    assert "out of fold" in auto.triage_note and "abnormal films" in auto.triage_note
+    forced = refit_operating_points(y, raw, groups, shipped=shipped, triage="refit")
+    assert forced.triage_source == "site" and forced.triage.fitted_on == "the site's fit part"
+    with pytest.raises(ValueError, match="triage must be one of"):
+        refit_operating_points(y, raw, groups, shipped=shipped, triage="always")

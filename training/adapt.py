@@ -31,10 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fine-tune", default="none", choices=["none", "heads", "last-block"],
                         help="also train the members' heads, or their last block and heads, on the fit part "
                              "(default none: refit the operating points only)")
-    parser.add_argument("--recalibrate", default="refit", choices=["refit", "intercept"],
-                        help="refit: the shipped calibration method fitted anew on the fit part (default, the rule of NIH "
-                             "validation); intercept: the shipped map kept, only its intercept moved to the site's "
-                             "prevalence (one parameter per finding: steadier on a few hundred films)")
+    parser.add_argument("--recalibrate", default="auto", choices=["auto", "refit", "intercept"],
+                        help="auto (default): per finding, the shipped calibration, an intercept shift or a full refit, "
+                             "chosen by patient-grouped cross-validation inside the fit part (a change only where it "
+                             "beats the simpler one by more than a standard error); refit: every finding with enough "
+                             "films refitted by the shipped method (the rule of NIH validation); intercept: every such "
+                             "finding's shipped map kept, only its intercept moved")
+    parser.add_argument("--triage", default="auto", choices=["auto", "refit"],
+                        help="auto (default): the shipped triage and rule-out point kept unless, out of fold inside the "
+                             "fit part, a refitted one misses no more abnormal films and reaches the 0.95 Wilson bound; "
+                             "refit: always refitted when the fit part has the films")
     parser.add_argument("--seed", type=int, default=0, help="the split's and the fine-tuning's seed (default 0)")
     parser.add_argument("--check-share", type=float, default=0.5,
                         help="share of the films in the check part (default 0.5)")
@@ -53,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = adapt_bundle(args.bundle, args.site, args.labels, args.out, fine_tune=args.fine_tune, seed=args.seed,
                               check_share=args.check_share, site_name=args.site_name, epochs=args.epochs,
-                              n_boot=args.n_boot, recalibration=args.recalibrate, progress=lambda items: tqdm(items, unit="batch", leave=False))
+                              n_boot=args.n_boot, recalibration=args.recalibrate, triage=args.triage,
+                              progress=lambda items: tqdm(items, unit="batch", leave=False))
     except USER_ERRORS as exc:
         return report_user_error(exc)
     return 0 if report["decision"] in ("written", "refused") else 1

@@ -12,7 +12,8 @@ The engine behind ``python -m training.adapt`` (the steps are described in
 4. optionally fine-tune the members on the fit part
    (:mod:`~cxr_core.adaptation.finetune`);
 5. refit the calibration, the cuts, the flags and the triage on the fit part
-   (:mod:`~cxr_core.adaptation.refit`);
+   where cross-validation inside the fit part supports a change, else keep the
+   shipped ones (:mod:`~cxr_core.adaptation.refit`);
 6. the adapted bundle on the check part, and the never-worse rule
    (:func:`~cxr_core.adaptation.scores.never_worse`): the bundle goes to
    ``OUT/bundle`` only when the rule allows.
@@ -46,6 +47,7 @@ from cxr_core.adaptation.finetune import FINE_TUNE_MODES, fine_tune_members
 from cxr_core.adaptation.refit import (
     FITTED_ON,
     RECALIBRATIONS,
+    TRIAGE_REFITS,
     OperatingPoints,
     refit_operating_points,
     shipped_operating_points,
@@ -232,7 +234,9 @@ def adapt_bundle(
     learning_rate: float | None = None,
     select_epoch: bool = True,
     min_positives: int = MIN_SITE_POSITIVES,
-    recalibration: str = "refit",
+    recalibration: str = "auto",
+    triage: str = "auto",
+    screened: dict | None = None,
     progress: Callable | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
@@ -251,7 +255,11 @@ def adapt_bundle(
         epochs, learning_rate, select_epoch: fine-tuning options
             (:func:`~cxr_core.adaptation.finetune.fine_tune_members`).
         min_positives: a finding with fewer positive or negative fit-part films keeps the shipped calibration and cuts.
-        recalibration: ``"refit"`` or ``"intercept"`` (:func:`~cxr_core.adaptation.refit.refit_operating_points`).
+        recalibration: ``"auto"`` (per finding by cross-validation inside the fit part), ``"refit"`` or ``"intercept"``
+            (:func:`~cxr_core.adaptation.refit.refit_operating_points`).
+        triage: ``"auto"`` (refitted only when cross-validation inside the fit part supports it) or ``"refit"``.
+        screened: a dict shared by calls on the same bundle and films (a benchmark's split seeds): the shipped
+            bundle's pass over the films is kept in it and reused (``seconds["shipped_pass_reused"]`` says so).
         progress: wraps the prediction batches (e.g. ``tqdm``).
         log: one line per step.
 
@@ -265,6 +273,8 @@ def adapt_bundle(
     started = time.perf_counter()
     if recalibration not in RECALIBRATIONS:
         raise ValueError(f"--recalibrate must be one of {', '.join(RECALIBRATIONS)}, got {recalibration!r}")
+    if triage not in TRIAGE_REFITS:
+        raise ValueError(f"--triage must be one of {', '.join(TRIAGE_REFITS)}, got {triage!r}")
     if fine_tune not in FINE_TUNE_MODES:
         raise ValueError(f"--fine-tune must be one of {', '.join(FINE_TUNE_MODES)}, got {fine_tune!r}")
     bundle_dir, out = Path(bundle_dir), Path(out_dir)
@@ -282,7 +292,11 @@ def adapt_bundle(
     shipped_points = shipped_operating_points(predictor.metadata)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    raw, inputs, notes = _screened(predictor, site, progress=progress)
+    key = None if screened is None else (bundle_sha256(bundle_dir), tuple(str(path) for path in site.paths))
+    reused = key is not None and key in screened
+    raw, inputs, notes = screened[key] if reused else _screened(predictor, site, progress=progress)
+    if screened is not None:
+        screened[key] = (raw, inputs, notes)
     predict_seconds = time.perf_counter() - t0
     y, groups = site.labels, site.patient_ids
 
@@ -311,7 +325,7 @@ def adapt_bundle(
             raw_adapted = _predict_inputs(Predictor.from_bundle(candidate), inputs)
             predict_seconds += time.perf_counter() - t0
         points = refit_operating_points(y[fit], raw_adapted[fit], groups[fit], shipped=shipped_points,
-                                        min_positives=min_positives, recalibration=recalibration)
+                                        min_positives=min_positives, recalibration=recalibration, triage=triage)
         c_adapted = points.calibration.apply(raw_adapted)
         adapted = check_scores(y[check], c_adapted[check], groups[check], triage=points.triage, flags=points.flags,
                                n_boot=n_boot, seed=seed)
@@ -321,9 +335,10 @@ def adapt_bundle(
                                                   c_adapted[check], groups[check], n_boot=n_boot, seed=seed)
         written, reason = never_worse(shipped, adapted, difference)
         if not _changed(points, records):
-            written, reason = False, ("no bundle written: it would not differ from the shipped one (no finding had "
-                                      f"{min_positives} positive and negative fit-part films to refit its cuts, the "
-                                      "triage was kept" + (", and no member's fine-tuning beat its shipped weights)"
+            written, reason = False, ("no bundle written: it would not differ from the shipped one (no finding's "
+                                      f"calibration moved: too few fit-part films of it (under {min_positives} positive "
+                                      "or negative) or no support for a change by cross-validation inside the fit "
+                                      "part; the triage was kept" + (", and no member's fine-tuning beat its shipped weights)"
                                                            if records else ", and no fine-tuning was asked for)"))
         decision = "written" if written else "refused"
         log(reason)
@@ -343,7 +358,7 @@ def adapt_bundle(
                              f"least 0 and the lower bound of its paired patient-bootstrap 95% interval is above "
                              f"-{NON_INFERIORITY_MARGIN}, the adapted mean calibration error is not higher, and its triage "
                              "sensitivity at the rule-out point is not lower"},
-            "decision": decision, "reason": reason, "recalibration": recalibration,
+            "decision": decision, "reason": reason, "recalibration": recalibration, "triage_refit": triage,
             "local_validation": local,
             # Every value fitted on the fit part (and nothing timed): the same fit part gives the same block.
             "fitted": {**points.to_dict(), "fine_tune": [
@@ -352,7 +367,8 @@ def adapt_bundle(
                 for r in records]},
             "fine_tune": {"mode": fine_tune, "members": records, "seconds": round(tune_seconds, 1),
                           "films": int(fit.sum())},
-            "seconds": {"predicting": round(predict_seconds, 1), "fine_tuning": round(tune_seconds, 1),
+            "seconds": {"predicting": round(predict_seconds, 1), "shipped_pass_reused": reused,
+                        "fine_tuning": round(tune_seconds, 1),
                         "total": round(time.perf_counter() - started, 1)},
         })
         if written:
@@ -421,7 +437,8 @@ def site_card_section(record: dict) -> str:
         f"{record['name']}: {record['films']} films of {record['patients']} patients, split patient-wise "
         f"(seed {split['seed']}) into a fit part ({split[FIT]['films']} films, {split[FIT]['patients']} patients) and a "
         f"check part ({split[CHECK]['films']} films, {split[CHECK]['patients']} patients). Calibration, cuts, flags and "
-        f"triage were refitted on the fit part where it had enough films of a finding (else kept from NIH validation); "
+        f"triage were refitted on the fit part where it had enough films of a finding and cross-validation inside the "
+        f"fit part supported a change (else kept from NIH validation); "
         f"fine-tuning: {record['fine_tune']}. The check part was used for "
         f"nothing but the numbers below, measured against {record['name']}'s own labels.{few}",
         "",
@@ -440,6 +457,12 @@ def site_card_section(record: dict) -> str:
     if record.get("input_check"):
         lines += ["", record["input_check"] + "."]
     return "\n".join(lines)
+
+
+def _source(source: dict) -> str:
+    """``site (intercept)``, ``site (refit)``, ``shipped``: where a finding's calibration and cuts come from."""
+    how = source.get("calibration")
+    return source["source"] + (f" ({how})" if source["source"] == "site" and how else "")
 
 
 def report_markdown(report: dict) -> str:
@@ -466,7 +489,7 @@ def report_markdown(report: dict) -> str:
     for a, b in zip(shipped["per_finding"], adapted["per_finding"]):
         lines.append(f"| {a['finding']} | {a['films']} | {a['positives']} | {_fmt(a['auroc'])} ({_fmt(a['auroc_low'])}–"
                      f"{_fmt(a['auroc_high'])}) | {_fmt(b['auroc'])} ({_fmt(b['auroc_low'])}–{_fmt(b['auroc_high'])}) | "
-                     f"{_fmt(a['ece'])} | {_fmt(b['ece'])} | {sources[a['finding']]['source']} |")
+                     f"{_fmt(a['ece'])} | {_fmt(b['ece'])} | {_source(sources[a['finding']])} |")
     lines.append(f"| **mean** | | | **{_fmt(shipped['mean_auroc'])}** | **{_fmt(adapted['mean_auroc'])}** | "
                  f"{_fmt(shipped['mean_ece'])} | {_fmt(adapted['mean_ece'])} | |")
     d = report["difference"]
