@@ -9,6 +9,7 @@ import streamlit as st
 from cxr_core.bundle.format import describe_model
 from cxr_core.errors import ImageReadError
 from cxr_core.findings import DISPLAY_NAMES
+from cxr_core.host import settings
 from cxr_core.pacs import dicomweb
 from cxr_core.reporting import overlays, report
 from cxr_core.reporting.words import BAND_LABELS, WITHHELD_NOTE, triage_words
@@ -93,7 +94,7 @@ elif source == "Upload a file":
         st.stop()
     name, data = upload.name, upload.getvalue()
 else:
-    dataset = common.load_dataset(str(common.demo_root()))
+    dataset = common.load_dataset(str(settings.demo_root()))
     name = st.selectbox("Demo image", dataset.image_names, key="analyze_demo")
     data = Path(dataset.csv.set_index("image").at[name, "path"]).read_bytes()
 
@@ -101,7 +102,7 @@ if getting_ready:  # the notice above reruns the page when the model is ready
     st.caption(f"**{name}** will be analysed as soon as the model is ready.")
     st.stop()
 predictor = common.require_predictor()
-model_key = common.current_bundle()
+model_key = settings.current_bundle()
 policy = predictor.policy
 try:
     analysis = common.analyze_bytes(*model_key, common.digest(data), data)
@@ -197,7 +198,11 @@ st.dataframe(
         "meaning": st.column_config.TextColumn("What the flag means", width="large"),
     },
 )
-burden = ((common.bundle_metrics() or {}).get("reading") or {}).get("burden") or {}
+try:
+    evaluation = common.bundle_metrics()
+except ValueError:  # a damaged metrics.json: the Model performance page says why
+    evaluation = None
+burden = evaluation.reading.burden if evaluation else {}
 per_normal = (burden.get("flags" if reading.operating_point == "specificity" else "youden") or {}).get("flags_per_no_finding_film")
 st.caption(("Probabilities are calibrated on the model's validation split. PPV: share of flagged validation films that had the "
             "finding (NIH labels); lift: PPV over the finding's validation prevalence."

@@ -16,6 +16,7 @@ from cxr_core.evaluation import category_labels, category_scores
 from cxr_core.evaluation.flags import FLAG, flag_outcomes
 from cxr_core.evaluation.localization import best_iou_each, heatmap_to_boxes
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
+from cxr_core.host import settings
 from cxr_core.reporting import overlays, report
 from cxr_core.reporting.words import BAND_LABELS, WITHHELD_NOTE, triage_words
 from pages import common
@@ -29,9 +30,9 @@ def thumbnail(path: str, mtime: float):
 
 
 st.title("Browse dataset")
-root_text = st.text_input("Dataset folder (any NIH ChestX-ray14 layout)", str(common.demo_root()), key="browse_root")
+root_text = st.text_input("Dataset folder (any NIH ChestX-ray14 layout)", str(settings.demo_root()), key="browse_root")
 try:
-    dataset = common.load_dataset(str(common.check_dataset_root(root_text)))
+    dataset = common.load_dataset(str(settings.check_dataset_root(root_text)))
 except (ValueError, OSError) as exc:  # outside the allowed roots, no Data_Entry CSV, unreadable
     st.error(str(exc))
     st.stop()
@@ -105,7 +106,7 @@ if split in ("train", "val"):
 elif split == "test":
     st.caption("This image was in the model's test split (never used for training or fitting).")
 
-analysis = common.analyze_path(*common.current_bundle(), row.path, Path(row.path).stat().st_mtime)
+analysis = common.analyze_path(*settings.current_bundle(), row.path, Path(row.path).stat().st_mtime)
 reading = analysis.reading
 if analysis.withheld_because:
     st.warning(" ".join(analysis.withheld_because))

@@ -16,16 +16,14 @@ from pathlib import Path
 
 import streamlit as st
 
+from cxr_core.evaluation.metrics_file import Metrics, metrics_path, read_metrics
 from cxr_core.host import HOST, ModelKey
-from cxr_core.host.settings import (  # noqa: F401 - the pages' names for where the model and the data are
+from cxr_core.host.settings import (
     COMPUTE_ENV,
-    allowed_roots,
     bundle_dir,
     bundle_present,
     bundle_stamp,
-    check_dataset_root,
     current_bundle,
-    demo_root,
 )
 
 NO_BUNDLE_HELP = """No model bundle was found at `{path}`.
@@ -55,12 +53,19 @@ def bundle_metadata() -> dict | None:
     return _read_json(str(path / "bundle.json"), bundle_stamp(path)) if bundle_present(path) else None
 
 
-def bundle_metrics() -> dict | None:
-    """The bundle's ``metrics.json`` (None until the bundle has been evaluated)."""
-    path = bundle_dir()
-    name = (bundle_metadata() or {}).get("metrics_file") or "metrics.json"
-    file = path / name
-    return _read_json(str(file), file.stat().st_mtime) if file.is_file() else None
+@st.cache_data(show_spinner=False, max_entries=4)
+def _read_metrics(path: str, mtime: float) -> Metrics:
+    return read_metrics(path)
+
+
+def bundle_metrics() -> Metrics | None:
+    """The bundle's evaluation (its ``metrics.json``) as typed records; None until the bundle has been evaluated.
+
+    Raises:
+        ValueError: the file is there but is not an evaluation this cxr-assist reads.
+    """
+    file = metrics_path(bundle_dir(), bundle_metadata())
+    return _read_metrics(str(file), file.stat().st_mtime) if file.is_file() else None
 
 
 #: streamlit_app.py's pages, in its order (set on every script run, before the page runs; read by the home page).

@@ -5,6 +5,7 @@ import streamlit as st
 from cxr_core import __version__
 from cxr_core.bundle.format import describe_model
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
+from cxr_core.host import settings
 from pages import common
 
 #: What each page is for, by its URL path (a page not named here is listed by its title alone).
@@ -34,7 +35,7 @@ st.write("Findings: " + ", ".join(DISPLAY_NAMES[f] for f in FINDINGS) + '. "No F
 st.subheader("Loaded model")
 meta = common.bundle_metadata()
 if meta is None:
-    st.error(common.NO_BUNDLE_HELP.format(path=common.bundle_dir()))
+    st.error(common.NO_BUNDLE_HELP.format(path=settings.bundle_dir()))
 else:
     data = meta.get("data") or {}
     counts, patients = data.get("counts") or {}, data.get("patients") or {}
@@ -53,17 +54,21 @@ else:
     cols[0].metric("Test mean AUROC", "not evaluated" if auroc is None else f"{auroc:.3f}",
                    help="Mean over the 14 findings on the bundle's test split, NIH labels")
     cols[1].metric("Training images", f"{counts['train']:,}" if "train" in counts else "?")
-    triage = ((common.bundle_metrics() or {}).get("reading") or {}).get("triage")
-    cols[2].metric("Triage AUROC (test)", "not fitted" if not triage else f"{triage['auroc']:.3f}",
+    try:
+        evaluation = common.bundle_metrics()
+    except ValueError:  # a damaged metrics.json: the Model performance page says why
+        evaluation = None
+    triage = evaluation.reading.triage if evaluation else None
+    cols[2].metric("Triage AUROC (test)", "not fitted" if not triage else f"{triage.auroc:.3f}",
                    help="Abnormal (any of the 14 findings) against No-Finding films of the test split, NIH labels; "
                         "fitted on validation" + ("" if not triage else
-                                                  f"; 95% CI {triage['auroc_low']:.3f}–{triage['auroc_high']:.3f}"))
+                                                  f"; 95% CI {triage.auroc_low:.3f}–{triage.auroc_high:.3f}"))
     trained_on = (
         f"NIH ChestX-ray14 images, patient-wise split: {counts.get('train', '?')} training images "
         f"({patients.get('train', '?')} patients), {counts.get('val', '?')} validation, {counts.get('test', '?')} test."
         if counts else "the split recorded in the bundle's splits.csv."
     )
-    st.caption(f"Bundle `{common.bundle_dir()}` ({describe_model(meta)}), created {meta.get('created', '?')}. "
+    st.caption(f"Bundle `{settings.bundle_dir()}` ({describe_model(meta)}), created {meta.get('created', '?')}. "
                f"Trained on {trained_on}")
     if auroc is None:
         st.info("This bundle has not been evaluated yet (`python -m training.evaluate`): no thresholds or metrics.")

@@ -9,8 +9,9 @@ import streamlit as st
 
 from cxr_core.adaptation import read_site_report
 from cxr_core.evaluation import expert
-from cxr_core.evaluation.metrics_file import Flags, Metrics, Triage, metrics_path, read_metrics
+from cxr_core.evaluation.metrics_file import Flags, Metrics, Triage, metrics_path
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
+from cxr_core.host import settings
 from cxr_core.reporting import report
 from pages import common
 
@@ -139,19 +140,14 @@ def curves(points, label, diagonal, titles):
     return figure
 
 
-@st.cache_data(show_spinner=False, max_entries=4)
-def load_metrics(path: str, mtime: float) -> Metrics:
-    return read_metrics(path)
-
-
 st.title("Model performance")
-metrics_file = metrics_path(common.bundle_dir(), common.bundle_metadata())
+metrics_file = metrics_path(settings.bundle_dir(), common.bundle_metadata())
 if not metrics_file.is_file():
-    st.info(f"No evaluation found in `{common.bundle_dir()}` (metrics.json). " + common.NO_BUNDLE_HELP.format(path=common.bundle_dir())
-            if not common.bundle_present() else "The bundle has not been evaluated yet: run `python -m training.evaluate --bundle <bundle> --data <NIH folder>`.")
+    st.info(f"No evaluation found in `{settings.bundle_dir()}` (metrics.json). " + common.NO_BUNDLE_HELP.format(path=settings.bundle_dir())
+            if not settings.bundle_present() else "The bundle has not been evaluated yet: run `python -m training.evaluate --bundle <bundle> --data <NIH folder>`.")
     st.stop()
 try:
-    metrics = load_metrics(str(metrics_file), metrics_file.stat().st_mtime)
+    metrics = common.bundle_metrics()
 except ValueError as exc:
     st.error(f"The bundle's evaluation could not be read: {exc}")
     st.stop()
@@ -162,7 +158,7 @@ st.markdown(
 )
 site = (common.bundle_metadata() or {}).get("site")
 try:
-    site_report = read_site_report(common.bundle_dir()) if site else None
+    site_report = read_site_report(settings.bundle_dir()) if site else None
 except ValueError as error:  # a damaged site_report.json: say so, show the rest
     site_report = None
     st.warning(f"This bundle's site report could not be read ({error}); the NIH numbers below are the parent bundle's.")

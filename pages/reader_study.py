@@ -14,6 +14,7 @@ import streamlit as st
 from cxr_core.data import decode_image
 from cxr_core.errors import ImageReadError
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS, from_multi_hot, to_multi_hot
+from cxr_core.host import settings
 from cxr_core.reader_study import REFERENCE_NAMES, REFERENCES, MissingCasesError
 from cxr_core.reporting import overlays, report
 from cxr_core.reporting.words import BAND_LABELS, triage_words
@@ -30,19 +31,19 @@ if note := st.session_state.pop("rs_excluded_note", None):
 with st.expander("Create a study (the demo set, or an allowed dataset folder)", expanded=not store.list_studies()):
     with st.form("rs_create"):
         new_name = st.text_input("Study name", key="rs_new_name")
-        root_text = st.text_input("Dataset folder", str(common.demo_root()), key="rs_new_root")
+        root_text = st.text_input("Dataset folder", str(settings.demo_root()), key="rs_new_root")
         reference = st.radio("Reference standard the reads are scored against", REFERENCES, format_func=REFERENCE_NAMES.get,
                              key="rs_new_reference", help="The radiologists' labels need the folder's extras/google2019_nih-chest-xray-labels.csv.gz.")
         n_cases = st.number_input("Cases", min_value=2, max_value=200, value=30, key="rs_new_cases")
         seed = st.number_input("Seed", min_value=0, value=0, key="rs_new_seed")
         if st.form_submit_button("Create study"):
             try:
-                root = common.check_dataset_root(root_text)
+                root = settings.check_dataset_root(root_text)
                 experts = common.expert_labels(root) if reference == "expert" else None
                 if reference == "expert" and experts is None:
                     raise ValueError(f"`{root}` has no radiologists' label file (extras/google2019_nih-chest-xray-labels.csv.gz); "
                                      "choose the NIH labels or another folder.")
-                where = "demo set" if root == common.demo_root().resolve() else root.name
+                where = "demo set" if root == settings.demo_root().resolve() else root.name
                 created = store.create_study(new_name, common.load_dataset(str(root)), n_cases=int(n_cases), seed=int(seed),
                                              description=where, reference=reference, expert_labels=experts)
                 st.session_state["rs_study"] = created.id
@@ -82,7 +83,7 @@ st.button("Stop for now", key="rs_stop", on_click=lambda: st.session_state.updat
 path = store.case_image_path(study.id, case.position)
 predictor = common.require_predictor()
 try:
-    analysis = common.analyze_path(*common.current_bundle(), str(path), path.stat().st_mtime)
+    analysis = common.analyze_path(*settings.current_bundle(), str(path), path.stat().st_mtime)
     why = " ".join(analysis.withheld_because)
 except ImageReadError as exc:
     why = f"the image cannot be read: {exc}"

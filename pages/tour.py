@@ -14,6 +14,7 @@ import streamlit as st
 from cxr_core.data import decode_image
 from cxr_core.evaluation.reading import ReadingPolicy
 from cxr_core.findings import DISPLAY_NAMES, FINDINGS
+from cxr_core.host import settings
 from cxr_core.jobs.tour import CATEGORIES, bundle_fingerprint
 from cxr_core.reporting.handout import radiologists_rows, stop_pictures, stop_reading
 from cxr_core.reporting.tour_file import TOUR_FILE, read_tour, resolve_image
@@ -31,7 +32,7 @@ def load_tour(folder: str, mtime: float):
     return read_tour(folder)
 
 
-bundle = common.bundle_dir()
+bundle = settings.bundle_dir()
 tour_path = bundle / TOUR_FILE
 try:
     tour = load_tour(str(bundle), tour_path.stat().st_mtime) if tour_path.is_file() else None
@@ -40,7 +41,7 @@ except ValueError as exc:
     st.stop()
 if tour is None:
     st.info(f"No guided tour is stored with the model at `{bundle}`. Build it (a few minutes on a CPU) with\n\n"
-            f"`python -m training.tour --bundle {bundle} --data {common.demo_root()}`")
+            f"`python -m training.tour --bundle {bundle} --data {settings.demo_root()}`")
     st.stop()
 metadata = common.bundle_metadata()
 if tour.fingerprint != bundle_fingerprint(metadata):
@@ -97,13 +98,13 @@ dataset = None
 paths = None
 if stop.nih_labels is not None:
     try:
-        dataset = common.load_dataset(str(common.demo_root()))
+        dataset = common.load_dataset(str(settings.demo_root()))
         paths = dict(zip(dataset.csv["image"], dataset.csv["path"]))
     except (ValueError, OSError) as exc:
         st.error(f"The demo set could not be read: {exc}")
-path = resolve_image(stop.source, stop.image, common.demo_root(), paths)
+path = resolve_image(stop.source, stop.image, settings.demo_root(), paths)
 if path is None:
-    st.error(f"The image {stop.image} is not on this machine (demo set: `{common.demo_root()}`).")
+    st.error(f"The image {stop.image} is not on this machine (demo set: `{settings.demo_root()}`).")
 else:
     left, right = st.columns(2)
     analysis, getting_ready = None, False
@@ -111,7 +112,7 @@ else:
         with right:  # while the app is still getting the model ready: its progress here, the page reruns when done
             getting_ready = common.getting_ready_notice()
         if not getting_ready and common.optional_predictor() is not None:
-            analysis = common.analyze_path(*common.current_bundle(), str(path), Path(path).stat().st_mtime)
+            analysis = common.analyze_path(*settings.current_bundle(), str(path), Path(path).stat().st_mtime)
     pictures = stop_pictures(stop, decode_image(path).pixels, dataset=dataset, analysis=analysis)
     left.image(pictures.image, caption=pictures.image_caption, width="stretch")
     if pictures.heatmap is not None:
@@ -157,14 +158,14 @@ if st.button("Prepare the PDF handout of the whole tour", key="tour_pdf_prepare"
     common.wait_until_ready()
     if common.optional_predictor() is not None:
         def analyze(file):
-            return common.analyze_path(*common.current_bundle(), str(file), Path(file).stat().st_mtime)
+            return common.analyze_path(*settings.current_bundle(), str(file), Path(file).stat().st_mtime)
     with st.spinner("Writing the handout (one analysis per stop)…"):
         try:
-            demo = dataset or common.load_dataset(str(common.demo_root()))
+            demo = dataset or common.load_dataset(str(settings.demo_root()))
         except (ValueError, OSError):
             demo = None
         st.session_state["tour_pdf_bytes"] = (tour_key, tour_pdf(tour, metadata, dataset=demo, analyze=analyze,
-                                                                  data_root=common.demo_root()))
+                                                                  data_root=settings.demo_root()))
 ready = st.session_state.get("tour_pdf_bytes")
 if ready and ready[0] == tour_key:
     st.download_button("Download the tour handout (PDF)", data=ready[1], file_name="cxr-assist-guided-tour.pdf",

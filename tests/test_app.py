@@ -11,6 +11,7 @@ import os
 
 import pytest
 
+from cxr_core.host import settings
 from pages import common
 from tests.conftest import DEMO_ROOT, REPO_ROOT
 
@@ -18,12 +19,12 @@ from tests.conftest import DEMO_ROOT, REPO_ROOT
 def test_defaults_and_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("CXR_ASSIST_BUNDLE", raising=False)
     monkeypatch.delenv("CXR_ASSIST_DEMO", raising=False)
-    assert common.bundle_dir() == REPO_ROOT / "models" / "default"
-    assert common.demo_root() == DEMO_ROOT
+    assert settings.bundle_dir() == REPO_ROOT / "models" / "default"
+    assert settings.demo_root() == DEMO_ROOT
     monkeypatch.setenv("CXR_ASSIST_BUNDLE", str(tmp_path / "b"))
     monkeypatch.setenv("CXR_ASSIST_DEMO", "data/demo")  # relative paths are the project's
-    assert common.bundle_dir() == tmp_path / "b" and common.demo_root() == DEMO_ROOT
-    assert not common.bundle_present() and common.bundle_metadata() is None and common.bundle_metrics() is None
+    assert settings.bundle_dir() == tmp_path / "b" and settings.demo_root() == DEMO_ROOT
+    assert not settings.bundle_present() and common.bundle_metadata() is None and common.bundle_metrics() is None
 
 
 def test_dataset_root_guard(monkeypatch, tmp_path):
@@ -34,21 +35,21 @@ def test_dataset_root_guard(monkeypatch, tmp_path):
     (first / "out").symlink_to(tmp_path)
     (first / "in").symlink_to(first / "sub")
     monkeypatch.setenv("CXR_ASSIST_DATA_ROOTS", os.pathsep.join([str(first), str(second), ""]))
-    assert common.allowed_roots() == [DEMO_ROOT.resolve(), first.resolve(), second.resolve()]
-    assert common.check_dataset_root(str(DEMO_ROOT)) == DEMO_ROOT.resolve()
-    assert common.check_dataset_root("data/demo/images") == (DEMO_ROOT / "images").resolve()
-    assert common.check_dataset_root(f"  {first / 'sub'}  ") == (first / "sub").resolve()
-    assert common.check_dataset_root(str(first / "in")) == (first / "sub").resolve()  # a link that stays inside
+    assert settings.allowed_roots() == [DEMO_ROOT.resolve(), first.resolve(), second.resolve()]
+    assert settings.check_dataset_root(str(DEMO_ROOT)) == DEMO_ROOT.resolve()
+    assert settings.check_dataset_root("data/demo/images") == (DEMO_ROOT / "images").resolve()
+    assert settings.check_dataset_root(f"  {first / 'sub'}  ") == (first / "sub").resolve()
+    assert settings.check_dataset_root(str(first / "in")) == (first / "sub").resolve()  # a link that stays inside
     for outside in ("/", "/etc", str(tmp_path), str(first / "out"), str(first / ".." / "two" / ".."), "data", "data/demo/../../.."):
         with pytest.raises(ValueError, match="outside the folders"):
-            common.check_dataset_root(outside)
+            settings.check_dataset_root(outside)
     with pytest.raises(ValueError, match="Enter a dataset folder"):
-        common.check_dataset_root("  ")
+        settings.check_dataset_root("  ")
     with pytest.raises(ValueError, match="not a folder"):
-        common.check_dataset_root(str(first / "missing"))
+        settings.check_dataset_root(str(first / "missing"))
     with pytest.raises(ValueError, match="NUL"):
-        common.check_dataset_root("data/demo\x00")
+        settings.check_dataset_root("data/demo\x00")
     # A sibling whose name merely starts with an allowed root's name is outside.
     (tmp_path / "one-evil").mkdir()
     with pytest.raises(ValueError, match="outside"):
-        common.check_dataset_root(str(tmp_path / "one-evil"))
+        settings.check_dataset_root(str(tmp_path / "one-evil"))

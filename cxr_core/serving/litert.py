@@ -35,7 +35,7 @@ They get there two ways:
   start on a machine runs LiteRT (the shipped model does this);
 * converted with TensorFlow (about 30 s for the shipped ensemble) by
   ``python -m training.export_serving``, which the app runs in the background
-  after a start that had to use the Keras models (``pages/common.py``).
+  after a start that had to use the Keras models (:mod:`cxr_core.host.model_host`).
 
 Either way each member's form is written whole or not at all, so a build that
 is stopped (a server stopped, a power cut) is resumed at the next start: the

@@ -131,13 +131,13 @@ class MemberRunner:
         """Whether the forward pass runs compiled (False while an eager-start Keras member is not yet traced)."""
         return self._forward.compiled
 
-    def compile(self, batch: np.ndarray, *, explain: bool = True) -> None:
+    def compile(self, batch: np.ndarray) -> None:
         """Trace the forward pass an analysis makes for ``batch``'s shape (the image and its test-time views), then
         use it. Safe while another thread runs the eager call.
 
         Args:
-            batch: normalised inputs (n, size, size, 1); a plain gray image will do.
-            explain: kept for the Predictor's call; the closed-form maps have nothing to trace.
+            batch: normalised inputs (n, size, size, 1); a plain gray image will do (the closed-form maps have
+                nothing to trace).
         """
         self._forward.compile(with_views(np.asarray(batch, dtype=np.float32), self.member.tta_views))
 

@@ -299,7 +299,7 @@ class Predictor:
     def warm_up(self, progress: Callable[[str], None] | None = None) -> None:
         """Trace every member's compiled calls before they are needed, the members in parallel threads.
 
-        Tracing (the graphs of the forward pass, the test-time views and the heatmap head for each input size) costs a
+        Tracing (the graph of the forward pass over the image and its test-time views, for each input size) costs a
         second or more per member the first time; done here, the first real analysis costs what every later one does.
         The members trace at once on their own threads (graph building is partly in C++), then one full analysis of a
         plain gray image checks the whole path. With ``compiled=True`` analyses wait meanwhile; with
@@ -312,7 +312,7 @@ class Predictor:
         batches = self._normalised([gray])
 
         def trace(k: int) -> None:
-            self._runners[k].compile(batches[k], explain=bool(self.map_weights[k] > 0))
+            self._runners[k].compile(batches[k])
 
         if progress:
             progress(f"compiling {len(self._runners)} member{'s' * (len(self._runners) > 1)} for this CPU")
@@ -333,8 +333,8 @@ class Predictor:
             index: the member's position in :attr:`members`.
         """
         batch = self._normalised([self.prepare(np.full((256, 256), 0.5, dtype=np.float32))])[index]
-        with self._lock:  # its heatmap head only where it contributes to the maps
-            self._runners[index].compile(batch, explain=bool(self.map_weights[index] > 0))
+        with self._lock:
+            self._runners[index].compile(batch)
 
     # -- a film in ------------------------------------------------------------
 
