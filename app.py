@@ -31,7 +31,7 @@ async def lifespan(_app):
     # (each file a page of its own, streamlit_app.py bypassed) until st.navigation has been called; from then on it
     # ignores the folder in every session (st.navigation's documentation). Called here, before any session (Streamlit
     # logs "missing ScriptRunContext ... can be ignored" for it), so that even a first visit straight to a page's URL
-    # goes through streamlit_app.py's navigation and page config (tests/test_browser.py checks it).
+    # goes through streamlit_app.py's navigation and page config (tests/app/test_browser.py checks it).
     st.navigation([st.Page("streamlit_app.py")])
     HOST.warm_up_at_start()
     yield

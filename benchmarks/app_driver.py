@@ -1,7 +1,7 @@
 """What the browser benchmarks share (benchmarks/app.py, benchmarks/load.py): the server, CPU accounting, page conditions.
 
 The browser side (chromium path and flags, window size, free port, health
-check) comes from tests/test_browser.py, so the test and the benchmarks drive
+check) comes from tests/app/test_browser.py, so the test and the benchmarks drive
 the app the same way.
 """
 
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from cxr_core.reporting.words import WITHHELD_NOTE
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, free_port, settle, wait_healthy
+from tests.app.test_browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, free_port, settle, wait_healthy
 
 __all__ = [
     "CHROMIUM", "CHROMIUM_ARGS", "VIEWPORT", "free_port", "settle", "wait_healthy", "REPO_ROOT",
@@ -36,7 +36,7 @@ FINDINGS_SHOWN_JS = (
     " return loaded && (imgs.length >= 6 || (withheld && imgs.length >= 1)); }"
 )
 # The script run the last action started has finished: the status widget shows no running icon (it may still
-# show "Source file changed" on a server with a file watcher, which tests.test_browser.settle, waiting for no
+# show "Source file changed" on a server with a file watcher, which tests.app.test_browser.settle, waiting for no
 # status widget at all, would wait for forever). Looked for after a pause of SETTLE_PAUSE_S, which a timing subtracts.
 RUN_FINISHED_JS = "() => !document.querySelector('[data-testid=\"stStatusWidgetRunningIcon\"]')"
 SETTLE_PAUSE_S = 0.3

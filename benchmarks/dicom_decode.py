@@ -2,8 +2,8 @@
 
     python -m benchmarks.dicom_decode [--repeats 15] [--out benchmarks/DICOM_DECODE_RESULTS.md]
 
-The files are the test films of ``tests/test_dicom_syntaxes.py``: the
-committed ``tests/data/dicom_generated`` files (JPEG lossless and extended by
+The files are the test films of ``tests/fixtures/test_dicom_syntaxes.py``: the
+committed ``tests/fixtures/dicom_generated`` files (JPEG lossless and extended by
 DCMTK, JPEG-LS by CharLS; 512 x 512 8-bit or 256 x 256 12-bit) and, made here,
 JPEG 2000 of the same films and the full 1,024 x 1,024 film
 (``../shared/dicom/udacity_test1.dcm``) as JPEG-LS and JPEG 2000 lossless.
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-GENERATED = ROOT / "tests" / "data" / "dicom_generated"
+GENERATED = ROOT / "tests" / "fixtures" / "dicom_generated"
 #: The plugin each syntax was decoded with before imagecodecs (cxr_core.data.dicom.DECODERS until issue 23).
 OLD_PLUGINS = {"JPEG-LS": "pyjpegls"}  # every other compressed syntax: "pylibjpeg"
 

@@ -136,7 +136,7 @@ class ShownError(RuntimeError):
 
 
 async def settled(page, timeout_ms: float) -> None:
-    """The script run the last action started has finished (tests.test_browser.settle, async)."""
+    """The script run the last action started has finished (tests.app.test_browser.settle, async)."""
     await page.wait_for_timeout(SETTLE_PAUSE_S * 1000)
     await page.wait_for_function(RUN_FINISHED_JS, timeout=timeout_ms)
 

@@ -1,7 +1,7 @@
 """A tiny evaluated model bundle for the app tests, built once per test process.
 
 Built by :func:`build_tiny_bundle` (an untrained small_cnn at 64 px over a
-patient-wise demo split; ``tests/test_inference.py`` uses it too), or
+patient-wise demo split; ``tests/serving/test_inference.py`` uses it too), or
 :func:`build_tiny_ensemble` (two such members at 64 and 48 px), then evaluated with
 ``evaluate_bundle(bundle, demo_root, n_boot=50)`` so it has thresholds,
 calibration, operating points and ``metrics.json`` like a shipped bundle.

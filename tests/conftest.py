@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def pytest_configure(config):
     """LiteRT serving forms built by tests (and by app servers the tests start) go to a folder of this test run,
     never into the user's ~/.cache: a test sees only the forms it built itself. Here, not at import: the benchmarks
-    import tests.test_browser (and so this module) and must use the user's cache."""
+    import tests.app.test_browser (and so this module) and must use the user's cache."""
     os.environ["CXR_ASSIST_SERVING_CACHE"] = tempfile.mkdtemp(prefix="cxr-assist-serving-tests-")
 
 

@@ -4,7 +4,7 @@ Every source is derived, by integer arithmetic only, from one real chest film
 beside the checkout (``../shared/dicom/udacity_test1.dcm``: an NIH image
 wrapped as DICOM, DX, CHEST, PA, 8-bit, 1024 x 1024; see that folder's
 PROVENANCE.md). The same functions wrote the inputs of the files committed
-under ``tests/data/dicom_generated`` (see its README and ``generate.py``), so
+under ``tests/fixtures/dicom_generated`` (see its README and ``generate.py``), so
 a test can rebuild the exact original that each of those files compresses.
 
 - ``chest8``: the film at half size, 512 x 512, 8 bits (2 x 2 block mean, rounded).
@@ -93,7 +93,7 @@ def jpeg_ls_frame(pixels: np.ndarray) -> bytes:
     """A lossless JPEG-LS codestream of 8-bit ``pixels`` by imagecodecs (CharLS), without the SPIFF header.
 
     imagecodecs writes JPEG-LS at 8 or 16 bits only, so this serves 8-bit
-    films; the committed ``tests/data/dicom_generated`` files hold the 12-bit
+    films; the committed ``tests/fixtures/dicom_generated`` files hold the 12-bit
     ones at their own precision. CharLS starts its stream with a SPIFF header
     (two APP8 segments and a second SOI), which DICOM does not use: dropped.
     """

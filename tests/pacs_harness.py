@@ -300,7 +300,7 @@ def chest_films(folder, count: int, *, cases=None, seed: str = "cxr-assist-test"
     import pydicom
     from pydicom.uid import generate_uid
 
-    from tests.test_dicom_syntaxes import CASES
+    from tests.data.test_dicom_syntaxes import CASES
 
     cases = list(cases or CASES)
     folder = Path(folder)

@@ -36,7 +36,7 @@ from cxr_core.data.decoding import (
 
 #: The transfer syntaxes cxr-assist decodes, each with the pydicom plugin that
 #: decodes its pixel data (None: uncompressed, read by pydicom itself). Each is
-#: tested on real chest films (tests/test_dicom_syntaxes.py). The plugin is
+#: tested on real chest films (tests/fixtures/test_dicom_syntaxes.py). The plugin is
 #: named rather than left to pydicom, whose choice depends on what happens to
 #: be installed, because the decoders differ where it matters here:
 #: - RLE: pydicom's own decoder; pylibjpeg-rle aborts with a Rust panic on some

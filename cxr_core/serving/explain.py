@@ -4,8 +4,8 @@ The runtime computes its maps in closed form (:mod:`cxr_core.serving.maps`),
 for both backends: every cxr-assist head after ``"features"`` is pooling,
 dropout, a linear Dense ``"logits"`` layer and a sigmoid, whose gradient needs
 no automatic differentiation. This module is what that closed form is checked
-against (``tests/test_explain.py``, ``tests/test_litert.py``, the Predictor's
-maps in ``tests/test_ensemble_bundle.py`` and ``tests/test_experiment.py``),
+against (``tests/serving/test_explain.py``, ``tests/serving/test_litert.py``, the Predictor's
+maps in ``tests/bundle/test_ensemble_bundle.py`` and ``tests/experiments/test_experiment.py``),
 and what ``benchmarks/explain.py`` times as the naive loop; the runtime never
 imports it.
 
