@@ -9,7 +9,7 @@ the label audit appear when ``metrics.json`` has them). The full block
 (``results_block``) goes between ``START`` and ``END`` in ``docs/evidence/results.md``
 and into the card; a compact headline table (``headline_block``) goes between
 ``HEADLINE_START`` and ``HEADLINE_END`` in the README.
-``tests/test_shipped_model.py`` and ``tests/test_shipped_reading.py`` check
+``tests/serving/test_shipped_model.py`` and ``tests/serving/test_shipped_reading.py`` check
 that all three agree with them, so re-running the evaluation and then this
 tool keeps them true.
 """
