@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from training._errors import USER_ERRORS, report_user_error
+from training._command import add_bundle, command_parser, progress_bar, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.adapt", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", default="models/default", help="the bundle to adapt (default models/default)")
+    parser = command_parser("adapt", __doc__)
+    add_bundle(parser, "the bundle to adapt (default models/default)")
     parser.add_argument("--site", required=True, help="the folder of the site's images (any layout)")
     parser.add_argument("--labels", required=True, help="the site's labels CSV (docs/use/site.md)")
     parser.add_argument("--out", required=True, help="report folder; the adapted bundle goes to OUT/bundle")
@@ -51,18 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from tqdm import tqdm
+    return run_command(build_parser(), argv, _adapt, then=_status)
 
+
+def _adapt(args: argparse.Namespace) -> dict:
     from cxr_core.adaptation import adapt_bundle
 
-    try:
-        report = adapt_bundle(args.bundle, args.site, args.labels, args.out, fine_tune=args.fine_tune, seed=args.seed,
-                              check_share=args.check_share, site_name=args.site_name, epochs=args.epochs,
-                              n_boot=args.n_boot, recalibration=args.recalibrate, triage=args.triage,
-                              progress=lambda items: tqdm(items, unit="batch", leave=False))
-    except USER_ERRORS as exc:
-        return report_user_error(exc)
+    return adapt_bundle(args.bundle, args.site, args.labels, args.out, fine_tune=args.fine_tune, seed=args.seed,
+                        check_share=args.check_share, site_name=args.site_name, epochs=args.epochs,
+                        n_boot=args.n_boot, recalibration=args.recalibrate, triage=args.triage,
+                        progress=progress_bar("batch"))
+
+
+def _status(args: argparse.Namespace, report: dict) -> int:
+    """0 when the adapted bundle was written or rightly refused, 1 otherwise."""
     return 0 if report["decision"] in ("written", "refused") else 1
 
 

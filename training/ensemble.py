@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from training._errors import USER_ERRORS, report_user_error
+from training._command import command_parser, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.ensemble", description=__doc__.split("\n\n")[0])
+    parser = command_parser("ensemble", __doc__)
     parser.add_argument("--members", nargs="+", required=True, help="the members' bundle folders (at least two)")
     parser.add_argument("--out", required=True, help="the ensemble bundle folder to write")
     parser.add_argument("--weights", nargs="+", type=float, help="one weight per member (normalised to sum 1; default equal)")
@@ -34,20 +34,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from cxr_core.bundle import assemble_ensemble, describe_model, read_metadata
+    return run_command(build_parser(), argv, _assemble, then=_print_summary)
 
-    try:
-        out = assemble_ensemble(args.members, args.out, weights=args.weights, names=args.names, float16=args.float16,
-                                overwrite=args.overwrite, map_weights=args.map_weights,
-                                tta_views=args.tta_views)
-    except USER_ERRORS as exc:
-        return report_user_error(exc)
+
+def _assemble(args: argparse.Namespace):
+    from cxr_core.bundle import assemble_ensemble
+
+    return assemble_ensemble(args.members, args.out, weights=args.weights, names=args.names, float16=args.float16,
+                             overwrite=args.overwrite, map_weights=args.map_weights, tta_views=args.tta_views)
+
+
+def _print_summary(args: argparse.Namespace, out) -> None:
+    from cxr_core.bundle import describe_model, read_metadata
+
     meta = read_metadata(out)
     weights = ", ".join(f"{m['name']} {m['weight']:.3f}" for m in meta["members"])
     print(f"{describe_model(meta)} -> {out} (weights: {weights}); "
           f"next: python -m training.evaluate --bundle {out} --data <the members' dataset>")
-    return 0
 
 
 if __name__ == "__main__":

@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from training._errors import USER_ERRORS, report_user_error
+from training._command import add_bundle, command_parser, progress_bar, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", default="models/default", help="model bundle folder (default models/default)")
+    parser = command_parser("evaluate", __doc__)
+    add_bundle(parser)
     parser.add_argument("--data", required=True, help="dataset folder in an NIH layout")
     parser.add_argument("--out", help="report folder (default: the bundle, on its own data)")
     parser.add_argument("--thresholds", default="youden", choices=["youden", "max_f1", "target_sensitivity"])
@@ -41,21 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from tqdm import tqdm
+    return run_command(build_parser(), argv, _evaluate)
 
+
+def _evaluate(args: argparse.Namespace) -> None:
     from cxr_core.jobs import evaluate_bundle
 
-    try:
-        evaluate_bundle(
-            args.bundle, args.data, out_dir=args.out, n_boot=args.n_boot, threshold_method=args.thresholds,
-            calibration_method=args.calibration, localization=not args.no_localization,
-            expert_labels=False if args.no_expert_labels else args.expert_labels, fit_ood=args.fit_ood,
-            progress=lambda items: tqdm(items, unit="batch", leave=False),
-        )
-    except USER_ERRORS as exc:
-        return report_user_error(exc)
-    return 0
+    evaluate_bundle(
+        args.bundle, args.data, out_dir=args.out, n_boot=args.n_boot, threshold_method=args.thresholds,
+        calibration_method=args.calibration, localization=not args.no_localization,
+        expert_labels=False if args.no_expert_labels else args.expert_labels, fit_ood=args.fit_ood,
+        progress=progress_bar("batch"),
+    )
 
 
 if __name__ == "__main__":

@@ -13,14 +13,13 @@ resumes: measured recipes are skipped); the table in ``--doc`` (default
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from training._errors import USER_ERRORS, report_user_error
+from training._command import command_parser, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.experiment", description=__doc__.split("\n\n")[0])
+    parser = command_parser("experiment", __doc__)
     parser.add_argument("--grid", nargs="+", required=True, help="recipe TOML files")
     parser.add_argument("--data", required=True, help="NIH folder with the validation images and boxes")
     parser.add_argument("--runs", default="runs/exp", help="folder of ensemble bundles and results.csv (default runs/exp)")
@@ -31,16 +30,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    from cxr_core.experiments.harness import run_grid, write_table
+    return run_command(build_parser(), argv, _run_grid, then=_write_table, log=True)
 
-    try:
-        results = run_grid(args.grid, data_root=args.data, runs=args.runs, retrain=args.retrain, only=args.only)
-    except USER_ERRORS as exc:
-        return report_user_error(exc)
+
+def _run_grid(args: argparse.Namespace) -> list:
+    from cxr_core.experiments.harness import run_grid
+
+    return run_grid(args.grid, data_root=args.data, runs=args.runs, retrain=args.retrain, only=args.only)
+
+
+def _write_table(args: argparse.Namespace, results: list) -> None:
+    from cxr_core.experiments.harness import write_table
+
     print(f"{len(results)} recipes measured -> {write_table(results, args.doc)}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -32,12 +32,12 @@ import os
 import sys
 import time
 
-from training._errors import USER_ERRORS, report_user_error
+from training._command import add_bundle, command_parser, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.export_serving", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", default="models/default", help="model bundle folder (default models/default)")
+    parser = command_parser("export_serving", __doc__)
+    add_bundle(parser)
     parser.add_argument("--cache", default=None,
                         help="serving cache folder (default CXR_ASSIST_SERVING_CACHE, else ~/.cache/cxr-assist/serving)")
     parser.add_argument("--low-priority", action="store_true",
@@ -49,20 +49,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run_command(build_parser(), argv, _build, then=_print_ready)
+
+
+def _build(args: argparse.Namespace) -> float:
+    """Ship (with --ship) and build the serving form; return the seconds it took."""
     if args.low_priority and hasattr(os, "nice"):
         os.nice(10)
-    from cxr_core.serving.litert import build_serving_form, cache_root, ship_serving_form
+    from cxr_core.serving.litert import build_serving_form, ship_serving_form
 
     started = time.monotonic()
-    try:
-        if args.ship:
-            ship_serving_form(args.bundle, progress=lambda line: print(line, flush=True))
-        build_serving_form(args.bundle, cache=args.cache, progress=lambda line: print(line, flush=True))
-    except USER_ERRORS as exc:
-        return report_user_error(exc)
-    print(f"serving form of {args.bundle} ready in {cache_root(args.cache)} ({time.monotonic() - started:.1f} s)")
-    return 0
+    if args.ship:
+        ship_serving_form(args.bundle, progress=lambda line: print(line, flush=True))
+    build_serving_form(args.bundle, cache=args.cache, progress=lambda line: print(line, flush=True))
+    return time.monotonic() - started
+
+
+def _print_ready(args: argparse.Namespace, seconds: float) -> None:
+    from cxr_core.serving.litert import cache_root
+
+    print(f"serving form of {args.bundle} ready in {cache_root(args.cache)} ({seconds:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -26,12 +26,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from training._errors import USER_ERRORS, report_user_error
+from training._command import add_bundle, command_parser, progress_bar, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.fit_ood", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", default="models/default", help="model bundle folder (default models/default)")
+    parser = command_parser("fit_ood", __doc__)
+    add_bundle(parser)
     parser.add_argument("--data", required=True, help="the dataset the bundle was trained on (NIH layout)")
     parser.add_argument("--components", type=int, default=32,
                         help="principal components kept for the pooled and the 2 x 2 pooled features (default 32)")
@@ -45,18 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from tqdm import tqdm
+    return run_command(build_parser(), argv, _fit)
 
+
+def _fit(args: argparse.Namespace) -> None:
     from cxr_core.jobs.ood_fit import fit_ood
 
-    try:
-        fit_ood(args.bundle, args.data, components=args.components, false_alarm=args.false_alarm,
-                max_train=args.max_train or None, seed=args.seed,
-                progress=lambda items: tqdm(items, unit="batch", leave=False))
-    except USER_ERRORS as exc:
-        return report_user_error(exc)
-    return 0
+    fit_ood(args.bundle, args.data, components=args.components, false_alarm=args.false_alarm,
+            max_train=args.max_train or None, seed=args.seed, progress=progress_bar("batch"))
 
 
 if __name__ == "__main__":

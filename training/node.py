@@ -22,6 +22,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+from training._command import command_parser
 from training._errors import USER_ERRORS, report_user_error
 
 #: Settings a --config TOML file may hold (the option names with "_" for "-").
@@ -30,9 +31,8 @@ CONFIG_KEYS = ("port", "ae_title", "send_to", "stow", "inbox", "allow", "bundle"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.node", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser = command_parser("node", __doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     parser.add_argument("--config", type=Path, help="a TOML file with any of: " + ", ".join(CONFIG_KEYS))
     parser.add_argument("--port", type=int, help="the port to listen on (DICOM's registered port is 11112)")
     parser.add_argument("--ae-title", help="the node's AE title (default CXR_ASSIST)")

@@ -34,12 +34,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from training._command import add_bundle, command_parser
 from training._errors import USER_ERRORS, report_user_error
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", default="models/default", help="model bundle folder (default models/default)")
+    parser = command_parser("predict", __doc__)
+    add_bundle(parser)
     parser.add_argument("--images", help="a folder of images (NIH or Kaggle layout, or flat) or a CSV")
     parser.add_argument("--out", required=True, help="output CSV")
     parser.add_argument("--heatmaps", help="folder for Grad-CAM++ maps (.npz) and overlays (.png)")

@@ -10,15 +10,14 @@ every image as uint8 in TFRecord shards per split, with ``index.csv`` and
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
-from training._errors import USER_ERRORS, report_user_error
+from training._command import command_parser, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.prepare", description=__doc__.split("\n\n")[0])
+    parser = command_parser("prepare", __doc__)
     parser.add_argument("--data", required=True, help="NIH dataset folder (official, Kaggle or resized layout)")
     parser.add_argument("--out", required=True, help="cache folder to create")
     parser.add_argument("--size", type=int, default=256, help="stored side in pixels (default 256: training crops 224 from it)")
@@ -34,22 +33,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    return run_command(build_parser(), argv, _prepare, then=_print_summary, log=True)
+
+
+def _prepare(args: argparse.Namespace):
     from cxr_core.learn import prepare_cache
 
-    try:
-        cache = prepare_cache(
-            args.data, args.out, size=args.size, split_strategy=args.split_strategy, split_seed=args.split_seed,
-            fractions=tuple(args.fractions), workers=args.workers, shard_size=args.shard_size, overwrite=args.overwrite,
-        )
-    except USER_ERRORS as exc:
-        return report_user_error(exc)
+    return prepare_cache(
+        args.data, args.out, size=args.size, split_strategy=args.split_strategy, split_seed=args.split_seed,
+        fractions=tuple(args.fractions), workers=args.workers, shard_size=args.shard_size, overwrite=args.overwrite,
+    )
+
+
+def _print_summary(args: argparse.Namespace, cache) -> None:
     manifest = cache.manifest
     print(f"cache written to {cache.root}: {manifest['count']} images at {manifest['size']} px "
           f"({', '.join(f'{k} {v}' for k, v in manifest['counts'].items())}) in {manifest['seconds']} s "
           f"with {manifest['workers']} workers; {len(manifest['skipped'])} unreadable images skipped")
-    return 0
 
 
 if __name__ == "__main__":

@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from training._errors import USER_ERRORS, report_user_error
+from training._command import add_bundle, command_parser, progress_bar, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.tour", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", default="models/default", help="model bundle folder (default models/default)")
+    parser = command_parser("tour", __doc__)
+    add_bundle(parser)
     parser.add_argument("--data", default="data/demo", help="the demo set, any NIH layout (default data/demo)")
     parser.add_argument("--expert-labels", default=None,
                         help="the radiologists' label file (google2019_nih-chest-xray-labels.csv.gz); default: looked "
@@ -37,18 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from tqdm import tqdm
+    return run_command(build_parser(), argv, _build_tour)
 
+
+def _build_tour(args: argparse.Namespace) -> None:
     from cxr_core.jobs.tour import build_tour
 
-    try:
-        build_tour(args.bundle, args.data, expert_labels=args.expert_labels, seed=args.seed,
-                   photographs=not args.no_photographs, out=args.out,
-                   progress=lambda items: tqdm(items, unit="film", leave=False))
-    except USER_ERRORS as exc:
-        return report_user_error(exc)
-    return 0
+    build_tour(args.bundle, args.data, expert_labels=args.expert_labels, seed=args.seed,
+               photographs=not args.no_photographs, out=args.out, progress=progress_bar("film"))
 
 
 if __name__ == "__main__":

@@ -11,15 +11,14 @@ checkpoints, log.csv and ``bundle/``; ``--resume`` continues from
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from training._errors import USER_ERRORS, report_user_error
+from training._command import add_overrides, command_parser, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0],
-                                     epilog="Configuration keys: see docs/build/training.md or cxr_core.learn.config.TrainConfig.")
+    parser = command_parser("train", __doc__,
+                            epilog="Configuration keys: see docs/build/training.md or cxr_core.learn.config.TrainConfig.")
     parser.add_argument("--config", help="TOML file with TrainConfig keys")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--data", help="NIH dataset folder (decode files on the fly)")
@@ -31,8 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, help="number of epochs")
     parser.add_argument("--out", help="run folder (default runs/train)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.keras")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any configuration key (repeatable), e.g. --set loss=focal")
+    add_overrides(parser, "override any configuration key (repeatable), e.g. --set loss=focal")
     return parser
 
 
@@ -60,21 +58,24 @@ def config_from_args(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        config = config_from_args(args)
-        if config.init_from:
-            from cxr_core.learn.pretrain import read_record
+    return run_command(build_parser(), argv, _checked_config, then=_train, log=True)
 
-            read_record(config.init_from)  # a missing or unfinished trunk is the user's to fix, before any training
-    except USER_ERRORS as exc:
-        return report_user_error(exc)
+
+def _checked_config(args: argparse.Namespace):
+    """The TrainConfig of the options, and its pretrained trunk checked, before any training starts."""
+    config = config_from_args(args)
+    if config.init_from:
+        from cxr_core.learn.pretrain import read_record
+
+        read_record(config.init_from)  # a missing or unfinished trunk is the user's to fix, before any training
+    return config
+
+
+def _train(args: argparse.Namespace, config) -> None:
     from cxr_core.learn import train
 
     bundle = train(config)
     print(f"bundle written to {bundle}" if bundle is not None else "worker done (the chief writes the bundle)")
-    return 0
 
 
 if __name__ == "__main__":

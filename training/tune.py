@@ -18,17 +18,16 @@ writes the results. The logic is in ``cxr_core.learn.tuning``.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from training._errors import USER_ERRORS, report_user_error
+from training._command import add_overrides, command_parser, run_command
 
 EPILOG = ("Distributed search: set KERASTUNER_TUNER_ID (chief, or tuner0, tuner1 ... on the workers), "
           "KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT; see docs/build/tuning.md.")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.tune", description=__doc__.split("\n\n")[0], epilog=EPILOG)
+    parser = command_parser("tune", __doc__, epilog=EPILOG)
     parser.add_argument("--config", required=True, help="TOML file: TrainConfig keys plus an optional [tune] table")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--data", help="NIH dataset folder")
@@ -42,26 +41,30 @@ def build_parser() -> argparse.ArgumentParser:
                         help="distributed chief only: hand out the first trial once N workers have asked (default: at once)")
     parser.add_argument("--eager", action="store_true",
                         help="run trials eagerly (no graph tracing): faster for trials of a few steps only (smoke runs)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a TrainConfig key")
+    add_overrides(parser, "override a TrainConfig key")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    from cxr_core.learn.tuning import distributed_role, load_space, run_search, to_markdown
+    return run_command(build_parser(), argv, _search, then=_report, log=True)
+
+
+def _search(args: argparse.Namespace):
+    from cxr_core.learn.tuning import distributed_role, load_space, run_search
     from training.train import config_from_args
 
-    try:
-        distributed_role()  # checked before TensorFlow loads (TrainConfig does): a bad setting is told at once
-        space = load_space(args.config)
-        args.backbone = args.weights = args.input_size = args.batch_size = None
-        args.resume = False
-        config = config_from_args(args).with_overrides(out=args.out)
-        outcome = run_search(config, space, trials=args.trials, tuner=args.tuner, overwrite=args.overwrite,
-                             wait_for_workers=args.wait_for_workers, eager=args.eager)
-    except USER_ERRORS as exc:
-        return report_user_error(exc)
+    distributed_role()  # checked before TensorFlow loads (TrainConfig does): a bad setting is told at once
+    space = load_space(args.config)
+    args.backbone = args.weights = args.input_size = args.batch_size = None
+    args.resume = False
+    config = config_from_args(args).with_overrides(out=args.out)
+    return run_search(config, space, trials=args.trials, tuner=args.tuner, overwrite=args.overwrite,
+                      wait_for_workers=args.wait_for_workers, eager=args.eager)
+
+
+def _report(args: argparse.Namespace, outcome) -> int:
+    from cxr_core.learn.tuning import to_markdown
+
     if outcome.table is None:
         print(f"worker {outcome.role.tuner_id} done: ran trials {', '.join(outcome.trials_run) or 'none'}; "
               "the chief writes the results")
