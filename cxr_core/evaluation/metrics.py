@@ -114,12 +114,7 @@ def auroc(y_true, y_score) -> np.ndarray:
         shape (n_findings,); NaN with an :class:`UndefinedMetricWarning` for a
         finding with no positives or no negatives.
     """
-    y, s = _check_targets(y_true, y_score)
-    ones = np.ones((1, y.shape[0]))
-    values = np.array([_weighted_auroc(y[:, j], s[:, j], ones)[0] for j in range(y.shape[1])])
-    labels = _column_labels(y.shape[1])
-    _warn_undefined("AUROC", [labels[j] for j in np.flatnonzero(np.isnan(values))], "no positives or no negatives")
-    return values
+    return _per_finding(_weighted_auroc, y_true, y_score, "AUROC", undefined="no positives or no negatives")
 
 
 def auprc(y_true, y_score) -> np.ndarray:
@@ -138,11 +133,17 @@ def auprc(y_true, y_score) -> np.ndarray:
         negatives has AP 1.0: precision is 1 at every threshold, so the metric
         is defined, if uninformative.
     """
+    return _per_finding(_weighted_average_precision, y_true, y_score, "AUPRC", undefined="no positives")
+
+
+def _per_finding(weighted_metric, y_true, y_score, metric: str, *, undefined: str) -> np.ndarray:
+    """``weighted_metric`` (:func:`_weighted_auroc` or :func:`_weighted_average_precision`) of each column,
+    every row weighted 1; the NaN columns named in one warning that says why (``undefined``)."""
     y, s = _check_targets(y_true, y_score)
     ones = np.ones((1, y.shape[0]))
-    values = np.array([_weighted_average_precision(y[:, j], s[:, j], ones)[0] for j in range(y.shape[1])])
+    values = np.array([weighted_metric(y[:, j], s[:, j], ones)[0] for j in range(y.shape[1])])
     labels = _column_labels(y.shape[1])
-    _warn_undefined("AUPRC", [labels[j] for j in np.flatnonzero(np.isnan(values))], "no positives")
+    _warn_undefined(metric, [labels[j] for j in np.flatnonzero(np.isnan(values))], undefined, stacklevel=4)
     return values
 
 

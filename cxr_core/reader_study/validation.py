@@ -30,16 +30,22 @@ def clean_name(name, *, what: str) -> str:
     return cleaned
 
 
+def _finding_vector(values, *, what: str, kind: str) -> np.ndarray:
+    """``values`` as floats, one per finding in FINDINGS order; ``kind`` says what they should be, for the message."""
+    try:
+        array = np.asarray(list(values), dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be {len(FINDINGS)} {kind} in FINDINGS order") from exc
+    if array.shape != (len(FINDINGS),):
+        raise ValueError(f"{what} must have one value per finding ({len(FINDINGS)}), got {array.size}")
+    return array
+
+
 def check_bits(values, *, what: str) -> tuple[int, ...]:
     """A vector of 14 values that are each 0 or 1 (bools and 0.0/1.0 accepted)."""
     if isinstance(values, (str, bytes, Mapping)):
         raise ValueError(f"{what} must be {len(FINDINGS)} values of 0 or 1 in FINDINGS order, got {type(values).__name__}")
-    try:
-        array = np.asarray(list(values), dtype=float)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what} must be {len(FINDINGS)} values of 0 or 1 in FINDINGS order") from exc
-    if array.shape != (len(FINDINGS),):
-        raise ValueError(f"{what} must have one value per finding ({len(FINDINGS)}), got {array.size}")
+    array = _finding_vector(values, what=what, kind="values of 0 or 1")
     if not np.isin(array, (0.0, 1.0)).all():
         raise ValueError(f"{what} must contain only 0 and 1 (ticked or not)")
     return tuple(int(v) for v in array)
@@ -53,12 +59,7 @@ def check_probabilities(values, *, what: str) -> tuple[float, ...] | None:
         if missing or len(values) != len(FINDINGS):
             raise ValueError(f"{what} must have exactly the {len(FINDINGS)} findings as keys (missing {missing})")
         values = [values[f] for f in FINDINGS]
-    try:
-        array = np.asarray(list(values), dtype=float)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what} must be {len(FINDINGS)} numbers in FINDINGS order") from exc
-    if array.shape != (len(FINDINGS),):
-        raise ValueError(f"{what} must have one value per finding ({len(FINDINGS)}), got {array.size}")
+    array = _finding_vector(values, what=what, kind="numbers")
     if not np.isfinite(array).all() or (array < 0).any() or (array > 1).any():
         raise ValueError(f"{what} must be finite values in [0, 1]")
     return tuple(float(v) for v in array)
