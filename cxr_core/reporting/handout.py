@@ -148,7 +148,7 @@ def tour_pdf(
 
     from cxr_core import __version__
     from cxr_core.data.imageio import decode_image
-    from cxr_core.reporting.report import DISCLAIMER, _build_pdf, _escape, _jpeg
+    from cxr_core.reporting.report import DISCLAIMER, _build_pdf, _escape, _jpeg, _pdf_opening
 
     policy = ReadingPolicy.from_metadata(metadata)
     styles = getSampleStyleSheet()
@@ -173,17 +173,15 @@ def tour_pdf(
 
     data = tour.data
     story = [
-        Paragraph("cxr-assist: a guided tour", styles["Title"]),
-        Paragraph(f"<b>{DISCLAIMER}</b>", warn),
-        Spacer(1, 3 * mm),
-        Paragraph(
+        *_pdf_opening(
+            "cxr-assist: a guided tour",
             f"Model: {_escape(str(tour.description))}. Films: {data.get('films', 'n/a')} demo films "
             f"({_escape(str(data.get('root')))}), of which {_or_na(tour.eligible_films)} outside the model's training "
             f"and validation splits ({_or_na(tour.eligible_patients)} patients) were on offer; one film per patient. "
             f"Stops chosen automatically from the model's outputs (seed {tour.seed}); every caption is computed "
             f"from them. Built {_escape(str(tour.created))} with <font face='Courier'>{_escape(str(tour.command))}"
             f"</font>. Handout generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by cxr-assist {__version__}.",
-            small),
+            styles=styles, warn=warn, small=small),
         Spacer(1, 3 * mm),
         table([["#", "Stop", "Image", "Caption"],
                *[[str(i + 1), Paragraph(_escape(s.title), small), Paragraph(_escape(s.image), small),

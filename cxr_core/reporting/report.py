@@ -399,18 +399,14 @@ def pdf_report(
         overlay_table += [pics, texts]
 
     name = source_name or "uploaded image"
-    story = [
-        Paragraph("cxr-assist report", styles["Title"]),
-        Paragraph(f"<b>{DISCLAIMER}</b>", warn),
-        Spacer(1, 3 * mm),
-        Paragraph(
-            f"Image: {_escape(name)} ({analysis.image.source_format}, {analysis.image.original_shape[1]} x "
-            f"{analysis.image.original_shape[0]} px). Model: {_escape(str(model['description']))}, "
-            f"test mean AUROC {_fmt(model['test_mean_auroc'])}. Generated "
-            f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by cxr-assist {__version__}.",
-            small,
-        ),
-    ]
+    story = _pdf_opening(
+        "cxr-assist report",
+        f"Image: {_escape(name)} ({analysis.image.source_format}, {analysis.image.original_shape[1]} x "
+        f"{analysis.image.original_shape[0]} px). Model: {_escape(str(model['description']))}, "
+        f"test mean AUROC {_fmt(model['test_mean_auroc'])}. Generated "
+        f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by cxr-assist {__version__}.",
+        styles=styles, warn=warn, small=small,
+    )
     for note in analysis.warnings:
         story.append(Paragraph(f"Warning: {_escape(note)}", warn))
     story.append(Spacer(1, 3 * mm))
@@ -471,6 +467,15 @@ def pdf_report(
         Paragraph(f"<b>{DISCLAIMER}</b>", warn),
     ]
     return _build_pdf(story, name)
+
+
+def _pdf_opening(title: str, about: str, *, styles, warn, small) -> list:
+    """A PDF's first lines: its title, the disclaimer (in ``warn``), a gap and the paragraph ``about`` it (in ``small``)."""
+    from reportlab.lib.units import mm
+    from reportlab.platypus import Paragraph, Spacer
+
+    return [Paragraph(title, styles["Title"]), Paragraph(f"<b>{DISCLAIMER}</b>", warn), Spacer(1, 3 * mm),
+            Paragraph(about, small)]
 
 
 def _build_pdf(story: list, name: str, title: str = "cxr-assist report") -> bytes:
