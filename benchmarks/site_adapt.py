@@ -258,7 +258,8 @@ def _section(results: dict) -> list[str]:
             seeds.append({**row, "seed": results.get("seed", 0)})
     if seeds:
         lines += ["", "How the refit alone (mode none) fares on other patient-wise splits of the same site (the split's seed; "
-                  "each row its own fit and check part; `auto` is this method, the others the previous one):", "",
+                  "each row its own fit and check part; `auto` `auto` is the default method, the others the previous method or "
+                  "a comparison):", "",
                   "| seed | calibration | triage | check films | mean ECE shipped → adapted | rule-out sensitivity shipped → "
                   "adapted | films set aside | findings moved | decision |",
                   "|---:|---|---|---:|---|---|---|---|---|"]
