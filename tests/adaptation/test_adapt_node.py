@@ -35,9 +35,10 @@ def adapted(tmp_path_factory, demo_root, shared_nih):
 
 def test_the_node_serves_an_adapted_bundle_and_its_sr_names_it(adapted, tmp_path):
     from cxr_core.findings import FINDINGS
+    from cxr_core.jobs import predict_files
     from cxr_core.pacs import bundle_fingerprint
     from cxr_core.pacs.results import read_sr
-    from cxr_core.serving import Predictor, predict_files
+    from cxr_core.serving import Predictor
 
     _needs("Orthanc", "storescu")
     parent, bundle = adapted
