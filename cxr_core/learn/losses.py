@@ -74,8 +74,32 @@ def _check_smoothing(label_smoothing: float) -> float:
     return float(label_smoothing)
 
 
+class _FindingLoss(keras.losses.Loss):
+    """What both losses share: logits or probabilities in, smoothed targets, one value per film averaged over findings.
+
+    Args:
+        from_logits: ``y_pred`` holds logits rather than probabilities.
+        label_smoothing: in [0, 1); targets move towards 0.5.
+        name, reduction, dtype: as :class:`keras.losses.Loss`.
+    """
+
+    def __init__(self, *, from_logits: bool = False, label_smoothing: float = 0.0, name: str,
+                 reduction: str = "sum_over_batch_size", dtype=None) -> None:
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.from_logits = bool(from_logits)
+        self.label_smoothing = _check_smoothing(label_smoothing)
+
+    def _targets_and_logits(self, y_true, y_pred):
+        """``(smoothed targets, logits)`` in ``y_pred``'s dtype."""
+        y_pred = ops.convert_to_tensor(y_pred)
+        return _smooth(ops.cast(y_true, y_pred.dtype), self.label_smoothing), _to_logits(y_pred, self.from_logits)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "from_logits": self.from_logits, "label_smoothing": self.label_smoothing}
+
+
 @keras.saving.register_keras_serializable(package="cxr_core")
-class WeightedBinaryCrossentropy(keras.losses.Loss):
+class WeightedBinaryCrossentropy(_FindingLoss):
     """Binary cross-entropy with a weight on each finding's positive term.
 
     ``loss = mean_k [ w_k * y * softplus(-z) + (1 - y) * softplus(z) ]`` with
@@ -84,44 +108,29 @@ class WeightedBinaryCrossentropy(keras.losses.Loss):
     Args:
         pos_weight: per-finding positive weights, shape (k,), e.g. from
             :func:`positive_weights`; ``None`` means all ones.
-        from_logits: ``y_pred`` holds logits rather than probabilities.
-        label_smoothing: in [0, 1); targets move towards 0.5.
+        **options: ``from_logits``, ``label_smoothing``, ``name`` (default ``"weighted_bce"``), ``reduction``,
+            ``dtype`` (:class:`_FindingLoss`).
     """
 
-    def __init__(
-        self,
-        pos_weight=None,
-        *,
-        from_logits: bool = False,
-        label_smoothing: float = 0.0,
-        name: str = "weighted_bce",
-        reduction: str = "sum_over_batch_size",
-        dtype=None,
-    ) -> None:
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+    def __init__(self, pos_weight=None, **options) -> None:
+        super().__init__(**{"name": "weighted_bce", **options})
         self.pos_weight = None if pos_weight is None else [float(w) for w in np.asarray(pos_weight).ravel()]
         if self.pos_weight is not None and any(not np.isfinite(w) or w <= 0 for w in self.pos_weight):
             raise ValueError("pos_weight values must be positive and finite")
-        self.from_logits = bool(from_logits)
-        self.label_smoothing = _check_smoothing(label_smoothing)
 
     def call(self, y_true, y_pred):
-        y_pred = ops.convert_to_tensor(y_pred)
-        y_true = _smooth(ops.cast(y_true, y_pred.dtype), self.label_smoothing)
-        z = _to_logits(y_pred, self.from_logits)
+        y_true, z = self._targets_and_logits(y_true, y_pred)
         positive = y_true * ops.softplus(-z)
         if self.pos_weight is not None:
-            positive = positive * ops.cast(ops.convert_to_tensor(self.pos_weight), y_pred.dtype)
+            positive = positive * ops.cast(ops.convert_to_tensor(self.pos_weight), z.dtype)
         return ops.mean(positive + (1.0 - y_true) * ops.softplus(z), axis=-1)
 
     def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(pos_weight=self.pos_weight, from_logits=self.from_logits, label_smoothing=self.label_smoothing)
-        return config
+        return {**super().get_config(), "pos_weight": self.pos_weight}
 
 
 @keras.saving.register_keras_serializable(package="cxr_core")
-class BinaryFocalLoss(keras.losses.Loss):
+class BinaryFocalLoss(_FindingLoss):
     """Focal loss (Lin et al. 2017) for each finding, averaged over findings.
 
     ``loss = -[a y (1-p)^g log p + (1-a)(1-y) p^g log(1-p)]``; with
@@ -132,35 +141,21 @@ class BinaryFocalLoss(keras.losses.Loss):
     Args:
         gamma: focusing exponent >= 0; larger down-weights easy examples more.
         alpha: weight of positives in [0, 1], or ``None`` for no class weighting.
-        from_logits: ``y_pred`` holds logits rather than probabilities.
-        label_smoothing: in [0, 1).
+        **options: ``from_logits``, ``label_smoothing``, ``name`` (default ``"focal"``), ``reduction``, ``dtype``
+            (:class:`_FindingLoss`).
     """
 
-    def __init__(
-        self,
-        gamma: float = 2.0,
-        alpha: float | None = 0.25,
-        *,
-        from_logits: bool = False,
-        label_smoothing: float = 0.0,
-        name: str = "focal",
-        reduction: str = "sum_over_batch_size",
-        dtype=None,
-    ) -> None:
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+    def __init__(self, gamma: float = 2.0, alpha: float | None = 0.25, **options) -> None:
+        super().__init__(**{"name": "focal", **options})
         if not np.isfinite(gamma) or gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {gamma!r}")
         if alpha is not None and not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must lie in [0, 1] or be None, got {alpha!r}")
         self.gamma = float(gamma)
         self.alpha = None if alpha is None else float(alpha)
-        self.from_logits = bool(from_logits)
-        self.label_smoothing = _check_smoothing(label_smoothing)
 
     def call(self, y_true, y_pred):
-        y_pred = ops.convert_to_tensor(y_pred)
-        y_true = _smooth(ops.cast(y_true, y_pred.dtype), self.label_smoothing)
-        z = _to_logits(y_pred, self.from_logits)
+        y_true, z = self._targets_and_logits(y_true, y_pred)
         p = ops.sigmoid(z)
         # -log p = softplus(-z) and -log(1 - p) = softplus(z), stable for any z.
         positive = y_true * ops.power(1.0 - p, self.gamma) * ops.softplus(-z)
@@ -170,9 +165,7 @@ class BinaryFocalLoss(keras.losses.Loss):
         return ops.mean(positive + negative, axis=-1)
 
     def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(gamma=self.gamma, alpha=self.alpha, from_logits=self.from_logits, label_smoothing=self.label_smoothing)
-        return config
+        return {**super().get_config(), "gamma": self.gamma, "alpha": self.alpha}
 
 
 def make_loss(
