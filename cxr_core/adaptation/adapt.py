@@ -69,6 +69,7 @@ from cxr_core.adaptation.site_data import (
     split_site,
 )
 from cxr_core.bundle.format import Bundle, bundle_sha256, portable_path
+from cxr_core.bundle.versioned_json import read_json_object
 from cxr_core.errors import ImageReadError
 from cxr_core.evaluation.clinical import rates
 from cxr_core.evaluation.evaluate import _json, evaluate_predictions, reading_report
@@ -197,8 +198,8 @@ def _candidate(parent: Path, out: Path, tuned_bundle, records: list[dict]) -> Pa
 
 
 def _site_record(site: SiteFilms, parts: np.ndarray, *, parent: Path, parent_sha256: str, parent_meta: dict,
-                 seed: int, check_share: float, fine_tune: str, shipped: dict, adapted: dict, decision: str,
-                 reason: str) -> dict:
+                 seed: int, check_share: float, fine_tune: str, recalibration: str, triage: str, shipped: dict,
+                 adapted: dict, decision: str, reason: str) -> dict:
     def count(mask):
         return {"films": int(mask.sum()), "patients": int(len(np.unique(site.patient_ids[mask])))}
 
@@ -211,8 +212,8 @@ def _site_record(site: SiteFilms, parts: np.ndarray, *, parent: Path, parent_sha
                   "rule": "seeded, patient-wise, over patients only (labels play no part)"},
         "parent": {"bundle": portable_path(parent.resolve()), "sha256": parent_sha256,
                    "created": parent_meta.get("created"), "backbone": parent_meta.get("backbone")},
-        "fine_tune": fine_tune, "decision": decision, "reason": reason,
-        "check": {"shipped": {k: shipped.get(k) for k in keep}, "adapted": {k: adapted.get(k) for k in keep}},
+        "fine_tune": fine_tune, "recalibration": recalibration, "triage": triage, "decision": decision,
+        "reason": reason, "check": {"shipped": {k: shipped.get(k) for k in keep}, "adapted": {k: adapted.get(k) for k in keep}},
         "few_films": FEW_FILMS, "report_file": SITE_REPORT_FILE,
         "nih_numbers": "metrics.json and summary.md are the parent bundle's, on NIH test"
                        + ("" if fine_tune == "none" else " (before this site's fine-tuning)"),
@@ -345,7 +346,8 @@ def adapt_bundle(
         parent_meta = predictor.metadata
         record = _site_record(site, parts, parent=bundle_dir, parent_sha256=bundle_sha256(bundle_dir),
                               parent_meta=parent_meta, seed=seed, check_share=check_share, fine_tune=fine_tune,
-                              shipped=shipped, adapted=adapted, decision=decision, reason=reason)
+                              recalibration=recalibration, triage=triage, shipped=shipped, adapted=adapted,
+                              decision=decision, reason=reason)
         report = _json({
             "format": "cxr-assist site adaptation 1", "site": {k: record[k] for k in ("name", "films", "patients",
                                                                                        "label_format", "findings")},
@@ -413,12 +415,7 @@ def _finish_bundle(candidate: Path, record: dict, report: dict, points: Operatin
 def read_site_report(bundle_dir: str | os.PathLike) -> dict | None:
     """The site report of an adapted bundle (``site_report.json``), or None for a bundle that has none."""
     path = Path(bundle_dir) / SITE_REPORT_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    return read_json_object(path, what="site report") if path.is_file() else None
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -436,9 +433,7 @@ def site_card_section(record: dict) -> str:
         f"This bundle is {record['parent']['bundle']} (SHA-256 {record['parent']['sha256'][:16]}…) adapted to "
         f"{record['name']}: {record['films']} films of {record['patients']} patients, split patient-wise "
         f"(seed {split['seed']}) into a fit part ({split[FIT]['films']} films, {split[FIT]['patients']} patients) and a "
-        f"check part ({split[CHECK]['films']} films, {split[CHECK]['patients']} patients). Calibration, cuts, flags and "
-        f"triage were refitted on the fit part where it had enough films of a finding and cross-validation inside the "
-        f"fit part supported a change (else kept from NIH validation); "
+        f"check part ({split[CHECK]['films']} films, {split[CHECK]['patients']} patients). {_refit_words(record)}; "
         f"fine-tuning: {record['fine_tune']}. The check part was used for "
         f"nothing but the numbers below, measured against {record['name']}'s own labels.{few}",
         "",
@@ -457,6 +452,22 @@ def site_card_section(record: dict) -> str:
     if record.get("input_check"):
         lines += ["", record["input_check"] + "."]
     return "\n".join(lines)
+
+
+def _refit_words(record: dict) -> str:
+    """How the operating points were refitted on the fit part, as the run asked (``--recalibrate``, ``--triage``)."""
+    how = record.get("recalibration", "auto")
+    calibration = {
+        "auto": "calibration, cuts and flags were refitted on the fit part for a finding with enough films of it where "
+                "cross-validation inside the fit part supported a change (else kept from NIH validation)",
+        "refit": "calibration, cuts and flags were refitted on the fit part for every finding with enough films of it "
+                 "(else kept from NIH validation)",
+        "intercept": "each finding with enough films of it had its calibration's intercept shifted and its cuts and "
+                     "flags refitted on the fit part (else kept from NIH validation)",
+    }[how]
+    triage = ("the triage was refitted on the fit part" if record.get("triage") == "refit" else
+              "the triage was refitted only where cross-validation inside the fit part supported it")
+    return calibration[0].upper() + calibration[1:] + "; " + triage
 
 
 def _source(source: dict) -> str:
