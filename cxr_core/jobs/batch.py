@@ -106,8 +106,11 @@ def iter_predictions(
         for batch_files in _batches(files, batch_size):
             loaded = list(pool.map(lambda p: _prepare(predictor, p), batch_files))
             good = [i for i, film in enumerate(loaded) if not isinstance(film, str)]
-            # One forward pass per member for the batch, the input check (the learned one too) with it.
-            analyses = dict(zip(good, predictor.analyze([loaded[i] for i in good], explain=[]) if good else []))
+            # One forward pass per member for the batch: the input check (the learned one too) and, when written,
+            # the 14 maps come with it.
+            films = [loaded[i] for i in good]
+            analyses = dict(zip(good, predictor.analyze(films, explain=None if out_dir is not None else [])
+                                if good else []))
             calibrated = np.array([list(analyses[i].probabilities.values()) for i in good]).reshape(-1, len(FINDINGS))
             reading_of = dict(zip(good, _readings(policy, calibrated, operating_point)))
             for i, path in enumerate(batch_files):
@@ -121,7 +124,7 @@ def iter_predictions(
                     row[WARNING_COLUMN] = WARNING_SEPARATOR.join(analysis.warnings)
                     row[ERROR_COLUMN] = ""
                     if out_dir is not None:
-                        _write_heatmaps(predictor, loaded[i], analysis.probabilities, out_dir / os.path.splitext(name)[0])
+                        _write_heatmaps(loaded[i], analysis, out_dir / os.path.splitext(name)[0])
                 else:
                     row.update({f: np.nan for f in FINDINGS})
                     row[WARNING_COLUMN] = ""
@@ -192,10 +195,10 @@ def predict_files(
     return pd.DataFrame(list(progress(rows) if progress is not None else rows), columns=COLUMNS)
 
 
-def _write_heatmaps(predictor, film, probabilities: dict[str, float], stem: Path) -> None:
-    # Maps at the largest member input size (the film was prepared without its pixels), from the same inputs.
+def _write_heatmaps(film, analysis, stem: Path) -> None:
+    # The analysis's maps come at the largest member input size (the film was prepared without its pixels).
     image_uint8 = film.resized[max(film.resized)]
-    analysis = predictor.analyze(film)
+    probabilities = analysis.probabilities
     maps = {f.replace(" ", "_"): np.rint(m * 255).astype(np.uint8) for f, m in analysis.heatmaps.items()}
     np.savez_compressed(stem.with_suffix(".npz"), **maps)
     top = max(probabilities, key=probabilities.get)

@@ -308,7 +308,7 @@ class Predictor:
         Args:
             progress: receives one line per step ("compiling 3 members ...", "checking ...").
         """
-        gray = self.prepare(np.full((256, 256), 0.5, dtype=np.float32))
+        gray = self._plain_gray()
         batches = self._normalised([gray])
 
         def trace(k: int) -> None:
@@ -316,8 +316,7 @@ class Predictor:
 
         if progress:
             progress(f"compiling {len(self._runners)} member{'s' * (len(self._runners) > 1)} for this CPU")
-        waiting = all(runner.compiled for runner in self._runners)
-        with self._lock if waiting else contextlib.nullcontext():
+        with self._lock if self.is_compiled else contextlib.nullcontext():
             with ThreadPoolExecutor(max_workers=len(self._runners), thread_name_prefix="cxr-assist-trace") as pool:
                 list(pool.map(trace, range(len(self._runners))))
         if progress:
@@ -332,9 +331,13 @@ class Predictor:
         Args:
             index: the member's position in :attr:`members`.
         """
-        batch = self._normalised([self.prepare(np.full((256, 256), 0.5, dtype=np.float32))])[index]
+        batch = self._normalised([self._plain_gray()])[index]
         with self._lock:
             self._runners[index].compile(batch)
+
+    def _plain_gray(self) -> Inputs:
+        """A plain gray film, what the tracing runs (its numbers do not matter, only its shapes)."""
+        return self.prepare(np.full((256, 256), 0.5, dtype=np.float32))
 
     # -- a film in ------------------------------------------------------------
 
