@@ -51,11 +51,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cxr_core.adaptation.site_data import MIN_SITE_POSITIVES
-from cxr_core.evaluation.calibration import Calibration, fit_calibration
+from cxr_core.evaluation.calibration import Calibration, fit_calibration, fit_intercept_shift
 from cxr_core.evaluation.clinical import wilson_interval
 from cxr_core.evaluation.flags import FindingFlags, fit_flags
 from cxr_core.evaluation.thresholds import fit_thresholds
-from cxr_core.evaluation.triage import RULE_OUT_SENSITIVITY, Triage, _patient_folds, abnormal_labels, fit_triage
+from cxr_core.evaluation.triage import RULE_OUT_SENSITIVITY, Triage, abnormal_labels, fit_triage, patient_folds
 from cxr_core.findings import FINDINGS
 
 FITTED_ON = "the site's fit part"
@@ -114,15 +114,6 @@ def shipped_operating_points(metadata: dict) -> OperatingPoints:
     )
 
 
-def _intercept_shift(y: np.ndarray, z: np.ndarray) -> float:
-    """The offset ``b`` minimising the log-loss of ``sigmoid(z + b)``: a prevalence shift on the logit (convex, 1-D)."""
-    from scipy.optimize import minimize_scalar
-
-    result = minimize_scalar(lambda b: float(np.mean(np.logaddexp(0.0, z + b) - y * (z + b))), bounds=(-10.0, 10.0),
-                             method="bounded", options={"xatol": 1e-6})
-    return float(result.x)
-
-
 def _one_finding(y: np.ndarray, p: np.ndarray, shipped: Calibration, j: int, recalibration: str) -> tuple[Calibration, float]:
     """Calibration and Youden cut of finding ``j``, fitted on its labelled fit-part films.
 
@@ -133,10 +124,9 @@ def _one_finding(y: np.ndarray, p: np.ndarray, shipped: Calibration, j: int, rec
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # both classes are there (checked by the caller)
         if recalibration == "intercept":
-            clipped = np.clip(p, shipped.eps, 1 - shipped.eps)
-            z = shipped.slope[j] * (np.log(clipped) - np.log1p(-clipped)) + shipped.intercept[j]  # the shipped logit
+            z = shipped.of_finding(j).logits(p[:, None])[:, 0]  # the shipped calibrated logit
             calibration = Calibration("platt", (finding,), [shipped.slope[j]],
-                                      [shipped.intercept[j] + _intercept_shift(y, z)], [True], eps=shipped.eps)
+                                      [shipped.intercept[j] + fit_intercept_shift(y, z)], [True], eps=shipped.eps)
         else:
             calibration = fit_calibration(y[:, None], p[:, None], method=shipped.method, findings=(finding,))
         cut = fit_thresholds(y[:, None], calibration.apply(p[:, None]), method="youden")[0]
@@ -163,9 +153,8 @@ def _choose_calibration(y: np.ndarray, p: np.ndarray, groups: np.ndarray, shippe
                         j: int) -> tuple[str, dict]:
     """``(candidate, evidence)`` for finding ``j``: the one-standard-error choice among :data:`_CANDIDATES` by
     out-of-fold log loss over patient-grouped folds of its labelled fit-part films (module docstring)."""
-    folds = _patient_folds(groups, min(CV_FOLDS, len(np.unique(groups))), seed=0)
-    kept = Calibration(shipped.method, (FINDINGS[j],), [shipped.slope[j]], [shipped.intercept[j]],
-                       [shipped.fitted[j]], eps=shipped.eps)
+    folds = patient_folds(groups, CV_FOLDS, seed=0)
+    kept = shipped.of_finding(j)
     loss = {name: np.zeros(len(y)) for name in _CANDIDATES}
     for held in folds:
         train = np.setdiff1d(np.arange(len(y)), held)
@@ -291,7 +280,7 @@ def _refit_triage(y_fit: np.ndarray, c_fit: np.ndarray, groups_fit: np.ndarray, 
         return triage, "site", f"refitted on {films}"
     abnormal = abnormal_labels(y).astype(bool)
     kept = np.zeros(len(y), dtype=bool)  # out of fold: the refitted triage calls the held film abnormal
-    for held in _patient_folds(groups, min(CV_FOLDS, len(np.unique(groups))), seed=0):
+    for held in patient_folds(groups, CV_FOLDS, seed=0):
         train = np.setdiff1d(np.arange(len(y)), held)
         try:
             one = fit_triage(y[train], c[train], groups=groups[train])

@@ -36,6 +36,7 @@ __all__ = [
     "CALIBRATION_METHODS",
     "Calibration",
     "fit_calibration",
+    "fit_intercept_shift",
     "expected_calibration_error",
     "brier_score",
     "reliability_curve",
@@ -152,11 +153,24 @@ class Calibration:
         Returns:
             calibrated probabilities with the shape of ``probs``.
         """
+        return expit(self.logits(probs))
+
+    def logits(self, probs) -> np.ndarray:
+        """The calibrated logits ``slope * logit(p) + intercept`` (what :meth:`apply` passes through the sigmoid).
+
+        Args:
+            probs: uncalibrated probabilities, shape (n_samples, n_findings), or one image's, shape (n_findings,).
+        """
         p = np.asarray(probs, dtype=float)
         if p.shape[-1:] != (len(self.findings),) or p.ndim not in (1, 2):
             raise ValueError(f"expected (..., {len(self.findings)}) probabilities, got shape {p.shape}")
         _check_probabilities(p, name="probs")
-        return expit(self.slope * _logit(p, self.eps) + self.intercept)
+        return self.slope * _logit(p, self.eps) + self.intercept
+
+    def of_finding(self, j: int) -> Calibration:
+        """The map of finding ``j`` alone (one column), as fitted."""
+        return Calibration(self.method, (self.findings[j],), [self.slope[j]], [self.intercept[j]], [self.fitted[j]],
+                           eps=self.eps)
 
     def to_dict(self) -> dict:
         """JSON-safe dict (lists of floats) for the model bundle; see :meth:`from_dict`."""
@@ -236,6 +250,20 @@ def fit_calibration(
             stacklevel=2,
         )
     return Calibration(method, names, slope, intercept, fitted)
+
+
+def fit_intercept_shift(y_true, logits) -> float:
+    """The offset ``b`` minimising the log loss of ``sigmoid(logits + b)``: calibrated logits moved to another
+    prevalence (one parameter; the log loss is convex in ``b``, so bounded Brent finds it).
+
+    Args:
+        y_true: labels 0/1, shape (n,).
+        logits: calibrated logits of one finding, shape (n,) (:meth:`Calibration.logits`).
+    """
+    y, z = np.asarray(y_true, dtype=float), np.asarray(logits, dtype=float)
+    result = minimize_scalar(lambda b: _nll(z + b, y), bounds=(-10.0, 10.0), method="bounded",
+                             options={"xatol": 1e-6})
+    return float(result.x)
 
 
 def _bin_index(p: np.ndarray, n_bins: int) -> np.ndarray:

@@ -46,7 +46,7 @@ from cxr_core.findings import FINDINGS
 
 __all__ = [
     "TRIAGE_METHODS", "RULE_OUT_SENSITIVITY", "LOGISTIC_MARGIN", "ABNORMAL", "NO_FINDING_LIKELY", "NOT_ASSESSED",
-    "TRIAGE_VERDICTS", "Triage", "abnormal_labels", "fit_triage", "noisy_or",
+    "TRIAGE_VERDICTS", "Triage", "abnormal_labels", "fit_triage", "noisy_or", "patient_folds",
 ]
 
 TRIAGE_METHODS: tuple[str, ...] = ("noisy_or", "logistic")
@@ -129,9 +129,16 @@ def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
 
 
-def _patient_folds(groups: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
-    """Row indices of ``n_folds`` folds that never split a patient, patients shuffled by ``seed``."""
+def patient_folds(groups: np.ndarray, n_folds: int, *, seed: int) -> list[np.ndarray]:
+    """Row indices of folds that never split a patient, patients shuffled by ``seed``.
+
+    Args:
+        groups: patient id per row, shape (n,).
+        n_folds: how many folds; fewer when there are fewer patients (one each).
+        seed: the shuffle of the patients.
+    """
     patients = np.unique(groups)
+    n_folds = min(n_folds, len(patients))
     order = np.random.default_rng(seed).permutation(patients)
     fold_of = {p: i % n_folds for i, p in enumerate(order)}
     labels = np.array([fold_of[g] for g in groups])
@@ -267,7 +274,7 @@ def fit_triage(
         raise ValueError(f"a triage needs at least 10 abnormal and 10 No-Finding validation films, got {n_abnormal} "
                          f"and {n_normal}")
     groups = np.arange(len(y)) if groups is None else np.asarray(groups)
-    folds = _patient_folds(groups, min(n_folds, len(np.unique(groups))), seed)
+    folds = patient_folds(groups, n_folds, seed=seed)
     selection = {"n_folds": len(folds), "criterion": f"out-of-fold AUROC; logistic only if > noisy-OR + {LOGISTIC_MARGIN}"}
     for candidate in TRIAGE_METHODS:
         oof = _out_of_fold(candidate, y, c, folds)
