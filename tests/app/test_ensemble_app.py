@@ -9,21 +9,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.app.test_app_pages import app, assert_findings_shown, demo_image
+from tests.app.test_app_pages import _quiet_env, app, assert_findings_shown, demo_image  # noqa: F401 - _quiet_env is an autouse fixture
 from tests.app_bundle import tiny_app_ensemble
 
 
 @pytest.fixture
 def ensemble(tmp_path_factory, demo_root):
     return tiny_app_ensemble(tmp_path_factory, demo_root)
-
-
-@pytest.fixture(autouse=True)
-def _quiet_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("CXR_ASSIST_WARM", "0")
-    monkeypatch.delenv("CXR_ASSIST_DATA_ROOTS", raising=False)
-    monkeypatch.delenv("CXR_ASSIST_DEMO", raising=False)
-    monkeypatch.setenv("CXR_READER_STUDY_DB", str(tmp_path / "reader_study.sqlite3"))
 
 
 def test_home_shows_every_member(monkeypatch, ensemble):

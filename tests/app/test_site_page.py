@@ -14,16 +14,8 @@ import pandas as pd
 import pytest
 
 from cxr_core.adaptation import adapt_bundle
-from tests.app.test_app_pages import app
+from tests.app.test_app_pages import _quiet_env, app  # noqa: F401 - _quiet_env is an autouse fixture
 from tests.app_bundle import tiny_app_bundle
-
-
-@pytest.fixture(autouse=True)
-def _quiet_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("CXR_ASSIST_WARM", "0")
-    monkeypatch.delenv("CXR_ASSIST_DATA_ROOTS", raising=False)
-    monkeypatch.delenv("CXR_ASSIST_DEMO", raising=False)
-    monkeypatch.setenv("CXR_READER_STUDY_DB", str(tmp_path / "reader_study.sqlite3"))
 
 
 @pytest.fixture(scope="module")
